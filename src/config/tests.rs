@@ -1,0 +1,195 @@
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+fn parse_ok(text: &str) -> Config {
+    parse_with_env(text, &env(&[])).unwrap_or_else(|e| panic!("config refused:\n{e}"))
+}
+
+fn issues(text: &str) -> Vec<ConfigIssue> {
+    match parse_with_env(text, &env(&[])) {
+        Ok(_) => panic!("config accepted:\n{text}"),
+        Err(e) => e.issues,
+    }
+}
+
+const MINIMAL: &str = "version: 1\ntenants:\n  - id: acme\n    auth: { tickets: { dev: dev } }\n";
+
+#[test]
+fn minimal_config_gets_spec_defaults() {
+    let cfg = parse_ok(MINIMAL);
+    assert_eq!(cfg.gateway.listen, "0.0.0.0:8080");
+    assert_eq!(cfg.gateway.admin_listen, "127.0.0.1:9090");
+    assert_eq!(cfg.gateway.queues.reliable_capacity, 1024);
+    assert_eq!(cfg.gateway.queues.lossy_capacity, 256);
+    assert_eq!(cfg.gateway.handshake_limit.per_ip_burst, 20);
+    assert_eq!(cfg.gateway.plugins.call_timeout_ms, 50);
+    let t = &cfg.tenants[0];
+    assert_eq!(t.limits.max_frame_bytes, 65536);
+    assert_eq!(t.policy.rate_limit_rps, 100);
+    assert_eq!(t.policy.sessions.max_sessions_per_user, 4);
+    assert!(t.policy.ext_allowlist.is_empty());
+    assert!(t.policy.hot_requires_active_room);
+    assert_eq!(t.rooms.history_ttl_ms, 600_000);
+}
+
+#[test]
+fn unknown_fields_are_errors_with_their_path() {
+    let e = issues("version: 1\ngateway:\n  listn: \"0.0.0.0:1\"\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].path, "gateway.listn");
+    assert!(e[0].message.contains("unknown field"), "{}", e[0].message);
+
+    let e = issues(
+        "version: 1\ntenants:\n  - id: a\n    auth: { tickets: { t: u } }\n    limits: { max_frame_byte: 5 }\n",
+    );
+    assert_eq!(e[0].path, "tenants[0].limits.max_frame_byte");
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    let e = issues(
+        "version: 1\ntenants:\n  - id: a\n    auth: { tickets: { t: u } }\n    limits: { max_frame_bytes: lots }\n",
+    );
+    assert_eq!(e[0].path, "tenants[0].limits.max_frame_bytes");
+}
+
+#[test]
+fn version_is_required_and_must_be_one() {
+    let e = issues("tenants: []\n");
+    assert!(e[0].message.contains("version"), "{}", e[0].message);
+    let e = issues("version: 2\n");
+    assert_eq!(e[0].path, "version");
+}
+
+#[test]
+fn semantic_errors_are_all_reported_at_once() {
+    let text = r#"
+version: 1
+gateway:
+  listen: "nowhere"
+  queues: { reliable_capacity: 0 }
+tenants:
+  - id: acme
+    auth: { mode: jwt }
+    limits: { max_frame_bytes: 1 }
+    policy:
+      ext_allowlist: ["room"]
+      hot_allowlist: ["1:300"]
+    routes:
+      - { svc: chat, plugin: echo }
+  - id: acme
+    auth: { tickets: { dev: dev } }
+"#;
+    let paths: Vec<String> = issues(text).into_iter().map(|i| i.path).collect();
+    for expected in [
+        "gateway.listen",
+        "gateway.queues.reliable_capacity",
+        "tenants[0].auth.algorithm",
+        "tenants[0].limits.max_frame_bytes",
+        "tenants[0].policy.ext_allowlist[0]",
+        "tenants[0].policy.hot_allowlist[0]",
+        "tenants[0].routes[0].svc",
+        "tenants[1].id",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "missing {expected} in {paths:?}"
+        );
+    }
+}
+
+#[test]
+fn env_vars_are_expanded_and_missing_ones_are_errors() {
+    let text = "version: 1\ntenants:\n  - id: acme\n    api_keys: [\"${KEY}\"]\n    auth: { tickets: { dev: \"user-${WHO}\" } }\n";
+    let cfg = parse_with_env(
+        text,
+        &env(&[("KEY", "0123456789abcdef0123"), ("WHO", "dev")]),
+    )
+    .expect("valid");
+    assert_eq!(cfg.tenants[0].api_keys, vec!["0123456789abcdef0123"]);
+    assert_eq!(cfg.tenants[0].auth.tickets["dev"], "user-dev");
+
+    let e = parse_with_env(text, &env(&[("WHO", "x")])).expect_err("KEY missing");
+    assert_eq!(e.issues[0].path, "tenants[0].api_keys[0]");
+    assert!(e.issues[0].message.contains("KEY"));
+}
+
+#[test]
+fn jwt_modes_need_the_right_key_material() {
+    let base = "version: 1\ntenants:\n  - id: a\n    auth:\n      mode: jwt\n";
+    let e = issues(&format!("{base}      algorithm: HS256\n"));
+    assert_eq!(e[0].path, "tenants[0].auth.secret_env");
+    let e = issues(&format!(
+        "{base}      algorithm: RS256\n      secret_env: S\n      jwks_file: k.json\n"
+    ));
+    assert_eq!(e[0].path, "tenants[0].auth.secret_env");
+    let e = issues(&format!("{base}      algorithm: none\n"));
+    assert_eq!(e[0].path, "tenants[0].auth.algorithm");
+    parse_ok(&format!(
+        "{base}      algorithm: ES256\n      public_key_file: k.pem\n"
+    ));
+}
+
+#[test]
+fn webhook_and_events_must_name_defined_upstreams() {
+    let text = r#"
+version: 1
+tenants:
+  - id: a
+    auth: { mode: webhook, upstream: main, path: /auth }
+    backend:
+      upstreams: { other: { url: "http://127.0.0.1:3000" } }
+      events: { connect: nope }
+"#;
+    let paths: Vec<String> = issues(text).into_iter().map(|i| i.path).collect();
+    assert!(
+        paths.contains(&"tenants[0].auth.upstream".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"tenants[0].backend.events.connect".to_owned()),
+        "{paths:?}"
+    );
+}
+
+#[test]
+fn broken_yaml_is_refused_with_a_location() {
+    let e = issues("version: 1\ntenants: [\n");
+    assert!(e[0].message.contains("invalid YAML"));
+    assert!(issues("")[0].message.contains("empty"));
+    assert!(issues("- 1\n- 2\n")[0].message.contains("mapping"));
+}
+
+#[test]
+fn yaml_alias_bombs_are_refused() {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let prev = i - 1;
+        text.push_str(&format!(
+            "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+        ));
+    }
+    text.push_str("version: 1\n");
+    assert!(parse_with_env(&text, &env(&[])).is_err());
+}
+
+#[test]
+fn reference_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("wsprism.yaml");
+    let cfg = load(&path).unwrap_or_else(|e| panic!("wsprism.yaml refused:\n{e}"));
+    let acme = cfg
+        .tenants
+        .iter()
+        .find(|t| t.id == "acme")
+        .expect("tenant acme");
+    assert_eq!(acme.auth.mode, AuthMode::Static);
+    assert!(acme.auth.tickets.contains_key("dev"));
+    assert!(acme.routes.iter().any(|r| r.svc == "echo"));
+}

@@ -1,0 +1,260 @@
+//! All metric names and the [`Metrics`] registry of one gateway instance.
+//!
+//! Each gateway owns its own registry (tests run several gateways in one process);
+//! `/metrics` on the admin listener renders it. Hot-path users clone the labelled
+//! child counters once per session instead of looking labels up per message.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Sessions open now.
+pub const SESSIONS_ACTIVE: &str = "wsprism_sessions_active";
+/// Upgrade attempts by result.
+pub const HANDSHAKES_TOTAL: &str = "wsprism_handshakes_total";
+/// Sessions ended, by close reason.
+pub const SESSIONS_CLOSED_TOTAL: &str = "wsprism_sessions_closed_total";
+/// Client frames received, by lane.
+pub const MESSAGES_IN_TOTAL: &str = "wsprism_messages_in_total";
+/// Frames written to clients, by lane.
+pub const MESSAGES_OUT_TOTAL: &str = "wsprism_messages_out_total";
+/// Frames not delivered, by reason.
+pub const DROPS_TOTAL: &str = "wsprism_drops_total";
+/// Client messages refused by policy, by lane and reason.
+pub const POLICY_REFUSALS_TOTAL: &str = "wsprism_policy_refusals_total";
+/// Plugin calls.
+pub const PLUGIN_CALLS_TOTAL: &str = "wsprism_plugin_calls_total";
+/// Plugin failures by reason.
+pub const PLUGIN_ERRORS_TOTAL: &str = "wsprism_plugin_errors_total";
+/// Plugin call latency.
+pub const PLUGIN_CALL_DURATION_SECONDS: &str = "wsprism_plugin_call_duration_seconds";
+/// Plugin (re)loads by result.
+pub const PLUGIN_LOADS_TOTAL: &str = "wsprism_plugin_loads_total";
+/// Config reloads by result.
+pub const CONFIG_RELOADS_TOTAL: &str = "wsprism_config_reloads_total";
+/// Server API requests by endpoint and status class.
+pub const API_REQUESTS_TOTAL: &str = "wsprism_api_requests_total";
+/// Backend webhook calls (auth, events) by kind and result.
+pub const BACKEND_CALLS_TOTAL: &str = "wsprism_backend_calls_total";
+
+/// Buckets for plugin calls: 10 µs .. 5 s.
+const PLUGIN_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The metric families of one gateway.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `tenant`.
+    pub sessions_active: IntGaugeVec,
+    /// `tenant`, `result`.
+    pub handshakes: IntCounterVec,
+    /// `tenant`, `reason`.
+    pub sessions_closed: IntCounterVec,
+    /// `tenant`, `lane`.
+    pub messages_in: IntCounterVec,
+    /// `tenant`, `lane`.
+    pub messages_out: IntCounterVec,
+    /// `tenant`, `reason`.
+    pub drops: IntCounterVec,
+    /// `tenant`, `lane`, `reason`.
+    pub policy_refusals: IntCounterVec,
+    /// `tenant`, `plugin`.
+    pub plugin_calls: IntCounterVec,
+    /// `tenant`, `plugin`, `reason`.
+    pub plugin_errors: IntCounterVec,
+    /// `plugin`.
+    pub plugin_call_duration: HistogramVec,
+    /// `plugin`, `result`.
+    pub plugin_loads: IntCounterVec,
+    /// `result`.
+    pub config_reloads: IntCounterVec,
+    /// `endpoint`, `status`.
+    pub api_requests: IntCounterVec,
+    /// `tenant`, `kind`, `result`.
+    pub backend_calls: IntCounterVec,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name} is valid: {e}"));
+    // Registration fails only on a duplicate name, and each name is registered once
+    // into a fresh registry.
+    let _ = reg.register(Box::new(c.clone()));
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let sessions_active = IntGaugeVec::new(
+            Opts::new(SESSIONS_ACTIVE, "WebSocket sessions open now."),
+            &["tenant"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+        let _ = registry.register(Box::new(sessions_active.clone()));
+        let plugin_call_duration = HistogramVec::new(
+            HistogramOpts::new(PLUGIN_CALL_DURATION_SECONDS, "Plugin call latency.")
+                .buckets(PLUGIN_BUCKETS.to_vec()),
+            &["plugin"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+        let _ = registry.register(Box::new(plugin_call_duration.clone()));
+        Self {
+            handshakes: counter(
+                &registry,
+                HANDSHAKES_TOTAL,
+                "WebSocket upgrade attempts by result.",
+                &["tenant", "result"],
+            ),
+            sessions_closed: counter(
+                &registry,
+                SESSIONS_CLOSED_TOTAL,
+                "Sessions ended, by close reason.",
+                &["tenant", "reason"],
+            ),
+            messages_in: counter(
+                &registry,
+                MESSAGES_IN_TOTAL,
+                "Client frames received, by lane.",
+                &["tenant", "lane"],
+            ),
+            messages_out: counter(
+                &registry,
+                MESSAGES_OUT_TOTAL,
+                "Frames written to clients, by lane.",
+                &["tenant", "lane"],
+            ),
+            drops: counter(
+                &registry,
+                DROPS_TOTAL,
+                "Frames not delivered, by reason.",
+                &["tenant", "reason"],
+            ),
+            policy_refusals: counter(
+                &registry,
+                POLICY_REFUSALS_TOTAL,
+                "Client messages refused, by lane and reason.",
+                &["tenant", "lane", "reason"],
+            ),
+            plugin_calls: counter(
+                &registry,
+                PLUGIN_CALLS_TOTAL,
+                "Plugin calls.",
+                &["tenant", "plugin"],
+            ),
+            plugin_errors: counter(
+                &registry,
+                PLUGIN_ERRORS_TOTAL,
+                "Failed plugin calls, by reason.",
+                &["tenant", "plugin", "reason"],
+            ),
+            plugin_loads: counter(
+                &registry,
+                PLUGIN_LOADS_TOTAL,
+                "Plugin file loads, by result.",
+                &["plugin", "result"],
+            ),
+            config_reloads: counter(
+                &registry,
+                CONFIG_RELOADS_TOTAL,
+                "Config reloads, by result.",
+                &["result"],
+            ),
+            api_requests: counter(
+                &registry,
+                API_REQUESTS_TOTAL,
+                "Server API requests, by endpoint and status.",
+                &["endpoint", "status"],
+            ),
+            backend_calls: counter(
+                &registry,
+                BACKEND_CALLS_TOTAL,
+                "Calls to tenant backend upstreams, by kind and result.",
+                &["tenant", "kind", "result"],
+            ),
+            sessions_active,
+            plugin_call_duration,
+            registry,
+        }
+    }
+
+    /// The registry, for families registered elsewhere (cluster bus).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which the
+        // typed constructors above cannot produce.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Per-session handles so the hot path never hashes label values.
+    pub fn session_counters(&self, tenant: &str) -> SessionCounters {
+        SessionCounters {
+            in_hot: self.messages_in.with_label_values(&[tenant, "hot"]),
+            in_ext: self.messages_in.with_label_values(&[tenant, "ext"]),
+            out_hot: self.messages_out.with_label_values(&[tenant, "hot"]),
+            out_ext: self.messages_out.with_label_values(&[tenant, "ext"]),
+            lossy_dropped: self.drops.with_label_values(&[tenant, "lossy_overflow"]),
+            active: self.sessions_active.with_label_values(&[tenant]),
+        }
+    }
+}
+
+/// Labelled children a session uses per message.
+#[derive(Clone, Debug)]
+pub struct SessionCounters {
+    /// Hot Lane frames received.
+    pub in_hot: IntCounter,
+    /// Ext Lane frames received.
+    pub in_ext: IntCounter,
+    /// Binary frames written.
+    pub out_hot: IntCounter,
+    /// Text frames written.
+    pub out_ext: IntCounter,
+    /// Lossy frames dropped on overflow.
+    pub lossy_dropped: IntCounter,
+    /// Sessions open for the tenant.
+    pub active: IntGauge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_names_with_prefix_and_conventions() {
+        let m = Metrics::new();
+        m.handshakes.with_label_values(&["acme", "ok"]).inc();
+        m.session_counters("acme").in_hot.inc();
+        m.plugin_call_duration
+            .with_label_values(&["echo"])
+            .observe(0.001);
+        let text = m.render();
+        assert!(text.contains("wsprism_handshakes_total{result=\"ok\",tenant=\"acme\"} 1"));
+        assert!(text.contains("wsprism_messages_in_total{lane=\"hot\",tenant=\"acme\"} 1"));
+        assert!(text.contains("wsprism_plugin_call_duration_seconds_bucket"));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap_or_default();
+            assert!(name.starts_with("wsprism_"), "{name}");
+            if line.ends_with("counter") {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+    }
+}

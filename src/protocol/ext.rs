@@ -1,0 +1,355 @@
+//! Ext Lane JSON envelopes (SPEC §4).
+//!
+//! `decode` turns one text frame into an [`Envelope`] or a [`DecodeError`] that
+//! still carries the client's `seq` when it could be read, so refusals echo it.
+//! `Outgoing` encodes gateway → client envelopes once into shareable bytes.
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::ClientCode;
+
+/// A decoded client envelope. `data` stays raw JSON text: services parse only what
+/// they need and plugins receive it as text.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Target service.
+    pub svc: String,
+    /// Message type within the service.
+    pub ty: String,
+    /// Target room, if any.
+    pub room: Option<String>,
+    /// Client correlation number, echoed in ack/error.
+    pub seq: Option<u64>,
+    /// Raw JSON payload.
+    pub data: Option<Box<RawValue>>,
+}
+
+/// Why a text frame is not an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeError {
+    /// `BAD_REQUEST` or `UNSUPPORTED_VERSION`.
+    pub code: ClientCode,
+    /// Static reason (no payload echo, no allocation).
+    pub reason: &'static str,
+    /// The client's `seq`, when it was a valid u64.
+    pub seq: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    v: Option<&'a RawValue>,
+    #[serde(borrow)]
+    svc: Option<&'a RawValue>,
+    #[serde(borrow, rename = "type")]
+    ty: Option<&'a RawValue>,
+    #[serde(borrow)]
+    room: Option<&'a RawValue>,
+    #[serde(borrow)]
+    seq: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// Longest `svc`, `type` or `room` accepted.
+pub const MAX_NAME_BYTES: usize = 128;
+
+fn name(raw: Option<&RawValue>, required: bool) -> Result<Option<String>, &'static str> {
+    match raw {
+        None if required => Err("missing required string field"),
+        None => Ok(None),
+        Some(r) if r.get() == "null" && !required => Ok(None),
+        Some(r) => match serde_json::from_str::<String>(r.get()) {
+            Ok(s) if s.is_empty() => Err("empty name"),
+            Ok(s) if s.len() > MAX_NAME_BYTES => Err("name too long"),
+            Ok(s) if s.chars().any(char::is_control) => Err("control character in name"),
+            Ok(s) => Ok(Some(s)),
+            Err(_) => Err("svc, type and room must be strings"),
+        },
+    }
+}
+
+/// Deepest `data` nesting accepted: services and plugins parse `data` again, and
+/// no realtime payload needs more.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Maximum bracket depth of valid JSON text (strings skipped).
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Decodes one Ext Lane text frame.
+///
+/// # Errors
+/// `BAD_REQUEST` for anything that is not an envelope object with string `svc` and
+/// `type`; `UNSUPPORTED_VERSION` for a numeric `v` other than 1.
+pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
+    let bad = |reason, seq| DecodeError {
+        code: ClientCode::BadRequest,
+        reason,
+        seq,
+    };
+    let wire: Wire<'_> =
+        serde_json::from_str(text).map_err(|_| bad("not a JSON envelope object", None))?;
+    let seq = match wire.seq {
+        None => None,
+        Some(r) if r.get() == "null" => None,
+        Some(r) => Some(
+            serde_json::from_str::<u64>(r.get())
+                .map_err(|_| bad("seq must be an unsigned integer", None))?,
+        ),
+    };
+    match wire
+        .v
+        .map(|r| serde_json::from_str::<serde_json::Number>(r.get()))
+    {
+        None => return Err(bad("missing v", seq)),
+        Some(Ok(n)) if n.as_u64() == Some(1) => {}
+        Some(Ok(_)) => {
+            return Err(DecodeError {
+                code: ClientCode::UnsupportedVersion,
+                reason: "unsupported version",
+                seq,
+            });
+        }
+        Some(Err(_)) => return Err(bad("v must be a number", seq)),
+    }
+    let svc = name(wire.svc, true).map_err(|r| bad(r, seq))?;
+    let ty = name(wire.ty, true).map_err(|r| bad(r, seq))?;
+    let room = name(wire.room, false).map_err(|r| bad(r, seq))?;
+    let data = wire.data.filter(|r| r.get() != "null");
+    if let Some(d) = data
+        && nesting_depth(d.get()) > MAX_DATA_DEPTH
+    {
+        return Err(bad("data nested too deeply", seq));
+    }
+    let data = data.map(|r| r.to_owned());
+    match (svc, ty) {
+        (Some(svc), Some(ty)) => Ok(Envelope {
+            svc,
+            ty,
+            room,
+            seq,
+            data,
+        }),
+        _ => Err(bad("missing svc or type", seq)),
+    }
+}
+
+/// A gateway → client envelope, borrowed for encoding.
+#[derive(Debug, Serialize)]
+pub struct Outgoing<'a> {
+    /// Always 1.
+    pub v: u8,
+    /// Service that speaks.
+    pub svc: &'a str,
+    /// Message type.
+    #[serde(rename = "type")]
+    pub ty: &'a str,
+    /// Room the message concerns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    /// Echoed client `seq`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// History offset of a reliable room publication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// History epoch of the room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+    /// Payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a RawValue>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// An envelope with no room, seq or data.
+    pub fn new(svc: &'a str, ty: &'a str) -> Self {
+        Self {
+            v: 1,
+            svc,
+            ty,
+            room: None,
+            seq: None,
+            offset: None,
+            epoch: None,
+            data: None,
+        }
+    }
+
+    /// Sets `room`.
+    pub fn room(mut self, room: Option<&'a str>) -> Self {
+        self.room = room;
+        self
+    }
+
+    /// Sets `seq`.
+    pub fn seq(mut self, seq: Option<u64>) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    /// Sets `data`.
+    pub fn data(mut self, data: Option<&'a RawValue>) -> Self {
+        self.data = data;
+        self
+    }
+
+    /// Encodes once into a frame whose bytes can be shared by every recipient.
+    pub fn encode(&self) -> Message {
+        // Serializing a struct of strings, integers and already-valid raw JSON
+        // cannot fail; the fallback keeps the type honest without a panic path.
+        let text = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"v":1,"svc":"sys","type":"error","data":{"code":"INTERNAL","msg":"encode failed"}}"#
+                .to_owned()
+        });
+        Message::Text(Utf8Bytes::from(text))
+    }
+}
+
+/// Encodes `data` (any serializable value) as raw JSON.
+pub fn raw<T: Serialize>(data: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(data).unwrap_or_else(|_| {
+        // Only non-string map keys or failing Serialize impls error; our payloads
+        // are plain structs and json! values.
+        RawValue::from_string("null".to_owned()).unwrap_or_default()
+    })
+}
+
+/// `sys.error` for a refusal, echoing `seq`.
+pub fn sys_error(code: ClientCode, msg: &str, seq: Option<u64>) -> Message {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        code: &'a str,
+        msg: &'a str,
+    }
+    let data = raw(&Body {
+        code: code.as_str(),
+        msg,
+    });
+    Outgoing::new("sys", "error")
+        .seq(seq)
+        .data(Some(&data))
+        .encode()
+}
+
+/// `sys.ack` for an accepted message with `seq`.
+pub fn sys_ack(seq: u64) -> Message {
+    Outgoing::new("sys", "ack").seq(Some(seq)).encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Message) -> String {
+        match m {
+            Message::Text(t) => t.as_str().to_owned(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_a_full_envelope_and_ignores_unknown_fields() {
+        let e = decode(r#"{"v":1,"svc":"chat","type":"send","room":"match:1","seq":7,"data":{"msg":"hi"},"x":[1]}"#)
+            .expect("valid");
+        assert_eq!(e.svc, "chat");
+        assert_eq!(e.ty, "send");
+        assert_eq!(e.room.as_deref(), Some("match:1"));
+        assert_eq!(e.seq, Some(7));
+        assert_eq!(
+            e.data.as_deref().map(RawValue::get),
+            Some(r#"{"msg":"hi"}"#)
+        );
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_or_null() {
+        let e = decode(r#"{"v":1,"svc":"room","type":"presence","room":null,"data":null}"#)
+            .expect("valid");
+        assert_eq!(e.room, None);
+        assert!(e.data.is_none());
+        assert_eq!(e.seq, None);
+    }
+
+    #[test]
+    fn version_errors_echo_seq() {
+        let e = decode(r#"{"v":2,"svc":"a","type":"b","seq":9}"#).expect_err("v2");
+        assert_eq!(e.code, ClientCode::UnsupportedVersion);
+        assert_eq!(e.seq, Some(9));
+        let e = decode(r#"{"svc":"a","type":"b","seq":3}"#).expect_err("no v");
+        assert_eq!(e.code, ClientCode::BadRequest);
+        assert_eq!(e.seq, Some(3));
+        let e = decode(r#"{"v":"1","svc":"a","type":"b"}"#).expect_err("string v");
+        assert_eq!(e.code, ClientCode::BadRequest);
+    }
+
+    #[test]
+    fn malformed_input_is_bad_request() {
+        for bad in [
+            "",
+            "null",
+            "[]",
+            "42",
+            "{",
+            r#"{"v":1}"#,
+            r#"{"v":1,"svc":5,"type":"x"}"#,
+            r#"{"v":1,"svc":"a","type":"b","seq":-1}"#,
+            r#"{"v":1,"svc":"a","type":"b","seq":1.5}"#,
+            r#"{"v":1,"svc":"a","type":"b","seq":99999999999999999999999}"#,
+            r#"{"v":1,"svc":"","type":"b"}"#,
+            r#"{"v":1,"svc":"a","type":"b","room":7}"#,
+            r#"{"v":1,"svc":"a","svc":"b","type":"b"}"#,
+        ] {
+            let e = decode(bad).expect_err(bad);
+            assert_eq!(e.code, ClientCode::BadRequest, "{bad}");
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let e = decode(&format!(r#"{{"v":1,"svc":"a","type":"b","data":{deep}}}"#))
+            .map(|_| ())
+            .expect_err("deep nesting");
+        assert_eq!(e.code, ClientCode::BadRequest);
+        let ok = format!(
+            r#"{{"v":1,"svc":"a","type":"b","data":{{"s":"[[[[{{","x":{}{}}}}}"#,
+            "[".repeat(60),
+            "]".repeat(60)
+        );
+        assert!(decode(&ok).is_ok(), "brackets inside strings do not count");
+    }
+
+    #[test]
+    fn encodes_sys_frames() {
+        assert_eq!(
+            text(&sys_error(ClientCode::NotAllowed, "nope", Some(7))),
+            r#"{"v":1,"svc":"sys","type":"error","seq":7,"data":{"code":"NOT_ALLOWED","msg":"nope"}}"#
+        );
+        assert_eq!(
+            text(&sys_ack(3)),
+            r#"{"v":1,"svc":"sys","type":"ack","seq":3}"#
+        );
+    }
+}

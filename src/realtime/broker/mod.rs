@@ -1,0 +1,504 @@
+//! The realtime seam: sessions, users, rooms, presence and publish for one tenant.
+//!
+//! Owns: who is connected and who is in which room. Lanes, services and the server
+//! API talk to a tenant only through [`Broker`]; [`LocalBroker`] is the embedded,
+//! single-process implementation. A cluster implementation wraps the same
+//! operations with a bus so the session layer does not change.
+//!
+//! Fan-out never awaits and never allocates per recipient: a frame is encoded
+//! once by the caller and each recipient's outbox receives a reference-counted
+//! clone of its bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Message;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use super::outbox::{Outbox, Pushed, Qos};
+use crate::error::{CloseCode, RoomError};
+
+/// Session id, unique within the process.
+pub type Sid = u64;
+
+/// A connected session as the realtime layer sees it.
+#[derive(Debug)]
+pub struct SessionEntry {
+    /// Session id.
+    pub sid: Sid,
+    /// Authenticated user id.
+    pub user: Arc<str>,
+    /// Outbound queues drained by the session's writer.
+    pub outbox: Arc<Outbox>,
+    /// Rooms joined, in join order; the last one is the active room (Hot Lane
+    /// target). Each entry carries the session's peer number in that room.
+    rooms: Mutex<Vec<(Arc<str>, u32)>>,
+}
+
+impl SessionEntry {
+    /// A session that has joined no room.
+    pub fn new(sid: Sid, user: Arc<str>, outbox: Arc<Outbox>) -> Self {
+        Self {
+            sid,
+            user,
+            outbox,
+            rooms: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The active room and the session's peer number in it.
+    pub fn active_room(&self) -> Option<(Arc<str>, u32)> {
+        self.rooms.lock().last().cloned()
+    }
+
+    /// Names of the rooms joined, in join order.
+    pub fn rooms(&self) -> Vec<String> {
+        self.rooms
+            .lock()
+            .iter()
+            .map(|(r, _)| r.to_string())
+            .collect()
+    }
+
+    /// Whether the session is in `room`.
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms.lock().iter().any(|(r, _)| &**r == room)
+    }
+}
+
+/// Limits applied when registering a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Tenant-wide cap; 0 = none.
+    pub max_sessions_total: u64,
+    /// Per-user cap (1 for `mode: single`).
+    pub max_sessions_per_user: u32,
+    /// Kick the oldest session instead of refusing the new one.
+    pub kick_oldest: bool,
+}
+
+/// Why a session could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The tenant is at `max_sessions_total` (HTTP 503).
+    #[error("tenant is at max_sessions_total")]
+    TenantFull,
+    /// The user is at `max_sessions_per_user` with `on_exceed: deny` (HTTP 409).
+    #[error("user is at max_sessions_per_user")]
+    UserLimit,
+}
+
+/// Limits applied when joining a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomLimits {
+    /// Rooms that may exist; 0 = none.
+    pub max_rooms_total: u64,
+    /// Members per room; 0 = none.
+    pub max_users_per_room: u64,
+    /// Rooms one session may be in; 0 = none.
+    pub max_rooms_per_user: u64,
+}
+
+/// Result of a successful join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The session's peer number in the room.
+    pub peer: u32,
+    /// Members after the join.
+    pub members: usize,
+    /// False when the session was already a member (join is idempotent).
+    pub new: bool,
+}
+
+/// Counts for the stats endpoint and gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TenantStats {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Distinct connected users.
+    pub users: usize,
+    /// Rooms with at least one member.
+    pub rooms: usize,
+}
+
+/// Delivery tally of one fan-out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Recipients whose queue took the frame.
+    pub delivered: usize,
+    /// Lossy frames dropped to make room.
+    pub dropped: usize,
+    /// Recipients cut as slow consumers by this frame.
+    pub slow: usize,
+}
+
+impl Delivery {
+    fn add(&mut self, pushed: Pushed) {
+        match pushed {
+            Pushed::Queued => self.delivered += 1,
+            Pushed::DroppedOldest => {
+                self.delivered += 1;
+                self.dropped += 1;
+            }
+            Pushed::SlowConsumer => self.slow += 1,
+            Pushed::Closed => {}
+        }
+    }
+}
+
+/// The realtime operations of one tenant.
+pub trait Broker: Send + Sync + std::fmt::Debug {
+    /// Registers a session, enforcing the tenant and per-user caps. Returns the
+    /// sessions that must be kicked (oldest first) to make room under
+    /// `kick_oldest`; the caller notifies and closes them.
+    ///
+    /// # Errors
+    /// [`RegisterError`] when a cap refuses the session.
+    fn register(
+        &self,
+        entry: Arc<SessionEntry>,
+        limits: SessionLimits,
+    ) -> Result<Vec<Arc<SessionEntry>>, RegisterError>;
+
+    /// Removes a session and its room memberships; returns the rooms it left with
+    /// its peer number in each, for presence events.
+    fn unregister(&self, sid: Sid) -> Vec<(Arc<str>, u32)>;
+
+    /// Looks up a live session.
+    fn session(&self, sid: Sid) -> Option<Arc<SessionEntry>>;
+
+    /// Adds the session to `room` (making it the active room).
+    ///
+    /// # Errors
+    /// `RoomFull`, `RoomLimit` or `SessionGone`.
+    fn join(&self, sid: Sid, room: &str, limits: RoomLimits) -> Result<Joined, RoomError>;
+
+    /// Removes the session from `room`; returns its peer number there.
+    ///
+    /// # Errors
+    /// `NotInRoom` when it was not a member.
+    fn leave(&self, sid: Sid, room: &str) -> Result<u32, RoomError>;
+
+    /// Delivers one encoded frame to every member of `room` except `exclude`.
+    fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<Sid>) -> Delivery;
+
+    /// Delivers one encoded frame to every session of `user`.
+    fn send_to_user(&self, user: &str, msg: &Message, qos: Qos) -> Delivery;
+
+    /// Closes every session of `user` after delivering `notice` (if any) to them;
+    /// returns how many were closed.
+    fn disconnect_user(&self, user: &str, notice: Option<&Message>, code: CloseCode) -> usize;
+
+    /// Closes every session (drain, tenant removal); returns how many.
+    fn close_all(&self, code: CloseCode, reason: &'static str) -> usize;
+
+    /// Distinct users in `room`, sorted.
+    fn presence(&self, room: &str) -> Vec<String>;
+
+    /// Member count of `room`.
+    fn room_size(&self, room: &str) -> usize;
+
+    /// Session, user and room counts.
+    fn stats(&self) -> TenantStats;
+}
+
+#[derive(Debug)]
+struct Member {
+    sid: Sid,
+    peer: u32,
+    user: Arc<str>,
+    outbox: Arc<Outbox>,
+}
+
+#[derive(Debug, Default)]
+struct RoomMembers {
+    /// Dense for fast fan-out; removal is a linear scan + swap_remove.
+    members: Vec<Member>,
+    next_peer: u32,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    inner: RwLock<RoomMembers>,
+}
+
+/// The embedded, in-process broker (cluster `mode: local`).
+#[derive(Debug, Default)]
+pub struct LocalBroker {
+    sessions: DashMap<Sid, Arc<SessionEntry>>,
+    /// Sessions of each user, oldest first.
+    users: DashMap<Arc<str>, Vec<Sid>>,
+    rooms: DashMap<Arc<str>, Arc<Room>>,
+    session_count: AtomicU64,
+    /// Kept beside `rooms` because `DashMap::len` cannot be called while a shard
+    /// lock is held (it would deadlock on that shard).
+    room_count: AtomicU64,
+}
+
+impl LocalBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn remove_member(&self, room_name: &str, sid: Sid) -> Option<u32> {
+        let room = self.rooms.get(room_name).map(|r| Arc::clone(r.value()))?;
+        let peer = {
+            let mut inner = room.inner.write();
+            let idx = inner.members.iter().position(|m| m.sid == sid)?;
+            inner.members.swap_remove(idx).peer
+        };
+        // Drop the room when it is empty. The check runs under the map's shard lock,
+        // which `join` also holds while adding a member, so a concurrent join can
+        // never land in a room that has just been removed.
+        self.drop_if_empty(room_name);
+        Some(peer)
+    }
+
+    fn drop_if_empty(&self, room_name: &str) {
+        if self
+            .rooms
+            .remove_if(room_name, |_, r| r.inner.read().members.is_empty())
+            .is_some()
+        {
+            self.room_count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Broker for LocalBroker {
+    fn register(
+        &self,
+        entry: Arc<SessionEntry>,
+        limits: SessionLimits,
+    ) -> Result<Vec<Arc<SessionEntry>>, RegisterError> {
+        let mut kicked = Vec::new();
+        {
+            let mut sids = self.users.entry(Arc::clone(&entry.user)).or_default();
+            let cap = limits.max_sessions_per_user.max(1) as usize;
+            // Sessions already closing do not count against the cap.
+            sids.retain(|sid| {
+                self.sessions
+                    .get(sid)
+                    .is_some_and(|s| !s.outbox.is_closing())
+            });
+            if sids.len() >= cap {
+                if !limits.kick_oldest {
+                    return Err(RegisterError::UserLimit);
+                }
+                let excess = sids.len() + 1 - cap;
+                for sid in sids.drain(..excess) {
+                    if let Some(s) = self.sessions.get(&sid) {
+                        kicked.push(Arc::clone(s.value()));
+                    }
+                }
+            }
+            // Tenant cap after the kick decision: kicked sessions free their slot.
+            let live = self.session_count.load(Ordering::Acquire) - kicked.len() as u64;
+            if limits.max_sessions_total > 0 && live >= limits.max_sessions_total {
+                // Undo: the kicked sessions stay.
+                let mut restored: Vec<Sid> = kicked.iter().map(|s| s.sid).collect();
+                restored.append(&mut sids);
+                *sids = restored;
+                return Err(RegisterError::TenantFull);
+            }
+            sids.push(entry.sid);
+            self.session_count.fetch_add(1, Ordering::AcqRel);
+        }
+        self.sessions.insert(entry.sid, entry);
+        Ok(kicked)
+    }
+
+    fn unregister(&self, sid: Sid) -> Vec<(Arc<str>, u32)> {
+        let Some((_, entry)) = self.sessions.remove(&sid) else {
+            return Vec::new();
+        };
+        self.session_count.fetch_sub(1, Ordering::AcqRel);
+        self.users.remove_if_mut(&entry.user, |_, sids| {
+            sids.retain(|s| *s != sid);
+            sids.is_empty()
+        });
+        let rooms = std::mem::take(&mut *entry.rooms.lock());
+        rooms
+            .into_iter()
+            .filter_map(|(room, _)| {
+                let peer = self.remove_member(&room, sid)?;
+                Some((room, peer))
+            })
+            .collect()
+    }
+
+    fn session(&self, sid: Sid) -> Option<Arc<SessionEntry>> {
+        self.sessions.get(&sid).map(|s| Arc::clone(s.value()))
+    }
+
+    fn join(&self, sid: Sid, room: &str, limits: RoomLimits) -> Result<Joined, RoomError> {
+        let entry = self.session(sid).ok_or(RoomError::SessionGone)?;
+        {
+            let mut rooms = entry.rooms.lock();
+            if let Some(pos) = rooms.iter().position(|(r, _)| &**r == room) {
+                // Already a member: make it the active room again.
+                let item = rooms.remove(pos);
+                let peer = item.1;
+                rooms.push(item);
+                drop(rooms);
+                return Ok(Joined {
+                    peer,
+                    members: self.room_size(room),
+                    new: false,
+                });
+            }
+            if limits.max_rooms_per_user > 0 && rooms.len() as u64 >= limits.max_rooms_per_user {
+                return Err(RoomError::RoomLimit);
+            }
+        }
+        let (room_name, peer, members) = {
+            let slot = match self.rooms.entry(Arc::from(room)) {
+                dashmap::Entry::Occupied(o) => o.into_ref(),
+                dashmap::Entry::Vacant(v) => {
+                    if limits.max_rooms_total > 0
+                        && self.room_count.load(Ordering::Acquire) >= limits.max_rooms_total
+                    {
+                        return Err(RoomError::RoomLimit);
+                    }
+                    self.room_count.fetch_add(1, Ordering::AcqRel);
+                    v.insert(Arc::new(Room::default()))
+                }
+            };
+            let mut inner = slot.value().inner.write();
+            if limits.max_users_per_room > 0
+                && inner.members.len() as u64 >= limits.max_users_per_room
+            {
+                let empty = inner.members.is_empty();
+                drop(inner);
+                let key = Arc::clone(slot.key());
+                drop(slot);
+                if empty {
+                    self.drop_if_empty(&key);
+                }
+                return Err(RoomError::RoomFull);
+            }
+            inner.next_peer = inner.next_peer.wrapping_add(1).max(1);
+            let peer = inner.next_peer;
+            inner.members.push(Member {
+                sid,
+                peer,
+                user: Arc::clone(&entry.user),
+                outbox: Arc::clone(&entry.outbox),
+            });
+            (Arc::clone(slot.key()), peer, inner.members.len())
+        };
+        entry.rooms.lock().push((room_name, peer));
+        Ok(Joined {
+            peer,
+            members,
+            new: true,
+        })
+    }
+
+    fn leave(&self, sid: Sid, room: &str) -> Result<u32, RoomError> {
+        let entry = self.session(sid).ok_or(RoomError::SessionGone)?;
+        {
+            let mut rooms = entry.rooms.lock();
+            let pos = rooms
+                .iter()
+                .position(|(r, _)| &**r == room)
+                .ok_or(RoomError::NotInRoom)?;
+            rooms.remove(pos);
+        }
+        self.remove_member(room, sid).ok_or(RoomError::NotInRoom)
+    }
+
+    fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<Sid>) -> Delivery {
+        let mut tally = Delivery::default();
+        let Some(room) = self.rooms.get(room).map(|r| Arc::clone(r.value())) else {
+            return tally;
+        };
+        let inner = room.inner.read();
+        for m in &inner.members {
+            if Some(m.sid) != exclude {
+                tally.add(m.outbox.push(msg.clone(), qos));
+            }
+        }
+        tally
+    }
+
+    fn send_to_user(&self, user: &str, msg: &Message, qos: Qos) -> Delivery {
+        let mut tally = Delivery::default();
+        let sids = match self.users.get(user) {
+            Some(s) => s.value().clone(),
+            None => return tally,
+        };
+        for sid in sids {
+            if let Some(s) = self.session(sid) {
+                tally.add(s.outbox.push(msg.clone(), qos));
+            }
+        }
+        tally
+    }
+
+    fn disconnect_user(&self, user: &str, notice: Option<&Message>, code: CloseCode) -> usize {
+        let sids = match self.users.get(user) {
+            Some(s) => s.value().clone(),
+            None => return 0,
+        };
+        let mut closed = 0;
+        for sid in sids {
+            if let Some(s) = self.session(sid) {
+                if let Some(n) = notice {
+                    s.outbox.push(n.clone(), Qos::Reliable);
+                }
+                s.outbox.close(code, "disconnected", true);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    fn close_all(&self, code: CloseCode, reason: &'static str) -> usize {
+        let mut n = 0;
+        for s in &self.sessions {
+            s.outbox.close(code, reason, true);
+            n += 1;
+        }
+        n
+    }
+
+    fn presence(&self, room: &str) -> Vec<String> {
+        let Some(room) = self.rooms.get(room).map(|r| Arc::clone(r.value())) else {
+            return Vec::new();
+        };
+        let mut users: Vec<String> = {
+            let inner = room.inner.read();
+            let mut seen: HashMap<&str, ()> = HashMap::with_capacity(inner.members.len());
+            inner
+                .members
+                .iter()
+                .filter(|m| seen.insert(&m.user, ()).is_none())
+                .map(|m| m.user.to_string())
+                .collect()
+        };
+        users.sort_unstable();
+        users
+    }
+
+    fn room_size(&self, room: &str) -> usize {
+        self.rooms
+            .get(room)
+            .map(|r| r.inner.read().members.len())
+            .unwrap_or(0)
+    }
+
+    fn stats(&self) -> TenantStats {
+        TenantStats {
+            sessions: self.sessions.len(),
+            users: self.users.len(),
+            rooms: self.rooms.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

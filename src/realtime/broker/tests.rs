@@ -1,0 +1,160 @@
+use super::*;
+use axum::extract::ws::Utf8Bytes;
+
+fn session(
+    b: &LocalBroker,
+    sid: Sid,
+    user: &str,
+    limits: SessionLimits,
+) -> Result<Vec<Sid>, RegisterError> {
+    let entry = Arc::new(SessionEntry::new(
+        sid,
+        Arc::from(user),
+        Arc::new(Outbox::new(8, 8)),
+    ));
+    b.register(entry, limits)
+        .map(|k| k.iter().map(|s| s.sid).collect())
+}
+
+const OPEN: SessionLimits = SessionLimits {
+    max_sessions_total: 0,
+    max_sessions_per_user: 4,
+    kick_oldest: false,
+};
+
+fn msg(s: &str) -> Message {
+    Message::Text(Utf8Bytes::from(s.to_owned()))
+}
+
+#[test]
+fn per_user_cap_denies_or_kicks_oldest() {
+    let b = LocalBroker::new();
+    let deny = SessionLimits {
+        max_sessions_per_user: 2,
+        ..OPEN
+    };
+    assert_eq!(session(&b, 1, "u", deny), Ok(vec![]));
+    assert_eq!(session(&b, 2, "u", deny), Ok(vec![]));
+    assert_eq!(session(&b, 3, "u", deny), Err(RegisterError::UserLimit));
+    assert_eq!(session(&b, 4, "other", deny), Ok(vec![]));
+    let kick = SessionLimits {
+        kick_oldest: true,
+        ..deny
+    };
+    assert_eq!(session(&b, 5, "u", kick), Ok(vec![1]));
+    assert_eq!(
+        b.stats().sessions,
+        4,
+        "the kicked session stays until it unregisters"
+    );
+    b.unregister(1);
+    assert_eq!(
+        b.stats(),
+        TenantStats {
+            sessions: 3,
+            users: 2,
+            rooms: 0
+        }
+    );
+}
+
+#[test]
+fn tenant_cap_counts_every_user() {
+    let b = LocalBroker::new();
+    let capped = SessionLimits {
+        max_sessions_total: 2,
+        ..OPEN
+    };
+    assert!(session(&b, 1, "a", capped).is_ok());
+    assert!(session(&b, 2, "b", capped).is_ok());
+    assert_eq!(session(&b, 3, "c", capped), Err(RegisterError::TenantFull));
+    b.unregister(2);
+    assert!(session(&b, 3, "c", capped).is_ok());
+}
+
+#[test]
+fn rooms_assign_peers_track_active_room_and_vanish_when_empty() {
+    let b = LocalBroker::new();
+    session(&b, 1, "a", OPEN).ok();
+    session(&b, 2, "b", OPEN).ok();
+    let lim = RoomLimits::default();
+    let j1 = b.join(1, "r", lim).expect("join");
+    let j2 = b.join(2, "r", lim).expect("join");
+    assert_eq!((j1.peer, j1.members), (1, 1));
+    assert_eq!((j2.peer, j2.members), (2, 2));
+    b.join(1, "s", lim).expect("join s");
+    assert_eq!(
+        b.session(1)
+            .and_then(|s| s.active_room())
+            .map(|r| r.0.to_string()),
+        Some("s".into())
+    );
+    // Re-joining is idempotent and re-activates the room.
+    let again = b.join(1, "r", lim).expect("rejoin");
+    assert_eq!((again.peer, again.new), (1, false));
+    assert_eq!(
+        b.session(1).and_then(|s| s.active_room()).map(|r| r.1),
+        Some(1)
+    );
+    assert_eq!(b.presence("r"), vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!(b.leave(2, "r"), Ok(2));
+    assert_eq!(b.leave(2, "r"), Err(RoomError::NotInRoom));
+    assert_eq!(b.stats().rooms, 2);
+    let left = b.unregister(1);
+    assert_eq!(left.len(), 2);
+    assert_eq!(b.stats().rooms, 0);
+}
+
+#[test]
+fn room_limits_are_enforced() {
+    let b = LocalBroker::new();
+    for sid in 1..=3 {
+        session(&b, sid, &format!("u{sid}"), OPEN).ok();
+    }
+    let lim = RoomLimits {
+        max_rooms_total: 2,
+        max_users_per_room: 2,
+        max_rooms_per_user: 2,
+    };
+    b.join(1, "a", lim).expect("a");
+    b.join(2, "a", lim).expect("a");
+    assert_eq!(b.join(3, "a", lim), Err(RoomError::RoomFull));
+    b.join(1, "b", lim).expect("b");
+    assert_eq!(
+        b.join(1, "c", lim),
+        Err(RoomError::RoomLimit),
+        "per-user cap"
+    );
+    assert_eq!(
+        b.join(3, "c", lim),
+        Err(RoomError::RoomLimit),
+        "room total cap"
+    );
+    // A full-room refusal of a brand-new room must not leak an empty room.
+    let one = RoomLimits {
+        max_users_per_room: 0,
+        ..RoomLimits::default()
+    };
+    b.join(3, "d", one).expect("d");
+    assert_eq!(b.stats().rooms, 3);
+}
+
+#[tokio::test]
+async fn publish_shares_one_frame_and_respects_exclude() {
+    let b = LocalBroker::new();
+    for sid in 1..=3 {
+        session(&b, sid, &format!("u{sid}"), OPEN).ok();
+        b.join(sid, "r", RoomLimits::default()).expect("join");
+    }
+    let m = msg("hello");
+    let d = b.publish("r", &m, Qos::Reliable, Some(1));
+    assert_eq!(d.delivered, 2);
+    assert_eq!(b.publish("nope", &m, Qos::Reliable, None).delivered, 0);
+    let s1 = b.session(1).expect("s1");
+    let s2 = b.session(2).expect("s2");
+    assert_eq!(s1.outbox.depth(), (0, 0));
+    assert_eq!(s2.outbox.depth(), (1, 0));
+    assert_eq!(b.send_to_user("u3", &m, Qos::Lossy).delivered, 1);
+    assert_eq!(b.disconnect_user("u3", None, CloseCode::Disconnected), 1);
+    assert!(b.session(3).expect("s3").outbox.is_closing());
+}

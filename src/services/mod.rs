@@ -1,0 +1,159 @@
+//! Ext Lane services.
+//!
+//! Owns: the [`ExtService`] seam through which routed (non-built-in) services are
+//! called, and the built-in `room` and `chat` services. A service never writes to a
+//! socket: it returns [`Effect`]s, which `lanes::ext` applies through the tenant's
+//! broker after the call, so a failed call emits nothing half-done.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::TenantConfig;
+use crate::error::PluginError;
+use crate::realtime::broker::{Broker, Sid};
+use crate::realtime::outbox::Qos;
+
+/// A boxed, sendable future (the trait must stay object safe).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Who sent a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Tenant id.
+    pub tenant: Arc<str>,
+    /// Authenticated user.
+    pub user: Arc<str>,
+    /// Session id.
+    pub sid: Sid,
+    /// Rooms joined, in join order (last = active).
+    pub rooms: Vec<String>,
+}
+
+/// One Ext Lane message routed to a service.
+#[derive(Debug, Clone)]
+pub struct ExtCall {
+    /// The sender.
+    pub session: SessionInfo,
+    /// Plugin file stem the tenant's route names.
+    pub plugin: Arc<str>,
+    /// `svc` as the client sent it.
+    pub svc: String,
+    /// `type`.
+    pub ty: String,
+    /// `room`, if any.
+    pub room: Option<String>,
+    /// `seq`, if any.
+    pub seq: Option<u64>,
+    /// `data` as JSON text (`null` when absent).
+    pub data: Box<RawValue>,
+    /// The tenant's config at the time of the call (upstreams, limits).
+    pub tenant_cfg: Arc<TenantConfig>,
+    /// The tenant's realtime state, for read-only queries such as room members.
+    pub broker: Arc<dyn Broker>,
+}
+
+/// Something a service asks the gateway to do after it returns. The gateway wraps
+/// every payload in an envelope whose `svc` is the calling service's own, so a
+/// service cannot forge `sys` frames or reach another tenant.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Send to the calling session only.
+    Reply {
+        /// `type` of the envelope.
+        ty: String,
+        /// `data` (JSON).
+        data: Box<RawValue>,
+    },
+    /// Publish to a room.
+    Publish {
+        /// Target room.
+        room: String,
+        /// `type` of the envelope.
+        ty: String,
+        /// `data` (JSON).
+        data: Box<RawValue>,
+        /// Delivery class.
+        qos: Qos,
+        /// Leave the calling session out.
+        exclude_sender: bool,
+    },
+    /// Send to every session of a user of the same tenant.
+    SendToUser {
+        /// Target user.
+        user: String,
+        /// `type` of the envelope.
+        ty: String,
+        /// `data` (JSON).
+        data: Box<RawValue>,
+    },
+    /// Make the calling session join a room (subject to room limits).
+    Join {
+        /// Room to join.
+        room: String,
+    },
+    /// Make the calling session leave a room.
+    Leave {
+        /// Room to leave.
+        room: String,
+    },
+}
+
+/// Health of one plugin as the server API reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PluginStatus {
+    /// Plugin file stem.
+    pub name: String,
+    /// Hex SHA-256 of the serving version, if any.
+    pub sha256: Option<String>,
+    /// RFC 3339 time the serving version was loaded.
+    pub loaded_at: Option<String>,
+    /// Calls handled for this tenant.
+    pub calls: u64,
+    /// Failed calls for this tenant.
+    pub errors: u64,
+    /// `serving`, `failed to load`, `backing off` or `missing`.
+    pub state: String,
+    /// Last load error, if the newest file failed to load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A routed Ext Lane service (implemented by the WASM plugin host).
+pub trait ExtService: Send + Sync + 'static {
+    /// Handles one message.
+    fn call(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>>;
+
+    /// Reports a plugin's state for a tenant.
+    fn status(&self, tenant: &str, plugin: &str) -> PluginStatus;
+
+    /// Tells the service a session that used `plugin` has closed.
+    fn session_closed(&self, _plugin: &str, _session: &SessionInfo) {}
+}
+
+/// The service used when no plugin host is running: every routed call answers
+/// `SERVICE_UNAVAILABLE`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPlugins;
+
+impl ExtService for NoPlugins {
+    fn call(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
+        let name = call.plugin.to_string();
+        Box::pin(async move { Err(PluginError::Missing(name)) })
+    }
+
+    fn status(&self, _tenant: &str, plugin: &str) -> PluginStatus {
+        PluginStatus {
+            name: plugin.to_owned(),
+            sha256: None,
+            loaded_at: None,
+            calls: 0,
+            errors: 0,
+            state: "missing".to_owned(),
+            last_error: None,
+        }
+    }
+}
