@@ -1,5 +1,7 @@
 //! wsPrism: a multi-tenant realtime WebSocket gateway.
 
+pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod obs;
