@@ -1,11 +1,258 @@
 //! wsPrism: a multi-tenant realtime WebSocket gateway.
+//!
+//! # Layout
+//! One connection flows one way through these stages:
+//!
+//! `transport` (accept, upgrade, session reader/writer) → `protocol` (decode
+//! envelopes and hot frames) → `policy` (allowlists, rate limits, caps) →
+//! `lanes` (Hot Lane native services, Ext Lane routing) → `services` (built-in
+//! `room`/`chat`, routed services through [`services::ExtService`]) →
+//! `realtime` (broker fan-out into per-session outboxes) → `transport::writer`.
+//!
+//! Around it: `config` (strict schema, validation), `gateway` (shared state and
+//! config apply), `auth` (static / JWT / webhook), `api` (server API), `ops`
+//! (health, readiness, metrics), `reload` (file watch, SIGHUP), `obs` (metrics,
+//! tracing), `error` (the wire codes and the one mapping to them).
+//!
+//! [`Server::bind`] binds both listeners and builds the state; [`Server::run`]
+//! serves until its token is cancelled, then drains.
 
+pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod gateway;
+pub mod lanes;
 pub mod obs;
+pub mod ops;
 pub mod policy;
 pub mod protocol;
 pub mod realtime;
+pub mod reload;
 pub mod services;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backend::BackendClient;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::obs::metrics::Metrics;
+use crate::services::{ExtService, NoPlugins};
+
+/// How a server is started.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// The config file, for hot reload (file watch and [`Server::reload`]).
+    pub config_path: Option<PathBuf>,
+    /// Bind these instead of `gateway.listen` / `gateway.admin_listen` (tests bind
+    /// `127.0.0.1:0`).
+    pub bind: Option<(SocketAddr, SocketAddr)>,
+    /// Routed Ext Lane services; `None` answers every routed svc with
+    /// `SERVICE_UNAVAILABLE`.
+    pub ext: Option<Arc<dyn ExtService>>,
+}
+
+impl std::fmt::Debug for dyn ExtService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtService")
+    }
+}
+
+/// A bound, not yet serving gateway.
+#[derive(Debug)]
+pub struct Server {
+    gw: Arc<Gateway>,
+    public: TcpListener,
+    admin: TcpListener,
+    config_path: Option<PathBuf>,
+}
+
+impl Server {
+    /// Builds the gateway state and binds both listeners.
+    ///
+    /// # Errors
+    /// A listener cannot be bound, or a tenant's keys cannot be loaded.
+    pub async fn bind(cfg: Config, opts: ServerOptions) -> anyhow::Result<Self> {
+        let (public_addr, admin_addr) = match opts.bind {
+            Some(pair) => pair,
+            None => (
+                cfg.gateway.listen.parse().context("gateway.listen")?,
+                cfg.gateway
+                    .admin_listen
+                    .parse()
+                    .context("gateway.admin_listen")?,
+            ),
+        };
+        let base_dir = opts
+            .config_path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(std::path::Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let stop = CancellationToken::new();
+        let ext = opts.ext.unwrap_or_else(|| Arc::new(NoPlugins));
+        let gw = Gateway::new(
+            cfg,
+            base_dir,
+            Metrics::new(),
+            BackendClient::new(),
+            ext,
+            stop,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let public = TcpListener::bind(public_addr).await.with_context(|| {
+            format!("cannot listen on {public_addr} (gateway.listen); is another process using it?")
+        })?;
+        let admin = TcpListener::bind(admin_addr).await.with_context(|| {
+            format!(
+                "cannot listen on {admin_addr} (gateway.admin_listen); is another process using it?"
+            )
+        })?;
+        Ok(Self {
+            gw,
+            public,
+            admin,
+            config_path: opts.config_path,
+        })
+    }
+
+    /// The public listener's address.
+    ///
+    /// # Errors
+    /// The OS cannot report the address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.public.local_addr()
+    }
+
+    /// The admin listener's address.
+    ///
+    /// # Errors
+    /// The OS cannot report the address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// The shared state (for SIGHUP reloads and tests).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        Arc::clone(&self.gw)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: `/readyz` and new
+    /// upgrades answer 503, every session gets Close 1001 after its queued
+    /// reliable frames, and the call returns once all sessions ended or
+    /// `drain_grace_ms` passed.
+    ///
+    /// # Errors
+    /// Never after a successful bind; reserved for fatal serve errors.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            gw,
+            public,
+            admin,
+            config_path,
+        } = self;
+        let cfg = gw.config();
+        if let Some(path) = &config_path
+            && let Err(e) = reload::watch(Arc::clone(&gw), path.clone())
+        {
+            warn!(error = %e, "cannot watch the config file; SIGHUP still reloads");
+        }
+        let mut public_router = Router::new()
+            .route("/v1/ws", get(transport::upgrade::handle))
+            .route("/healthz", get(ops::healthz))
+            .route("/readyz", get(ops::readyz));
+        if cfg.gateway.diagnostics.echo {
+            public_router = public_router.route("/v1/echo", get(transport::echo::handle));
+        }
+        let public_router = public_router.with_state(Arc::clone(&gw));
+        let admin_router = api::router()
+            .route("/metrics", get(ops::metrics))
+            .route("/healthz", get(ops::healthz))
+            .with_state(Arc::clone(&gw));
+
+        let listeners_stop = CancellationToken::new();
+        let public_addr = public.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+        let public_task = tokio::spawn(transport::listener::serve(
+            public,
+            public_router,
+            listeners_stop.clone(),
+        ));
+        let admin_task = tokio::spawn(transport::listener::serve(
+            admin,
+            admin_router,
+            listeners_stop.clone(),
+        ));
+        info!("wsPrism gateway active at {public_addr}");
+        info!(admin = %admin_addr, "admin listener (metrics, server API) active");
+        for t in &cfg.tenants {
+            info!("loaded tenant {:?}", t.id);
+        }
+        spawn_upkeep(&gw);
+
+        shutdown.cancelled().await;
+        let grace = Duration::from_millis(gw.config().gateway.drain_grace_ms);
+        let notified = gw.start_drain();
+        info!(
+            sessions = notified,
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
+        gw.sessions.close();
+        if tokio::time::timeout(grace, gw.sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                sessions_left = gw.sessions.len(),
+                "drain grace period over; aborting remaining sessions"
+            );
+        }
+        listeners_stop.cancel();
+        gw.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = public_task.await;
+            let _ = admin_task.await;
+        })
+        .await;
+        gw.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), gw.tasks.wait()).await;
+        info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Periodic housekeeping: prunes idle entries of keyed rate limiters.
+fn spawn_upkeep(gw: &Arc<Gateway>) {
+    let gw2 = Arc::clone(gw);
+    let stop = gw.shutdown.clone();
+    gw.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    gw2.handshake_limiter().prune();
+                    for t in gw2.tenants() {
+                        if let Some(rt) = t.runtime() {
+                            rt.policy.prune();
+                        }
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,6 +1,182 @@
 //! Policy: allowlists, rate limits and the per-tenant compiled policy.
 //!
-//! Owns: the decision whether a message may pass. It returns decisions and never
-//! writes to a session; `lanes` turn refusals into frames.
+//! Owns: the decision whether a message may pass. [`TenantPolicy`] is compiled
+//! once per config version from a tenant's config; sessions hold their own
+//! connection-scoped limiter and error budget in [`SessionPolicy`]. Nothing here
+//! writes to a session: `lanes` turn refusals into frames.
 
 pub mod allowlist;
+pub mod rate_limit;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::Quota;
+
+use self::allowlist::{ExtAllowlist, HotAllowlist};
+use self::rate_limit::{DirectLimiter, KeyedLimiter, direct, keyed, quota, windowed};
+use crate::config::{HotServiceConfig, OnExceed, RateLimitScope, SessionMode, TenantConfig};
+use crate::realtime::broker::{RoomLimits, SessionLimits};
+
+/// A tenant's policy, compiled for the hot path.
+#[derive(Debug)]
+pub struct TenantPolicy {
+    /// Ext Lane allowlist.
+    pub ext_allow: ExtAllowlist,
+    /// Hot Lane allowlist.
+    pub hot_allow: HotAllowlist,
+    /// Native Hot Lane services indexed by `svc_id`.
+    hot_services: Box<[Option<HotServiceConfig>]>,
+    /// Ext Lane `svc` → plugin name.
+    routes: HashMap<String, Arc<str>>,
+    /// Message quota (both lanes).
+    pub message_quota: Quota,
+    /// Bucket scope.
+    pub scope: RateLimitScope,
+    /// Shared bucket per user (`scope: user`).
+    user_limiter: Option<KeyedLimiter<Arc<str>>>,
+    /// Shared bucket for the tenant (`scope: tenant`).
+    tenant_limiter: Option<DirectLimiter>,
+    /// Error budget quota, `None` when disabled.
+    pub error_quota: Option<Quota>,
+    /// Session caps for registration.
+    pub session_limits: SessionLimits,
+    /// Room caps for joins.
+    pub room_limits: RoomLimits,
+}
+
+impl TenantPolicy {
+    /// Compiles a tenant's policy.
+    pub fn compile(t: &TenantConfig) -> Self {
+        let p = &t.policy;
+        let message_quota = quota(p.rate_limit_rps, p.rate_limit_burst);
+        let mut hot_services = vec![None; 256].into_boxed_slice();
+        for s in &t.hot_services {
+            hot_services[usize::from(s.id)] = Some(s.clone());
+        }
+        Self {
+            ext_allow: ExtAllowlist::compile(&p.ext_allowlist),
+            hot_allow: HotAllowlist::compile(&p.hot_allowlist),
+            hot_services,
+            routes: t
+                .routes
+                .iter()
+                .map(|r| (r.svc.clone(), Arc::from(r.plugin.as_str())))
+                .collect(),
+            message_quota,
+            scope: p.rate_limit_scope,
+            user_limiter: (p.rate_limit_scope == RateLimitScope::User)
+                .then(|| keyed(message_quota)),
+            tenant_limiter: (p.rate_limit_scope == RateLimitScope::Tenant)
+                .then(|| direct(message_quota)),
+            error_quota: (p.error_budget.max_errors > 0).then(|| {
+                windowed(
+                    p.error_budget.max_errors,
+                    Duration::from_millis(p.error_budget.window_ms),
+                )
+            }),
+            session_limits: SessionLimits {
+                max_sessions_total: t.limits.max_sessions_total,
+                max_sessions_per_user: match p.sessions.mode {
+                    SessionMode::Single => 1,
+                    SessionMode::Multi => p.sessions.max_sessions_per_user,
+                },
+                kick_oldest: p.sessions.on_exceed == OnExceed::KickOldest,
+            },
+            room_limits: RoomLimits {
+                max_rooms_total: t.limits.max_rooms_total,
+                max_users_per_room: t.limits.max_users_per_room,
+                max_rooms_per_user: t.limits.max_rooms_per_user,
+            },
+        }
+    }
+
+    /// The native service for a Hot Lane `svc_id`.
+    #[inline]
+    pub fn hot_service(&self, svc_id: u8) -> Option<&HotServiceConfig> {
+        self.hot_services[usize::from(svc_id)].as_ref()
+    }
+
+    /// The plugin an Ext Lane `svc` is routed to.
+    pub fn route(&self, svc: &str) -> Option<&Arc<str>> {
+        self.routes.get(svc)
+    }
+
+    /// Housekeeping for keyed limiters (drops idle users' buckets).
+    pub fn prune(&self) {
+        if let Some(l) = &self.user_limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+/// Per-session policy state: the connection bucket and the error budget, rebuilt
+/// when the tenant's policy changes (config reload).
+#[derive(Debug)]
+pub struct SessionPolicy {
+    policy: Arc<TenantPolicy>,
+    conn_limiter: Option<DirectLimiter>,
+    error_budget: Option<DirectLimiter>,
+}
+
+impl SessionPolicy {
+    /// State for a session under `policy`.
+    pub fn new(policy: Arc<TenantPolicy>) -> Self {
+        Self {
+            conn_limiter: (policy.scope == RateLimitScope::Connection)
+                .then(|| direct(policy.message_quota)),
+            error_budget: policy.error_quota.map(direct),
+            policy,
+        }
+    }
+
+    /// Switches to a newer policy, keeping buckets when their quota did not change.
+    pub fn refresh(&mut self, policy: &Arc<TenantPolicy>) {
+        if Arc::ptr_eq(&self.policy, policy) {
+            return;
+        }
+        let same_rate =
+            self.policy.message_quota == policy.message_quota && self.policy.scope == policy.scope;
+        let same_budget = self.policy.error_quota == policy.error_quota;
+        let fresh = Self::new(Arc::clone(policy));
+        if !same_rate {
+            self.conn_limiter = fresh.conn_limiter;
+        }
+        if !same_budget {
+            self.error_budget = fresh.error_budget;
+        }
+        self.policy = Arc::clone(policy);
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<TenantPolicy> {
+        &self.policy
+    }
+
+    /// Spends one message from the bucket of the configured scope.
+    #[inline]
+    pub fn admit_message(&self, user: &Arc<str>) -> bool {
+        match self.policy.scope {
+            RateLimitScope::Connection => {
+                self.conn_limiter.as_ref().is_none_or(|l| l.check().is_ok())
+            }
+            RateLimitScope::User => self
+                .policy
+                .user_limiter
+                .as_ref()
+                .is_none_or(|l| l.check_key(user).is_ok()),
+            RateLimitScope::Tenant => self
+                .policy
+                .tenant_limiter
+                .as_ref()
+                .is_none_or(|l| l.check().is_ok()),
+        }
+    }
+
+    /// Records one refusal; false when the error budget is exhausted (close 1008).
+    pub fn record_error(&self) -> bool {
+        self.error_budget.as_ref().is_none_or(|l| l.check().is_ok())
+    }
+}

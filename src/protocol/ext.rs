@@ -219,6 +219,20 @@ impl<'a> Outgoing<'a> {
         self
     }
 
+    /// Encodes like [`Outgoing::encode`], refusing frames over `max` bytes
+    /// (`PAYLOAD_TOO_LARGE`: plugin publishes and server API payloads).
+    ///
+    /// # Errors
+    /// The encoded size when it exceeds `max`.
+    pub fn encode_within(&self, max: usize) -> Result<Message, usize> {
+        let msg = self.encode();
+        let len = match &msg {
+            Message::Text(t) => t.len(),
+            _ => 0,
+        };
+        if len > max { Err(len) } else { Ok(msg) }
+    }
+
     /// Encodes once into a frame whose bytes can be shared by every recipient.
     pub fn encode(&self) -> Message {
         // Serializing a struct of strings, integers and already-valid raw JSON

@@ -5,6 +5,9 @@
 //! socket: it returns [`Effect`]s, which `lanes::ext` applies through the tenant's
 //! broker after the call, so a failed call emits nothing half-done.
 
+pub mod chat;
+pub mod room;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1,0 +1,357 @@
+//! Server API on the admin listener (SPEC §7): the backend publishes, sends,
+//! disconnects and reads presence/stats/plugin state.
+//!
+//! Owns: bearer-key authorization per tenant (missing or unknown key → 401, a key
+//! of another tenant → 403) and the JSON shapes of each endpoint. Refusals use the
+//! same codes as the wire (`{"code","msg"}`) with matching HTTP statuses.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::error::{ClientCode, CloseCode};
+use crate::gateway::{Gateway, Tenant, TenantRuntime};
+use crate::protocol::ext::{Outgoing, raw};
+use crate::realtime::outbox::Qos;
+
+/// Largest request body accepted by the server API.
+const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+
+/// The server API routes (mounted on the admin router).
+pub fn router() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/v1/api/tenants/{t}/publish", post(publish))
+        .route("/v1/api/tenants/{t}/users/{u}/send", post(send))
+        .route("/v1/api/tenants/{t}/users/{u}/disconnect", post(disconnect))
+        .route("/v1/api/tenants/{t}/rooms/{r}/presence", get(presence))
+        .route("/v1/api/tenants/{t}/stats", get(stats))
+        .route("/v1/api/tenants/{t}/plugins", get(plugins))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+}
+
+/// An API failure.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    msg: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    fn client(code: ClientCode, msg: impl Into<String>) -> Self {
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self::new(status, code.as_str(), msg)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(json!({"code": self.code, "msg": self.msg})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+/// Constant-time comparison, so key checks do not leak how much of a key matched.
+fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Resolves the tenant and checks the bearer key.
+fn authorize(
+    gw: &Gateway,
+    tenant_id: &str,
+    headers: &HeaderMap,
+) -> Result<(Arc<Tenant>, Arc<TenantRuntime>), ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing or invalid API key; send Authorization: Bearer <key>",
+        )
+    };
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, k)| k.trim())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(unauthorized)?;
+    let target = gw
+        .tenant(tenant_id)
+        .and_then(|t| t.runtime().map(|rt| (t, rt)));
+    if let Some((t, rt)) = &target
+        && rt.cfg.api_keys.iter().any(|k| same_key(k, key))
+    {
+        return Ok((Arc::clone(t), Arc::clone(rt)));
+    }
+    let other_tenants_key = gw.tenants().iter().any(|t| {
+        t.runtime()
+            .is_some_and(|rt| rt.cfg.api_keys.iter().any(|k| same_key(k, key)))
+    });
+    if other_tenants_key {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "this API key belongs to another tenant",
+        ));
+    }
+    if target.is_none() && gw.tenant(tenant_id).is_none() {
+        // Unknown tenant and unknown key: answer 401 so tenant ids cannot be probed
+        // without a valid key.
+        return Err(unauthorized());
+    }
+    Err(unauthorized())
+}
+
+fn count(gw: &Gateway, endpoint: &'static str, status: StatusCode) {
+    gw.metrics
+        .api_requests
+        .with_label_values(&[endpoint, status.as_str()])
+        .inc();
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::client(ClientCode::BadRequest, format!("invalid JSON body: {e}")))
+}
+
+fn check_svc(svc: &str) -> Result<(), ApiError> {
+    if svc == "sys" {
+        return Err(ApiError::client(
+            ClientCode::NotAllowed,
+            "svc `sys` is reserved for the gateway",
+        ));
+    }
+    if svc.is_empty() || svc.len() > 128 {
+        return Err(ApiError::client(
+            ClientCode::BadRequest,
+            "svc must be 1-128 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn too_large(len: usize, rt: &TenantRuntime) -> ApiError {
+    ApiError::client(
+        ClientCode::PayloadTooLarge,
+        format!(
+            "encoded message is {len} bytes; the tenant's max_frame_bytes is {}",
+            rt.cfg.limits.max_frame_bytes
+        ),
+    )
+}
+
+fn status_of<T>(result: &Result<T, ApiError>) -> StatusCode {
+    result
+        .as_ref()
+        .map_or_else(|e| e.status, |_| StatusCode::OK)
+}
+
+fn data_or_null(data: Option<Box<RawValue>>) -> Box<RawValue> {
+    data.unwrap_or_else(|| raw(&serde_json::Value::Null))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    room: String,
+    svc: String,
+    #[serde(rename = "type")]
+    ty: String,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    qos: Qos,
+}
+
+async fn publish(
+    State(gw): State<Arc<Gateway>>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = async {
+        let (tenant, rt) = authorize(&gw, &t, &headers)?;
+        let b: PublishBody = parse(&body)?;
+        check_svc(&b.svc)?;
+        let data = data_or_null(b.data);
+        let msg = Outgoing::new(&b.svc, &b.ty)
+            .room(Some(&b.room))
+            .data(Some(&data))
+            .encode_within(rt.cfg.limits.max_frame_bytes)
+            .map_err(|len| too_large(len, &rt))?;
+        let d = tenant.broker.publish(&b.room, &msg, b.qos, None);
+        Ok(Json(json!({"delivered": d.delivered})))
+    }
+    .await;
+    count(&gw, "publish", status_of(&result));
+    result
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    svc: String,
+    #[serde(rename = "type")]
+    ty: String,
+    data: Option<Box<RawValue>>,
+}
+
+async fn send(
+    State(gw): State<Arc<Gateway>>,
+    Path((t, u)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = async {
+        let (tenant, rt) = authorize(&gw, &t, &headers)?;
+        let b: SendBody = parse(&body)?;
+        check_svc(&b.svc)?;
+        let data = data_or_null(b.data);
+        let msg = Outgoing::new(&b.svc, &b.ty)
+            .data(Some(&data))
+            .encode_within(rt.cfg.limits.max_frame_bytes)
+            .map_err(|len| too_large(len, &rt))?;
+        let d = tenant.broker.send_to_user(&u, &msg, Qos::Reliable);
+        Ok(Json(json!({"delivered": d.delivered})))
+    }
+    .await;
+    count(&gw, "send", status_of(&result));
+    result
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    reason: Option<String>,
+}
+
+async fn disconnect(
+    State(gw): State<Arc<Gateway>>,
+    Path((t, u)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = async {
+        let (tenant, _rt) = authorize(&gw, &t, &headers)?;
+        let b: DisconnectBody = if body.iter().all(u8::is_ascii_whitespace) {
+            DisconnectBody::default()
+        } else {
+            parse(&body)?
+        };
+        let reason = b
+            .reason
+            .unwrap_or_else(|| "disconnected by the server".to_owned());
+        let notice = Outgoing::new("sys", "disconnected")
+            .data(Some(&raw(&json!({ "reason": reason }))))
+            .encode();
+        let n = tenant
+            .broker
+            .disconnect_user(&u, Some(&notice), CloseCode::Disconnected);
+        Ok(Json(json!({"disconnected": n})))
+    }
+    .await;
+    count(&gw, "disconnect", status_of(&result));
+    result
+}
+
+async fn presence(
+    State(gw): State<Arc<Gateway>>,
+    Path((t, r)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = authorize(&gw, &t, &headers)
+        .map(|(tenant, _)| Json(json!({"room": r, "users": tenant.broker.presence(&r)})));
+    count(&gw, "presence", status_of(&result));
+    result
+}
+
+async fn stats(
+    State(gw): State<Arc<Gateway>>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = authorize(&gw, &t, &headers).map(|(tenant, _)| {
+        let s = tenant.broker.stats();
+        Json(json!({"tenant": &*tenant.id, "sessions": s.sessions, "users": s.users, "rooms": s.rooms}))
+    });
+    count(&gw, "stats", status_of(&result));
+    result
+}
+
+async fn plugins(
+    State(gw): State<Arc<Gateway>>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = authorize(&gw, &t, &headers).map(|(tenant, rt)| {
+        let mut names: Vec<&str> = rt.cfg.routes.iter().map(|r| r.plugin.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let list: Vec<_> = names
+            .into_iter()
+            .map(|p| {
+                let svcs: Vec<&str> = rt
+                    .cfg
+                    .routes
+                    .iter()
+                    .filter(|r| r.plugin == p)
+                    .map(|r| r.svc.as_str())
+                    .collect();
+                let mut v = serde_json::to_value(gw.ext.status(&tenant.id, p)).unwrap_or_default();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("routes".into(), json!(svcs));
+                }
+                v
+            })
+            .collect();
+        Json(json!({"plugins": list}))
+    });
+    count(&gw, "plugins", status_of(&result));
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_key;
+
+    #[test]
+    fn key_comparison() {
+        assert!(same_key("abc", "abc"));
+        assert!(!same_key("abc", "abd"));
+        assert!(!same_key("abc", "abcd"));
+        assert!(!same_key("", "a"));
+    }
+}

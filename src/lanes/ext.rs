@@ -1,0 +1,138 @@
+//! Ext Lane pipeline: size → rate limit → decode → allowlist → service → ack.
+//!
+//! Built-in `room` and `chat` run inline; any other `svc` goes to the plugin the
+//! tenant routes it to, through [`crate::services::ExtService`]. A plugin's
+//! effects are applied here, after its call returned, each wrapped in an envelope
+//! carrying the plugin's own `svc`.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::value::RawValue;
+
+use super::{Flow, SessionCtx};
+use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
+use crate::gateway::TenantRuntime;
+use crate::protocol::ext::{self, Envelope, Outgoing, sys_ack};
+use crate::realtime::outbox::Qos;
+use crate::services::{Effect, ExtCall, chat, room};
+
+/// Handles one text frame.
+pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
+    ctx.counters.in_ext.inc();
+    let Some(rt) = ctx.refresh() else {
+        return Flow::Close(CloseCode::GoingAway);
+    };
+    if text.len() > rt.cfg.limits.max_frame_bytes {
+        return Flow::Close(CloseCode::TooBig);
+    }
+    if !ctx.admit() {
+        return ctx.refuse_ext(&Refusal::new(ClientCode::RateLimited), None);
+    }
+    let env = match ext::decode(text.as_str()) {
+        Ok(env) => env,
+        Err(e) => return ctx.refuse_ext(&Refusal::with_msg(e.code, e.reason), e.seq),
+    };
+    if !rt.policy.ext_allow.allows(&env.svc, &env.ty) {
+        return ctx.refuse_ext(&Refusal::new(ClientCode::NotAllowed), env.seq);
+    }
+    let seq = env.seq;
+    let outcome = match env.svc.as_str() {
+        "room" => room::handle(ctx, &rt, &env),
+        "chat" => chat::handle(ctx, &rt, &env),
+        _ => call_plugin(ctx, &rt, env).await,
+    };
+    match outcome {
+        Ok(()) => {
+            if let Some(seq) = seq {
+                ctx.entry.outbox.push(sys_ack(seq), Qos::Reliable);
+            }
+            Flow::Continue
+        }
+        Err(refusal) => ctx.refuse_ext(&refusal, seq),
+    }
+}
+
+async fn call_plugin(
+    ctx: &SessionCtx,
+    rt: &Arc<TenantRuntime>,
+    env: Envelope,
+) -> Result<(), Refusal> {
+    let Some(plugin) = rt.policy.route(&env.svc).cloned() else {
+        return Err(Refusal::new(ClientCode::UnknownService));
+    };
+    let tenant_id = Arc::clone(&ctx.tenant.id);
+    let metrics = &ctx.gw.metrics;
+    let svc = env.svc;
+    let call = ExtCall {
+        session: ctx.info(),
+        plugin: Arc::clone(&plugin),
+        svc: svc.clone(),
+        ty: env.ty,
+        room: env.room,
+        seq: env.seq,
+        data: env
+            .data
+            .unwrap_or_else(|| ext::raw(&serde_json::Value::Null)),
+        tenant_cfg: Arc::clone(&rt.cfg),
+        broker: Arc::clone(&ctx.tenant.broker),
+    };
+    metrics
+        .plugin_calls
+        .with_label_values(&[&tenant_id, &plugin])
+        .inc();
+    let effects = ctx.gw.ext.call(call).await.map_err(|e| {
+        metrics
+            .plugin_errors
+            .with_label_values(&[&tenant_id, &plugin, e.label()])
+            .inc();
+        tracing::debug!(plugin = %plugin, error = %e, "plugin call failed");
+        e.to_refusal()
+    })?;
+    apply_effects(ctx, rt, &svc, effects)
+}
+
+/// Applies a service's effects in order. A payload over `max_frame_bytes` is
+/// refused (`PAYLOAD_TOO_LARGE`) and stops the remaining effects.
+pub(crate) fn apply_effects(
+    ctx: &SessionCtx,
+    rt: &TenantRuntime,
+    svc: &str,
+    effects: Vec<Effect>,
+) -> Result<(), Refusal> {
+    let max = rt.cfg.limits.max_frame_bytes;
+    let encode = |room: Option<&str>, ty: &str, data: &RawValue| {
+        Outgoing::new(svc, ty)
+            .room(room)
+            .data(Some(data))
+            .encode_within(max)
+            .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))
+    };
+    let broker = &ctx.tenant.broker;
+    for effect in effects {
+        match effect {
+            Effect::Reply { ty, data } => {
+                ctx.entry
+                    .outbox
+                    .push(encode(None, &ty, &data)?, Qos::Reliable);
+            }
+            Effect::Publish {
+                room,
+                ty,
+                data,
+                qos,
+                exclude_sender,
+            } => {
+                let msg = encode(Some(&room), &ty, &data)?;
+                let exclude = exclude_sender.then_some(ctx.entry.sid);
+                broker.publish(&room, &msg, qos, exclude);
+            }
+            Effect::SendToUser { user, ty, data } => {
+                broker.send_to_user(&user, &encode(None, &ty, &data)?, Qos::Reliable);
+            }
+            Effect::Join { room } => room::join(ctx, rt, &room, None)?,
+            Effect::Leave { room } => room::leave(ctx, rt, &room, None)?,
+        }
+    }
+    Ok(())
+}

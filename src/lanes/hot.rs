@@ -1,0 +1,69 @@
+//! Hot Lane pipeline: size → rate limit → decode → allowlist → native service.
+//!
+//! No JSON, no WASM, no per-recipient allocation: a relay forwards the received
+//! bytes (or one stamped copy) to every member of the sender's active room.
+
+use axum::extract::ws::Message;
+use bytes::Bytes;
+
+use super::{Flow, SessionCtx};
+use crate::config::HotServiceKind;
+use crate::error::{ClientCode, CloseCode};
+use crate::protocol::hot;
+use crate::realtime::outbox::{Pushed, Qos};
+
+/// Handles one binary frame.
+pub fn handle(ctx: &mut SessionCtx, data: Bytes) -> Flow {
+    ctx.counters.in_hot.inc();
+    let Some(rt) = ctx.refresh() else {
+        return Flow::Close(CloseCode::GoingAway);
+    };
+    let mode = rt.cfg.policy.hot_error_mode;
+    if data.len() > rt.cfg.limits.max_frame_bytes {
+        return Flow::Close(CloseCode::TooBig);
+    }
+    if !ctx.admit() {
+        return ctx.refuse_hot(ClientCode::RateLimited, mode);
+    }
+    let Ok(frame) = hot::decode(data) else {
+        return ctx.refuse_hot(ClientCode::BadRequest, mode);
+    };
+    if !rt.policy.hot_allow.allows(frame.svc_id, frame.opcode) {
+        return ctx.refuse_hot(ClientCode::NotAllowed, mode);
+    }
+    let Some(service) = rt.policy.hot_service(frame.svc_id) else {
+        return ctx.refuse_hot(ClientCode::UnknownService, mode);
+    };
+    let active = ctx.entry.active_room();
+    if active.is_none() && rt.cfg.policy.hot_requires_active_room {
+        return ctx.refuse_hot(ClientCode::NotInRoom, mode);
+    }
+    match service.kind {
+        HotServiceKind::Echo => {
+            if ctx
+                .entry
+                .outbox
+                .push(Message::Binary(frame.frame), Qos::Lossy)
+                == Pushed::DroppedOldest
+            {
+                ctx.counters.lossy_dropped.inc();
+            }
+        }
+        HotServiceKind::Relay => {
+            let Some((room, peer)) = active else {
+                return ctx.refuse_hot(ClientCode::NotInRoom, mode);
+            };
+            let msg = if service.stamp_sender {
+                Message::Binary(hot::stamp(&frame, peer))
+            } else {
+                Message::Binary(frame.frame)
+            };
+            let exclude = (!service.include_sender).then_some(ctx.entry.sid);
+            let d = ctx.tenant.broker.publish(&room, &msg, Qos::Lossy, exclude);
+            if d.dropped > 0 {
+                ctx.counters.lossy_dropped.inc_by(d.dropped as u64);
+            }
+        }
+    }
+    Flow::Continue
+}

@@ -1,0 +1,205 @@
+//! Rate limiters (governor GCRA) for messages and handshakes.
+//!
+//! Owns: quota construction from config and the bounded per-IP handshake table.
+//! Checks never await and never allocate on the hot path.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::HandshakeLimitConfig;
+
+/// A per-second quota with burst; zero values are clamped to 1 (validation refuses
+/// them, so this only guards programmatic configs).
+pub fn quota(per_second: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+/// `max` events per `window`, all of which may arrive at once.
+pub fn windowed(max: u32, window: Duration) -> Quota {
+    let max_nz = NonZeroU32::new(max).unwrap_or(NonZeroU32::MIN);
+    let period = window
+        .checked_div(max_nz.get())
+        .filter(|p| !p.is_zero())
+        .unwrap_or(Duration::from_nanos(1));
+    Quota::with_period(period)
+        .unwrap_or_else(|| quota(max_nz.get(), max_nz.get()))
+        .allow_burst(max_nz)
+}
+
+/// A direct (single-bucket) limiter.
+pub type DirectLimiter = DefaultDirectRateLimiter;
+
+/// A keyed limiter (one bucket per key).
+pub type KeyedLimiter<K> = DefaultKeyedRateLimiter<K>;
+
+/// New direct limiter.
+pub fn direct(q: Quota) -> DirectLimiter {
+    RateLimiter::direct(q)
+}
+
+/// New keyed limiter.
+pub fn keyed<K: Hash + Eq + Clone>(q: Quota) -> KeyedLimiter<K> {
+    RateLimiter::keyed(q)
+}
+
+/// Why a handshake was refused by the limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    /// Seconds the client should wait (for `Retry-After`), at least 1.
+    pub retry_after_secs: u64,
+}
+
+/// Global + per-IP upgrade limiter whose IP table is bounded.
+#[derive(Debug)]
+pub struct HandshakeLimiter {
+    enabled: bool,
+    global: DirectLimiter,
+    per_ip: KeyedLimiter<IpAddr>,
+    max_ip_entries: usize,
+    /// Last time (nanos since `epoch`) the table was pruned, so a spray triggers at
+    /// most one O(n) prune per second.
+    last_prune: AtomicU64,
+    epoch: tokio::time::Instant,
+}
+
+impl HandshakeLimiter {
+    /// From `gateway.handshake_limit`.
+    pub fn new(cfg: &HandshakeLimitConfig) -> Self {
+        Self {
+            enabled: cfg.enabled,
+            global: direct(quota(cfg.global_rps, cfg.global_burst)),
+            per_ip: keyed(quota(cfg.per_ip_rps, cfg.per_ip_burst)),
+            max_ip_entries: cfg.max_ip_entries.max(1),
+            last_prune: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Checks one upgrade attempt from `ip`.
+    ///
+    /// # Errors
+    /// [`Throttled`] with a retry hint when the global or per-IP budget is spent, or
+    /// when the IP table is full of recently active addresses.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Throttled> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let clock = DefaultClock::default();
+        let retry = |nu: governor::NotUntil<_>| Throttled {
+            retry_after_secs: nu.wait_time_from(clock.now()).as_secs().max(1),
+        };
+        if self.per_ip.len() >= self.max_ip_entries {
+            self.prune();
+            if self.per_ip.len() >= self.max_ip_entries {
+                return Err(Throttled {
+                    retry_after_secs: 1,
+                });
+            }
+        }
+        self.per_ip.check_key(&ip).map_err(retry)?;
+        self.global.check().map_err(retry)?;
+        Ok(())
+    }
+
+    /// Drops IP entries whose buckets are full again (idle addresses). Runs at most
+    /// once per second; also called by the periodic upkeep task.
+    pub fn prune(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if nanos.saturating_sub(last) < 1_000_000_000 && last != 0 {
+            return;
+        }
+        if self
+            .last_prune
+            .compare_exchange(last, nanos.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.per_ip.retain_recent();
+            self.per_ip.shrink_to_fit();
+        }
+    }
+
+    /// Entries in the per-IP table.
+    pub fn tracked_ips(&self) -> usize {
+        self.per_ip.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(per_ip_burst: u32, global_burst: u32, max_ip_entries: usize) -> HandshakeLimitConfig {
+        HandshakeLimitConfig {
+            enabled: true,
+            global_rps: 1,
+            global_burst,
+            per_ip_rps: 1,
+            per_ip_burst,
+            max_ip_entries,
+        }
+    }
+
+    #[test]
+    fn per_ip_burst_then_throttled_with_retry_hint() {
+        let l = HandshakeLimiter::new(&cfg(3, 1000, 100));
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        for _ in 0..3 {
+            assert!(l.check(ip).is_ok());
+        }
+        let t = l.check(ip).expect_err("fourth is throttled");
+        assert!(t.retry_after_secs >= 1);
+        let other: IpAddr = "127.0.0.2".parse().expect("ip");
+        assert!(l.check(other).is_ok(), "other IPs are unaffected");
+    }
+
+    #[test]
+    fn global_budget_spans_ips() {
+        let l = HandshakeLimiter::new(&cfg(100, 2, 100));
+        assert!(l.check("10.0.0.1".parse().expect("ip")).is_ok());
+        assert!(l.check("10.0.0.2".parse().expect("ip")).is_ok());
+        assert!(l.check("10.0.0.3".parse().expect("ip")).is_err());
+    }
+
+    #[test]
+    fn ip_table_is_bounded_under_a_spray() {
+        let l = HandshakeLimiter::new(&cfg(5, 1_000_000, 64));
+        let mut refused = 0;
+        for i in 0..10_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            if l.check(ip).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(l.tracked_ips() <= 64, "table grew to {}", l.tracked_ips());
+        assert!(refused > 0);
+    }
+
+    #[test]
+    fn disabled_limiter_admits_everything() {
+        let mut c = cfg(1, 1, 1);
+        c.enabled = false;
+        let l = HandshakeLimiter::new(&c);
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        for _ in 0..100 {
+            assert!(l.check(ip).is_ok());
+        }
+    }
+
+    #[test]
+    fn windowed_quota_allows_max_then_refuses() {
+        let l = direct(windowed(5, Duration::from_secs(10)));
+        for _ in 0..5 {
+            assert!(l.check().is_ok());
+        }
+        assert!(l.check().is_err());
+    }
+}

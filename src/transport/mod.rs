@@ -1,0 +1,10 @@
+//! Transport: TCP accept loop with bounded request-head time, the `/v1/ws`
+//! upgrade, the per-session reader/writer task, and the raw diagnostics echo.
+//! Input is a socket; output is decoded frames handed to `lanes` and bytes
+//! written from a session's outbox.
+
+pub mod echo;
+pub mod listener;
+pub mod session;
+pub mod upgrade;
+pub mod writer;

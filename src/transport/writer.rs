@@ -1,0 +1,97 @@
+//! The single writer of a session: the only code that touches the socket's
+//! write half.
+//!
+//! Drains the session's outbox in batches (reliable first), feeds every frame of a
+//! batch and flushes once, so a burst of small frames costs one socket write.
+//! Sends pings on schedule and the close frame when the outbox asks for one.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::obs::metrics::SessionCounters;
+use crate::realtime::outbox::{Batch, Outbox};
+
+/// Frames taken from the outbox per socket write.
+const MAX_BATCH: usize = 64;
+
+/// Writes until the session must end. Returns true when a close frame was sent,
+/// false when the socket failed or a write timed out.
+///
+/// # Cancel safety
+/// Frames taken from the outbox are lost if this future is dropped mid-write; the
+/// session only drops it when it is ending anyway.
+pub(crate) async fn run(
+    sink: &mut SplitSink<WebSocket, Message>,
+    outbox: &Outbox,
+    counters: &SessionCounters,
+    ping_every: Duration,
+    send_timeout: Duration,
+) -> bool {
+    let mut batch: Vec<Message> = Vec::new();
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            next = outbox.next_batch(&mut batch, MAX_BATCH) => {
+                let close = match next {
+                    Batch::Frames => None,
+                    Batch::Close(c) => Some(c),
+                };
+                if !write_batch(sink, &mut batch, counters, send_timeout).await {
+                    return false;
+                }
+                if let Some(c) = close {
+                    let frame = Message::Close(Some(CloseFrame {
+                        code: c.code.code(),
+                        reason: Utf8Bytes::from_static(c.reason),
+                    }));
+                    return matches!(
+                        tokio::time::timeout(send_timeout, sink.send(frame)).await,
+                        Ok(Ok(()))
+                    );
+                }
+                if batch.capacity() > MAX_BATCH {
+                    batch.shrink_to(MAX_BATCH);
+                }
+            }
+            _ = ping.tick() => {
+                let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(bytes::Bytes::new()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    batch: &mut Vec<Message>,
+    counters: &SessionCounters,
+    send_timeout: Duration,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let (mut text, mut binary) = (0u64, 0u64);
+    let write = async {
+        for msg in batch.drain(..) {
+            match &msg {
+                Message::Text(_) => text += 1,
+                Message::Binary(_) => binary += 1,
+                _ => {}
+            }
+            sink.feed(msg).await?;
+        }
+        sink.flush().await
+    };
+    let ok = matches!(tokio::time::timeout(send_timeout, write).await, Ok(Ok(())));
+    batch.clear();
+    counters.out_ext.inc_by(text);
+    counters.out_hot.inc_by(binary);
+    ok
+}

@@ -1,0 +1,285 @@
+//! Pre-upgrade decisions (SPEC §3): every HTTP refusal, `sys.authed`, session
+//! policies.
+
+mod common;
+
+use common::{TestGateway, metric};
+use serde_json::json;
+use std::time::Duration;
+
+fn cfg(extra_gateway: &str, tenant_limits: &str, sessions: &str, origins: &str) -> String {
+    format!(
+        r#"version: 1
+gateway:
+{extra_gateway}
+  drain_grace_ms: 2000
+tenants:
+  - id: acme
+    allowed_origins: {origins}
+    auth:
+      tickets: {{ t1: u1, t2: u2, t3: u3 }}
+    limits: {tenant_limits}
+    policy:
+      sessions: {sessions}
+      ext_allowlist: ["room:*"]
+  - id: other
+    auth:
+      tickets: {{ x: ux }}
+"#
+    )
+}
+
+fn plain() -> String {
+    cfg("  handshake_limit: { enabled: false }", "{}", "{}", "[]")
+}
+
+#[tokio::test]
+async fn authed_is_the_first_frame() {
+    let gw = TestGateway::start(&plain()).await;
+    let mut c = gw.connect("acme", "t1").await.expect("connect");
+    let v = c.recv_json().await;
+    assert_eq!(v["v"], 1);
+    assert_eq!(v["svc"], "sys");
+    assert_eq!(v["type"], "authed");
+    assert_eq!(v["data"]["tenant"], "acme");
+    assert_eq!(v["data"]["user"], "u1");
+    let sid = v["data"]["sid"].as_str().expect("sid string");
+    assert_eq!(sid.len(), 16);
+}
+
+#[tokio::test]
+async fn bearer_header_works_for_non_browser_clients() {
+    let gw = TestGateway::start(&plain()).await;
+    let mut req = common::request(&format!("ws://{}/v1/ws?tenant=acme", gw.addr));
+    req.headers_mut()
+        .insert("Authorization", "Bearer t2".parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    let mut c = common::Client {
+        ws: {
+            use futures_util::StreamExt;
+            let first = ws.next().await.expect("frame").expect("ok");
+            let v: serde_json::Value =
+                serde_json::from_str(first.to_text().expect("text")).expect("json");
+            assert_eq!(v["data"]["user"], "u2");
+            ws
+        },
+    };
+    c.send_json(json!({"v":1,"svc":"room","type":"join","room":"r"}))
+        .await;
+    assert_eq!(c.recv_json().await["type"], "joined");
+}
+
+#[tokio::test]
+async fn refusals_have_spec_statuses() {
+    let gw = TestGateway::start(&plain()).await;
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case<'_>] = &[
+        ("/v1/ws", &[], 400),
+        ("/v1/ws?tenant=acme", &[], 400),
+        ("/v1/ws?ticket=t1", &[], 400),
+        ("/v1/ws?tenant=acme&tenant=acme&ticket=t1", &[], 400),
+        ("/v1/ws?tenant=nope&ticket=t1", &[], 404),
+        ("/v1/ws?tenant=acme&ticket=wrong", &[], 401),
+        // A ticket of another tenant is not valid here.
+        ("/v1/ws?tenant=acme&ticket=x", &[], 401),
+        (
+            "/v1/ws?tenant=acme&ticket=t1",
+            &[("Sec-WebSocket-Version", "8")],
+            426,
+        ),
+    ];
+    for (path, headers, want) in cases {
+        let (status, h) = gw.upgrade_status(path, headers).await;
+        assert_eq!(status, *want, "{path} {headers:?}");
+        if *want == 426 {
+            assert_eq!(
+                h.get("sec-websocket-version")
+                    .map(|v| v.to_str().unwrap_or("")),
+                Some("13")
+            );
+        }
+    }
+    // A plain GET without upgrade headers.
+    let status = reqwest::get(format!("http://{}/v1/ws?tenant=acme&ticket=t1", gw.addr))
+        .await
+        .expect("get")
+        .status();
+    assert_eq!(status.as_u16(), 400);
+    let m = gw.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "wsprism_handshakes_total{result=\"unauthorized\",tenant=\"acme\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "wsprism_handshakes_total{result=\"unknown_tenant\",tenant=\"_\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn origin_allowlist_is_exact() {
+    let gw = TestGateway::start(&cfg(
+        "  handshake_limit: { enabled: false }",
+        "{}",
+        "{}",
+        r#"["https://good.example"]"#,
+    ))
+    .await;
+    let path = "/v1/ws?tenant=acme&ticket=t1";
+    for (origin, want) in [
+        ("https://good.example", 101),
+        ("https://good.example.evil.com", 403),
+        ("http://good.example", 403),
+        ("null", 403),
+        ("https://GOOD.example", 403),
+    ] {
+        let (status, _) = gw.upgrade_status(path, &[("Origin", origin)]).await;
+        assert_eq!(status, want, "{origin}");
+    }
+    // No Origin header (non-browser client) is allowed.
+    assert_eq!(gw.upgrade_status(path, &[]).await.0, 101);
+}
+
+#[tokio::test]
+async fn handshake_rate_limit_answers_429_with_retry_after() {
+    let gw = TestGateway::start(&cfg(
+        "  handshake_limit: { enabled: true, per_ip_rps: 1, per_ip_burst: 2, global_rps: 1000, global_burst: 1000 }",
+        "{}",
+        "{}",
+        "[]",
+    ))
+    .await;
+    let path = "/v1/ws?tenant=acme&ticket=t1";
+    assert_eq!(gw.upgrade_status(path, &[]).await.0, 101);
+    assert_eq!(gw.upgrade_status(path, &[]).await.0, 101);
+    let (status, headers) = gw.upgrade_status(path, &[]).await;
+    assert_eq!(status, 429);
+    let retry: u64 = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After seconds");
+    assert!(retry >= 1);
+}
+
+#[tokio::test]
+async fn tenant_session_cap_answers_503() {
+    let gw = TestGateway::start(&cfg(
+        "  handshake_limit: { enabled: false }",
+        "{ max_sessions_total: 2 }",
+        "{}",
+        "[]",
+    ))
+    .await;
+    let _a = gw.client("acme", "t1").await;
+    let _b = gw.client("acme", "t2").await;
+    let (status, _) = gw.upgrade_status("/v1/ws?tenant=acme&ticket=t3", &[]).await;
+    assert_eq!(status, 503);
+    // Other tenants are unaffected.
+    let _c = gw.client("other", "x").await;
+    drop(_a);
+    // The slot frees once the session ends.
+    let mut ok = false;
+    for _ in 0..50 {
+        if gw
+            .upgrade_status("/v1/ws?tenant=acme&ticket=t3", &[])
+            .await
+            .0
+            == 101
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "slot was not released");
+}
+
+#[tokio::test]
+async fn session_policy_deny_answers_409() {
+    let gw = TestGateway::start(&cfg(
+        "  handshake_limit: { enabled: false }",
+        "{}",
+        "{ mode: multi, max_sessions_per_user: 2, on_exceed: deny }",
+        "[]",
+    ))
+    .await;
+    let _a = gw.client("acme", "t1").await;
+    let _b = gw.client("acme", "t1").await;
+    assert_eq!(
+        gw.upgrade_status("/v1/ws?tenant=acme&ticket=t1", &[])
+            .await
+            .0,
+        409
+    );
+    // Another user is fine.
+    let _c = gw.client("acme", "t2").await;
+}
+
+#[tokio::test]
+async fn session_policy_kick_oldest_sends_kicked_and_4001() {
+    let gw = TestGateway::start(&cfg(
+        "  handshake_limit: { enabled: false }",
+        "{}",
+        "{ mode: single, on_exceed: kick_oldest }",
+        "[]",
+    ))
+    .await;
+    let mut old = gw.client("acme", "t1").await;
+    let mut new = gw.client("acme", "t1").await;
+    let kicked = old.recv_json().await;
+    assert_eq!(kicked["svc"], "sys");
+    assert_eq!(kicked["type"], "kicked");
+    assert_eq!(old.recv_close().await, Some(4001));
+    // The new session works.
+    assert_eq!(new.join("r").await["data"]["members"], 1);
+}
+
+#[tokio::test]
+async fn draining_gateway_refuses_upgrades_with_503() {
+    let gw = TestGateway::start(&plain()).await;
+    gw.gw.start_drain();
+    assert_eq!(
+        gw.upgrade_status("/v1/ws?tenant=acme&ticket=t1", &[])
+            .await
+            .0,
+        503
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", gw.addr))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+}
+
+#[tokio::test]
+async fn slow_request_heads_are_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start(&plain()).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /v1/ws?tenant=acme&ticket=t1 HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    // Never finish the head; the server must close within ~10 s.
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "slow request head kept the connection open");
+    // Healthy clients are unaffected meanwhile.
+    let _c = gw.client("acme", "t1").await;
+}

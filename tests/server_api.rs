@@ -1,0 +1,234 @@
+//! Server API on the admin listener (SPEC §7).
+
+mod common;
+
+use common::TestGateway;
+use serde_json::{Value, json};
+
+fn cfg() -> String {
+    r#"version: 1
+gateway:
+  handshake_limit: { enabled: false }
+tenants:
+  - id: acme
+    api_keys: ["acme-key-0123456789"]
+    auth:
+      tickets: { t1: u1, t2: u2 }
+    limits: { max_frame_bytes: 1024 }
+    policy:
+      ext_allowlist: ["room:*"]
+    routes:
+      - { svc: echo, plugin: echo }
+  - id: other
+    api_keys: ["other-key-0123456789"]
+    auth:
+      tickets: { t1: u1 }
+    policy:
+      ext_allowlist: ["room:*"]
+"#
+    .to_owned()
+}
+
+async fn call(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = gw.admin_url(path);
+    let mut req = match method {
+        "GET" => client.get(url),
+        _ => client.post(url),
+    };
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, v)
+}
+
+const KEY: Option<&str> = Some("acme-key-0123456789");
+
+#[tokio::test]
+async fn auth_401_403() {
+    let gw = TestGateway::start(&cfg()).await;
+    let p = "/v1/api/tenants/acme/stats";
+    assert_eq!(call(&gw, "GET", p, None, None).await.0, 401);
+    assert_eq!(
+        call(&gw, "GET", p, Some("wrong-key-0123456789"), None)
+            .await
+            .0,
+        401
+    );
+    let (status, body) = call(&gw, "GET", p, Some("other-key-0123456789"), None).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["code"], "FORBIDDEN");
+    assert_eq!(call(&gw, "GET", p, KEY, None).await.0, 200);
+    // The admin API is not on the public listener.
+    let public = reqwest::get(format!("http://{}{p}", gw.addr))
+        .await
+        .expect("get");
+    assert_eq!(public.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn publish_send_presence_stats() {
+    let gw = TestGateway::start(&cfg()).await;
+    let mut a = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+    let mut foreign = gw.client("other", "t1").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    foreign.join("lobby").await;
+
+    let (status, body) = call(
+        &gw,
+        "POST",
+        "/v1/api/tenants/acme/publish",
+        KEY,
+        Some(json!({"room":"lobby","svc":"news","type":"headline","data":{"t":"hi"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"delivered": 2}));
+    for c in [&mut a, &mut b] {
+        let m = c.recv_type("headline").await;
+        assert_eq!(
+            m,
+            json!({"v":1,"svc":"news","type":"headline","room":"lobby","data":{"t":"hi"}})
+        );
+    }
+    foreign
+        .expect_silence(std::time::Duration::from_millis(200))
+        .await;
+
+    let (status, body) = call(
+        &gw,
+        "POST",
+        "/v1/api/tenants/acme/users/u2/send",
+        KEY,
+        Some(json!({"svc":"inbox","type":"note","data":[1,2]})),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"delivered": 1})));
+    assert_eq!(b.recv_type("note").await["data"], json!([1, 2]));
+
+    let (status, body) = call(
+        &gw,
+        "GET",
+        "/v1/api/tenants/acme/rooms/lobby/presence",
+        KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["users"], json!(["u1", "u2"]));
+
+    let (_, stats) = call(&gw, "GET", "/v1/api/tenants/acme/stats", KEY, None).await;
+    assert_eq!(
+        (
+            stats["sessions"].as_u64(),
+            stats["users"].as_u64(),
+            stats["rooms"].as_u64()
+        ),
+        (Some(2), Some(2), Some(1))
+    );
+
+    let (_, plugins) = call(&gw, "GET", "/v1/api/tenants/acme/plugins", KEY, None).await;
+    assert_eq!(plugins["plugins"][0]["name"], "echo");
+    assert_eq!(plugins["plugins"][0]["state"], "missing");
+}
+
+#[tokio::test]
+async fn refusals() {
+    let gw = TestGateway::start(&cfg()).await;
+    let publish = "/v1/api/tenants/acme/publish";
+    let (status, body) = call(
+        &gw,
+        "POST",
+        publish,
+        KEY,
+        Some(json!({"room":"r","svc":"sys","type":"x"})),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("NOT_ALLOWED")));
+    let (status, body) = call(&gw, "POST", publish, KEY, Some(json!({"room":"r"}))).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("BAD_REQUEST")));
+    let big = "x".repeat(2000);
+    let (status, body) = call(
+        &gw,
+        "POST",
+        publish,
+        KEY,
+        Some(json!({"room":"r","svc":"a","type":"b","data":big})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("PAYLOAD_TOO_LARGE"))
+    );
+    let (status, _) = call(
+        &gw,
+        "POST",
+        "/v1/api/tenants/acme/users/u1/send",
+        KEY,
+        Some(json!({"svc":"sys","type":"authed"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn disconnect_closes_with_4004() {
+    let gw = TestGateway::start(&cfg()).await;
+    let mut a1 = gw.client("acme", "t1").await;
+    let mut a2 = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+    let (status, body) = call(
+        &gw,
+        "POST",
+        "/v1/api/tenants/acme/users/u1/disconnect",
+        KEY,
+        Some(json!({"reason":"banned"})),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"disconnected": 2})));
+    for c in [&mut a1, &mut a2] {
+        let n = c.recv_type("disconnected").await;
+        assert_eq!(n["data"]["reason"], "banned");
+        assert_eq!(c.recv_close().await, Some(4004));
+    }
+    assert_eq!(b.join("r").await["type"], "joined");
+    // Without a body too.
+    let resp = reqwest::Client::new()
+        .post(gw.admin_url("/v1/api/tenants/acme/users/u2/disconnect"))
+        .bearer_auth("acme-key-0123456789")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(b.recv_close().await, Some(4004));
+}
+
+#[tokio::test]
+async fn metrics_are_only_on_the_admin_listener() {
+    let gw = TestGateway::start(&cfg()).await;
+    let _a = gw.client("acme", "t1").await;
+    let text = gw.metrics().await;
+    assert!(
+        text.contains("wsprism_sessions_active{tenant=\"acme\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("wsprism_handshakes_total{result=\"ok\",tenant=\"acme\"} 1"));
+    let public = reqwest::get(format!("http://{}/metrics", gw.addr))
+        .await
+        .expect("get");
+    assert_eq!(public.status().as_u16(), 404);
+}
