@@ -1,9 +1,15 @@
 //! Tracing subscriber setup: `RUST_LOG` filtering (default `info`), text or JSON.
 //!
 //! Nothing in the crate logs tickets, tokens, API keys or payloads; spans carry
-//! tenant, session id and remote address only.
+//! tenant, session id and remote address only. Dependencies that do log frame
+//! payloads, request lines (which carry tickets) or headers at debug/trace level
+//! are capped at `info` whatever `RUST_LOG` says.
 
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -15,15 +21,61 @@ pub enum LogFormat {
     Json,
 }
 
+/// Targets (and their submodules) that may log secrets or payloads below `info`.
+const CAPPED_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+    "rustls",
+    "axum",
+    "tower",
+    "tower_http",
+];
+
+/// Whether an event may be logged at all, whatever the level filter allows.
+pub fn permitted(meta: &Metadata<'_>) -> bool {
+    *meta.level() <= Level::INFO || !is_capped(meta.target())
+}
+
+fn is_capped(target: &str) -> bool {
+    CAPPED_TARGETS.iter().any(|t| {
+        target
+            .strip_prefix(t)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
 /// Installs the global subscriber. Calling it twice is harmless (the second call
 /// keeps the first subscriber).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = env.and(filter_fn(permitted));
+    let layer = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_capped;
+
+    #[test]
+    fn capped_targets_include_submodules_only() {
+        assert!(is_capped("tungstenite"));
+        assert!(is_capped("tungstenite::protocol"));
+        assert!(is_capped("hyper::proto::h1::role"));
+        assert!(!is_capped("tungstenitex"));
+        assert!(!is_capped("wsprism::transport"));
+    }
 }

@@ -1,0 +1,273 @@
+//! The `wsprism` binary: `check`, `--version`, startup logs, SIGHUP, SIGTERM, and
+//! that no secret or payload reaches the logs even at trace level.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsprism");
+
+#[test]
+fn version_and_check() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+
+    let reference = format!("{}/wsprism.yaml", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(BIN)
+        .args(["check", "--config", &reference])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1\ngateway:\n  listen: nowhere\n  queues: { reliable_capacity: 0 }\ntenants:\n  - id: a\n    auth: { tickets: {} }\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "gateway.listen",
+        "gateway.queues.reliable_capacity",
+        "tenants[0].auth.tickets",
+    ] {
+        assert!(err.contains(path), "{path} missing from:\n{err}");
+    }
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/wsprism.yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+}
+
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Proc {
+    fn wait_line(&mut self, needle: &str) -> String {
+        // 200 polls of 100 ms: up to 20 s for the line to appear.
+        for _ in 0..200 {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.log.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+        panic!(
+            "no log line containing {needle:?}; got:\n{}",
+            self.log.join("\n")
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = self.child.wait().expect("wait");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.log.push(line);
+        }
+        (status, self.log)
+    }
+}
+
+fn spawn(config: &std::path::Path, envs: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--config"])
+        .arg(config)
+        .args(["--log-format", "json"])
+        .env(
+            "RUST_LOG",
+            "trace,tungstenite::protocol=trace,hyper=trace,reqwest=trace",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Proc {
+        child,
+        lines: rx,
+        log: Vec::new(),
+    }
+}
+
+fn addr_in(line: &str, prefix: &str) -> String {
+    let at = line.find(prefix).expect("prefix") + prefix.len();
+    line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_and_payloads_never_reach_the_logs_and_signals_work() {
+    const SECRET: &str = "s3cr3t-jwt-signing-key-do-not-log";
+    const API_KEY: &str = "api-key-do-not-log-0123456789";
+    const STATIC_TICKET: &str = "static-ticket-do-not-log";
+    const PAYLOAD: &str = "payload-marker-do-not-log";
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("wsprism.yaml");
+    let yaml = format!(
+        r#"version: 1
+gateway:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  drain_grace_ms: 2000
+tenants:
+  - id: acme
+    api_keys: ["{API_KEY}"]
+    auth:
+      mode: jwt
+      algorithm: HS256
+      secret_env: WSPRISM_TEST_JWT_SECRET
+    policy:
+      ext_allowlist: ["room:*", "chat:*"]
+  - id: dev
+    auth:
+      tickets: {{ {STATIC_TICKET}: devuser }}
+    policy:
+      ext_allowlist: ["room:*"]
+"#
+    );
+    std::fs::write(&config, &yaml).expect("write");
+    let mut p = spawn(&config, &[("WSPRISM_TEST_JWT_SECRET", SECRET)]);
+    let line = p.wait_line("wsPrism gateway active at");
+    let addr = addr_in(&line, "active at ");
+    let line = p.wait_line("admin listener");
+    let admin = addr_in(&line, "\"admin\":\"");
+    p.wait_line("loaded tenant \\\"acme\\\"");
+
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    let jwt = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub":"alice","exp":exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    // A valid JWT session that chats a payload.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?tenant=acme&ticket={jwt}"))
+            .await
+            .expect("connect");
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"v":1,"svc":"room","type":"join","room":"r"}).to_string(),
+    ))
+    .await
+    .expect("send");
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"v":1,"svc":"chat","type":"send","room":"r","data":{"msg":PAYLOAD}}).to_string(),
+    ))
+    .await
+    .expect("send");
+    let mut got_payload = false;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if m.to_text().is_ok_and(|t| t.contains(PAYLOAD)) {
+            got_payload = true;
+            break;
+        }
+    }
+    assert!(got_payload);
+    // Refused tickets, a bad API key and a good one.
+    let client = reqwest::Client::new();
+    for t in [format!("{jwt}x"), STATIC_TICKET.to_owned()] {
+        let _ =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?tenant=acme&ticket={t}"))
+                .await;
+    }
+    let (mut dev, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/v1/ws?tenant=dev&ticket={STATIC_TICKET}"
+    ))
+    .await
+    .expect("static ticket connects");
+    let _ = dev.next().await;
+    let r = client
+        .post(format!("http://{admin}/v1/api/tenants/acme/publish"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"room":"r","svc":"news","type":"t","data":PAYLOAD}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client
+        .get(format!("http://{admin}/v1/api/tenants/acme/stats"))
+        .bearer_auth(format!("{API_KEY}-wrong"))
+        .send()
+        .await
+        .expect("stats");
+    assert_eq!(r.status().as_u16(), 401);
+
+    // SIGHUP reloads (and logs it), SIGTERM drains and exits 0.
+    p.signal("-HUP");
+    p.wait_line("config reloaded");
+    p.signal("-TERM");
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Close(f) = m {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("close in time");
+    assert_eq!(close, Some(1001));
+    let (status, log) = tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .expect("join");
+    assert!(status.success(), "exit {status:?}");
+    let all = log.join("\n");
+    assert!(all.contains("gateway stopped"));
+    for secret in [SECRET, API_KEY, STATIC_TICKET, PAYLOAD, jwt.as_str()] {
+        let leaks: Vec<&String> = log.iter().filter(|l| l.contains(secret)).take(3).collect();
+        assert!(
+            leaks.is_empty(),
+            "{secret:?} leaked into the logs: {leaks:#?}"
+        );
+    }
+    // The JWT's signature part alone must not appear either.
+    let sig = jwt.rsplit('.').next().expect("sig");
+    assert!(!all.contains(sig));
+}

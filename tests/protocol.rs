@@ -1,0 +1,115 @@
+//! WebSocket-level behaviour: close codes for protocol faults, clean close
+//! handshakes in both directions, and the diagnostics echo endpoint.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestGateway;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+
+fn cfg(echo: bool) -> String {
+    format!(
+        r#"version: 1
+gateway:
+  handshake_limit: {{ enabled: false }}
+  diagnostics: {{ echo: {echo} }}
+tenants:
+  - id: acme
+    auth:
+      tickets: {{ t1: u1 }}
+    policy:
+      ext_allowlist: ["room:*"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_closes_with_1007() {
+    let gw = TestGateway::start(&cfg(false)).await;
+    let mut c = gw.client("acme", "t1").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(frame)).await.expect("send");
+    assert_eq!(c.recv_close().await, Some(1007));
+}
+
+#[tokio::test]
+async fn client_close_gets_a_close_reply() {
+    let gw = TestGateway::start(&cfg(false)).await;
+    let mut c = gw.client("acme", "t1").await;
+    c.ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("send close");
+    // The reply arrives and then the stream ends cleanly (no reset error).
+    let mut got_close = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) => got_close = true,
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("unclean close: {e}"),
+            Ok(None) => break,
+            Err(_) => panic!("no close reply"),
+        }
+    }
+    assert!(got_close);
+    // The session is gone from the broker.
+    for _ in 0..50 {
+        if gw.gw.tenant("acme").map(|t| t.broker.stats().sessions) == Some(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("session not unregistered");
+}
+
+#[tokio::test]
+async fn gateway_close_waits_for_the_client_reply() {
+    let gw = TestGateway::start(&cfg(false)).await;
+    let mut c = gw.client("acme", "t1").await;
+    gw.gw.start_drain();
+    // tokio-tungstenite answers the close automatically; the stream then ends
+    // without an error, which is what a clean handshake looks like to a client.
+    let mut code = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => code = f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("unclean close: {e}"),
+            Ok(None) => break,
+            Err(_) => panic!("stream did not end"),
+        }
+    }
+    assert_eq!(code, Some(1001));
+}
+
+#[tokio::test]
+async fn diagnostics_echo_exists_only_when_enabled() {
+    let off = TestGateway::start(&cfg(false)).await;
+    let status = reqwest::get(format!("http://{}/v1/echo", off.addr))
+        .await
+        .expect("get")
+        .status();
+    assert_eq!(status.as_u16(), 404);
+
+    let on = TestGateway::start(&cfg(true)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/echo", on.addr))
+        .await
+        .expect("connect");
+    ws.send(Message::text("plain text, no envelope"))
+        .await
+        .expect("send");
+    ws.send(Message::binary(vec![0u8, 1, 2]))
+        .await
+        .expect("send");
+    let a = ws.next().await.expect("frame").expect("ok");
+    let b = ws.next().await.expect("frame").expect("ok");
+    assert_eq!(a.to_text().expect("text"), "plain text, no envelope");
+    assert_eq!(b.into_data().to_vec(), vec![0u8, 1, 2]);
+}
