@@ -316,3 +316,22 @@ async fn chat_reaches_every_member_and_needs_membership() {
     expect_error(&mut a, "BAD_REQUEST", Some(2)).await;
     outsider.expect_silence(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn tenant_scope_shares_one_bucket_across_users() {
+    let gw = TestGateway::start(&cfg(
+        r#"{ ext_allowlist: ["room:*"], rate_limit_rps: 1, rate_limit_burst: 2, rate_limit_scope: tenant, error_budget: { max_errors: 0 } }"#,
+        "{}",
+        "{}",
+        "[]",
+    ))
+    .await;
+    let mut a = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+    a.join("r").await;
+    b.join("r").await;
+    let mut c = gw.client("acme", "t3").await;
+    c.send_json(json!({"v":1,"svc":"room","type":"join","room":"r"}))
+        .await;
+    expect_error(&mut c, "RATE_LIMITED", None).await;
+}

@@ -243,3 +243,42 @@ async fn reliable_overflow_closes_the_slow_consumer_with_4002() {
     assert_eq!(slow.recv_close().await, Some(4002));
     drain.abort();
 }
+
+#[tokio::test]
+async fn a_blocked_socket_write_ends_the_session_after_writer_send_timeout() {
+    let gw = TestGateway::start(&cfg(
+        &policy(", rate_limit_rps: 100000, rate_limit_burst: 100000"),
+        SERVICES,
+        "  writer_send_timeout_ms: 300\n  queues: { reliable_capacity: 100000, lossy_capacity: 100000 }",
+    ))
+    .await;
+    let mut sender = gw.client("acme", "t1").await;
+    let mut stuck = gw.client("acme", "t2").await;
+    sender.join("r").await;
+    stuck.join("r").await;
+    let mut frame = vec![1u8, 0, 0];
+    frame.extend(std::iter::repeat_n(1u8, 60 * 1024));
+    for _ in 0..300 {
+        sender.send_bin(&frame).await;
+    }
+    // `stuck` never reads: its socket buffers fill, a write blocks past the bound
+    // and the gateway drops the session.
+    let tenant = gw.gw.tenant("acme").expect("tenant");
+    let mut gone = false;
+    for _ in 0..100 {
+        if tenant.broker.stats().sessions == 1 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the stuck session is still registered");
+    drop(stuck);
+    sender
+        .send_json(json!({"v":1,"svc":"room","type":"presence","room":"r"}))
+        .await;
+    assert_eq!(
+        sender.recv_type("presence").await["data"]["users"],
+        json!(["u1"])
+    );
+}

@@ -113,3 +113,45 @@ async fn diagnostics_echo_exists_only_when_enabled() {
     assert_eq!(a.to_text().expect("text"), "plain text, no envelope");
     assert_eq!(b.into_data().to_vec(), vec![0u8, 1, 2]);
 }
+
+#[tokio::test]
+async fn reserved_bits_close_with_1002() {
+    let gw = TestGateway::start(&cfg(false)).await;
+    let mut c = gw.client("acme", "t1").await;
+    let mut frame = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    c.ws.send(Message::Frame(frame)).await.expect("send");
+    assert_eq!(c.recv_close().await, Some(1002));
+}
+
+#[tokio::test]
+async fn ping_floods_are_rate_limited_and_cut() {
+    let yaml = r#"version: 1
+gateway:
+  handshake_limit: { enabled: false }
+tenants:
+  - id: acme
+    auth:
+      tickets: { t1: u1, t2: u2 }
+    policy:
+      rate_limit_rps: 5
+      rate_limit_burst: 10
+      error_budget: { max_errors: 20, window_ms: 60000 }
+      ext_allowlist: ["room:*"]
+"#;
+    let gw = TestGateway::start(yaml).await;
+    let mut flooder = gw.client("acme", "t1").await;
+    let mut bystander = gw.client("acme", "t2").await;
+    for _ in 0..200 {
+        if flooder
+            .ws
+            .send(Message::Ping(vec![0u8; 16].into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(flooder.recv_close().await, Some(1008));
+    assert_eq!(bystander.join("r").await["type"], "joined");
+}
