@@ -3,6 +3,7 @@
 pub mod config;
 pub mod error;
 pub mod obs;
+pub mod plugin_host;
 pub mod policy;
 pub mod protocol;
 pub mod realtime;
