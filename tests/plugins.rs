@@ -345,3 +345,429 @@ async fn echo_warm_call_cost() {
     );
     let _ = Duration::ZERO;
 }
+
+/// Hot reload through the directory watcher: replace → new sha serves; broken
+/// file → old version keeps serving and status says so; wrong WIT → refused at
+/// `instantiate_pre`; delete → Missing; re-add → serving again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_replace_break_wrong_wit_delete() {
+    let dir = plugin_dir(&[("echo", "echo")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.watch = true;
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u1", &[]);
+    let v1 = sha256(&guest("echo"));
+    assert_eq!(
+        h.host.status("acme", "echo").sha256.as_deref(),
+        Some(v1.as_str())
+    );
+
+    // Replace (atomic rename) with a new build.
+    let v2_bytes = variant(&guest("echo"), "v2");
+    let v2 = sha256(&v2_bytes);
+    deploy(dir.path(), "echo.wasm", &v2_bytes);
+    let st = wait_status(&h.host, "acme", "echo", "v2 to serve", |s| {
+        s.sha256.as_deref() == Some(v2.as_str())
+    })
+    .await;
+    assert_eq!(st.state, "serving");
+    h.host
+        .call(t.call(&s, "echo", "a", None, "1"))
+        .await
+        .expect("v2 serves");
+
+    // A file that is not a component: v2 keeps serving.
+    std::fs::write(dir.path().join("echo.wasm"), b"\0asm garbage").expect("write");
+    let st = wait_status(&h.host, "acme", "echo", "failed to load", |s| {
+        s.state == "failed to load"
+    })
+    .await;
+    assert_eq!(st.sha256.as_deref(), Some(v2.as_str()));
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not a valid component")),
+        "{st:?}"
+    );
+    let e = h
+        .host
+        .call(t.call(&s, "echo", "still", None, "2"))
+        .await
+        .expect("old version serves");
+    assert_eq!(reply_of(&e), ("still", "2"));
+    assert!(
+        h.metrics
+            .render()
+            .contains("wsprism_plugin_loads_total{plugin=\"echo\",result=\"error\"} 1")
+    );
+
+    // A component built against another WIT: refused when linking.
+    deploy(dir.path(), "echo.wasm", &guest("wrong_wit"));
+    let st = wait_status(&h.host, "acme", "echo", "wrong wit refused", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("imports do not match"))
+    })
+    .await;
+    assert_eq!(st.state, "failed to load");
+    assert_eq!(st.sha256.as_deref(), Some(v2.as_str()));
+    h.host
+        .call(t.call(&s, "echo", "x", None, "3"))
+        .await
+        .expect("old version still serves");
+
+    // Back to a good file: the failure clears.
+    deploy(dir.path(), "echo.wasm", &guest("echo"));
+    wait_status(&h.host, "acme", "echo", "v1 again", |s| {
+        s.state == "serving" && s.sha256.as_deref() == Some(v1.as_str())
+    })
+    .await;
+
+    // Delete: routes answer Missing (SERVICE_UNAVAILABLE).
+    std::fs::remove_file(dir.path().join("echo.wasm")).expect("delete");
+    wait_status(&h.host, "acme", "echo", "missing", |s| s.state == "missing").await;
+    let e = h
+        .host
+        .call(t.call(&s, "echo", "gone", None, "4"))
+        .await
+        .expect_err("missing");
+    assert_eq!(e, PluginError::Missing("echo".into()));
+
+    // A new file appears.
+    deploy(dir.path(), "echo.wasm", &guest("echo"));
+    wait_status(&h.host, "acme", "echo", "serving again", |s| {
+        s.state == "serving"
+    })
+    .await;
+    h.host
+        .call(t.call(&s, "echo", "back", None, "5"))
+        .await
+        .expect("serves again");
+}
+
+/// A plugin built against the wrong WIT never starts serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_wit_component_is_refused_at_startup() {
+    let dir = plugin_dir(&[("wrong_wit", "wrong")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let st = h.host.status("acme", "wrong");
+    assert_eq!(st.state, "failed to load");
+    assert_eq!(st.sha256, None);
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("imports do not match")),
+        "{st:?}"
+    );
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &[]);
+    let e = h
+        .host
+        .call(t.call(&s, "wrong", "x", None, "1"))
+        .await
+        .expect_err("not loaded");
+    assert_eq!(e, PluginError::Missing("wrong".into()));
+}
+
+/// In-flight calls finish on the version they started on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_calls_finish_on_the_old_version() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.call_timeout_ms = 400;
+    let h = std::sync::Arc::new(start(&cfg).await);
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &["r"]);
+    // A call that runs (and times out) while the file is replaced and reloaded.
+    let slow = {
+        let h = std::sync::Arc::clone(&h);
+        let call = t.call(&s, "faults", "loop", Some("r"), "null");
+        tokio::spawn(async move { h.host.call(call).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    deploy(dir.path(), "faults.wasm", &variant(&guest("faults"), "v2"));
+    h.host.reload().await;
+    assert_eq!(
+        slow.await.expect("join").expect_err("old call times out"),
+        PluginError::Timeout
+    );
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "echo", Some("r"), "7"))
+        .await
+        .expect("new version serves");
+    assert_eq!(reply_of(&e), ("echo", "7"));
+}
+
+/// The vote example keeps its tallies in kv: they survive a reload (which
+/// recycles every instance) and refusals reach the client as SERVICE_ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vote_state_in_kv_survives_a_reload() {
+    let dir = plugin_dir(&[("vote", "vote")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let alice = t.session(1, "alice", &["poll-1"]);
+    let bob = t.session(2, "bob", &["poll-1"]);
+    let e = h
+        .host
+        .call(t.call(
+            &alice,
+            "vote",
+            "cast",
+            Some("poll-1"),
+            r#"{"option":"tea"}"#,
+        ))
+        .await
+        .expect("alice votes");
+    match e.as_slice() {
+        [
+            Effect::Publish {
+                room,
+                ty,
+                data,
+                qos: Qos::Reliable,
+                ..
+            },
+        ] => {
+            assert_eq!((room.as_str(), ty.as_str()), ("poll-1", "tally"));
+            assert_eq!(
+                data.get(),
+                r#"{"room":"poll-1","counts":{"tea":1},"total":1}"#
+            );
+        }
+        other => panic!("expected a tally publish, got {other:?}"),
+    }
+    let again = h
+        .host
+        .call(t.call(
+            &alice,
+            "vote",
+            "cast",
+            Some("poll-1"),
+            r#"{"option":"tea"}"#,
+        ))
+        .await
+        .expect_err("second vote refused");
+    assert!(matches!(&again, PluginError::Refused { code, .. } if code == "ALREADY_VOTED"));
+
+    deploy(dir.path(), "vote.wasm", &variant(&guest("vote"), "v2"));
+    h.host.reload().await;
+    let v2 = sha256(&variant(&guest("vote"), "v2"));
+    assert_eq!(
+        h.host.status("acme", "vote").sha256.as_deref(),
+        Some(v2.as_str())
+    );
+
+    h.host
+        .call(t.call(
+            &bob,
+            "vote",
+            "cast",
+            Some("poll-1"),
+            r#"{"option":"coffee"}"#,
+        ))
+        .await
+        .expect("bob votes after reload");
+    let e = h
+        .host
+        .call(t.call(&bob, "vote", "tally", Some("poll-1"), "null"))
+        .await
+        .expect("tally");
+    assert_eq!(
+        reply_of(&e),
+        (
+            "tally",
+            r#"{"room":"poll-1","counts":{"coffee":1,"tea":1},"total":2}"#
+        )
+    );
+    // Another tenant's poll with the same room name is separate.
+    let other = Tenant::new("other");
+    let carol = other.session(3, "carol", &["poll-1"]);
+    let e = h
+        .host
+        .call(other.call(&carol, "vote", "tally", Some("poll-1"), "null"))
+        .await
+        .expect("other tally");
+    assert_eq!(reply_of(&e).1, r#"{"room":"poll-1","counts":{},"total":0}"#);
+}
+
+/// `backend` reaches the tenant's named upstream only, and `members` answers
+/// from the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_calls_reach_only_configured_upstreams() {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/hello", get(|| async { "hi from backend" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::with_yaml(
+        "acme",
+        &format!(
+            "backend: {{ upstreams: {{ main: {{ url: 'http://{addr}', timeout_ms: 2000 }} }} }}"
+        ),
+    );
+    let s = t.session(1, "u1", &["room-a"]);
+    t.session(2, "u2", &["room-a"]);
+    let e = h
+        .host
+        .call(t.call(
+            &s,
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"main","path":"/hello"}"#,
+        ))
+        .await
+        .expect("backend call");
+    assert_eq!(
+        reply_of(&e),
+        ("backend", r#"{"body":"hi from backend","status":200}"#)
+    );
+    let e = h
+        .host
+        .call(t.call(
+            &s,
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"other","path":"/hello"}"#,
+        ))
+        .await
+        .expect("unknown upstream is a result, not a trap");
+    assert_eq!(reply_of(&e).0, "backend-error");
+    assert!(reply_of(&e).1.contains("UnknownUpstream"));
+    let e = h
+        .host
+        .call(t.call(
+            &s,
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"main","path":"@evil.example/x"}"#,
+        ))
+        .await
+        .expect("escaping path is a result");
+    assert!(reply_of(&e).1.contains("InvalidArgument"), "{e:?}");
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "members", Some("room-a"), "null"))
+        .await
+        .expect("members");
+    assert_eq!(reply_of(&e), ("members", r#"["u1","u2"]"#));
+    assert!(
+        h.metrics.render().contains(
+            "wsprism_backend_calls_total{kind=\"plugin\",result=\"ok\",tenant=\"acme\"} 1"
+        )
+    );
+}
+
+/// `on-disconnect` runs without disturbing the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_closed_runs_on_disconnect() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &[]);
+    h.host
+        .call(t.call(&s, "faults", "count", None, "null"))
+        .await
+        .expect("count");
+    h.host.session_closed("faults", &s);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "count", None, "null"))
+        .await
+        .expect("count");
+    assert_eq!(
+        reply_of(&e).1,
+        r#"{"n":2}"#,
+        "the instance survived on-disconnect"
+    );
+}
+
+/// Config reload changes the call budget for new calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_config_applies_to_new_calls() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let cfg = plugins_cfg(dir.path());
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &[]);
+    let started = tokio::time::Instant::now();
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "loop", None, "null"))
+        .await
+        .expect_err("timeout");
+    assert_eq!(e, PluginError::Timeout);
+    let short = started.elapsed();
+    let mut longer = cfg.clone();
+    longer.call_timeout_ms = 600;
+    h.host.update_config(&longer);
+    let started = tokio::time::Instant::now();
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "loop", None, "null"))
+        .await
+        .expect_err("timeout");
+    assert_eq!(e, PluginError::Timeout);
+    let long = started.elapsed();
+    assert!(
+        long > Duration::from_millis(400),
+        "new budget applies: {short:?} -> {long:?}"
+    );
+    assert!(short < Duration::from_millis(400), "{short:?}");
+}
+
+/// The demo builds committed in `plugins/` load with the current WIT, and the
+/// compiled artifacts land in the cache under `<dir>/.cache/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_demo_plugins_load_and_are_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["echo", "vote"] {
+        let src = repo().join("plugins").join(format!("{name}.wasm"));
+        std::fs::copy(&src, dir.path().join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("{} (run scripts/build-plugins.sh): {e}", src.display()));
+    }
+    let h = start(&plugins_cfg(dir.path())).await;
+    assert_eq!(h.host.plugins(), vec!["echo".to_owned(), "vote".to_owned()]);
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &[]);
+    let e = h
+        .host
+        .call(t.call(&s, "echo", "t", None, r#"{"d":1}"#))
+        .await
+        .expect("echo");
+    assert_eq!(reply_of(&e), ("t", r#"{"d":1}"#));
+    fn count_files(p: &std::path::Path) -> usize {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            count_files(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    assert!(
+        count_files(&dir.path().join(".cache")) >= 2,
+        "compiled artifacts are cached"
+    );
+    drop(h);
+    // A restart over the same dir serves the same versions (from the cache).
+    let h = start(&plugins_cfg(dir.path())).await;
+    assert_eq!(h.host.status("acme", "vote").state, "serving");
+}
