@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 echo "== toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# WASM plugin tests build the guests in sdk/examples from source.
+rustup target add wasm32-wasip2
 
 echo "== format"
 cargo fmt --check

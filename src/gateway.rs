@@ -130,6 +130,7 @@ impl Gateway {
         backend: BackendClient,
         ext: Arc<dyn ExtService>,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Result<Arc<Self>, ConfigError> {
         let gw = Arc::new(Self {
             handshake: ArcSwap::from_pointee(HandshakeLimiter::new(&cfg.gateway.handshake_limit)),
@@ -144,7 +145,7 @@ impl Gateway {
             base_dir,
             apply_lock: Mutex::new(()),
             sessions: TaskTracker::new(),
-            tasks: TaskTracker::new(),
+            tasks,
             shutdown,
         });
         gw.apply(cfg)?;
@@ -236,6 +237,9 @@ impl Gateway {
             if changed {
                 report.needs_restart.push(field);
             }
+        }
+        if o.plugins != n.plugins {
+            self.ext.config_changed(&n.plugins);
         }
         if o.handshake_limit != n.handshake_limit {
             self.handshake

@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod lanes;
 pub mod obs;
 pub mod ops;
+pub mod plugin_host;
 pub mod policy;
 pub mod protocol;
 pub mod realtime;
@@ -43,12 +44,14 @@ use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::BackendClient;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::obs::metrics::Metrics;
+use crate::plugin_host::PluginHost;
 use crate::services::{ExtService, NoPlugins};
 
 /// How a server is started.
@@ -59,9 +62,12 @@ pub struct ServerOptions {
     /// Bind these instead of `gateway.listen` / `gateway.admin_listen` (tests bind
     /// `127.0.0.1:0`).
     pub bind: Option<(SocketAddr, SocketAddr)>,
-    /// Routed Ext Lane services; `None` answers every routed svc with
-    /// `SERVICE_UNAVAILABLE`.
+    /// Routed Ext Lane services. `None` starts the WASM plugin host over
+    /// `gateway.plugins.dir` when `plugins` is true, and otherwise answers every
+    /// routed svc with `SERVICE_UNAVAILABLE`.
     pub ext: Option<Arc<dyn ExtService>>,
+    /// Start the WASM plugin host (the binary always does; tests opt in).
+    pub plugins: bool,
 }
 
 impl std::fmt::Debug for dyn ExtService {
@@ -103,16 +109,31 @@ impl Server {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
         let stop = CancellationToken::new();
-        let ext = opts.ext.unwrap_or_else(|| Arc::new(NoPlugins));
-        let gw = Gateway::new(
-            cfg,
-            base_dir,
-            Metrics::new(),
-            BackendClient::new(),
-            ext,
-            stop,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tasks = TaskTracker::new();
+        let metrics = Metrics::new();
+        let backend = BackendClient::new();
+        let ext: Arc<dyn ExtService> = match opts.ext {
+            Some(ext) => ext,
+            None if opts.plugins => {
+                let mut plugins_cfg = cfg.gateway.plugins.clone();
+                let dir = std::path::Path::new(&plugins_cfg.dir);
+                if dir.is_relative() {
+                    plugins_cfg.dir = base_dir.join(dir).to_string_lossy().into_owned();
+                }
+                PluginHost::start(
+                    &plugins_cfg,
+                    metrics.clone(),
+                    backend.http(),
+                    stop.clone(),
+                    tasks.clone(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot start the plugin host: {e}"))?
+            }
+            None => Arc::new(NoPlugins),
+        };
+        let gw = Gateway::new(cfg, base_dir, metrics, backend, ext, stop, tasks)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let public = TcpListener::bind(public_addr).await.with_context(|| {
             format!("cannot listen on {public_addr} (gateway.listen); is another process using it?")
         })?;

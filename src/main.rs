@@ -93,6 +93,7 @@ fn start(path: PathBuf) -> ExitCode {
     rt.block_on(async move {
         let opts = ServerOptions {
             config_path: Some(path.clone()),
+            plugins: true,
             ..ServerOptions::default()
         };
         let server = match Server::bind(cfg, opts).await {

@@ -179,7 +179,8 @@ pub enum Isolation {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
-    /// Drop folder of `*.wasm` components (relative to the working directory).
+    /// Drop folder of `*.wasm` components (relative paths resolve against the
+    /// config file's directory).
     pub dir: String,
     /// Watch `dir` and hot-reload on change.
     pub watch: bool,

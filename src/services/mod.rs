@@ -135,6 +135,9 @@ pub trait ExtService: Send + Sync + 'static {
 
     /// Tells the service a session that used `plugin` has closed.
     fn session_closed(&self, _plugin: &str, _session: &SessionInfo) {}
+
+    /// A config reload changed `gateway.plugins`; new calls use the new limits.
+    fn config_changed(&self, _cfg: &crate::config::PluginsConfig) {}
 }
 
 /// The service used when no plugin host is running: every routed call answers

@@ -60,6 +60,7 @@ impl TestGateway {
             ServerOptions {
                 config_path: config_path.clone(),
                 bind: Some((loopback, loopback)),
+                plugins: ext.is_none() && yaml.contains("# test: start plugin host"),
                 ext,
             },
         )

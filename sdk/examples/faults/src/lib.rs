@@ -1,0 +1,99 @@
+//! Test-only plugin that misbehaves on request (never ship it). The message
+//! `type` picks the behaviour; the gateway's tests assert that each fault fails
+//! only its own call.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wsprism_plugin::{Message, Plugin, Refusal, Session, backend, export_plugin, kv, log, realtime};
+
+/// Per-instance counter: shows whether an instance (its memory) is reused.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let buf = std::hint::black_box([n; 64]);
+    recurse(buf[3] + 1).wrapping_add(buf[7])
+}
+
+struct Faults;
+
+impl Plugin for Faults {
+    fn on_message(_session: Session, msg: Message) -> Result<(), Refusal> {
+        match msg.type_.as_str() {
+            "echo" => realtime::reply_raw("echo", &msg.data)?,
+            // Instance-memory counter.
+            "count" => {
+                let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+                realtime::reply("count", &serde_json::json!({ "n": n }))?;
+            }
+            // kv counter under a fixed key.
+            "kv-count" => {
+                let v = kv::incr("count", 1)?;
+                realtime::reply("kv-count", &serde_json::json!({ "n": v }))?;
+            }
+            "loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "oom" => {
+                let mut hog: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hog.push(vec![7u8; 1 << 20]);
+                    std::hint::black_box(&hog);
+                }
+            }
+            "recurse" => {
+                std::hint::black_box(recurse(1));
+            }
+            "flood" => loop {
+                log::trace("flood");
+            },
+            "big-publish" => {
+                let big = "x".repeat(200_000);
+                // Over max_frame_bytes: the host refuses it and fails the call.
+                let _ = realtime::reply("big", &big);
+            }
+            "huge-publish" => {
+                // 2 MiB across many small replies: over the per-call byte budget.
+                let chunk = "y".repeat(30_000);
+                for _ in 0..100 {
+                    let _ = realtime::reply("chunk", &chunk);
+                }
+            }
+            "bad-json" => {
+                let _ = realtime::reply_raw("bad", "{not json");
+            }
+            "panic" => panic!("requested panic"),
+            "refuse" => return Err(Refusal::new("NOPE", "refused on request")),
+            "backend" => {
+                #[derive(serde::Deserialize)]
+                struct B {
+                    upstream: String,
+                    path: String,
+                }
+                let b: B = msg.json()?;
+                match backend::get(&b.upstream, &b.path) {
+                    Ok(r) => realtime::reply(
+                        "backend",
+                        &serde_json::json!({
+                            "status": r.status,
+                            "body": String::from_utf8_lossy(&r.body),
+                        }),
+                    )?,
+                    Err(e) => realtime::reply("backend-error", &format!("{e:?}"))?,
+                }
+            }
+            "members" => {
+                let room = msg.room.clone().unwrap_or_default();
+                realtime::reply("members", &realtime::members(&room)?)?;
+            }
+            other => return Err(Refusal::new("UNKNOWN_TYPE", other)),
+        }
+        Ok(())
+    }
+}
+
+export_plugin!(Faults);

@@ -1,0 +1,505 @@
+//! Host side of `wit/wsprism-plugin.wit`: generated bindings, the per-store state
+//! ([`HostState`]) and the host imports a guest can call.
+//!
+//! Owns: what each import does and which per-call rule it enforces. Effect
+//! imports (`reply`, `publish`, `send-to-user`, `join`, `leave`) only validate
+//! and append to the current call's effect list; `members`, `kv` and `backend`
+//! answer immediately. Soft failures are `host-error` results; exhausting a
+//! per-call budget traps the guest ([`BudgetTrap`]) so a flooding plugin is cut
+//! at once. Input: a store prepared by `instance.rs`; output: the effects and the
+//! first rule violation, read back by `instance.rs` when the call returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::backend;
+use super::kv::{KvError, KvScope, KvStore};
+use super::limits::{
+    ENVELOPE_OVERHEAD_BYTES, MAX_HOST_CALLS_PER_CALL, MAX_LOG_LINE_BYTES,
+    MAX_PUBLISHED_BYTES_PER_CALL,
+};
+use crate::config::TenantConfig;
+use crate::error::PluginError;
+use crate::obs::metrics::Metrics;
+use crate::realtime::broker::Broker;
+use crate::realtime::outbox::Qos;
+use crate::services::Effect;
+
+wasmtime::component::bindgen!({
+    path: "wit",
+    world: "ext-lane-plugin",
+    imports: {
+        // kv and backend may wait on I/O (a Redis kv, an HTTP upstream).
+        "wsprism:plugin/kv": async | trappable,
+        "wsprism:plugin/backend": async | trappable,
+        // Every import may trap, but only to end a guest that exhausted a
+        // per-call budget; ordinary failures are `host-error` results.
+        default: trappable,
+    },
+    exports: { default: async },
+});
+
+pub(crate) use wsprism::plugin::types::HostError;
+
+/// Why the host ended a guest call from inside an import or the epoch callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BudgetTrap {
+    /// More than [`MAX_HOST_CALLS_PER_CALL`] imports in one call.
+    #[error("host call budget exceeded ({MAX_HOST_CALLS_PER_CALL} calls)")]
+    HostCalls,
+    /// More than [`MAX_PUBLISHED_BYTES_PER_CALL`] bytes of effects in one call.
+    #[error("published bytes budget exceeded ({MAX_PUBLISHED_BYTES_PER_CALL} bytes)")]
+    PublishedBytes,
+    /// The CPU budget (epoch deadline) ran out.
+    #[error("cpu budget exhausted")]
+    Cpu,
+}
+
+/// What kind of guest entry point is running; realtime effects exist only for
+/// `on-message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum CallKind {
+    /// `on-message`.
+    Message,
+    /// Instantiation, `init`, `on-disconnect`.
+    #[default]
+    Lifecycle,
+}
+
+/// State of the guest call in progress. Reset by `instance.rs` before each call.
+#[derive(Debug, Default)]
+pub(crate) struct CallCtx {
+    /// Which entry point runs.
+    pub(crate) kind: CallKind,
+    /// The tenant's config at the time of the call (backend upstreams).
+    pub(crate) tenant_cfg: Option<Arc<TenantConfig>>,
+    /// The tenant's broker, for `members`.
+    pub(crate) broker: Option<Arc<dyn Broker>>,
+    /// Queued effects, in call order.
+    pub(crate) effects: Vec<Effect>,
+    /// Imports made so far.
+    pub(crate) host_calls: u32,
+    /// `data` bytes queued so far.
+    pub(crate) published: usize,
+    /// The tenant's `max_frame_bytes`.
+    pub(crate) max_frame_bytes: usize,
+    /// Length of the routed `svc`, part of every envelope.
+    pub(crate) svc_len: usize,
+    /// First broken rule; fails the call even if the guest returns `ok`.
+    pub(crate) violation: Option<PluginError>,
+    /// Wall-clock end of the call; bounds backend requests.
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// Epoch-based CPU accounting of the running call.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CpuMeter {
+    /// Ticks the guest has run for in this call.
+    pub(crate) used: u64,
+    /// Ticks allowed.
+    pub(crate) budget: u64,
+    /// Set when the budget ran out (the call is a timeout, not a trap).
+    pub(crate) exhausted: bool,
+}
+
+/// Memory accounting on top of [`StoreLimits`]: remembers that a grow was
+/// refused, so the resulting trap is reported as a memory limit hit.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    /// The `StoreLimitsBuilder`-built cap.
+    pub(crate) inner: StoreLimits,
+    /// A memory or table grow was refused.
+    pub(crate) hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let r = self.inner.memory_growing(current, desired, maximum);
+        if !matches!(r, Ok(true)) {
+            self.hit = true;
+        }
+        r
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let r = self.inner.table_growing(current, desired, maximum);
+        if !matches!(r, Ok(true)) {
+            self.hit = true;
+        }
+        r
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// The data of one `Store`: one instance of one plugin for one tenant.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory cap of the instance.
+    pub(crate) limiter: MemoryLimiter,
+    /// (tenant, plugin): the kv scope and the log tags. Fixed for the store's
+    /// life, which is how an instance never serves two tenants.
+    pub(crate) scope: KvScope,
+    kv: Arc<dyn KvStore>,
+    http: reqwest::Client,
+    metrics: Metrics,
+    /// CPU accounting of the running call.
+    pub(crate) cpu: CpuMeter,
+    /// The running call.
+    pub(crate) call: CallCtx,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("scope", &self.scope)
+            .field("cpu", &self.cpu)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    /// Fresh state for a new store. WASI gets an empty context: no preopened
+    /// directories, no environment, no arguments, closed stdio, no sockets.
+    pub(crate) fn new(
+        scope: KvScope,
+        kv: Arc<dyn KvStore>,
+        http: reqwest::Client,
+        metrics: Metrics,
+        max_memory_bytes: usize,
+    ) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        Self {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                inner: wasmtime::StoreLimitsBuilder::new()
+                    .memory_size(max_memory_bytes)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                hit: false,
+            },
+            scope,
+            kv,
+            http,
+            metrics,
+            cpu: CpuMeter::default(),
+            call: CallCtx::default(),
+        }
+    }
+
+    /// Counts one import against the per-call budget.
+    fn charge(&mut self) -> wasmtime::Result<()> {
+        self.call.host_calls += 1;
+        if self.call.host_calls > MAX_HOST_CALLS_PER_CALL {
+            return Err(wasmtime::Error::new(BudgetTrap::HostCalls));
+        }
+        Ok(())
+    }
+
+    /// Records the first violation of the call.
+    fn violate(&mut self, e: PluginError) {
+        if self.call.violation.is_none() {
+            self.call.violation = Some(e);
+        }
+    }
+
+    fn realtime_allowed(&self) -> Result<(), HostError> {
+        match self.call.kind {
+            CallKind::Message => Ok(()),
+            CallKind::Lifecycle => Err(HostError::NotAllowed(
+                "realtime effects are only available in on-message".into(),
+            )),
+        }
+    }
+
+    /// Validates one outgoing payload: frame size, JSON, the per-call byte budget.
+    fn payload(
+        &mut self,
+        ty: &str,
+        target: &str,
+        data: String,
+    ) -> wasmtime::Result<Result<Box<RawValue>, HostError>> {
+        if let Err(e) = self.realtime_allowed() {
+            return Ok(Err(e));
+        }
+        self.call.published += data.len();
+        if self.call.published > MAX_PUBLISHED_BYTES_PER_CALL {
+            return Err(wasmtime::Error::new(BudgetTrap::PublishedBytes));
+        }
+        let frame =
+            ENVELOPE_OVERHEAD_BYTES + self.call.svc_len + ty.len() + target.len() + data.len();
+        if frame > self.call.max_frame_bytes {
+            self.violate(PluginError::PayloadTooLarge);
+            return Ok(Err(HostError::TooLarge));
+        }
+        match RawValue::from_string(data) {
+            Ok(v) => Ok(Ok(v)),
+            Err(_) => {
+                self.violate(PluginError::BadOutput("data is not valid JSON".into()));
+                Ok(Err(HostError::InvalidJson))
+            }
+        }
+    }
+
+    fn room_arg(room: &str) -> Result<(), HostError> {
+        if room.is_empty() {
+            return Err(HostError::InvalidArgument("room must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A linker with WASI p2 (empty context) and the wsPrism imports.
+///
+/// # Errors
+/// Only on a duplicate definition, which would be a bug here.
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    ExtLanePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+impl wsprism::plugin::types::Host for HostState {}
+
+impl wsprism::plugin::realtime::Host for HostState {
+    fn reply(&mut self, ty: String, data: String) -> wasmtime::Result<Result<(), HostError>> {
+        self.charge()?;
+        let data = match self.payload(&ty, "", data)? {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.call.effects.push(Effect::Reply { ty, data });
+        Ok(Ok(()))
+    }
+
+    fn publish(
+        &mut self,
+        room: String,
+        ty: String,
+        data: String,
+        qos: wsprism::plugin::types::Qos,
+        exclude_sender: bool,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        self.charge()?;
+        if let Err(e) = Self::room_arg(&room) {
+            return Ok(Err(e));
+        }
+        let data = match self.payload(&ty, &room, data)? {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        let qos = match qos {
+            wsprism::plugin::types::Qos::Reliable => Qos::Reliable,
+            wsprism::plugin::types::Qos::Lossy => Qos::Lossy,
+        };
+        self.call.effects.push(Effect::Publish {
+            room,
+            ty,
+            data,
+            qos,
+            exclude_sender,
+        });
+        Ok(Ok(()))
+    }
+
+    fn send_to_user(
+        &mut self,
+        user: String,
+        ty: String,
+        data: String,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        self.charge()?;
+        if user.is_empty() {
+            return Ok(Err(HostError::InvalidArgument(
+                "user must not be empty".into(),
+            )));
+        }
+        let data = match self.payload(&ty, "", data)? {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.call
+            .effects
+            .push(Effect::SendToUser { user, ty, data });
+        Ok(Ok(()))
+    }
+
+    fn join(&mut self, room: String) -> wasmtime::Result<Result<(), HostError>> {
+        self.charge()?;
+        if let Err(e) = self.realtime_allowed().and_then(|()| Self::room_arg(&room)) {
+            return Ok(Err(e));
+        }
+        self.call.effects.push(Effect::Join { room });
+        Ok(Ok(()))
+    }
+
+    fn leave(&mut self, room: String) -> wasmtime::Result<Result<(), HostError>> {
+        self.charge()?;
+        if let Err(e) = self.realtime_allowed().and_then(|()| Self::room_arg(&room)) {
+            return Ok(Err(e));
+        }
+        self.call.effects.push(Effect::Leave { room });
+        Ok(Ok(()))
+    }
+
+    fn members(&mut self, room: String) -> wasmtime::Result<Result<Vec<String>, HostError>> {
+        self.charge()?;
+        let Some(broker) = self.call.broker.as_ref() else {
+            return Ok(Err(HostError::NotAllowed(
+                "members is only available in on-message".into(),
+            )));
+        };
+        Ok(Ok(broker.presence(&room)))
+    }
+}
+
+fn kv_error(e: KvError) -> HostError {
+    match e {
+        KvError::TooLarge => HostError::TooLarge,
+        KvError::Full | KvError::NotAnInteger => HostError::InvalidArgument(e.to_string()),
+        KvError::Unavailable(m) => HostError::Unavailable(m),
+    }
+}
+
+impl wsprism::plugin::kv::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, HostError>> {
+        self.charge()?;
+        Ok(self.kv.get(&self.scope, &key).await.map_err(kv_error))
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: String,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        self.charge()?;
+        let ttl = ttl_ms.map(Duration::from_millis);
+        Ok(self
+            .kv
+            .set(&self.scope, &key, value, ttl)
+            .await
+            .map_err(kv_error))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, HostError>> {
+        self.charge()?;
+        Ok(self.kv.delete(&self.scope, &key).await.map_err(kv_error))
+    }
+
+    async fn incr(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, HostError>> {
+        self.charge()?;
+        Ok(self
+            .kv
+            .incr(&self.scope, &key, delta)
+            .await
+            .map_err(kv_error))
+    }
+}
+
+impl wsprism::plugin::backend::Host for HostState {
+    async fn call(
+        &mut self,
+        req: wsprism::plugin::backend::Request,
+    ) -> wasmtime::Result<Result<wsprism::plugin::backend::Response, HostError>> {
+        self.charge()?;
+        let Some(tenant) = self.call.tenant_cfg.clone() else {
+            return Ok(Err(HostError::NotAllowed("no tenant context".into())));
+        };
+        let out = backend::send(
+            &self.http,
+            &tenant,
+            backend::Request {
+                upstream: req.upstream,
+                method: req.method,
+                path: req.path,
+                headers: req.headers,
+                body: req.body,
+            },
+            self.call.deadline,
+        )
+        .await;
+        let result = if out.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .backend_calls
+            .with_label_values(&[&*self.scope.tenant, "plugin", result])
+            .inc();
+        Ok(out
+            .map(|r| wsprism::plugin::backend::Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            })
+            .map_err(|e| match e {
+                backend::BackendError::UnknownUpstream(n) => HostError::UnknownUpstream(n),
+                backend::BackendError::InvalidArgument(m) => HostError::InvalidArgument(m),
+                backend::BackendError::Unavailable(m) => HostError::Unavailable(m),
+            }))
+    }
+}
+
+impl wsprism::plugin::log::Host for HostState {
+    fn log(&mut self, level: wsprism::plugin::log::Level, message: String) -> wasmtime::Result<()> {
+        use wsprism::plugin::log::Level;
+        self.charge()?;
+        let mut msg = message;
+        if msg.len() > MAX_LOG_LINE_BYTES {
+            let mut cut = MAX_LOG_LINE_BYTES;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+        }
+        let (tenant, plugin) = (&*self.scope.tenant, &*self.scope.plugin);
+        match level {
+            Level::Trace => tracing::trace!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
+            Level::Debug => tracing::debug!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
+            Level::Info => tracing::info!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
+            Level::Warn => tracing::warn!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
+            Level::Error => tracing::error!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
+        }
+        Ok(())
+    }
+}

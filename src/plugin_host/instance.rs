@@ -1,0 +1,285 @@
+//! One plugin instance: a `Store` plus the instantiated component, and how a
+//! call runs inside it under the per-call limits.
+//!
+//! Owns: store set-up (memory cap, epoch callback that yields every tick and
+//! ends the call when the CPU budget is spent), instantiation (+ `init`), the
+//! `on-message` / `on-disconnect` calls, and the classification of failures into
+//! [`PluginError`]. Whether an instance is reused is decided by `pool.rs`; this
+//! module only reports that an instance is poisoned (trap, timeout, budget kill).
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use wasmtime::component::TypedFunc;
+use wasmtime::{Store, UpdateDeadline};
+
+use super::Env;
+use super::bindings::{
+    BudgetTrap, CallCtx, CallKind, CpuMeter, ExtLanePlugin, HostState, Message, SessionInfo,
+};
+use super::kv::{KvScope, KvStore};
+use super::limits::{CallLimits, MAX_REFUSAL_CODE_BYTES, MAX_REFUSAL_MESSAGE_BYTES};
+use super::loader::PluginVersion;
+use crate::config::TenantConfig;
+use crate::error::PluginError;
+use crate::realtime::broker::Broker;
+use crate::services::{Effect, ExtCall, SessionInfo as GatewaySession};
+
+/// A live instance of one plugin version for one tenant.
+pub(crate) struct Instance {
+    /// The version it was instantiated from; a newer version replaces it.
+    pub(crate) version: Arc<PluginVersion>,
+    store: Store<HostState>,
+    bindings: ExtLanePlugin,
+    on_disconnect: Option<TypedFunc<(SessionInfo,), ()>>,
+    /// Calls served so far.
+    pub(crate) calls: u64,
+    /// A call trapped or was cut: the store must not be used again.
+    pub(crate) poisoned: bool,
+}
+
+/// Resets the per-call state and arms the CPU budget.
+fn arm(
+    store: &mut Store<HostState>,
+    limits: &CallLimits,
+    kind: CallKind,
+    tenant_cfg: Option<Arc<TenantConfig>>,
+    broker: Option<Arc<dyn Broker>>,
+    svc_len: usize,
+) {
+    let data = store.data_mut();
+    data.cpu = CpuMeter {
+        used: 0,
+        budget: limits.cpu_ticks,
+        exhausted: false,
+    };
+    data.call = CallCtx {
+        kind,
+        tenant_cfg,
+        broker,
+        max_frame_bytes: limits.max_frame_bytes,
+        svc_len,
+        deadline: Some(Instant::now() + limits.wall),
+        ..CallCtx::default()
+    };
+    store.set_epoch_deadline(1);
+}
+
+/// Maps a failed guest call to the error the caller sees.
+fn classify(state: &HostState, e: &wasmtime::Error) -> PluginError {
+    if state.cpu.exhausted || e.downcast_ref::<BudgetTrap>() == Some(&BudgetTrap::Cpu) {
+        return PluginError::Timeout;
+    }
+    if let Some(b) = e.downcast_ref::<BudgetTrap>() {
+        return PluginError::BadOutput(b.to_string());
+    }
+    if state.limiter.hit {
+        return PluginError::Trap("memory limit exceeded".into());
+    }
+    if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
+        return PluginError::Trap(t.to_string());
+    }
+    PluginError::Trap(e.to_string())
+}
+
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}
+
+/// The WIT view of a gateway session.
+pub(crate) fn session_info(s: &GatewaySession) -> SessionInfo {
+    SessionInfo {
+        tenant: s.tenant.to_string(),
+        user: s.user.to_string(),
+        sid: s.sid,
+        rooms: s.rooms.clone(),
+    }
+}
+
+impl Instance {
+    /// Instantiates `version` for `scope` and runs `init` when exported.
+    ///
+    /// # Errors
+    /// `Timeout`/`Trap` when start-up code or `init` fails, `Overloaded` when the
+    /// instance pool is exhausted.
+    pub(crate) async fn new(
+        env: &Env,
+        version: Arc<PluginVersion>,
+        scope: KvScope,
+        kv: Arc<dyn KvStore>,
+        tenant_cfg: Option<Arc<TenantConfig>>,
+        limits: &CallLimits,
+    ) -> Result<Self, PluginError> {
+        let max_memory = env.cfg.load().max_memory_bytes;
+        let state = HostState::new(
+            scope.clone(),
+            kv,
+            env.http.clone(),
+            env.metrics.clone(),
+            max_memory,
+        );
+        let mut store = Store::new(&env.engine.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Yield to tokio at every tick so a guest holds a worker for at most
+        // about one tick at a time; end the call once the budget is spent.
+        store.epoch_deadline_callback(|mut ctx| {
+            let cpu = &mut ctx.data_mut().cpu;
+            cpu.used += 1;
+            if cpu.used >= cpu.budget {
+                cpu.exhausted = true;
+                return Err(wasmtime::Error::new(BudgetTrap::Cpu));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        arm(&mut store, limits, CallKind::Lifecycle, tenant_cfg, None, 0);
+        let instance = match version
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                let msg = e.to_string();
+                // Pool exhaustion is a capacity problem, not a plugin fault.
+                if msg.contains("maximum concurrent") || msg.contains("pooling") {
+                    return Err(PluginError::Overloaded);
+                }
+                return Err(classify(store.data(), &e));
+            }
+        };
+        let bindings = ExtLanePlugin::new(&mut store, &instance)
+            .map_err(|e| PluginError::Trap(format!("exports: {e}")))?;
+        if let Some(idx) = &version.lifecycle.init {
+            let init = instance
+                .get_typed_func::<(&str,), (Result<(), String>,)>(&mut store, idx)
+                .map_err(|e| PluginError::Trap(format!("init export: {e}")))?;
+            let config = serde_json::json!({ "tenant": &*scope.tenant, "plugin": &*scope.plugin })
+                .to_string();
+            match init.call_async(&mut store, (config.as_str(),)).await {
+                Ok((Ok(()),)) => {}
+                Ok((Err(m),)) => {
+                    return Err(PluginError::Trap(format!(
+                        "init refused: {}",
+                        cut(m, MAX_REFUSAL_MESSAGE_BYTES)
+                    )));
+                }
+                Err(e) => return Err(classify(store.data(), &e)),
+            }
+        }
+        let on_disconnect = match &version.lifecycle.on_disconnect {
+            Some(idx) => Some(
+                instance
+                    .get_typed_func::<(SessionInfo,), ()>(&mut store, idx)
+                    .map_err(|e| PluginError::Trap(format!("on-disconnect export: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            version,
+            store,
+            bindings,
+            on_disconnect,
+            calls: 0,
+            poisoned: false,
+        })
+    }
+
+    /// Runs `on-message` and returns the effects to apply.
+    ///
+    /// # Errors
+    /// The guest's refusal, a rule violation recorded by an import, or a
+    /// trap/timeout (which also marks the instance poisoned).
+    ///
+    /// # Cancel safety
+    /// Dropping the future mid-call leaves the store unusable; the caller drops
+    /// the instance (the wall-clock timeout does exactly that).
+    pub(crate) async fn on_message(
+        &mut self,
+        call: &ExtCall,
+        limits: &CallLimits,
+    ) -> Result<Vec<Effect>, PluginError> {
+        self.poisoned = true; // cleared below unless the call trapped or was cut
+        arm(
+            &mut self.store,
+            limits,
+            CallKind::Message,
+            Some(Arc::clone(&call.tenant_cfg)),
+            Some(Arc::clone(&call.broker)),
+            call.svc.len(),
+        );
+        let session = session_info(&call.session);
+        let msg = Message {
+            svc: call.svc.clone(),
+            type_: call.ty.clone(),
+            room: call.room.clone(),
+            seq: call.seq,
+            data: call.data.get().to_owned(),
+        };
+        let r = self
+            .bindings
+            .call_on_message(&mut self.store, &session, &msg)
+            .await;
+        self.calls += 1;
+        let ctx = std::mem::take(&mut self.store.data_mut().call);
+        match r {
+            Ok(guest) => {
+                self.poisoned = false;
+                if let Some(v) = ctx.violation {
+                    return Err(v);
+                }
+                match guest {
+                    Ok(()) => Ok(ctx.effects),
+                    Err(refusal) => Err(PluginError::Refused {
+                        code: cut(refusal.code, MAX_REFUSAL_CODE_BYTES),
+                        message: cut(refusal.message, MAX_REFUSAL_MESSAGE_BYTES),
+                    }),
+                }
+            }
+            Err(e) => Err(classify(self.store.data(), &e)),
+        }
+    }
+
+    /// Runs `on-disconnect` when the plugin exports it.
+    ///
+    /// # Errors
+    /// A trap or timeout (the instance is then poisoned).
+    pub(crate) async fn on_disconnect(
+        &mut self,
+        session: &GatewaySession,
+        tenant_cfg: Option<Arc<TenantConfig>>,
+        limits: &CallLimits,
+    ) -> Result<(), PluginError> {
+        let Some(f) = self.on_disconnect else {
+            return Ok(());
+        };
+        self.poisoned = true;
+        arm(
+            &mut self.store,
+            limits,
+            CallKind::Lifecycle,
+            tenant_cfg,
+            None,
+            0,
+        );
+        let r = f
+            .call_async(&mut self.store, (session_info(session),))
+            .await;
+        self.calls += 1;
+        self.store.data_mut().call = CallCtx::default();
+        match r {
+            Ok(()) => {
+                self.poisoned = false;
+                Ok(())
+            }
+            Err(e) => Err(classify(self.store.data(), &e)),
+        }
+    }
+}

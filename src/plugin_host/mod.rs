@@ -1,0 +1,342 @@
+//! The WASM plugin host: Ext Lane services implemented as WebAssembly components
+//! (SPEC §8).
+//!
+//! Owns: the process's one wasmtime engine, the plugin registry loaded from
+//! `gateway.plugins.dir` (with hot reload), the instance actors of every
+//! (tenant, plugin), and the [`ExtService`] implementation the Ext Lane calls.
+//! Input: an [`ExtCall`] routed by the tenant's `routes`; output: the
+//! [`Effect`]s the plugin queued, which the lane applies, or a [`PluginError`].
+//! It never writes to a socket and never touches another tenant's state.
+//!
+//! Layout: `engine.rs` (engine, epoch ticker), `bindings.rs` (WIT bindings and
+//! host imports), `limits.rs` (budgets), `instance.rs` (one store, one call),
+//! `pool.rs` (actors, routing, back-off), `loader.rs` (load, reload, watch),
+//! `kv.rs` (plugin key-value store), `backend.rs` (upstream HTTP calls).
+//!
+//! # Execution model
+//! Guests run as async wasmtime calls on tokio workers. The epoch advances every
+//! 10 ms on a dedicated thread and the store's epoch callback yields to tokio at
+//! every tick, so a busy guest never holds a worker for more than about one tick
+//! and its CPU budget (`call_timeout_ms`) is counted in ticks. An outer
+//! `tokio::time::timeout` bounds wall-clock time, which also covers host calls
+//! such as `backend`, during which the CPU budget does not advance. This beats
+//! running guests on blocking threads: no thread per instance, host imports are
+//! plain async code, and cancellation is a dropped future.
+//!
+//! # Status
+//! `status()` reports `failed to load` whenever the newest file of a plugin
+//! failed to load — even while an older version keeps serving (its `sha256` and
+//! `loaded_at` are then shown next to `last_error`), so the operator sees that
+//! the deploy did not take. Otherwise `backing off` (this tenant's instances
+//! crashed repeatedly), `serving`, or `missing`.
+
+mod backend;
+mod bindings;
+mod engine;
+mod instance;
+pub mod kv;
+mod limits;
+mod loader;
+mod pool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use wasmtime::component::Linker;
+
+use crate::config::PluginsConfig;
+use crate::error::PluginError;
+use crate::obs::metrics::Metrics;
+use crate::services::{BoxFuture, Effect, ExtCall, ExtService, PluginStatus, SessionInfo};
+use bindings::HostState;
+use kv::{KvStore, MemoryKv};
+use pool::{Pool, PoolKey, Stats};
+
+/// Shared state of the host, owned by [`PluginHost`] and borrowed by actors.
+pub(crate) struct Env {
+    engine: engine::EngineInfo,
+    linker: Linker<HostState>,
+    cfg: ArcSwap<PluginsConfig>,
+    dir: PathBuf,
+    kv: Arc<dyn KvStore>,
+    http: reqwest::Client,
+    metrics: Metrics,
+    tracker: TaskTracker,
+    /// Cancelled on gateway shutdown or when the host is dropped.
+    stop: CancellationToken,
+    /// Bounds fresh instances in `per_message` mode.
+    fresh: tokio::sync::Semaphore,
+    registry: loader::Registry,
+    pools: DashMap<PoolKey, Arc<Pool>>,
+    stats: DashMap<PoolKey, Arc<Stats>>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Env {
+    fn pool(&self, key: &PoolKey) -> Arc<Pool> {
+        if let Some(p) = self.pools.get(key) {
+            return Arc::clone(p.value());
+        }
+        Arc::clone(self.pools.entry(key.clone()).or_default().value())
+    }
+
+    fn stats(&self, key: &PoolKey) -> Arc<Stats> {
+        if let Some(s) = self.stats.get(key) {
+            return Arc::clone(s.value());
+        }
+        Arc::clone(self.stats.entry(key.clone()).or_default().value())
+    }
+
+    /// Drops every actor of `plugin` (their queued calls still finish).
+    fn drop_pools(&self, plugin: &str) {
+        self.pools.retain(|k, _| &*k.1 != plugin);
+    }
+
+    /// A new version of `plugin` is serving: forget crash history.
+    fn reset_health(&self, plugin: &str) {
+        for s in self.stats.iter().filter(|s| &*s.key().1 == plugin) {
+            s.value().reset();
+        }
+    }
+}
+
+/// The WASM plugin host (implements [`ExtService`]).
+pub struct PluginHost {
+    env: Arc<Env>,
+    /// Stops the ticker, watcher and actors when the host is dropped.
+    _stop_on_drop: DropGuard,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("dir", &self.env.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// Builds the engine, loads every `*.wasm` in `cfg.dir`, and starts the
+    /// epoch ticker and (when `cfg.watch`) the directory watcher. Every task is
+    /// spawned through `tracker` and stops on `shutdown`. A plugin that fails to
+    /// load is logged and reported by `status`, not fatal.
+    ///
+    /// Compiled artifacts are cached in `<dir>/.cache/`.
+    ///
+    /// # Errors
+    /// The engine cannot be built, or the ticker or watcher cannot start.
+    pub async fn start(
+        cfg: &PluginsConfig,
+        metrics: Metrics,
+        http: reqwest::Client,
+        shutdown: tokio_util::sync::CancellationToken,
+        tracker: tokio_util::task::TaskTracker,
+    ) -> Result<Arc<Self>, String> {
+        Self::start_with_kv(
+            cfg,
+            metrics,
+            http,
+            shutdown,
+            tracker,
+            Arc::new(MemoryKv::new()),
+        )
+        .await
+    }
+
+    /// [`PluginHost::start`] with an explicit kv store (a Redis store in
+    /// cluster mode).
+    ///
+    /// # Errors
+    /// As [`PluginHost::start`].
+    pub async fn start_with_kv(
+        cfg: &PluginsConfig,
+        metrics: Metrics,
+        http: reqwest::Client,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        kv: Arc<dyn KvStore>,
+    ) -> Result<Arc<Self>, String> {
+        let mut dir = PathBuf::from(&cfg.dir);
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create plugin dir");
+        }
+        if let Ok(abs) = tokio::fs::canonicalize(&dir).await {
+            dir = abs;
+        }
+        let cache_dir = dir.join(".cache");
+        let cache = (dir.is_absolute() && std::fs::create_dir_all(&cache_dir).is_ok())
+            .then_some(cache_dir.as_path());
+        let engine = {
+            let cfg = cfg.clone();
+            let cache = cache.map(|p| p.to_path_buf());
+            tokio::task::spawn_blocking(move || engine::build(&cfg, cache.as_deref()))
+                .await
+                .map_err(|e| format!("engine build task failed: {e}"))??
+        };
+        let linker = bindings::linker(&engine.engine)
+            .map_err(|e| format!("cannot link plugin imports: {e}"))?;
+        let stop = shutdown.child_token();
+        engine::start_ticker(engine.engine.clone(), stop.clone())?;
+        let env = Arc::new(Env {
+            engine,
+            linker,
+            cfg: ArcSwap::from_pointee(cfg.clone()),
+            dir,
+            kv,
+            http,
+            metrics,
+            tracker,
+            stop: stop.clone(),
+            fresh: tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_FRESH_INSTANCES),
+            registry: loader::Registry::default(),
+            pools: DashMap::new(),
+            stats: DashMap::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        let host = Arc::new(Self {
+            env: Arc::clone(&env),
+            _stop_on_drop: stop.drop_guard(),
+        });
+        loader::rescan(&env).await;
+        if cfg.watch {
+            loader::watch(&env)?;
+        }
+        tracing::info!(
+            dir = %env.dir.display(),
+            pooling = env.engine.pooling_max_memory.is_some(),
+            cache = env.engine.cached,
+            plugins = env.serving().len(),
+            "plugin host started"
+        );
+        Ok(host)
+    }
+
+    /// Config reload: the new call timeout, memory cap, instance count and
+    /// isolation apply to new calls (and new instances). `dir` and `watch` need a
+    /// restart.
+    pub fn update_config(&self, cfg: &PluginsConfig) {
+        let old = self.env.cfg.load();
+        if old.dir != cfg.dir || old.watch != cfg.watch {
+            tracing::warn!("gateway.plugins.dir and .watch changes need a restart");
+        }
+        if let Some(max) = self.env.engine.pooling_max_memory
+            && cfg.max_memory_bytes > max
+        {
+            tracing::warn!(
+                max_memory_bytes = cfg.max_memory_bytes,
+                pool_limit = max,
+                "max_memory_bytes is above what the instance pool reserved; instances stay capped at the pool limit until a restart"
+            );
+        }
+        self.env.cfg.store(Arc::new(cfg.clone()));
+    }
+
+    /// Rescans the plugin directory now (what the watcher does after a burst of
+    /// file events); useful when `watch` is off.
+    pub async fn reload(&self) {
+        loader::rescan(&self.env).await;
+    }
+
+    /// Names of the plugins currently serving.
+    pub fn plugins(&self) -> Vec<String> {
+        self.env.serving()
+    }
+}
+
+impl Env {
+    /// Names of the plugins with a serving version, sorted.
+    fn serving(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .registry
+            .names()
+            .into_iter()
+            .filter(|n| self.registry.current(n).is_some())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl ExtService for PluginHost {
+    fn call(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
+        let env = Arc::clone(&self.env);
+        Box::pin(async move {
+            let started = Instant::now();
+            let key: PoolKey = (Arc::clone(&call.session.tenant), Arc::clone(&call.plugin));
+            let (tenant, plugin) = (Arc::clone(&key.0), Arc::clone(&key.1));
+            env.metrics
+                .plugin_calls
+                .with_label_values(&[&*tenant, &*plugin])
+                .inc();
+            let stats = env.stats(&key);
+            stats.calls.fetch_add(1, Ordering::Relaxed);
+            let r = match env.registry.current(&plugin) {
+                Some(version) => pool::dispatch(&env, &key, &stats, version, call).await,
+                None => Err(PluginError::Missing(plugin.to_string())),
+            };
+            env.metrics
+                .plugin_call_duration
+                .with_label_values(&[&*plugin])
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = &r {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                env.metrics
+                    .plugin_errors
+                    .with_label_values(&[&*tenant, &*plugin, e.label()])
+                    .inc();
+                tracing::debug!(tenant = %tenant, plugin = %plugin, reason = e.label(), error = %e, "plugin call failed");
+            }
+            r
+        })
+    }
+
+    fn status(&self, tenant: &str, plugin: &str) -> PluginStatus {
+        let env = &self.env;
+        let slot = env.registry.get(plugin);
+        let current = slot.as_ref().and_then(|s| s.current.load_full());
+        let failure = slot.as_ref().and_then(|s| s.failure.lock().clone());
+        let key: PoolKey = (Arc::from(tenant), Arc::from(plugin));
+        let stats = env.stats.get(&key).map(|s| Arc::clone(s.value()));
+        let backing_off = stats
+            .as_ref()
+            .is_some_and(|s| s.backing_off(Instant::now()));
+        let state = match (&current, &failure) {
+            (_, Some(_)) => "failed to load",
+            (None, None) => "missing",
+            (Some(_), None) if backing_off => "backing off",
+            (Some(_), None) => "serving",
+        };
+        PluginStatus {
+            name: plugin.to_owned(),
+            sha256: current.as_ref().map(|v| v.sha256.clone()),
+            loaded_at: current.as_ref().map(|v| v.loaded_at.clone()),
+            calls: stats
+                .as_ref()
+                .map_or(0, |s| s.calls.load(Ordering::Relaxed)),
+            errors: stats
+                .as_ref()
+                .map_or(0, |s| s.errors.load(Ordering::Relaxed)),
+            state: state.to_owned(),
+            last_error: failure.map(|f| f.error),
+        }
+    }
+
+    fn config_changed(&self, cfg: &PluginsConfig) {
+        self.update_config(cfg);
+    }
+
+    fn session_closed(&self, plugin: &str, session: &SessionInfo) {
+        let Some(version) = self.env.registry.current(plugin) else {
+            return;
+        };
+        let key: PoolKey = (Arc::clone(&session.tenant), Arc::from(plugin));
+        let stats = self.env.stats(&key);
+        pool::disconnect(&self.env, &key, &stats, version, session);
+    }
+}

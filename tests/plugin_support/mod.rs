@@ -1,0 +1,253 @@
+//! Helpers for the plugin host tests: build the guest examples once per test
+//! binary, lay out plugin directories, start a `PluginHost`, register sessions
+//! in a real `LocalBroker` and build `ExtCall`s.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wsprism::config::{PluginsConfig, TenantConfig};
+use wsprism::obs::metrics::Metrics;
+use wsprism::plugin_host::PluginHost;
+use wsprism::realtime::broker::{Broker, LocalBroker, RoomLimits, SessionEntry, SessionLimits};
+use wsprism::realtime::outbox::Outbox;
+use wsprism::services::{ExtCall, ExtService, PluginStatus, SessionInfo};
+
+/// Repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds `sdk/examples` for wasm32-wasip2 (once per test binary) and returns
+/// the directory holding `echo.wasm`, `vote.wasm`, `faults.wasm`, `wrong_wit.wasm`.
+pub fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = repo().join("target").join("wasm-examples");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(repo().join("sdk").join("examples"))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+            .arg(&target)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .expect("run cargo for the guest examples");
+        assert!(
+            out.status.success(),
+            "building guest plugins failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("wasm32-wasip2").join("release")
+    })
+}
+
+/// Bytes of a built guest (`echo`, `vote`, `faults`, `wrong_wit`).
+pub fn guest(name: &str) -> Vec<u8> {
+    std::fs::read(guests().join(format!("{name}.wasm"))).expect("guest wasm")
+}
+
+/// `bytes` with a custom section appended: the same component, a different sha256.
+pub fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let name = b"wsprism-test";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Writes a file atomically (temp file + rename), as a deploy would.
+pub fn deploy(dir: &Path, file: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, bytes).expect("write temp plugin");
+    std::fs::rename(&tmp, dir.join(file)).expect("rename plugin into place");
+}
+
+/// A temp plugin dir with the named guests copied in as `<as_name>.wasm`.
+pub fn plugin_dir(plugins: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (guest_name, as_name) in plugins {
+        std::fs::write(
+            dir.path().join(format!("{as_name}.wasm")),
+            guest(guest_name),
+        )
+        .expect("copy");
+    }
+    dir
+}
+
+/// Default test config over `dir`.
+pub fn plugins_cfg(dir: &Path) -> PluginsConfig {
+    PluginsConfig {
+        dir: dir.to_string_lossy().into_owned(),
+        watch: false,
+        call_timeout_ms: 50,
+        max_memory_bytes: 16 * 1024 * 1024,
+        instances_per_plugin: 2,
+        ..PluginsConfig::default()
+    }
+}
+
+/// A running host and what stops it.
+pub struct Host {
+    pub host: Arc<PluginHost>,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn start(cfg: &PluginsConfig) -> Host {
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let host = PluginHost::start(
+        cfg,
+        metrics.clone(),
+        reqwest::Client::new(),
+        shutdown.clone(),
+        tracker.clone(),
+    )
+    .await
+    .expect("plugin host starts");
+    Host {
+        host,
+        metrics,
+        shutdown,
+        tracker,
+    }
+}
+
+/// A tenant config from YAML (`id` is filled in).
+pub fn tenant(id: &str, extra_yaml: &str) -> Arc<TenantConfig> {
+    let text = format!("id: {id}\n{extra_yaml}");
+    Arc::new(serde_yaml::from_str(&text).expect("tenant yaml"))
+}
+
+/// One tenant's realtime state plus a way to make sessions in it.
+pub struct Tenant {
+    pub cfg: Arc<TenantConfig>,
+    pub broker: Arc<LocalBroker>,
+}
+
+impl Tenant {
+    pub fn new(id: &str) -> Self {
+        Self::with_yaml(id, "")
+    }
+
+    pub fn with_yaml(id: &str, yaml: &str) -> Self {
+        Self {
+            cfg: tenant(id, yaml),
+            broker: Arc::new(LocalBroker::new()),
+        }
+    }
+
+    /// Registers a session of `user` that has joined `rooms`.
+    pub fn session(&self, sid: u64, user: &str, rooms: &[&str]) -> SessionInfo {
+        let entry = Arc::new(SessionEntry::new(
+            sid,
+            Arc::from(user),
+            Arc::new(Outbox::new(64, 64)),
+        ));
+        self.broker
+            .register(
+                entry,
+                SessionLimits {
+                    max_sessions_total: 0,
+                    max_sessions_per_user: 8,
+                    kick_oldest: false,
+                },
+            )
+            .expect("register session");
+        for room in rooms {
+            self.broker
+                .join(sid, room, RoomLimits::default())
+                .expect("join room");
+        }
+        SessionInfo {
+            tenant: Arc::from(self.cfg.id.as_str()),
+            user: Arc::from(user),
+            sid,
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// An Ext Lane call from `session` to `plugin`.
+    pub fn call(
+        &self,
+        session: &SessionInfo,
+        plugin: &str,
+        ty: &str,
+        room: Option<&str>,
+        data: &str,
+    ) -> ExtCall {
+        ExtCall {
+            session: session.clone(),
+            plugin: Arc::from(plugin),
+            svc: plugin.to_owned(),
+            ty: ty.to_owned(),
+            room: room.map(str::to_owned),
+            seq: Some(1),
+            data: RawValue::from_string(data.to_owned()).expect("valid json"),
+            tenant_cfg: Arc::clone(&self.cfg),
+            broker: self.broker.clone(),
+        }
+    }
+}
+
+/// Polls `status` until `pred` holds (generous bound; reload is debounced).
+pub async fn wait_status(
+    host: &PluginHost,
+    tenant: &str,
+    plugin: &str,
+    what: &str,
+    pred: impl Fn(&PluginStatus) -> bool,
+) -> PluginStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = host.status(tenant, plugin);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last status: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,773 @@
+//! WASM Ext Lane: the plugin host driven through `ExtService` with real guest
+//! components built from `sdk/examples/` and a real `LocalBroker`.
+
+mod plugin_support;
+
+use std::time::Duration;
+
+use plugin_support::*;
+use wsprism::config::Isolation;
+use wsprism::error::{ClientCode, PluginError, ToRefusal};
+use wsprism::realtime::outbox::Qos;
+use wsprism::services::{Effect, ExtService};
+
+fn reply_of(effects: &[Effect]) -> (&str, &str) {
+    match effects {
+        [Effect::Reply { ty, data }] => (ty.as_str(), data.get()),
+        other => panic!("expected one reply, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_replies_to_the_sender() {
+    let dir = plugin_dir(&[("echo", "echo")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u1", &[]);
+    let effects = h
+        .host
+        .call(t.call(&s, "echo", "hello", None, r#"{"msg":"hi","n":[1,2]}"#))
+        .await
+        .expect("echo call");
+    assert_eq!(reply_of(&effects), ("hello", r#"{"msg":"hi","n":[1,2]}"#));
+
+    let st = h.host.status("acme", "echo");
+    assert_eq!(st.state, "serving");
+    assert_eq!(st.sha256.as_deref(), Some(sha256(&guest("echo")).as_str()));
+    assert_eq!(st.calls, 1);
+    assert_eq!(st.errors, 0);
+    assert!(
+        st.loaded_at
+            .as_deref()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 20)
+    );
+    assert!(
+        h.metrics
+            .render()
+            .contains("wsprism_plugin_calls_total{plugin=\"echo\",tenant=\"acme\"} 1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_broadcast_publishes_to_a_joined_room() {
+    let dir = plugin_dir(&[("echo", "echo")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u1", &["lobby"]);
+    let effects = h
+        .host
+        .call(t.call(&s, "echo", "broadcast", Some("lobby"), r#"{"x":1}"#))
+        .await
+        .expect("broadcast");
+    match effects.as_slice() {
+        [
+            Effect::Publish {
+                room,
+                ty,
+                data,
+                qos,
+                exclude_sender,
+            },
+        ] => {
+            assert_eq!(
+                (room.as_str(), ty.as_str(), data.get()),
+                ("lobby", "broadcast", r#"{"x":1}"#)
+            );
+            assert_eq!(*qos, Qos::Reliable);
+            assert!(!exclude_sender);
+        }
+        other => panic!("expected a publish, got {other:?}"),
+    }
+    // Not a member of the room: the plugin refuses, the client sees SERVICE_ERROR.
+    let err = h
+        .host
+        .call(t.call(&s, "echo", "broadcast", Some("elsewhere"), "null"))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, PluginError::Refused { code, .. } if code == "NOT_IN_ROOM"),
+        "{err:?}"
+    );
+    assert_eq!(err.to_refusal().code, ClientCode::ServiceError);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_plugin_is_missing() {
+    let dir = plugin_dir(&[]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u1", &[]);
+    let err = h
+        .host
+        .call(t.call(&s, "nope", "x", None, "null"))
+        .await
+        .expect_err("missing");
+    assert_eq!(err, PluginError::Missing("nope".into()));
+    assert_eq!(err.to_refusal().code, ClientCode::ServiceUnavailable);
+    assert_eq!(h.host.status("acme", "nope").state, "missing");
+}
+
+/// Each fault fails its own call with the expected kind, while an echo call
+/// running at the same time succeeds, and the faulty plugin serves again
+/// right after (its instance is rebuilt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fault_fails_only_its_own_call() {
+    let dir = plugin_dir(&[("echo", "echo"), ("faults", "faults")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    type Check = fn(&PluginError) -> bool;
+    let cases: &[(&str, Check)] = &[
+        ("loop", |e| *e == PluginError::Timeout),
+        (
+            "oom",
+            |e| matches!(e, PluginError::Trap(m) if m.contains("memory")),
+        ),
+        // The shadow stack lives in linear memory: overflowing it is an
+        // out-of-bounds access (or a wasm stack overflow), a trap either way.
+        ("recurse", |e| matches!(e, PluginError::Trap(_))),
+        (
+            "flood",
+            |e| matches!(e, PluginError::BadOutput(m) if m.contains("host call")),
+        ),
+        (
+            "huge-publish",
+            |e| matches!(e, PluginError::BadOutput(m) if m.contains("published")),
+        ),
+        ("big-publish", |e| *e == PluginError::PayloadTooLarge),
+        (
+            "bad-json",
+            |e| matches!(e, PluginError::BadOutput(m) if m.contains("JSON")),
+        ),
+        ("panic", |e| matches!(e, PluginError::Trap(_))),
+        (
+            "refuse",
+            |e| matches!(e, PluginError::Refused { code, .. } if code == "NOPE"),
+        ),
+    ];
+    for (i, (fault, expected)) in cases.iter().enumerate() {
+        // One tenant per fault, so crash back-off of one case cannot leak into the next.
+        let t = Tenant::new(&format!("t{i}"));
+        let s = t.session(1, "u1", &["r"]);
+        let faulty = h.host.call(t.call(&s, "faults", fault, Some("r"), "null"));
+        let other = h
+            .host
+            .call(t.call(&s, "echo", "ping", None, r#"{"ok":true}"#));
+        let (faulty, other) = tokio::join!(faulty, other);
+        let err = faulty.expect_err(fault);
+        assert!(expected(&err), "{fault}: unexpected error {err:?}");
+        assert_eq!(
+            reply_of(&other.expect("concurrent echo")),
+            ("ping", r#"{"ok":true}"#)
+        );
+        let again = h
+            .host
+            .call(t.call(&s, "faults", "echo", Some("r"), r#""after""#))
+            .await
+            .unwrap_or_else(|e| panic!("{fault}: plugin does not recover: {e:?}"));
+        assert_eq!(reply_of(&again), ("echo", r#""after""#));
+    }
+    let m = h.metrics.render();
+    assert!(
+        m.contains(
+            "wsprism_plugin_errors_total{plugin=\"faults\",reason=\"timeout\",tenant=\"t0\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("reason=\"trap\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_crashes_back_off() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u1", &[]);
+    for _ in 0..5 {
+        let e = h
+            .host
+            .call(t.call(&s, "faults", "panic", None, "null"))
+            .await
+            .expect_err("trap");
+        assert!(matches!(e, PluginError::Trap(_)), "{e:?}");
+    }
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "echo", None, "1"))
+        .await
+        .expect_err("backing off");
+    assert_eq!(e, PluginError::BackingOff);
+    assert_eq!(h.host.status("acme", "faults").state, "backing off");
+    // Another tenant is not affected.
+    let other = Tenant::new("other");
+    let s2 = other.session(2, "u2", &[]);
+    h.host
+        .call(other.call(&s2, "faults", "echo", None, "1"))
+        .await
+        .expect("other tenant serves");
+}
+
+/// Two tenants using the same plugin share neither kv nor instance memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_share_kv_or_instances() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.instances_per_plugin = 1;
+    let h = start(&cfg).await;
+    let a = Tenant::new("a");
+    let b = Tenant::new("b");
+    let sa = a.session(1, "u", &["r"]);
+    let sb = b.session(1, "u", &["r"]);
+    for expected in 1..=3 {
+        let e = h
+            .host
+            .call(a.call(&sa, "faults", "count", Some("r"), "null"))
+            .await
+            .expect("a");
+        assert_eq!(reply_of(&e).1, format!(r#"{{"n":{expected}}}"#));
+        let e = h
+            .host
+            .call(a.call(&sa, "faults", "kv-count", Some("r"), "null"))
+            .await
+            .expect("a kv");
+        assert_eq!(reply_of(&e).1, format!(r#"{{"n":{expected}}}"#));
+    }
+    let e = h
+        .host
+        .call(b.call(&sb, "faults", "count", Some("r"), "null"))
+        .await
+        .expect("b");
+    assert_eq!(
+        reply_of(&e).1,
+        r#"{"n":1}"#,
+        "tenant b saw tenant a's instance memory"
+    );
+    let e = h
+        .host
+        .call(b.call(&sb, "faults", "kv-count", Some("r"), "null"))
+        .await
+        .expect("b kv");
+    assert_eq!(reply_of(&e).1, r#"{"n":1}"#, "tenant b saw tenant a's kv");
+}
+
+/// Messages of one room go to one instance, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rooms_messages_run_in_order_on_one_instance() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.instances_per_plugin = 4;
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let sessions: Vec<_> = (1..=5)
+        .map(|i| t.session(i, &format!("u{i}"), &["room-1"]))
+        .collect();
+    let calls = (0..40).map(|i| {
+        h.host
+            .call(t.call(&sessions[i % 5], "faults", "count", Some("room-1"), "null"))
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let ns: Vec<String> = results
+        .iter()
+        .map(|r| reply_of(r.as_ref().expect("count")).1.to_owned())
+        .collect();
+    let expected: Vec<String> = (1..=40).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    assert_eq!(ns, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_message_isolation_uses_a_fresh_instance_per_call() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.isolation = Isolation::PerMessage;
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &["r"]);
+    for expected_kv in 1..=3 {
+        let e = h
+            .host
+            .call(t.call(&s, "faults", "count", Some("r"), "null"))
+            .await
+            .expect("count");
+        assert_eq!(reply_of(&e).1, r#"{"n":1}"#);
+        let e = h
+            .host
+            .call(t.call(&s, "faults", "kv-count", Some("r"), "null"))
+            .await
+            .expect("kv");
+        assert_eq!(reply_of(&e).1, format!(r#"{{"n":{expected_kv}}}"#));
+    }
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "loop", None, "null"))
+        .await
+        .expect_err("timeout");
+    assert_eq!(e, PluginError::Timeout);
+}
+
+/// Rough per-call cost of echo on a warm instance (`cargo test -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a test"]
+async fn echo_warm_call_cost() {
+    let dir = plugin_dir(&[("echo", "echo")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.instances_per_plugin = 1;
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &["r"]);
+    for _ in 0..200 {
+        h.host
+            .call(t.call(&s, "echo", "w", Some("r"), r#"{"a":1}"#))
+            .await
+            .expect("warm");
+    }
+    let n = 20_000u32;
+    let start = tokio::time::Instant::now();
+    for _ in 0..n {
+        h.host
+            .call(t.call(&s, "echo", "w", Some("r"), r#"{"msg":"hello"}"#))
+            .await
+            .expect("echo");
+    }
+    let per = start.elapsed() / n;
+    eprintln!("echo warm sharded call: {per:?} per call over {n} calls");
+    let mut cfg2 = cfg.clone();
+    cfg2.isolation = Isolation::PerMessage;
+    h.host.update_config(&cfg2);
+    let n2 = 2_000u32;
+    let start = tokio::time::Instant::now();
+    for _ in 0..n2 {
+        h.host
+            .call(t.call(&s, "echo", "w", Some("r"), r#"{"msg":"hello"}"#))
+            .await
+            .expect("echo");
+    }
+    eprintln!(
+        "echo per_message call: {:?} per call over {n2} calls",
+        start.elapsed() / n2
+    );
+    let _ = Duration::ZERO;
+}
+
+/// Hot reload through the directory watcher: replace → new sha serves; broken
+/// file → old version keeps serving and status says so; wrong WIT → refused at
+/// `instantiate_pre`; delete → Missing; re-add → serving again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_replace_break_wrong_wit_delete() {
+    let dir = plugin_dir(&[("echo", "echo")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.watch = true;
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u1", &[]);
+    let v1 = sha256(&guest("echo"));
+    assert_eq!(
+        h.host.status("acme", "echo").sha256.as_deref(),
+        Some(v1.as_str())
+    );
+
+    // Replace (atomic rename) with a new build.
+    let v2_bytes = variant(&guest("echo"), "v2");
+    let v2 = sha256(&v2_bytes);
+    deploy(dir.path(), "echo.wasm", &v2_bytes);
+    let st = wait_status(&h.host, "acme", "echo", "v2 to serve", |s| {
+        s.sha256.as_deref() == Some(v2.as_str())
+    })
+    .await;
+    assert_eq!(st.state, "serving");
+    h.host
+        .call(t.call(&s, "echo", "a", None, "1"))
+        .await
+        .expect("v2 serves");
+
+    // A file that is not a component: v2 keeps serving.
+    std::fs::write(dir.path().join("echo.wasm"), b"\0asm garbage").expect("write");
+    let st = wait_status(&h.host, "acme", "echo", "failed to load", |s| {
+        s.state == "failed to load"
+    })
+    .await;
+    assert_eq!(st.sha256.as_deref(), Some(v2.as_str()));
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not a valid component")),
+        "{st:?}"
+    );
+    let e = h
+        .host
+        .call(t.call(&s, "echo", "still", None, "2"))
+        .await
+        .expect("old version serves");
+    assert_eq!(reply_of(&e), ("still", "2"));
+    assert!(
+        h.metrics
+            .render()
+            .contains("wsprism_plugin_loads_total{plugin=\"echo\",result=\"error\"} 1")
+    );
+
+    // A component built against another WIT: refused when linking.
+    deploy(dir.path(), "echo.wasm", &guest("wrong_wit"));
+    let st = wait_status(&h.host, "acme", "echo", "wrong wit refused", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("imports do not match"))
+    })
+    .await;
+    assert_eq!(st.state, "failed to load");
+    assert_eq!(st.sha256.as_deref(), Some(v2.as_str()));
+    h.host
+        .call(t.call(&s, "echo", "x", None, "3"))
+        .await
+        .expect("old version still serves");
+
+    // Back to a good file: the failure clears.
+    deploy(dir.path(), "echo.wasm", &guest("echo"));
+    wait_status(&h.host, "acme", "echo", "v1 again", |s| {
+        s.state == "serving" && s.sha256.as_deref() == Some(v1.as_str())
+    })
+    .await;
+
+    // Delete: routes answer Missing (SERVICE_UNAVAILABLE).
+    std::fs::remove_file(dir.path().join("echo.wasm")).expect("delete");
+    wait_status(&h.host, "acme", "echo", "missing", |s| s.state == "missing").await;
+    let e = h
+        .host
+        .call(t.call(&s, "echo", "gone", None, "4"))
+        .await
+        .expect_err("missing");
+    assert_eq!(e, PluginError::Missing("echo".into()));
+
+    // A new file appears.
+    deploy(dir.path(), "echo.wasm", &guest("echo"));
+    wait_status(&h.host, "acme", "echo", "serving again", |s| {
+        s.state == "serving"
+    })
+    .await;
+    h.host
+        .call(t.call(&s, "echo", "back", None, "5"))
+        .await
+        .expect("serves again");
+}
+
+/// A plugin built against the wrong WIT never starts serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_wit_component_is_refused_at_startup() {
+    let dir = plugin_dir(&[("wrong_wit", "wrong")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let st = h.host.status("acme", "wrong");
+    assert_eq!(st.state, "failed to load");
+    assert_eq!(st.sha256, None);
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("imports do not match")),
+        "{st:?}"
+    );
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &[]);
+    let e = h
+        .host
+        .call(t.call(&s, "wrong", "x", None, "1"))
+        .await
+        .expect_err("not loaded");
+    assert_eq!(e, PluginError::Missing("wrong".into()));
+}
+
+/// In-flight calls finish on the version they started on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_calls_finish_on_the_old_version() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.call_timeout_ms = 400;
+    let h = std::sync::Arc::new(start(&cfg).await);
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &["r"]);
+    // A call that runs (and times out) while the file is replaced and reloaded.
+    let slow = {
+        let h = std::sync::Arc::clone(&h);
+        let call = t.call(&s, "faults", "loop", Some("r"), "null");
+        tokio::spawn(async move { h.host.call(call).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    deploy(dir.path(), "faults.wasm", &variant(&guest("faults"), "v2"));
+    h.host.reload().await;
+    assert_eq!(
+        slow.await.expect("join").expect_err("old call times out"),
+        PluginError::Timeout
+    );
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "echo", Some("r"), "7"))
+        .await
+        .expect("new version serves");
+    assert_eq!(reply_of(&e), ("echo", "7"));
+}
+
+/// The vote example keeps its tallies in kv: they survive a reload (which
+/// recycles every instance) and refusals reach the client as SERVICE_ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vote_state_in_kv_survives_a_reload() {
+    let dir = plugin_dir(&[("vote", "vote")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let alice = t.session(1, "alice", &["poll-1"]);
+    let bob = t.session(2, "bob", &["poll-1"]);
+    let e = h
+        .host
+        .call(t.call(
+            &alice,
+            "vote",
+            "cast",
+            Some("poll-1"),
+            r#"{"option":"tea"}"#,
+        ))
+        .await
+        .expect("alice votes");
+    match e.as_slice() {
+        [
+            Effect::Publish {
+                room,
+                ty,
+                data,
+                qos: Qos::Reliable,
+                ..
+            },
+        ] => {
+            assert_eq!((room.as_str(), ty.as_str()), ("poll-1", "tally"));
+            assert_eq!(
+                data.get(),
+                r#"{"room":"poll-1","counts":{"tea":1},"total":1}"#
+            );
+        }
+        other => panic!("expected a tally publish, got {other:?}"),
+    }
+    let again = h
+        .host
+        .call(t.call(
+            &alice,
+            "vote",
+            "cast",
+            Some("poll-1"),
+            r#"{"option":"tea"}"#,
+        ))
+        .await
+        .expect_err("second vote refused");
+    assert!(matches!(&again, PluginError::Refused { code, .. } if code == "ALREADY_VOTED"));
+
+    deploy(dir.path(), "vote.wasm", &variant(&guest("vote"), "v2"));
+    h.host.reload().await;
+    let v2 = sha256(&variant(&guest("vote"), "v2"));
+    assert_eq!(
+        h.host.status("acme", "vote").sha256.as_deref(),
+        Some(v2.as_str())
+    );
+
+    h.host
+        .call(t.call(
+            &bob,
+            "vote",
+            "cast",
+            Some("poll-1"),
+            r#"{"option":"coffee"}"#,
+        ))
+        .await
+        .expect("bob votes after reload");
+    let e = h
+        .host
+        .call(t.call(&bob, "vote", "tally", Some("poll-1"), "null"))
+        .await
+        .expect("tally");
+    assert_eq!(
+        reply_of(&e),
+        (
+            "tally",
+            r#"{"room":"poll-1","counts":{"coffee":1,"tea":1},"total":2}"#
+        )
+    );
+    // Another tenant's poll with the same room name is separate.
+    let other = Tenant::new("other");
+    let carol = other.session(3, "carol", &["poll-1"]);
+    let e = h
+        .host
+        .call(other.call(&carol, "vote", "tally", Some("poll-1"), "null"))
+        .await
+        .expect("other tally");
+    assert_eq!(reply_of(&e).1, r#"{"room":"poll-1","counts":{},"total":0}"#);
+}
+
+/// `backend` reaches the tenant's named upstream only, and `members` answers
+/// from the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_calls_reach_only_configured_upstreams() {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/hello", get(|| async { "hi from backend" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::with_yaml(
+        "acme",
+        &format!(
+            "backend: {{ upstreams: {{ main: {{ url: 'http://{addr}', timeout_ms: 2000 }} }} }}"
+        ),
+    );
+    let s = t.session(1, "u1", &["room-a"]);
+    t.session(2, "u2", &["room-a"]);
+    let e = h
+        .host
+        .call(t.call(
+            &s,
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"main","path":"/hello"}"#,
+        ))
+        .await
+        .expect("backend call");
+    assert_eq!(
+        reply_of(&e),
+        ("backend", r#"{"body":"hi from backend","status":200}"#)
+    );
+    let e = h
+        .host
+        .call(t.call(
+            &s,
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"other","path":"/hello"}"#,
+        ))
+        .await
+        .expect("unknown upstream is a result, not a trap");
+    assert_eq!(reply_of(&e).0, "backend-error");
+    assert!(reply_of(&e).1.contains("UnknownUpstream"));
+    let e = h
+        .host
+        .call(t.call(
+            &s,
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"main","path":"@evil.example/x"}"#,
+        ))
+        .await
+        .expect("escaping path is a result");
+    assert!(reply_of(&e).1.contains("InvalidArgument"), "{e:?}");
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "members", Some("room-a"), "null"))
+        .await
+        .expect("members");
+    assert_eq!(reply_of(&e), ("members", r#"["u1","u2"]"#));
+    assert!(
+        h.metrics.render().contains(
+            "wsprism_backend_calls_total{kind=\"plugin\",result=\"ok\",tenant=\"acme\"} 1"
+        )
+    );
+}
+
+/// `on-disconnect` runs without disturbing the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_closed_runs_on_disconnect() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &[]);
+    h.host
+        .call(t.call(&s, "faults", "count", None, "null"))
+        .await
+        .expect("count");
+    h.host.session_closed("faults", &s);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "count", None, "null"))
+        .await
+        .expect("count");
+    assert_eq!(
+        reply_of(&e).1,
+        r#"{"n":2}"#,
+        "the instance survived on-disconnect"
+    );
+}
+
+/// Config reload changes the call budget for new calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_config_applies_to_new_calls() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let cfg = plugins_cfg(dir.path());
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &[]);
+    let started = tokio::time::Instant::now();
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "loop", None, "null"))
+        .await
+        .expect_err("timeout");
+    assert_eq!(e, PluginError::Timeout);
+    let short = started.elapsed();
+    let mut longer = cfg.clone();
+    longer.call_timeout_ms = 600;
+    h.host.update_config(&longer);
+    let started = tokio::time::Instant::now();
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "loop", None, "null"))
+        .await
+        .expect_err("timeout");
+    assert_eq!(e, PluginError::Timeout);
+    let long = started.elapsed();
+    assert!(
+        long > Duration::from_millis(400),
+        "new budget applies: {short:?} -> {long:?}"
+    );
+    assert!(short < Duration::from_millis(400), "{short:?}");
+}
+
+/// The demo builds committed in `plugins/` load with the current WIT, and the
+/// compiled artifacts land in the cache under `<dir>/.cache/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_demo_plugins_load_and_are_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["echo", "vote"] {
+        let src = repo().join("plugins").join(format!("{name}.wasm"));
+        std::fs::copy(&src, dir.path().join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("{} (run scripts/build-plugins.sh): {e}", src.display()));
+    }
+    let h = start(&plugins_cfg(dir.path())).await;
+    assert_eq!(h.host.plugins(), vec!["echo".to_owned(), "vote".to_owned()]);
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &[]);
+    let e = h
+        .host
+        .call(t.call(&s, "echo", "t", None, r#"{"d":1}"#))
+        .await
+        .expect("echo");
+    assert_eq!(reply_of(&e), ("t", r#"{"d":1}"#));
+    fn count_files(p: &std::path::Path) -> usize {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            count_files(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    assert!(
+        count_files(&dir.path().join(".cache")) >= 2,
+        "compiled artifacts are cached"
+    );
+    drop(h);
+    // A restart over the same dir serves the same versions (from the cache).
+    let h = start(&plugins_cfg(dir.path())).await;
+    assert_eq!(h.host.status("acme", "vote").state, "serving");
+}

@@ -1,0 +1,222 @@
+//! WASM plugins behind the real gateway: clients speak WebSocket, plugins built
+//! fresh from `sdk/examples` answer (SPEC §8, §12).
+
+mod common;
+mod plugin_support;
+
+use std::time::Duration;
+
+use common::{Client, TestGateway};
+use plugin_support::{deploy, guest, plugin_dir, variant};
+use serde_json::{Value, json};
+
+fn cfg(dir: &std::path::Path, extra_routes: &str) -> String {
+    format!(
+        r#"# test: start plugin host
+version: 1
+gateway:
+  handshake_limit: {{ enabled: false }}
+  plugins: {{ dir: "{}", watch: true, call_timeout_ms: 100, max_memory_bytes: 16777216 }}
+tenants:
+  - id: acme
+    api_keys: ["acme-key-0123456789"]
+    auth:
+      tickets: {{ t1: u1, t2: u2, t3: u3 }}
+    policy:
+      ext_allowlist: ["room:*", "echo:*", "vote:*", "faults:*"]
+      rate_limit_rps: 10000
+      rate_limit_burst: 10000
+    routes:
+      - {{ svc: echo, plugin: echo }}
+      - {{ svc: vote, plugin: vote }}
+{extra_routes}
+"#,
+        dir.display()
+    )
+}
+
+async fn plugins_status(gw: &TestGateway) -> Value {
+    reqwest::Client::new()
+        .get(gw.admin_url("/v1/api/tenants/acme/plugins"))
+        .bearer_auth("acme-key-0123456789")
+        .send()
+        .await
+        .expect("plugins")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn echo_roundtrip(c: &mut Client, seq: u64) {
+    c.send_json(json!({"v":1,"svc":"echo","type":"ping","data":{"n":seq},"seq":seq}))
+        .await;
+    let reply = c.recv_json().await;
+    assert_eq!(reply["svc"], "echo", "{reply}");
+    assert_eq!(reply["type"], "ping");
+    assert_eq!(reply["data"]["n"], seq);
+    assert_eq!(
+        c.recv_json().await,
+        json!({"v":1,"svc":"sys","type":"ack","seq":seq})
+    );
+}
+
+#[tokio::test]
+async fn echo_plugin_answers_and_broadcasts_through_websocket() {
+    let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote")]);
+    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let mut a = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+    a.send_json(json!({"v":1,"svc":"echo","type":"hello","data":{"x":[1,2]}}))
+        .await;
+    let r = a.recv_json().await;
+    assert_eq!(r["v"], 1);
+    assert_eq!(r["svc"], "echo");
+    assert_eq!(r["type"], "hello");
+    assert_eq!(r["data"], json!({"x":[1,2]}));
+    a.join("r").await;
+    b.join("r").await;
+    a.send_json(json!({"v":1,"svc":"echo","type":"broadcast","room":"r","data":"all"}))
+        .await;
+    for c in [&mut a, &mut b] {
+        let m = c.recv_type("broadcast").await;
+        assert_eq!(m["room"], "r");
+        assert_eq!(m["data"], "all");
+    }
+}
+
+#[tokio::test]
+async fn vote_plugin_keeps_state_in_kv_and_refusals_are_service_errors() {
+    let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote")]);
+    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let mut a = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+    a.join("poll").await;
+    b.join("poll").await;
+    a.send_json(json!({"v":1,"svc":"vote","type":"cast","room":"poll","data":{"option":"red"}}))
+        .await;
+    let t = b.recv_type("tally").await;
+    assert_eq!(t["svc"], "vote");
+    assert_eq!(t["data"]["counts"]["red"], 1);
+    a.send_json(
+        json!({"v":1,"svc":"vote","type":"cast","room":"poll","data":{"option":"red"},"seq":9}),
+    )
+    .await;
+    let e = a.recv_type("error").await;
+    assert_eq!(e["seq"], 9);
+    assert_eq!(e["data"]["code"], "SERVICE_ERROR");
+    assert!(
+        e["data"]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("ALREADY_VOTED")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn hot_reload_under_traffic_drops_nothing() {
+    let dir = plugin_dir(&[("echo", "echo")]);
+    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let before = plugins_status(&gw).await["plugins"][0]["sha256"].clone();
+    let mut clients = Vec::new();
+    for t in ["t1", "t2", "t3"] {
+        clients.push(gw.client("acme", t).await);
+    }
+    let echo = guest("echo");
+    let path = dir.path().to_path_buf();
+    let swapper = tokio::spawn(async move {
+        for i in 0..5 {
+            deploy(&path, "echo.wasm", &variant(&echo, &format!("v{i}")));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..150u64 {
+                echo_roundtrip(&mut c, seq).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c
+        }));
+    }
+    swapper.await.expect("swapper");
+    for t in tasks {
+        let mut c = t
+            .await
+            .expect("client task: a reply was lost or the session dropped");
+        echo_roundtrip(&mut c, 999).await;
+    }
+    let mut after = before.clone();
+    // Compiling a new version can take seconds on a loaded machine.
+    for _ in 0..600 {
+        after = plugins_status(&gw).await["plugins"][0]["sha256"].clone();
+        if after != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(after, before, "the new version never served");
+}
+
+#[tokio::test]
+async fn broken_and_deleted_plugins() {
+    let dir = plugin_dir(&[("echo", "echo")]);
+    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let mut c = gw.client("acme", "t1").await;
+    echo_roundtrip(&mut c, 1).await;
+    // A file that is not a component leaves the old version serving.
+    deploy(dir.path(), "echo.wasm", b"\0asm garbage");
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = plugins_status(&gw).await["plugins"][0].clone();
+        if state["state"] == "failed to load" || state["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(state["last_error"].is_string(), "{state}");
+    echo_roundtrip(&mut c, 2).await;
+    // Deleting the file takes the route down: SERVICE_UNAVAILABLE.
+    std::fs::remove_file(dir.path().join("echo.wasm")).expect("rm");
+    let mut code = Value::Null;
+    for seq in 10..200u64 {
+        c.send_json(json!({"v":1,"svc":"echo","type":"x","seq":seq}))
+            .await;
+        let v = c.recv_json().await;
+        if v["type"] == "error" {
+            code = v["data"]["code"].clone();
+            break;
+        }
+        c.recv_type("ack").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(code, "SERVICE_UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn a_faulting_plugin_fails_only_its_own_calls() {
+    let dir = plugin_dir(&[("echo", "echo"), ("faults", "faults")]);
+    let gw = TestGateway::start(&cfg(dir.path(), "      - { svc: faults, plugin: faults }")).await;
+    let mut bad = gw.client("acme", "t1").await;
+    let mut good = gw.client("acme", "t2").await;
+    for (seq, ty) in ["loop", "oom", "recurse", "panic"].into_iter().enumerate() {
+        let seq = seq as u64 + 1;
+        bad.send_json(json!({"v":1,"svc":"faults","type":ty,"seq":seq}))
+            .await;
+        echo_roundtrip(&mut good, seq).await;
+        let e = bad.recv_type("error").await;
+        assert_eq!(e["seq"], seq, "{ty}");
+        assert_eq!(e["data"]["code"], "SERVICE_UNAVAILABLE", "{ty}: {e}");
+    }
+    bad.send_json(json!({"v":1,"svc":"faults","type":"refuse","seq":50}))
+        .await;
+    assert_eq!(
+        bad.recv_type("error").await["data"]["code"],
+        "SERVICE_ERROR"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("wsprism_plugin_errors_total{plugin=\"faults\""),
+        "{m}"
+    );
+}
