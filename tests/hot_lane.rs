@@ -242,6 +242,14 @@ async fn reliable_overflow_closes_the_slow_consumer_with_4002() {
     );
     assert_eq!(slow.recv_close().await, Some(4002));
     drain.abort();
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "wsprism_drops_total{reason=\"slow_consumer\",tenant=\"acme\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use super::{Flow, SessionCtx};
 use crate::config::HotServiceKind;
 use crate::error::{ClientCode, CloseCode};
 use crate::protocol::hot;
-use crate::realtime::outbox::{Pushed, Qos};
+use crate::realtime::outbox::Qos;
 
 /// Handles one binary frame.
 pub fn handle(ctx: &mut SessionCtx, data: Bytes) -> Flow {
@@ -40,14 +40,9 @@ pub fn handle(ctx: &mut SessionCtx, data: Bytes) -> Flow {
     }
     match service.kind {
         HotServiceKind::Echo => {
-            if ctx
-                .entry
+            ctx.entry
                 .outbox
-                .push(Message::Binary(frame.frame), Qos::Lossy)
-                == Pushed::DroppedOldest
-            {
-                ctx.counters.lossy_dropped.inc();
-            }
+                .push(Message::Binary(frame.frame), Qos::Lossy);
         }
         HotServiceKind::Relay => {
             let Some((room, peer)) = active else {
@@ -59,10 +54,7 @@ pub fn handle(ctx: &mut SessionCtx, data: Bytes) -> Flow {
                 Message::Binary(frame.frame)
             };
             let exclude = (!service.include_sender).then_some(ctx.entry.sid);
-            let d = ctx.tenant.broker.publish(&room, &msg, Qos::Lossy, exclude);
-            if d.dropped > 0 {
-                ctx.counters.lossy_dropped.inc_by(d.dropped as u64);
-            }
+            ctx.tenant.broker.publish(&room, &msg, Qos::Lossy, exclude);
         }
     }
     Flow::Continue

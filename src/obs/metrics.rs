@@ -4,6 +4,7 @@
 //! `/metrics` on the admin listener renders it. Hot-path users clone the labelled
 //! child counters once per session instead of looking labels up per message.
 
+use crate::realtime::outbox::DropCounters;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -210,7 +211,10 @@ impl Metrics {
             in_ext: self.messages_in.with_label_values(&[tenant, "ext"]),
             out_hot: self.messages_out.with_label_values(&[tenant, "hot"]),
             out_ext: self.messages_out.with_label_values(&[tenant, "ext"]),
-            lossy_dropped: self.drops.with_label_values(&[tenant, "lossy_overflow"]),
+            drops: DropCounters {
+                lossy_overflow: self.drops.with_label_values(&[tenant, "lossy_overflow"]),
+                slow_consumer: self.drops.with_label_values(&[tenant, "slow_consumer"]),
+            },
             active: self.sessions_active.with_label_values(&[tenant]),
         }
     }
@@ -227,8 +231,8 @@ pub struct SessionCounters {
     pub out_hot: IntCounter,
     /// Text frames written.
     pub out_ext: IntCounter,
-    /// Lossy frames dropped on overflow.
-    pub lossy_dropped: IntCounter,
+    /// Outbox overflow counters.
+    pub drops: DropCounters,
     /// Sessions open for the tenant.
     pub active: IntGauge,
 }

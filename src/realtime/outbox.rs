@@ -74,6 +74,16 @@ pub enum Batch {
     Close(CloseRequest),
 }
 
+/// Metric handles an outbox bumps when its overflow policy drops something.
+#[derive(Debug, Clone)]
+pub struct DropCounters {
+    /// Lossy frames dropped to make room (`drops_total{reason="lossy_overflow"}`).
+    pub lossy_overflow: prometheus::IntCounter,
+    /// Sessions cut because their reliable queue overflowed
+    /// (`drops_total{reason="slow_consumer"}`).
+    pub slow_consumer: prometheus::IntCounter,
+}
+
 /// A session's outbound queues.
 #[derive(Debug)]
 pub struct Outbox {
@@ -82,6 +92,7 @@ pub struct Outbox {
     reliable_capacity: usize,
     lossy_capacity: usize,
     lossy_dropped: AtomicU64,
+    counters: Option<DropCounters>,
 }
 
 impl Outbox {
@@ -93,6 +104,19 @@ impl Outbox {
             reliable_capacity: reliable_capacity.max(1),
             lossy_capacity: lossy_capacity.max(1),
             lossy_dropped: AtomicU64::new(0),
+            counters: None,
+        }
+    }
+
+    /// An outbox that also counts its drops in metrics.
+    pub fn with_counters(
+        reliable_capacity: usize,
+        lossy_capacity: usize,
+        counters: DropCounters,
+    ) -> Self {
+        Self {
+            counters: Some(counters),
+            ..Self::new(reliable_capacity, lossy_capacity)
         }
     }
 
@@ -137,6 +161,13 @@ impl Outbox {
             }
         };
         self.notify.notify_one();
+        if let Some(c) = &self.counters {
+            match outcome {
+                Pushed::DroppedOldest => c.lossy_overflow.inc(),
+                Pushed::SlowConsumer => c.slow_consumer.inc(),
+                Pushed::Queued | Pushed::Closed => {}
+            }
+        }
         outcome
     }
 

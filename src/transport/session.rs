@@ -39,8 +39,12 @@ pub(crate) struct SessionGuard {
 }
 
 impl SessionGuard {
-    pub(crate) fn new(gw: Arc<Gateway>, tenant: Arc<Tenant>, entry: Arc<SessionEntry>) -> Self {
-        let counters = gw.metrics.session_counters(&tenant.id);
+    pub(crate) fn new(
+        gw: Arc<Gateway>,
+        tenant: Arc<Tenant>,
+        entry: Arc<SessionEntry>,
+        counters: SessionCounters,
+    ) -> Self {
         counters.active.inc();
         lanes::notify_backend(&gw, &tenant, &entry, "connect");
         Self {

@@ -274,9 +274,11 @@ async fn admit(
 
     let gcfg = gw.config();
     let sid = gw.next_sid();
-    let outbox = Arc::new(Outbox::new(
+    let counters = gw.metrics.session_counters(&tenant.id);
+    let outbox = Arc::new(Outbox::with_counters(
         gcfg.gateway.queues.reliable_capacity,
         gcfg.gateway.queues.lossy_capacity,
+        counters.drops.clone(),
     ));
     let entry = Arc::new(SessionEntry::new(
         sid,
@@ -305,7 +307,12 @@ async fn admit(
             ),
         })?;
     // From here on the guard unregisters the session whatever happens.
-    let guard = SessionGuard::new(Arc::clone(gw), Arc::clone(&tenant), Arc::clone(&entry));
+    let guard = SessionGuard::new(
+        Arc::clone(gw),
+        Arc::clone(&tenant),
+        Arc::clone(&entry),
+        counters,
+    );
     let sid_text = session::sid_string(sid);
     #[derive(Serialize)]
     struct Authed<'a> {
