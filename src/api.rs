@@ -207,12 +207,19 @@ async fn publish(
         let b: PublishBody = parse(&body)?;
         check_svc(&b.svc)?;
         let data = data_or_null(b.data);
-        let msg = Outgoing::new(&b.svc, &b.ty)
-            .room(Some(&b.room))
-            .data(Some(&data))
-            .encode_within(rt.cfg.limits.max_frame_bytes)
-            .map_err(|len| too_large(len, &rt))?;
-        let d = tenant.broker.publish(&b.room, &msg, b.qos, None);
+        let d = crate::services::publish_to_room(
+            tenant.broker.as_ref(),
+            &rt,
+            crate::services::RoomPublication {
+                room: &b.room,
+                svc: &b.svc,
+                ty: &b.ty,
+                data: &data,
+                qos: b.qos,
+                exclude: None,
+            },
+        )
+        .map_err(|len| too_large(len, &rt))?;
         Ok(Json(json!({"delivered": d.delivered})))
     }
     .await;

@@ -270,6 +270,9 @@ fn spawn_upkeep(gw: &Arc<Gateway>) {
                     for t in gw2.tenants() {
                         if let Some(rt) = t.runtime() {
                             rt.policy.prune();
+                            if let Some(history) = rt.policy.history {
+                                t.broker.prune_history(history);
+                            }
                         }
                     }
                 }

@@ -15,7 +15,7 @@ use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
 use crate::gateway::TenantRuntime;
 use crate::protocol::ext::{self, Envelope, Outgoing, sys_ack};
 use crate::realtime::outbox::Qos;
-use crate::services::{Effect, ExtCall, chat, room};
+use crate::services::{Effect, ExtCall, RoomPublication, chat, publish_to_room, room};
 
 /// Handles one text frame.
 pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
@@ -101,9 +101,8 @@ pub(crate) fn apply_effects(
     effects: Vec<Effect>,
 ) -> Result<(), Refusal> {
     let max = rt.cfg.limits.max_frame_bytes;
-    let encode = |room: Option<&str>, ty: &str, data: &RawValue| {
+    let encode = |ty: &str, data: &RawValue| {
         Outgoing::new(svc, ty)
-            .room(room)
             .data(Some(data))
             .encode_within(max)
             .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))
@@ -112,9 +111,7 @@ pub(crate) fn apply_effects(
     for effect in effects {
         match effect {
             Effect::Reply { ty, data } => {
-                ctx.entry
-                    .outbox
-                    .push(encode(None, &ty, &data)?, Qos::Reliable);
+                ctx.entry.outbox.push(encode(&ty, &data)?, Qos::Reliable);
             }
             Effect::Publish {
                 room,
@@ -123,14 +120,25 @@ pub(crate) fn apply_effects(
                 qos,
                 exclude_sender,
             } => {
-                let msg = encode(Some(&room), &ty, &data)?;
                 let exclude = exclude_sender.then_some(ctx.entry.sid);
-                broker.publish(&room, &msg, qos, exclude);
+                publish_to_room(
+                    broker.as_ref(),
+                    rt,
+                    RoomPublication {
+                        room: &room,
+                        svc,
+                        ty: &ty,
+                        data: &data,
+                        qos,
+                        exclude,
+                    },
+                )
+                .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))?;
             }
             Effect::SendToUser { user, ty, data } => {
-                broker.send_to_user(&user, &encode(None, &ty, &data)?, Qos::Reliable);
+                broker.send_to_user(&user, &encode(&ty, &data)?, Qos::Reliable);
             }
-            Effect::Join { room } => room::join(ctx, rt, &room, None)?,
+            Effect::Join { room } => room::join(ctx, rt, &room, None, None)?,
             Effect::Leave { room } => room::leave(ctx, rt, &room, None)?,
         }
     }

@@ -18,6 +18,7 @@ use self::allowlist::{ExtAllowlist, HotAllowlist};
 use self::rate_limit::{DirectLimiter, KeyedLimiter, direct, keyed, quota, windowed};
 use crate::config::{HotServiceConfig, OnExceed, RateLimitScope, SessionMode, TenantConfig};
 use crate::realtime::broker::{RoomLimits, SessionLimits};
+use crate::realtime::history::HistoryPolicy;
 
 /// A tenant's policy, compiled for the hot path.
 #[derive(Debug)]
@@ -44,6 +45,8 @@ pub struct TenantPolicy {
     pub session_limits: SessionLimits,
     /// Room caps for joins.
     pub room_limits: RoomLimits,
+    /// Room history for recovery; `None` when `rooms.history_size` is 0.
+    pub history: Option<HistoryPolicy>,
 }
 
 impl TenantPolicy {
@@ -89,6 +92,10 @@ impl TenantPolicy {
                 max_users_per_room: t.limits.max_users_per_room,
                 max_rooms_per_user: t.limits.max_rooms_per_user,
             },
+            history: (t.rooms.history_size > 0).then(|| HistoryPolicy {
+                size: t.rooms.history_size,
+                ttl: Duration::from_millis(t.rooms.history_ttl_ms),
+            }),
         }
     }
 

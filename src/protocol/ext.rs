@@ -160,7 +160,7 @@ pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
 }
 
 /// A gateway → client envelope, borrowed for encoding.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Outgoing<'a> {
     /// Always 1.
     pub v: u8,
@@ -210,6 +210,18 @@ impl<'a> Outgoing<'a> {
     /// Sets `seq`.
     pub fn seq(mut self, seq: Option<u64>) -> Self {
         self.seq = seq;
+        self
+    }
+
+    /// Sets `offset` (room history position).
+    pub fn offset(mut self, offset: Option<u64>) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// Sets `epoch` (room history epoch).
+    pub fn epoch(mut self, epoch: Option<&'a str>) -> Self {
+        self.epoch = epoch;
         self
     }
 

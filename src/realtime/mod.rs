@@ -3,4 +3,5 @@
 //! session writer drains them.
 
 pub mod broker;
+pub mod history;
 pub mod outbox;

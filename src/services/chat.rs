@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ClientCode, Refusal};
 use crate::gateway::TenantRuntime;
 use crate::lanes::SessionCtx;
-use crate::protocol::ext::{Envelope, Outgoing, raw};
+use crate::protocol::ext::{Envelope, raw};
 use crate::realtime::outbox::Qos;
 
 /// Handles a `chat` envelope.
@@ -14,7 +14,7 @@ use crate::realtime::outbox::Qos;
 /// # Errors
 /// `BAD_REQUEST` for a missing room or `msg`, `NOT_IN_ROOM` for a room the sender
 /// has not joined.
-pub fn handle(ctx: &SessionCtx, _rt: &TenantRuntime, env: &Envelope) -> Result<(), Refusal> {
+pub fn handle(ctx: &SessionCtx, rt: &TenantRuntime, env: &Envelope) -> Result<(), Refusal> {
     if env.ty != "send" {
         return Err(Refusal::with_msg(
             ClientCode::BadRequest,
@@ -47,10 +47,18 @@ pub fn handle(ctx: &SessionCtx, _rt: &TenantRuntime, env: &Envelope) -> Result<(
         from: &ctx.entry.user,
         msg: &send.msg,
     });
-    let frame = Outgoing::new("chat", "msg")
-        .room(Some(room))
-        .data(Some(&data))
-        .encode();
-    ctx.tenant.broker.publish(room, &frame, Qos::Reliable, None);
+    super::publish_to_room(
+        ctx.tenant.broker.as_ref(),
+        rt,
+        super::RoomPublication {
+            room,
+            svc: "chat",
+            ty: "msg",
+            data: &data,
+            qos: Qos::Reliable,
+            exclude: None,
+        },
+    )
+    .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))?;
     Ok(())
 }

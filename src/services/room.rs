@@ -4,12 +4,13 @@
 //! `rooms.presence_events` the other members get `room.member_joined` /
 //! `room.member_left`. The most recently joined room is the session's active room.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientCode, Refusal, ToRefusal};
 use crate::gateway::{Tenant, TenantRuntime};
 use crate::lanes::SessionCtx;
 use crate::protocol::ext::{Envelope, Outgoing, raw};
+use crate::realtime::history::Since;
 use crate::realtime::outbox::Qos;
 
 /// Handles a `room` envelope.
@@ -22,7 +23,7 @@ pub fn handle(ctx: &SessionCtx, rt: &TenantRuntime, env: &Envelope) -> Result<()
         .as_deref()
         .ok_or_else(|| Refusal::with_msg(ClientCode::BadRequest, "room is required"))?;
     match env.ty.as_str() {
-        "join" => join(ctx, rt, room, env.seq),
+        "join" => join(ctx, rt, room, env.seq, parse_since(env)?.as_ref()),
         "leave" => leave(ctx, rt, room, env.seq),
         "presence" => presence(ctx, room, env.seq),
         _ => Err(Refusal::with_msg(
@@ -38,7 +39,41 @@ struct MemberEvent<'a> {
     peer: u32,
 }
 
-/// Joins the calling session to `room` and answers `sys.joined`.
+/// `data.since` of a join: the client's last position in the room.
+fn parse_since(env: &Envelope) -> Result<Option<Since>, Refusal> {
+    #[derive(Deserialize)]
+    struct JoinData {
+        since: Option<Since>,
+    }
+    let Some(data) = env.data.as_deref() else {
+        return Ok(None);
+    };
+    serde_json::from_str::<JoinData>(data.get())
+        .map(|d| d.since)
+        .map_err(|_| {
+            Refusal::with_msg(
+                ClientCode::BadRequest,
+                "data.since must be {\"epoch\": string, \"offset\": integer}",
+            )
+        })
+}
+
+#[derive(Serialize)]
+struct JoinedData<'a> {
+    room: &'a str,
+    peer: u32,
+    members: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+}
+
+/// Joins the calling session to `room` and answers `sys.joined`. With room
+/// history on and a `since` position, the retained publications after it come
+/// first, then `sys.joined` with `recovered` (SPEC §11).
 ///
 /// # Errors
 /// `ROOM_FULL` / `ROOM_LIMIT` from the broker.
@@ -47,31 +82,49 @@ pub fn join(
     rt: &TenantRuntime,
     room: &str,
     seq: Option<u64>,
+    since: Option<&Since>,
 ) -> Result<(), Refusal> {
-    let joined = ctx
-        .tenant
-        .broker
-        .join(ctx.entry.sid, room, rt.policy.room_limits)
-        .map_err(|e| e.to_refusal())?;
-    #[derive(Serialize)]
-    struct Joined<'a> {
-        room: &'a str,
-        peer: u32,
-        members: usize,
-    }
-    let data = raw(&Joined {
-        room,
-        peer: joined.peer,
-        members: joined.members,
-    });
-    ctx.entry.outbox.push(
+    let broker = &ctx.tenant.broker;
+    let sid = ctx.entry.sid;
+    let notice = |data: &JoinedData<'_>| {
         Outgoing::new("sys", "joined")
             .room(Some(room))
             .seq(seq)
-            .data(Some(&data))
-            .encode(),
-        Qos::Reliable,
-    );
+            .data(Some(&raw(data)))
+            .encode()
+    };
+    let joined = match rt.policy.history {
+        Some(policy) => broker
+            .join_recovering(sid, room, rt.policy.room_limits, policy, since, &|j, h| {
+                notice(&JoinedData {
+                    room,
+                    peer: j.peer,
+                    members: j.members,
+                    recovered: h.recovered,
+                    epoch: Some(&h.epoch),
+                    offset: Some(h.offset),
+                })
+            })
+            .map_err(|e| e.to_refusal())?,
+        None => {
+            let j = broker
+                .join(sid, room, rt.policy.room_limits)
+                .map_err(|e| e.to_refusal())?;
+            // Without history nothing can be recovered.
+            ctx.entry.outbox.push(
+                notice(&JoinedData {
+                    room,
+                    peer: j.peer,
+                    members: j.members,
+                    recovered: since.map(|_| false),
+                    epoch: None,
+                    offset: None,
+                }),
+                Qos::Reliable,
+            );
+            j
+        }
+    };
     if joined.new && rt.cfg.rooms.presence_events {
         let data = raw(&MemberEvent {
             user: &ctx.entry.user,

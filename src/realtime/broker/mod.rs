@@ -17,6 +17,7 @@ use axum::extract::ws::Message;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
+use super::history::{HistoryPolicy, Recovery, RoomHistory, Since};
 use super::outbox::{Outbox, Pushed, Qos};
 use crate::error::{CloseCode, RoomError};
 
@@ -202,6 +203,49 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
 
     /// Session, user and room counts.
     fn stats(&self) -> TenantStats;
+
+    /// Publishes a reliable room frame and records it in the room's history
+    /// (SPEC §11). `encode` builds the frame once from the offset and epoch the
+    /// broker assigns; offsets are assigned and delivered in one order.
+    fn publish_recorded(
+        &self,
+        room: &str,
+        policy: HistoryPolicy,
+        exclude: Option<Sid>,
+        encode: &dyn Fn(u64, &str) -> Message,
+    ) -> Delivery;
+
+    /// Joins like [`Broker::join`] in a room with history: when `since` is given,
+    /// first queues every retained publication after it (or none, when the gap
+    /// cannot be filled), then the frame `notice` builds, with no publication in
+    /// between.
+    ///
+    /// # Errors
+    /// As [`Broker::join`].
+    fn join_recovering(
+        &self,
+        sid: Sid,
+        room: &str,
+        limits: RoomLimits,
+        policy: HistoryPolicy,
+        since: Option<&Since>,
+        notice: &dyn Fn(&Joined, &HistoryState) -> Message,
+    ) -> Result<Joined, RoomError>;
+
+    /// Drops expired history (periodic upkeep).
+    fn prune_history(&self, policy: HistoryPolicy);
+}
+
+/// A room's history position as a join reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryState {
+    /// `Some(true)` when the client's `since` was recovered, `Some(false)` when
+    /// the gap could not be filled, `None` when no `since` was given.
+    pub recovered: Option<bool>,
+    /// The room's epoch.
+    pub epoch: String,
+    /// Offset of the newest publication.
+    pub offset: u64,
 }
 
 #[derive(Debug)]
@@ -235,6 +279,9 @@ pub struct LocalBroker {
     /// Kept beside `rooms` because `DashMap::len` cannot be called while a shard
     /// lock is held (it would deadlock on that shard).
     room_count: AtomicU64,
+    /// Room histories; they outlive membership so clients can recover after the
+    /// room emptied, and expire by TTL.
+    histories: DashMap<Arc<str>, Arc<Mutex<RoomHistory>>>,
 }
 
 impl LocalBroker {
@@ -255,6 +302,18 @@ impl LocalBroker {
         // never land in a room that has just been removed.
         self.drop_if_empty(room_name);
         Some(peer)
+    }
+
+    fn history(&self, room: &str) -> Arc<Mutex<RoomHistory>> {
+        if let Some(h) = self.histories.get(room) {
+            return Arc::clone(h.value());
+        }
+        Arc::clone(
+            self.histories
+                .entry(Arc::from(room))
+                .or_insert_with(|| Arc::new(Mutex::new(RoomHistory::new())))
+                .value(),
+        )
     }
 
     fn drop_if_empty(&self, room_name: &str) {
@@ -497,6 +556,65 @@ impl Broker for LocalBroker {
             users: self.users.len(),
             rooms: self.rooms.len(),
         }
+    }
+
+    fn publish_recorded(
+        &self,
+        room: &str,
+        policy: HistoryPolicy,
+        exclude: Option<Sid>,
+        encode: &dyn Fn(u64, &str) -> Message,
+    ) -> Delivery {
+        let history = self.history(room);
+        // The history lock is held through the fan-out so every member receives
+        // publications in offset order.
+        let mut h = history.lock();
+        let msg = h.record(policy, tokio::time::Instant::now(), encode);
+        self.publish(room, &msg, Qos::Reliable, exclude)
+    }
+
+    fn join_recovering(
+        &self,
+        sid: Sid,
+        room: &str,
+        limits: RoomLimits,
+        policy: HistoryPolicy,
+        since: Option<&Since>,
+        notice: &dyn Fn(&Joined, &HistoryState) -> Message,
+    ) -> Result<Joined, RoomError> {
+        let history = self.history(room);
+        let mut h = history.lock();
+        let joined = self.join(sid, room, limits)?;
+        let entry = self.session(sid).ok_or(RoomError::SessionGone)?;
+        let recovered =
+            since.map(
+                |since| match h.recover(since, policy, tokio::time::Instant::now()) {
+                    Recovery::Recovered(frames) => {
+                        for f in frames {
+                            entry.outbox.push(f, Qos::Reliable);
+                        }
+                        true
+                    }
+                    Recovery::Lost => false,
+                },
+            );
+        let state = HistoryState {
+            recovered,
+            epoch: h.epoch().to_owned(),
+            offset: h.last_offset(),
+        };
+        entry.outbox.push(notice(&joined, &state), Qos::Reliable);
+        Ok(joined)
+    }
+
+    fn prune_history(&self, policy: HistoryPolicy) {
+        let now = tokio::time::Instant::now();
+        self.histories.retain(|name, h| {
+            let mut h = h.lock();
+            h.trim(policy, now);
+            // Keep the history (and its epoch) while the room is live.
+            !h.is_empty() || self.rooms.contains_key(name)
+        });
     }
 }
 
