@@ -200,6 +200,7 @@ impl Server {
         }
         let public_router = public_router.with_state(Arc::clone(&gw));
         let admin_router = api::router()
+            .route("/", get(ops::status_page))
             .route("/metrics", get(ops::metrics))
             .route("/healthz", get(ops::healthz))
             .with_state(Arc::clone(&gw));

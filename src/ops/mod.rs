@@ -1,5 +1,5 @@
 //! Operational endpoints: `/healthz` and `/readyz` on the public listener,
-//! `/metrics` on the admin listener.
+//! `/metrics` and the status page on the admin listener.
 
 use std::sync::Arc;
 
@@ -31,5 +31,21 @@ pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         gw.metrics.render(),
+    )
+}
+
+/// The status page (`/` on the admin listener): one self-contained HTML file that
+/// reads `/metrics` and the server API from the browser, like any other client.
+pub(crate) async fn status_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        ],
+        include_str!("status.html"),
     )
 }
