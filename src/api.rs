@@ -128,11 +128,8 @@ fn authorize(
             "this API key belongs to another tenant",
         ));
     }
-    if target.is_none() && gw.tenant(tenant_id).is_none() {
-        // Unknown tenant and unknown key: answer 401 so tenant ids cannot be probed
-        // without a valid key.
-        return Err(unauthorized());
-    }
+    // An unknown tenant answers 401 like a wrong key, so tenant ids cannot be
+    // probed without a valid key.
     Err(unauthorized())
 }
 
