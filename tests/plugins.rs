@@ -771,3 +771,52 @@ async fn shipped_demo_plugins_load_and_are_cached() {
     let h = start(&plugins_cfg(dir.path())).await;
     assert_eq!(h.host.status("acme", "vote").state, "serving");
 }
+
+/// A slow upstream is cut at the upstream's `timeout_ms` and the guest gets an
+/// error result (not a trap); the call itself still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backend_is_bounded_by_the_upstream_timeout() {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            "late"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::with_yaml(
+        "acme",
+        &format!(
+            "backend: {{ upstreams: {{ main: {{ url: 'http://{addr}', timeout_ms: 300 }} }} }}"
+        ),
+    );
+    let s = t.session(1, "u1", &[]);
+    let started = tokio::time::Instant::now();
+    let e = h
+        .host
+        .call(t.call(
+            &s,
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"main","path":"/slow"}"#,
+        ))
+        .await
+        .expect("a slow backend is an error result for the guest");
+    assert_eq!(reply_of(&e).0, "backend-error");
+    assert!(reply_of(&e).1.contains("Unavailable"), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+}

@@ -147,9 +147,10 @@ impl Instance {
         {
             Ok(i) => i,
             Err(e) => {
-                let msg = e.to_string();
                 // Pool exhaustion is a capacity problem, not a plugin fault.
-                if msg.contains("maximum concurrent") || msg.contains("pooling") {
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                {
                     return Err(PluginError::Overloaded);
                 }
                 return Err(classify(store.data(), &e));
