@@ -12,7 +12,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 SRC="${1:?usage: build.sh <app.js> <out.wasm>}"
 OUT="${2:?usage: build.sh <app.js> <out.wasm>}"
 if [ ! -x "$HERE/node_modules/.bin/componentize-js" ]; then
-  (cd "$HERE" && npm install --no-audit --no-fund --silent)
+  (cd "$HERE" && npm ci --no-audit --no-fund --silent)
 fi
 "$HERE/node_modules/.bin/componentize-js" "$SRC" \
   --wit "$ROOT/wit" --world-name ext-lane-plugin \
