@@ -110,3 +110,41 @@ async fn python_counter_example() {
     assert_eq!(st.state, "serving", "{st:?}");
     exercise_counter(&h, "counter_py").await;
 }
+
+/// Rough warm per-call cost of the JS and Python counters
+/// (`cargo test --release --test plugins_js_py -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a test"]
+async fn js_and_python_warm_call_cost() {
+    for (lang, plugin, wasm) in [
+        ("js", "counter_js", counter_js()),
+        ("python", "counter_py", counter_py()),
+    ] {
+        if wasm.is_none() {
+            continue;
+        }
+        let mut cfg = host_cfg(lang);
+        cfg.instances_per_plugin = 1;
+        let h = start(&cfg).await;
+        let t = Tenant::new("acme");
+        let s = t.session(1, "u1", &["r1"]);
+        for _ in 0..50 {
+            h.host
+                .call(t.call(&s, plugin, "get", Some("r1"), "null"))
+                .await
+                .expect("warm");
+        }
+        let n = 2_000u32;
+        let started = tokio::time::Instant::now();
+        for _ in 0..n {
+            h.host
+                .call(t.call(&s, plugin, "incr", Some("r1"), "null"))
+                .await
+                .expect("incr");
+        }
+        eprintln!(
+            "{plugin} warm incr (kv incr + publish): {:?} per call",
+            started.elapsed() / n
+        );
+    }
+}

@@ -225,7 +225,9 @@ async fn ready<'a>(
 ) -> Result<&'a mut Instance, PluginError> {
     if slot.as_ref().is_some_and(|i| {
         i.poisoned
-            || i.version.generation != version.generation
+            // A newer instance may serve a job queued before a reload; an
+            // older one is replaced (recycle on reload).
+            || i.version.generation < version.generation
             || i.calls >= MAX_CALLS_PER_INSTANCE
     }) {
         *slot = None;
