@@ -820,3 +820,31 @@ async fn slow_backend_is_bounded_by_the_upstream_timeout() {
         started.elapsed()
     );
 }
+
+/// An instance whose memory grew past 75% of `max_memory_bytes` is recycled
+/// after the call that grew it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_is_recycled_after_a_memory_high_water_mark() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.instances_per_plugin = 1;
+    cfg.max_memory_bytes = 16 * 1024 * 1024;
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u", &["r"]);
+    let count = |expected: &'static str| {
+        let call = t.call(&s, "faults", "count", Some("r"), "null");
+        let host = &h.host;
+        async move {
+            let e = host.call(call).await.expect("count");
+            assert_eq!(reply_of(&e).1, expected);
+        }
+    };
+    count(r#"{"n":1}"#).await;
+    count(r#"{"n":2}"#).await;
+    h.host
+        .call(t.call(&s, "faults", "grow", Some("r"), "null"))
+        .await
+        .expect("grow stays under the cap");
+    count(r#"{"n":1}"#).await;
+}

@@ -116,6 +116,8 @@ pub(crate) struct MemoryLimiter {
     pub(crate) inner: StoreLimits,
     /// A memory or table grow was refused.
     pub(crate) hit: bool,
+    /// Largest linear memory size granted so far (high-water mark).
+    pub(crate) peak: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -126,7 +128,9 @@ impl ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let r = self.inner.memory_growing(current, desired, maximum);
-        if !matches!(r, Ok(true)) {
+        if matches!(r, Ok(true)) {
+            self.peak = self.peak.max(desired);
+        } else {
             self.hit = true;
         }
         r
@@ -209,6 +213,7 @@ impl HostState {
                     .trap_on_grow_failure(true)
                     .build(),
                 hit: false,
+                peak: 0,
             },
             scope,
             kv,

@@ -104,6 +104,11 @@ pub(crate) fn session_info(s: &GatewaySession) -> SessionInfo {
 }
 
 impl Instance {
+    /// High-water mark of the instance's linear memory, in bytes.
+    pub(crate) fn memory_peak(&self) -> usize {
+        self.store.data().limiter.peak
+    }
+
     /// Instantiates `version` for `scope` and runs `init` when exported.
     ///
     /// # Errors

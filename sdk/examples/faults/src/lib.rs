@@ -45,6 +45,13 @@ impl Plugin for Faults {
                     std::hint::black_box(&hog);
                 }
             }
+            // Grows linear memory by ~13 MiB and keeps it (instance recycling
+            // on a memory high-water mark).
+            "grow" => {
+                let v = vec![1u8; 13 * 1024 * 1024];
+                std::mem::forget(std::hint::black_box(v));
+                realtime::reply_raw("grow", "true")?;
+            }
             "recurse" => {
                 std::hint::black_box(recurse(1));
             }
