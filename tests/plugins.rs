@@ -848,3 +848,41 @@ async fn instance_is_recycled_after_a_memory_high_water_mark() {
         .expect("grow stays under the cap");
     count(r#"{"n":1}"#).await;
 }
+
+/// Shutdown stops every task the host spawned (ticker thread aside, which
+/// checks the same token): actors, the watcher, per-message work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_every_tracked_task() {
+    let dir = plugin_dir(&[("echo", "echo"), ("faults", "faults")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.watch = true;
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    for sid in 0..6 {
+        let s = t.session(sid, "u", &[]);
+        h.host
+            .call(t.call(&s, "echo", "x", None, "1"))
+            .await
+            .expect("echo");
+        h.host
+            .call(t.call(&s, "faults", "count", None, "1"))
+            .await
+            .expect("count");
+        h.host.session_closed("faults", &s);
+    }
+    h.shutdown.cancel();
+    h.tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), h.tracker.wait())
+        .await
+        .expect("all plugin tasks stop on shutdown");
+    let s = t.session(99, "u", &[]);
+    let e = h
+        .host
+        .call(t.call(&s, "echo", "x", None, "1"))
+        .await
+        .expect_err("stopped");
+    assert!(
+        matches!(e, PluginError::Overloaded | PluginError::Trap(_)),
+        "{e:?}"
+    );
+}

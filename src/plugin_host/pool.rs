@@ -351,6 +351,10 @@ pub(crate) async fn dispatch(
     version: Arc<PluginVersion>,
     call: ExtCall,
 ) -> Result<Vec<Effect>, PluginError> {
+    if env.stop.is_cancelled() {
+        // Draining: no new instances; the lane answers SERVICE_UNAVAILABLE.
+        return Err(PluginError::Overloaded);
+    }
     if stats.backing_off(Instant::now()) {
         return Err(PluginError::BackingOff);
     }

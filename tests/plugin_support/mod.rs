@@ -29,6 +29,7 @@ pub fn repo() -> PathBuf {
 pub fn guests() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        ensure_wasm_target();
         let target = repo().join("target").join("wasm-examples");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
@@ -48,6 +49,22 @@ pub fn guests() -> &'static Path {
         );
         target.join("wasm32-wasip2").join("release")
     })
+}
+
+/// Installs the `wasm32-wasip2` target through rustup when it is missing (a
+/// fresh CI machine); a no-op when it is there or rustup is absent.
+fn ensure_wasm_target() {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if let Ok(out) = installed
+        && !String::from_utf8_lossy(&out.stdout).contains("wasm32-wasip2")
+    {
+        eprintln!("installing the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
+        let _ = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .status();
+    }
 }
 
 /// Bytes of a built guest (`echo`, `vote`, `faults`, `wrong_wit`).
