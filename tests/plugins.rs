@@ -343,7 +343,6 @@ async fn echo_warm_call_cost() {
         "echo per_message call: {:?} per call over {n2} calls",
         start.elapsed() / n2
     );
-    let _ = Duration::ZERO;
 }
 
 /// Hot reload through the directory watcher: replace → new sha serves; broken
@@ -597,7 +596,12 @@ async fn vote_state_in_kv_survives_a_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_calls_reach_only_configured_upstreams() {
     use axum::routing::get;
-    let app = axum::Router::new().route("/hello", get(|| async { "hi from backend" }));
+    let app = axum::Router::new()
+        .route("/hello", get(|| async { "hi from backend" }))
+        .route(
+            "/redirect",
+            get(|| async { axum::response::Redirect::temporary("http://127.0.0.2:9/elsewhere") }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -655,6 +659,19 @@ async fn backend_calls_reach_only_configured_upstreams() {
         .await
         .expect("escaping path is a result");
     assert!(reply_of(&e).1.contains("InvalidArgument"), "{e:?}");
+    // Redirects are handed to the guest, not followed.
+    let e = h
+        .host
+        .call(t.call(
+            &s,
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"main","path":"/redirect"}"#,
+        ))
+        .await
+        .expect("redirect answer");
+    assert_eq!(reply_of(&e), ("backend", r#"{"body":"","status":307}"#));
     let e = h
         .host
         .call(t.call(&s, "faults", "members", Some("room-a"), "null"))
@@ -663,7 +680,7 @@ async fn backend_calls_reach_only_configured_upstreams() {
     assert_eq!(reply_of(&e), ("members", r#"["u1","u2"]"#));
     assert!(
         h.metrics.render().contains(
-            "wsprism_backend_calls_total{kind=\"plugin\",result=\"ok\",tenant=\"acme\"} 1"
+            "wsprism_backend_calls_total{kind=\"plugin\",result=\"ok\",tenant=\"acme\"} 2"
         )
     );
 }

@@ -183,6 +183,13 @@ impl PluginHost {
         };
         let linker = bindings::linker(&engine.engine)
             .map_err(|e| format!("cannot link plugin imports: {e}"))?;
+        // Plugin backend calls must never leave the configured upstream, so
+        // they use a client that does not follow redirects. The gateway's
+        // client is the fallback only if that one cannot be built.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or(http);
         let stop = shutdown.child_token();
         engine::start_ticker(engine.engine.clone(), stop.clone())?;
         let env = Arc::new(Env {
