@@ -685,19 +685,51 @@ async fn backend_calls_reach_only_configured_upstreams() {
     );
 }
 
-/// `on-disconnect` runs without disturbing the instance.
+/// `init` runs once per new instance (with the tenant) and `on-disconnect`
+/// runs for a closed session without disturbing the instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_closed_runs_on_disconnect() {
+async fn lifecycle_hooks_run() {
     let dir = plugin_dir(&[("faults", "faults")]);
-    let h = start(&plugins_cfg(dir.path())).await;
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.instances_per_plugin = 1;
+    let h = start(&cfg).await;
     let t = Tenant::new("acme");
-    let s = t.session(1, "u", &[]);
+    let s = t.session(1, "alice", &[]);
+    let kv_get = |key: &'static str| {
+        let call = t.call(&s, "faults", "kv-get", None, &format!("\"{key}\""));
+        let host = &h.host;
+        async move {
+            reply_of(&host.call(call).await.expect("kv-get"))
+                .1
+                .to_owned()
+        }
+    };
     h.host
         .call(t.call(&s, "faults", "count", None, "null"))
         .await
         .expect("count");
+    assert_eq!(
+        kv_get("inits").await,
+        r#""1""#,
+        "init ran once for this tenant"
+    );
+    // A trap recycles the instance: the next call initializes a new one.
+    h.host
+        .call(t.call(&s, "faults", "panic", None, "null"))
+        .await
+        .expect_err("trap");
+    assert_eq!(kv_get("inits").await, r#""2""#);
+
     h.host.session_closed("faults", &s);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while kv_get("disconnects").await != r#""1""# {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "on-disconnect did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(kv_get("last-disconnect").await, r#""alice""#);
     let e = h
         .host
         .call(t.call(&s, "faults", "count", None, "null"))
@@ -705,8 +737,13 @@ async fn session_closed_runs_on_disconnect() {
         .expect("count");
     assert_eq!(
         reply_of(&e).1,
-        r#"{"n":2}"#,
+        r#"{"n":1}"#,
         "the instance survived on-disconnect"
+    );
+    assert_eq!(
+        kv_get("inits").await,
+        r#""2""#,
+        "no new instance for on-disconnect"
     );
 }
 
