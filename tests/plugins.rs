@@ -764,7 +764,7 @@ async fn update_config_applies_to_new_calls() {
     assert_eq!(e, PluginError::Timeout);
     let short = started.elapsed();
     let mut longer = cfg.clone();
-    longer.call_timeout_ms = 600;
+    longer.call_timeout_ms = 2_000;
     h.host.update_config(&longer);
     let started = tokio::time::Instant::now();
     let e = h
@@ -775,10 +775,10 @@ async fn update_config_applies_to_new_calls() {
     assert_eq!(e, PluginError::Timeout);
     let long = started.elapsed();
     assert!(
-        long > Duration::from_millis(400),
+        long > Duration::from_millis(1_500),
         "new budget applies: {short:?} -> {long:?}"
     );
-    assert!(short < Duration::from_millis(400), "{short:?}");
+    assert!(short < Duration::from_millis(1_500), "{short:?}");
 }
 
 /// The demo builds committed in `plugins/` load with the current WIT, and the
