@@ -45,7 +45,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub(crate) use wsprism::plugin::types::HostError;
+pub(crate) use self::wsprism::plugin::types::HostError;
 
 /// Why the host ended a guest call from inside an import or the epoch callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +116,8 @@ pub(crate) struct MemoryLimiter {
     pub(crate) inner: StoreLimits,
     /// A memory or table grow was refused.
     pub(crate) hit: bool,
+    /// Largest linear memory size granted so far (high-water mark).
+    pub(crate) peak: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -126,7 +128,9 @@ impl ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let r = self.inner.memory_growing(current, desired, maximum);
-        if !matches!(r, Ok(true)) {
+        if matches!(r, Ok(true)) {
+            self.peak = self.peak.max(desired);
+        } else {
             self.hit = true;
         }
         r
@@ -209,6 +213,7 @@ impl HostState {
                     .trap_on_grow_failure(true)
                     .build(),
                 hit: false,
+                peak: 0,
             },
             scope,
             kv,
@@ -301,9 +306,9 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     Ok(linker)
 }
 
-impl wsprism::plugin::types::Host for HostState {}
+impl self::wsprism::plugin::types::Host for HostState {}
 
-impl wsprism::plugin::realtime::Host for HostState {
+impl self::wsprism::plugin::realtime::Host for HostState {
     fn reply(&mut self, ty: String, data: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
         let data = match self.payload(&ty, "", data)? {
@@ -319,7 +324,7 @@ impl wsprism::plugin::realtime::Host for HostState {
         room: String,
         ty: String,
         data: String,
-        qos: wsprism::plugin::types::Qos,
+        qos: self::wsprism::plugin::types::Qos,
         exclude_sender: bool,
     ) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
@@ -331,8 +336,8 @@ impl wsprism::plugin::realtime::Host for HostState {
             Err(e) => return Ok(Err(e)),
         };
         let qos = match qos {
-            wsprism::plugin::types::Qos::Reliable => Qos::Reliable,
-            wsprism::plugin::types::Qos::Lossy => Qos::Lossy,
+            self::wsprism::plugin::types::Qos::Reliable => Qos::Reliable,
+            self::wsprism::plugin::types::Qos::Lossy => Qos::Lossy,
         };
         self.call.effects.push(Effect::Publish {
             room,
@@ -403,7 +408,7 @@ fn kv_error(e: KvError) -> HostError {
     }
 }
 
-impl wsprism::plugin::kv::Host for HostState {
+impl self::wsprism::plugin::kv::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, HostError>> {
         self.charge()?;
         Ok(self.kv.get(&self.scope, &key).await.map_err(kv_error))
@@ -439,11 +444,11 @@ impl wsprism::plugin::kv::Host for HostState {
     }
 }
 
-impl wsprism::plugin::backend::Host for HostState {
+impl self::wsprism::plugin::backend::Host for HostState {
     async fn call(
         &mut self,
-        req: wsprism::plugin::backend::Request,
-    ) -> wasmtime::Result<Result<wsprism::plugin::backend::Response, HostError>> {
+        req: self::wsprism::plugin::backend::Request,
+    ) -> wasmtime::Result<Result<self::wsprism::plugin::backend::Response, HostError>> {
         self.charge()?;
         let Some(tenant) = self.call.tenant_cfg.clone() else {
             return Ok(Err(HostError::NotAllowed("no tenant context".into())));
@@ -467,7 +472,7 @@ impl wsprism::plugin::backend::Host for HostState {
             .with_label_values(&[&*self.scope.tenant, "plugin", result])
             .inc();
         Ok(out
-            .map(|r| wsprism::plugin::backend::Response {
+            .map(|r| self::wsprism::plugin::backend::Response {
                 status: r.status,
                 headers: r.headers,
                 body: r.body,
@@ -480,9 +485,13 @@ impl wsprism::plugin::backend::Host for HostState {
     }
 }
 
-impl wsprism::plugin::log::Host for HostState {
-    fn log(&mut self, level: wsprism::plugin::log::Level, message: String) -> wasmtime::Result<()> {
-        use wsprism::plugin::log::Level;
+impl self::wsprism::plugin::log::Host for HostState {
+    fn log(
+        &mut self,
+        level: self::wsprism::plugin::log::Level,
+        message: String,
+    ) -> wasmtime::Result<()> {
+        use self::wsprism::plugin::log::Level;
         self.charge()?;
         let mut msg = message;
         if msg.len() > MAX_LOG_LINE_BYTES {

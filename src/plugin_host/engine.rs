@@ -116,3 +116,16 @@ pub(crate) fn start_ticker(engine: Engine, stop: CancellationToken) -> Result<()
         .map(|_| ())
         .map_err(|e| format!("cannot start the epoch ticker thread: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_builds_with_pooling_or_falls_back() {
+        let info = build(&PluginsConfig::default(), None).expect("engine");
+        // Which allocator depends on the host's address-space limits; both work.
+        eprintln!("pooling allocator: {}", info.pooling_max_memory.is_some());
+        assert!(!info.cached);
+    }
+}

@@ -104,6 +104,11 @@ pub(crate) fn session_info(s: &GatewaySession) -> SessionInfo {
 }
 
 impl Instance {
+    /// High-water mark of the instance's linear memory, in bytes.
+    pub(crate) fn memory_peak(&self) -> usize {
+        self.store.data().limiter.peak
+    }
+
     /// Instantiates `version` for `scope` and runs `init` when exported.
     ///
     /// # Errors
@@ -147,9 +152,10 @@ impl Instance {
         {
             Ok(i) => i,
             Err(e) => {
-                let msg = e.to_string();
                 // Pool exhaustion is a capacity problem, not a plugin fault.
-                if msg.contains("maximum concurrent") || msg.contains("pooling") {
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                {
                     return Err(PluginError::Overloaded);
                 }
                 return Err(classify(store.data(), &e));

@@ -25,6 +25,11 @@ pub(crate) const MAX_PUBLISHED_BYTES_PER_CALL: usize = 1024 * 1024;
 /// guest memory can accumulate (guest memory is only a cache).
 pub(crate) const MAX_CALLS_PER_INSTANCE: u64 = 10_000;
 
+/// An instance whose linear memory grew past this share (percent) of
+/// `max_memory_bytes` is recycled after its call: guest allocators rarely give
+/// memory back, and a fresh instance starts small.
+pub(crate) const RECYCLE_MEMORY_PERCENT: usize = 75;
+
 /// Jobs queued per instance actor; past it calls answer `Overloaded` instead of
 /// piling up behind a slow plugin.
 pub(crate) const MAILBOX_CAPACITY: usize = 256;

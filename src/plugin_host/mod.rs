@@ -130,7 +130,9 @@ impl PluginHost {
     /// Compiled artifacts are cached in `<dir>/.cache/`.
     ///
     /// # Errors
-    /// The engine cannot be built, or the ticker or watcher cannot start.
+    /// The engine cannot be built or the epoch ticker cannot start. A watcher
+    /// that cannot start is logged (`warn!`) and hot reload then needs
+    /// [`PluginHost::reload`].
     pub async fn start(
         cfg: &PluginsConfig,
         metrics: Metrics,
@@ -181,6 +183,13 @@ impl PluginHost {
         };
         let linker = bindings::linker(&engine.engine)
             .map_err(|e| format!("cannot link plugin imports: {e}"))?;
+        // Plugin backend calls must never leave the configured upstream, so
+        // they use a client that does not follow redirects. The gateway's
+        // client is the fallback only if that one cannot be built.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or(http);
         let stop = shutdown.child_token();
         engine::start_ticker(engine.engine.clone(), stop.clone())?;
         let env = Arc::new(Env {
@@ -204,8 +213,12 @@ impl PluginHost {
             _stop_on_drop: stop.drop_guard(),
         });
         loader::rescan(&env).await;
-        if cfg.watch {
-            loader::watch(&env)?;
+        if cfg.watch
+            && let Err(e) = loader::watch(&env)
+        {
+            // Typically the inotify watch limit. Serving the loaded plugins beats
+            // refusing to start; `reload()` (SIGHUP) still picks up changes.
+            tracing::warn!(error = %e, "plugin dir watcher unavailable; hot reload only on explicit reload");
         }
         tracing::info!(
             dir = %env.dir.display(),

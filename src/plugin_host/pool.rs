@@ -22,7 +22,7 @@ use super::instance::Instance;
 use super::kv::KvScope;
 use super::limits::{
     BACKOFF_BASE, BACKOFF_MAX, CRASH_THRESHOLD, CRASH_WINDOW, CallLimits, INSTANCE_IDLE_TTL,
-    MAILBOX_CAPACITY, MAX_CALLS_PER_INSTANCE,
+    MAILBOX_CAPACITY, MAX_CALLS_PER_INSTANCE, RECYCLE_MEMORY_PERCENT,
 };
 use super::loader::PluginVersion;
 use crate::config::{Isolation, TenantConfig};
@@ -223,9 +223,13 @@ async fn ready<'a>(
     version: &Arc<PluginVersion>,
     tenant_cfg: Option<Arc<TenantConfig>>,
 ) -> Result<&'a mut Instance, PluginError> {
+    let memory_cap = env.cfg.load().max_memory_bytes / 100 * RECYCLE_MEMORY_PERCENT;
     if slot.as_ref().is_some_and(|i| {
         i.poisoned
-            || i.version.generation != version.generation
+            || i.memory_peak() > memory_cap
+            // A newer instance may serve a job queued before a reload; an
+            // older one is replaced (recycle on reload).
+            || i.version.generation < version.generation
             || i.calls >= MAX_CALLS_PER_INSTANCE
     }) {
         *slot = None;
@@ -347,6 +351,10 @@ pub(crate) async fn dispatch(
     version: Arc<PluginVersion>,
     call: ExtCall,
 ) -> Result<Vec<Effect>, PluginError> {
+    if env.stop.is_cancelled() {
+        // Draining: no new instances; the lane answers SERVICE_UNAVAILABLE.
+        return Err(PluginError::Overloaded);
+    }
     if stats.backing_off(Instant::now()) {
         return Err(PluginError::BackingOff);
     }

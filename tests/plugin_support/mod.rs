@@ -29,6 +29,7 @@ pub fn repo() -> PathBuf {
 pub fn guests() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        ensure_wasm_target();
         let target = repo().join("target").join("wasm-examples");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
@@ -48,6 +49,22 @@ pub fn guests() -> &'static Path {
         );
         target.join("wasm32-wasip2").join("release")
     })
+}
+
+/// Installs the `wasm32-wasip2` target through rustup when it is missing (a
+/// fresh CI machine); a no-op when it is there or rustup is absent.
+fn ensure_wasm_target() {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if let Ok(out) = installed
+        && !String::from_utf8_lossy(&out.stdout).contains("wasm32-wasip2")
+    {
+        eprintln!("installing the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
+        let _ = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .status();
+    }
 }
 
 /// Bytes of a built guest (`echo`, `vote`, `faults`, `wrong_wit`).
@@ -250,4 +267,129 @@ pub async fn wait_status(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+fn tool_available(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn build_with_script(script: &str, src: &Path, out: &Path) -> Result<(), String> {
+    let o = Command::new("bash")
+        .arg(repo().join(script))
+        .arg(src)
+        .arg(out)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{script} failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+/// A persistent plugin dir for one of the large JS/Python components, so
+/// wasmtime's compile cache (`<dir>/.cache`) is reused across test runs.
+pub fn jspy_dir(lang: &str) -> PathBuf {
+    let d = repo()
+        .join("target")
+        .join("wasm-examples")
+        .join("jspy-plugins")
+        .join(lang);
+    std::fs::create_dir_all(&d).expect("jspy dir");
+    d
+}
+
+/// Hash of the inputs of a JS/Python build: rebuilding only when they change
+/// keeps the component bytes stable (the builders are not reproducible), so
+/// wasmtime's compile cache hits on later runs.
+fn inputs_hash(files: &[PathBuf]) -> String {
+    let mut all = Vec::new();
+    for f in files {
+        all.extend_from_slice(f.to_string_lossy().as_bytes());
+        all.extend_from_slice(&std::fs::read(f).unwrap_or_default());
+    }
+    sha256(&all)
+}
+
+fn build_cached(lang: &str, file: &str, script: &str, src: PathBuf, inputs: &[PathBuf]) -> PathBuf {
+    let out = jspy_dir(lang).join(file);
+    let stamp = out.with_extension("stamp");
+    let hash = inputs_hash(inputs);
+    if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == hash) {
+        return out;
+    }
+    if let Err(e) = build_with_script(script, &src, &out) {
+        panic!("{e}");
+    }
+    std::fs::write(&stamp, hash).expect("write stamp");
+    out
+}
+
+/// Builds `sdk/examples/counter-js` with componentize-js (once per test binary,
+/// and only when its inputs changed). `None` (with the reason printed) when
+/// npm is unavailable.
+pub fn counter_js() -> Option<PathBuf> {
+    static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        if !tool_available("npm", "--version") || !tool_available("node", "--version") {
+            eprintln!("SKIP: npm/node not available; the JavaScript SDK example is not tested");
+            return None;
+        }
+        let src = repo().join("sdk/examples/counter-js/app.js");
+        let inputs = [
+            src.clone(),
+            repo().join("wit/wsprism-plugin.wit"),
+            repo().join("sdk/js/build.sh"),
+            repo().join("sdk/js/package.json"),
+        ];
+        Some(build_cached(
+            "js",
+            "counter_js.wasm",
+            "sdk/js/build.sh",
+            src,
+            &inputs,
+        ))
+    })
+    .clone()
+}
+
+/// Builds `sdk/examples/counter-py` with componentize-py (once per test binary,
+/// and only when its inputs changed). `None` (with the reason printed) when
+/// python3/pip are unavailable.
+pub fn counter_py() -> Option<PathBuf> {
+    static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let has_componentize = tool_available("componentize-py", "--version");
+        let has_pip = Command::new("python3")
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_componentize && !has_pip {
+            eprintln!("SKIP: python3/pip not available; the Python SDK example is not tested");
+            return None;
+        }
+        let src = repo().join("sdk/examples/counter-py");
+        let inputs = [
+            src.join("app.py"),
+            repo().join("wit/wsprism-plugin.wit"),
+            repo().join("sdk/python/build.sh"),
+            repo().join("sdk/python/requirements.txt"),
+        ];
+        Some(build_cached(
+            "python",
+            "counter_py.wasm",
+            "sdk/python/build.sh",
+            src,
+            &inputs,
+        ))
+    })
+    .clone()
 }

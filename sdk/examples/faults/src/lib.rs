@@ -19,6 +19,20 @@ fn recurse(n: u64) -> u64 {
 struct Faults;
 
 impl Plugin for Faults {
+    /// Counts instances per tenant in kv (the load-time smoke test has tenant "").
+    fn init(config: String) -> Result<(), String> {
+        let cfg: serde_json::Value = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+        if cfg["tenant"].as_str().is_some_and(|t| !t.is_empty()) {
+            kv::incr("inits", 1).map_err(|e| format!("{e:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn on_disconnect(session: Session) {
+        let _ = kv::incr("disconnects", 1);
+        let _ = kv::set("last-disconnect", &session.user, None);
+    }
+
     fn on_message(_session: Session, msg: Message) -> Result<(), Refusal> {
         match msg.type_.as_str() {
             "echo" => realtime::reply_raw("echo", &msg.data)?,
@@ -32,6 +46,10 @@ impl Plugin for Faults {
                 let v = kv::incr("count", 1)?;
                 realtime::reply("kv-count", &serde_json::json!({ "n": v }))?;
             }
+            "kv-get" => {
+                let key: String = msg.json()?;
+                realtime::reply("kv-get", &kv::get(&key)?)?;
+            }
             "loop" => {
                 let mut x = 0u64;
                 loop {
@@ -44,6 +62,13 @@ impl Plugin for Faults {
                     hog.push(vec![7u8; 1 << 20]);
                     std::hint::black_box(&hog);
                 }
+            }
+            // Grows linear memory by ~13 MiB and keeps it (instance recycling
+            // on a memory high-water mark).
+            "grow" => {
+                let v = vec![1u8; 13 * 1024 * 1024];
+                std::mem::forget(std::hint::black_box(v));
+                realtime::reply_raw("grow", "true")?;
             }
             "recurse" => {
                 std::hint::black_box(recurse(1));

@@ -1,0 +1,39 @@
+// `counter` (JavaScript): a per-room counter kept in kv.
+//
+//   {"svc":"counter","type":"incr","room":R}  (sender in R)
+//       -> kv incr, then every member of R gets
+//          {"svc":"counter","type":"count","room":R,"data":{"room":R,"count":N}}
+//   {"svc":"counter","type":"get","room":R}   -> the sender gets the same payload
+//
+// Built with sdk/js/build.sh (componentize-js), world `ext-lane-plugin`.
+import { reply, publish } from 'wsprism:plugin/realtime@0.1.0';
+import { get, incr } from 'wsprism:plugin/kv@0.1.0';
+
+function refuse(code, message) {
+  // Throwing from an export that returns `result<_, refusal>` answers `err`.
+  throw { code, message };
+}
+
+function key(room) {
+  return `count:${room}`;
+}
+
+export function onMessage(session, msg) {
+  const room = msg.room;
+  if (room === undefined || room === null) refuse('NO_ROOM', 'counter messages need a room');
+  if (!session.rooms.includes(room)) refuse('NOT_IN_ROOM', 'join the room first');
+  switch (msg.type) {
+    case 'incr': {
+      const count = incr(key(room), 1n);
+      publish(room, 'count', JSON.stringify({ room, count: Number(count) }), 'reliable', false);
+      return;
+    }
+    case 'get': {
+      const count = Number(get(key(room)) ?? '0');
+      reply('count', JSON.stringify({ room, count }));
+      return;
+    }
+    default:
+      refuse('UNKNOWN_TYPE', `unknown type ${msg.type}`);
+  }
+}

@@ -1,0 +1,43 @@
+"""`counter` (Python): a per-room counter kept in kv.
+
+  {"svc":"counter","type":"incr","room":R}  (sender in R)
+      -> kv incr, then every member of R gets
+         {"svc":"counter","type":"count","room":R,"data":{"room":R,"count":N}}
+  {"svc":"counter","type":"get","room":R}   -> the sender gets the same payload
+
+Built with sdk/python/build.sh (componentize-py), world `ext-lane-plugin`.
+"""
+
+import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import kv, realtime
+from wit_world.imports.types import Message, Qos, Refusal, SessionInfo
+
+
+def refuse(code: str, message: str) -> Err:
+    """A refusal the gateway answers with SERVICE_ERROR."""
+    return Err(Refusal(code=code, message=message))
+
+
+def key(room: str) -> str:
+    return f"count:{room}"
+
+
+class WitWorld(wit_world.WitWorld):
+    def on_message(self, session: SessionInfo, msg: Message) -> None:
+        room = msg.room
+        if room is None:
+            raise refuse("NO_ROOM", "counter messages need a room")
+        if room not in session.rooms:
+            raise refuse("NOT_IN_ROOM", "join the room first")
+        if msg.type == "incr":
+            count = kv.incr(key(room), 1)
+            payload = json.dumps({"room": room, "count": count}, separators=(",", ":"))
+            realtime.publish(room, "count", payload, Qos.RELIABLE, False)
+        elif msg.type == "get":
+            count = int(kv.get(key(room)) or "0")
+            realtime.reply("count", json.dumps({"room": room, "count": count}, separators=(",", ":")))
+        else:
+            raise refuse("UNKNOWN_TYPE", f"unknown type {msg.type}")

@@ -1,0 +1,150 @@
+//! The JavaScript (componentize-js) and Python (componentize-py) SDK examples:
+//! the same `counter` service, built fresh, loaded by the plugin host and driven
+//! through `ExtService`. Skips (with a message) when npm or pip is unavailable.
+
+mod plugin_support;
+
+use plugin_support::*;
+use wsprism::error::PluginError;
+use wsprism::realtime::outbox::Qos;
+use wsprism::services::{Effect, ExtService};
+
+async fn exercise_counter(h: &Host, plugin: &str) {
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u1", &["r1"]);
+    for n in 1..=2 {
+        let effects = h
+            .host
+            .call(t.call(&s, plugin, "incr", Some("r1"), "null"))
+            .await
+            .unwrap_or_else(|e| panic!("{plugin} incr: {e:?}"));
+        match effects.as_slice() {
+            [
+                Effect::Publish {
+                    room,
+                    ty,
+                    data,
+                    qos: Qos::Reliable,
+                    exclude_sender: false,
+                },
+            ] => {
+                assert_eq!((room.as_str(), ty.as_str()), ("r1", "count"));
+                assert_eq!(
+                    data.get(),
+                    format!(r#"{{"room":"r1","count":{n}}}"#),
+                    "{plugin}"
+                );
+            }
+            other => panic!("{plugin}: expected a publish, got {other:?}"),
+        }
+    }
+    let effects = h
+        .host
+        .call(t.call(&s, plugin, "get", Some("r1"), "null"))
+        .await
+        .expect("get");
+    match effects.as_slice() {
+        [Effect::Reply { ty, data }] => {
+            assert_eq!(ty, "count");
+            assert_eq!(data.get(), r#"{"room":"r1","count":2}"#, "{plugin}");
+        }
+        other => panic!("{plugin}: expected a reply, got {other:?}"),
+    }
+    let e = h
+        .host
+        .call(t.call(&s, plugin, "incr", None, "null"))
+        .await
+        .expect_err("no room");
+    assert!(
+        matches!(&e, PluginError::Refused { code, .. } if code == "NO_ROOM"),
+        "{plugin}: {e:?}"
+    );
+    let e = h
+        .host
+        .call(t.call(&s, plugin, "incr", Some("r2"), "null"))
+        .await
+        .expect_err("not in room");
+    assert!(
+        matches!(&e, PluginError::Refused { code, .. } if code == "NOT_IN_ROOM"),
+        "{plugin}: {e:?}"
+    );
+    // Another tenant starts from zero.
+    let other = Tenant::new("other");
+    let s2 = other.session(2, "u2", &["r1"]);
+    let effects = h
+        .host
+        .call(other.call(&s2, plugin, "get", Some("r1"), "null"))
+        .await
+        .expect("get");
+    assert!(
+        matches!(effects.as_slice(), [Effect::Reply { data, .. }] if data.get() == r#"{"room":"r1","count":0}"#)
+    );
+}
+
+fn host_cfg(lang: &str) -> wsprism::config::PluginsConfig {
+    let mut cfg = plugins_cfg(&jspy_dir(lang));
+    // Language runtimes need more room than the Rust examples.
+    cfg.max_memory_bytes = 256 * 1024 * 1024;
+    cfg.call_timeout_ms = 2_000;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_counter_example() {
+    let Some(_wasm) = counter_js() else {
+        return;
+    };
+    let h = start(&host_cfg("js")).await;
+    let st = h.host.status("acme", "counter_js");
+    assert_eq!(st.state, "serving", "{st:?}");
+    exercise_counter(&h, "counter_js").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_counter_example() {
+    let Some(_wasm) = counter_py() else {
+        return;
+    };
+    let h = start(&host_cfg("python")).await;
+    let st = h.host.status("acme", "counter_py");
+    assert_eq!(st.state, "serving", "{st:?}");
+    exercise_counter(&h, "counter_py").await;
+}
+
+/// Rough warm per-call cost of the JS and Python counters
+/// (`cargo test --release --test plugins_js_py -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a test"]
+async fn js_and_python_warm_call_cost() {
+    for (lang, plugin, wasm) in [
+        ("js", "counter_js", counter_js()),
+        ("python", "counter_py", counter_py()),
+    ] {
+        if wasm.is_none() {
+            continue;
+        }
+        let mut cfg = host_cfg(lang);
+        cfg.instances_per_plugin = 1;
+        let h = start(&cfg).await;
+        let t = Tenant::new("acme");
+        let s = t.session(1, "u1", &["r1"]);
+        for _ in 0..50 {
+            h.host
+                .call(t.call(&s, plugin, "get", Some("r1"), "null"))
+                .await
+                .expect("warm");
+        }
+        let n = 2_000u32;
+        let started = tokio::time::Instant::now();
+        for _ in 0..n {
+            h.host
+                .call(t.call(&s, plugin, "incr", Some("r1"), "null"))
+                .await
+                .expect("incr");
+        }
+        eprintln!(
+            "{plugin} warm incr (kv incr + publish): {:?} per call",
+            started.elapsed() / n
+        );
+    }
+}
