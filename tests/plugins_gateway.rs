@@ -220,3 +220,56 @@ async fn a_faulting_plugin_fails_only_its_own_calls() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_and_python_plugins_answer_through_websocket() {
+    let (Some(js), Some(py)) = (plugin_support::counter_js(), plugin_support::counter_py()) else {
+        return;
+    };
+    // A persistent dir so the compiled-artifact cache survives between runs.
+    let dir = plugin_support::jspy_dir("gateway");
+    for (src, name) in [(&js, "counter_js.wasm"), (&py, "counter_py.wasm")] {
+        let bytes = std::fs::read(src).expect("built component");
+        if std::fs::read(dir.join(name)).ok().as_deref() != Some(&bytes[..]) {
+            deploy(&dir, name, &bytes);
+        }
+    }
+    let yaml = format!(
+        r#"# test: start plugin host
+version: 1
+gateway:
+  handshake_limit: {{ enabled: false }}
+  plugins: {{ dir: "{}", watch: false, call_timeout_ms: 2000, max_memory_bytes: 268435456 }}
+tenants:
+  - id: acme
+    auth:
+      tickets: {{ t1: u1, t2: u2 }}
+    policy:
+      ext_allowlist: ["room:*", "counter:*", "counter_py:*"]
+    routes:
+      - {{ svc: counter, plugin: counter_js }}
+      - {{ svc: counter_py, plugin: counter_py }}
+"#,
+        dir.display()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut a = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+    a.join("r").await;
+    b.join("r").await;
+    for svc in ["counter", "counter_py"] {
+        for n in 1..=2 {
+            a.send_json(json!({"v":1,"svc":svc,"type":"incr","room":"r","seq":n}))
+                .await;
+            let m = b.recv_type("count").await;
+            assert_eq!(m["svc"], svc);
+            assert_eq!(m["room"], "r");
+            assert_eq!(m["data"], json!({"room":"r","count":n}), "{svc}");
+            assert_eq!(a.recv_type("ack").await["seq"], n);
+        }
+        a.send_json(json!({"v":1,"svc":svc,"type":"incr","room":"elsewhere","seq":9}))
+            .await;
+        let e = a.recv_type("error").await;
+        assert_eq!(e["data"]["code"], "SERVICE_ERROR", "{svc}: {e}");
+    }
+}

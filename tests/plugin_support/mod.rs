@@ -340,6 +340,10 @@ pub fn counter_js() -> Option<PathBuf> {
     static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
     OUT.get_or_init(|| {
         if !tool_available("npm", "--version") || !tool_available("node", "--version") {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must test the JavaScript SDK, but npm/node are not available"
+            );
             eprintln!("SKIP: npm/node not available; the JavaScript SDK example is not tested");
             return None;
         }
@@ -373,6 +377,10 @@ pub fn counter_py() -> Option<PathBuf> {
             .output()
             .is_ok_and(|o| o.status.success());
         if !has_componentize && !has_pip {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must test the Python SDK, but python3/pip are not available"
+            );
             eprintln!("SKIP: python3/pip not available; the Python SDK example is not tested");
             return None;
         }
