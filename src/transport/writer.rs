@@ -17,6 +17,8 @@ use crate::realtime::outbox::{Batch, Outbox};
 
 /// Frames taken from the outbox per socket write.
 const MAX_BATCH: usize = 64;
+/// Batch capacity kept between wake-ups (idle sessions are the common case).
+const IDLE_BATCH_CAPACITY: usize = 8;
 
 /// Writes until the session must end. Returns true when a close frame was sent,
 /// false when the socket failed or a write timed out.
@@ -54,8 +56,10 @@ pub(crate) async fn run(
                         Ok(Ok(()))
                     );
                 }
-                if batch.capacity() > MAX_BATCH {
-                    batch.shrink_to(MAX_BATCH);
+                // An idle session should not keep a batch-sized buffer alive; a busy
+                // one re-grows it at most once per batch.
+                if batch.capacity() > IDLE_BATCH_CAPACITY {
+                    batch = Vec::new();
                 }
             }
             _ = ping.tick() => {
