@@ -84,7 +84,10 @@ pub fn watch(gw: Arc<Gateway>, path: PathBuf) -> notify::Result<()> {
                     if got.is_none() { break; }
                     // Debounce: wait until events stop arriving.
                     while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                    reload(&gw, &path);
+                    // Reading and parsing a hostile file can take a while: keep
+                    // it off the runtime's worker threads.
+                    let (gw2, path2) = (Arc::clone(&gw), path.clone());
+                    let _ = tokio::task::spawn_blocking(move || reload(&gw2, &path2)).await;
                 }
             }
         }

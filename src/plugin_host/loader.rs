@@ -272,19 +272,44 @@ fn fail(env: &Env, name: &str, slot: &Slot, sha256: Option<String>, error: Strin
     *slot.failure.lock() = Some(LoadFailure { sha256, error });
 }
 
+/// The first four bytes of every WebAssembly binary (module or component).
+const WASM_MAGIC: [u8; 4] = *b"\0asm";
+
+/// Reads a plugin file: refuses files over [`MAX_PLUGIN_FILE_BYTES`] from their
+/// metadata, and files that do not start with the WebAssembly magic after reading
+/// only those four bytes, so a large non-WebAssembly file dropped into the
+/// directory is never read into memory.
 async fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = tokio::fs::metadata(path)
-        .await
-        .map_err(|e| format!("cannot read file: {e}"))?;
-    if meta.len() > MAX_PLUGIN_FILE_BYTES {
+    use tokio::io::AsyncReadExt;
+    let cannot = |e: std::io::Error| format!("cannot read file: {e}");
+    let mut file = tokio::fs::File::open(path).await.map_err(cannot)?;
+    let len = file.metadata().await.map_err(cannot)?.len();
+    if len > MAX_PLUGIN_FILE_BYTES {
         return Err(format!(
-            "file is {} bytes; the limit is {MAX_PLUGIN_FILE_BYTES}",
-            meta.len()
+            "file is {len} bytes; the limit is {MAX_PLUGIN_FILE_BYTES}"
         ));
     }
-    tokio::fs::read(path)
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).await.is_err() || magic != WASM_MAGIC {
+        return Err(
+            "not a valid component: the file does not start with the WebAssembly magic".to_owned(),
+        );
+    }
+    // `len` is at most MAX_PLUGIN_FILE_BYTES (256 MiB), so it fits in usize.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    bytes.extend_from_slice(&magic);
+    // `take` bounds a file that grows while it is read.
+    (&mut file)
+        .take(MAX_PLUGIN_FILE_BYTES + 1 - 4)
+        .read_to_end(&mut bytes)
         .await
-        .map_err(|e| format!("cannot read file: {e}"))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_PLUGIN_FILE_BYTES {
+        return Err(format!(
+            "file grew past the limit of {MAX_PLUGIN_FILE_BYTES} bytes while it was read"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Compile → link → detect lifecycle → smoke-instantiate.

@@ -75,20 +75,47 @@ fn name(raw: Option<&RawValue>, required: bool) -> Result<Option<String>, &'stat
 /// no realtime payload needs more.
 pub const MAX_DATA_DEPTH: usize = 64;
 
-/// Maximum bracket depth of valid JSON text (strings skipped).
-fn nesting_depth(json: &str) -> usize {
-    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
-    for b in json.bytes() {
+/// The code unit of the `\uXXXX` escape whose hex digits start at `at`.
+fn hex4(b: &[u8], at: usize) -> Option<u16> {
+    let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+    u16::from_str_radix(digits, 16).ok()
+}
+
+/// Scans syntactically valid JSON text (as `RawValue` accepted it): returns its
+/// maximum bracket depth (strings skipped), or an error for a `\u` escape that is
+/// a lone UTF-16 surrogate. `RawValue` does not check surrogate pairs, but every
+/// strict JSON parser downstream (services, plugins, clients) refuses them.
+fn scan_data(json: &str) -> Result<usize, &'static str> {
+    const HIGH: std::ops::Range<u16> = 0xD800..0xDC00;
+    const LOW: std::ops::Range<u16> = 0xDC00..0xE000;
+    let b = json.as_bytes();
+    let (mut depth, mut max, mut in_str, mut i) = (0usize, 0usize, false, 0usize);
+    while i < b.len() {
+        let c = b[i];
         if in_str {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
+            match c {
+                b'\\' if b.get(i + 1) == Some(&b'u') => {
+                    let unit = hex4(b, i + 2).ok_or("invalid escape in data")?;
+                    i += 6;
+                    if HIGH.contains(&unit) {
+                        let pair = b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u');
+                        match pair.then(|| hex4(b, i + 2)).flatten() {
+                            Some(low) if LOW.contains(&low) => i += 6,
+                            _ => return Err("lone surrogate escape in data"),
+                        }
+                    } else if LOW.contains(&unit) {
+                        return Err("lone surrogate escape in data");
+                    }
+                    continue;
+                }
+                b'\\' => i += 1,
                 b'"' => in_str = false,
                 _ => {}
             }
+            i += 1;
             continue;
         }
-        match b {
+        match c {
             b'"' => in_str = true,
             b'[' | b'{' => {
                 depth += 1;
@@ -97,8 +124,9 @@ fn nesting_depth(json: &str) -> usize {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
-    max
+    Ok(max)
 }
 
 /// Decodes one Ext Lane text frame.
@@ -141,10 +169,14 @@ pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
     let ty = name(wire.ty, true).map_err(|r| bad(r, seq))?;
     let room = name(wire.room, false).map_err(|r| bad(r, seq))?;
     let data = wire.data.filter(|r| r.get() != "null");
-    if let Some(d) = data
-        && nesting_depth(d.get()) > MAX_DATA_DEPTH
-    {
-        return Err(bad("data nested too deeply", seq));
+    if let Some(d) = data {
+        match scan_data(d.get()) {
+            Err(reason) => return Err(bad(reason, seq)),
+            Ok(depth) if depth > MAX_DATA_DEPTH => {
+                return Err(bad("data nested too deeply", seq));
+            }
+            Ok(_) => {}
+        }
     }
     let data = data.map(|r| r.to_owned());
     match (svc, ty) {
@@ -365,6 +397,32 @@ mod tests {
             "]".repeat(60)
         );
         assert!(decode(&ok).is_ok(), "brackets inside strings do not count");
+    }
+
+    /// Regression (fuzz target `ext_decode`, hostile-input suite): `RawValue`
+    /// accepted `data` holding a lone surrogate escape such as `"\ud800"`, which
+    /// every strict JSON parser downstream refuses.
+    #[test]
+    fn fuzz_regression_lone_surrogate_escapes_in_data_are_bad_request() {
+        for bad in [
+            r#"{"v":1,"svc":"a","type":"b","seq":3,"data":{"m":"\ud800"}}"#,
+            r#"{"v":1,"svc":"a","type":"b","seq":3,"data":["x\udc00y"]}"#,
+            r#"{"v":1,"svc":"a","type":"b","seq":3,"data":"\ud800\u0041"}"#,
+            r#"{"v":1,"svc":"a","type":"b","seq":3,"data":{"\udbff":1}}"#,
+            r#"{"v":1,"svc":"a","type":"b","seq":3,"data":"\ud800\ud800"}"#,
+        ] {
+            let e = decode(bad).map(|_| ()).expect_err(bad);
+            assert_eq!((e.code, e.seq), (ClientCode::BadRequest, Some(3)), "{bad}");
+        }
+        for good in [
+            r#"{"v":1,"svc":"a","type":"b","data":"\ud83d\ude00"}"#,
+            r#"{"v":1,"svc":"a","type":"b","data":"\\ud800"}"#,
+            r#"{"v":1,"svc":"a","type":"b","data":{"k":"\u00e9\"\\","n":[1,{"x":"]"}]}}"#,
+        ] {
+            let e = decode(good).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+            let data = e.data.expect("data");
+            serde_json::from_str::<serde_json::Value>(data.get()).expect("strict JSON");
+        }
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! request head would hold a connection forever; this loop serves each connection
 //! with hyper's HTTP/1 builder, a header read timeout and upgrades enabled, sets
 //! `TCP_NODELAY`, and hands the peer address to handlers as `ConnectInfo`.
+//!
+//! Oversized requests get a clear 4xx before any handler runs: a request head
+//! over [`MAX_HEAD_BYTES`] gets 431 from hyper (that includes a request line
+//! longer than the head limit), and a request target over [`MAX_URI_BYTES`] gets
+//! 414 here (hyper's own URI limit is 64 KiB, beyond the head limit).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +29,9 @@ use tracing::debug;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head buffered; larger heads get 431.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// Longest request target (path and query) served; longer ones get 414. Room
+/// for the longest ticket (8 KiB, e.g. a JWT in the query) plus the tenant.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
 
 /// Serves `app` on `listener` until `stop` is cancelled, then lets in-flight HTTP
 /// requests finish (upgraded WebSockets are tracked by the gateway, not here).
@@ -61,6 +69,10 @@ async fn serve_connection(
         req.extensions_mut().insert(ConnectInfo(remote));
         let app = app.clone();
         async move {
+            let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+            if target_len > MAX_URI_BYTES {
+                return Ok::<_, Infallible>(uri_too_long());
+            }
             Ok::<_, Infallible>(
                 app.oneshot(req.map(axum::body::Body::new))
                     .await
@@ -72,7 +84,11 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
+        // `max_buf_size` alone only refuses a head still incomplete when the
+        // buffer fills; a larger head that arrives in one read completes first.
+        // `max_header_size` also bounds a complete head.
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -88,4 +104,15 @@ async fn serve_connection(
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
     }
+}
+
+/// The 414 answer for a request target over [`MAX_URI_BYTES`].
+fn uri_too_long() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::URI_TOO_LONG,
+        [(axum::http::header::CONNECTION, "close")],
+        "request target too long\n",
+    )
+        .into_response()
 }

@@ -23,7 +23,7 @@ use crate::realtime::broker::{SessionEntry, Sid};
 use crate::services::room;
 
 /// How long to wait for the peer's Close after sending ours.
-const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Session id as clients see it.
 pub(crate) fn sid_string(sid: Sid) -> String {
@@ -80,12 +80,16 @@ enum ReaderEnd {
     Close(CloseCode),
 }
 
-/// Maps a read error to the close code the peer should get, if any.
-fn close_code_for(err: axum::Error) -> Option<CloseCode> {
+/// Maps a read error to the close code the peer should get, if any (`None`: the
+/// socket is gone, nothing can be sent).
+pub(crate) fn close_code_for(err: axum::Error) -> Option<CloseCode> {
     let inner = err.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Some(CloseCode::TooBig),
         Some(tungstenite::Error::Utf8(_)) => Some(CloseCode::InvalidPayload),
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => None,
         Some(tungstenite::Error::Protocol(_)) => Some(CloseCode::ProtocolError),
         _ => None,
     }

@@ -1,0 +1,471 @@
+//! Hostile input at the transport: slow and silent connections, handshake
+//! abuse, oversize and lying frames, fragment hoarding, ping floods and source
+//! address sprays. Each case asserts the SPEC answer and that a bystander
+//! session keeps getting answers; memory cases read this process's RSS (the
+//! gateway runs in-process) before and after. Loopback only.
+
+mod common;
+mod hostile_support;
+mod raw_ws;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::TestGateway;
+use hostile_support::{
+    MEMORY, assert_rss_growth_below, bystander_answers, spawn_bystander, vm_rss_kib,
+};
+use raw_ws::{
+    BINARY, CONT, PING, RawWs, TEXT, frame, header, http_exchange, masked, upgrade_request,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+fn cfg(gateway: &str, policy: &str) -> String {
+    format!(
+        r#"version: 1
+gateway:
+  handshake_limit: {{ enabled: false }}
+{gateway}
+tenants:
+  - id: acme
+    auth:
+      tickets: {{ t1: u1, t2: u2, by: bystander }}
+    limits: {{ max_frame_bytes: 65536 }}
+    policy:
+      ext_allowlist: ["room:*", "chat:*"]
+      sessions: {{ max_sessions_per_user: 1000 }}
+{policy}
+"#
+    )
+}
+
+fn key() -> Option<[u8; 4]> {
+    Some(rand::random())
+}
+
+/// Waits until the server ends `s` (EOF or reset); returns how long it took.
+async fn time_until_closed(mut s: TcpStream, limit: Duration) -> Option<Duration> {
+    let start = tokio::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| start.elapsed())
+}
+
+/// Regression (hostile suite): a connection that sends nothing at all, one that
+/// drips its request head a byte at a time, and a keep-alive connection gone
+/// quiet after one request are all cut by the 10 s head timeout.
+#[tokio::test]
+async fn slowloris_and_silent_connections_are_cut_within_15s() {
+    let gw = TestGateway::start(&cfg("", "")).await;
+    let stop = CancellationToken::new();
+    let bystander = spawn_bystander(
+        gw.client("acme", "by").await,
+        Duration::from_millis(500),
+        stop.clone(),
+    );
+    let limit = Duration::from_secs(15);
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let s = TcpStream::connect(gw.addr).await.expect("connect");
+        tasks.push(("silent", tokio::spawn(time_until_closed(s, limit))));
+    }
+    for _ in 0..40 {
+        let s = TcpStream::connect(gw.addr).await.expect("connect");
+        tasks.push((
+            "slowloris",
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = s.into_split();
+                let start = tokio::time::Instant::now();
+                let head = b"GET /v1/ws?tenant=acme&ticket=t1 HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+                let mut buf = [0u8; 256];
+                let mut i = 0;
+                tokio::time::timeout(limit, async {
+                    let mut tick = tokio::time::interval(Duration::from_millis(300));
+                    loop {
+                        tokio::select! {
+                            r = rd.read(&mut buf) => {
+                                if matches!(r, Ok(0) | Err(_)) { break }
+                            }
+                            _ = tick.tick() => {
+                                let b = head[i % head.len()];
+                                i += 1;
+                                if wr.write_all(&[b]).await.is_err() { break }
+                            }
+                        }
+                    }
+                })
+                .await
+                .ok()
+                .map(|()| start.elapsed())
+            }),
+        ));
+    }
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        let (status, _, _) =
+            http_exchange(&mut s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status, 200);
+        tasks.push(("idle keep-alive", tokio::spawn(time_until_closed(s, limit))));
+    }
+    // New clients still get in while the slow ones hold their sockets.
+    let mut late = gw.client("acme", "t1").await;
+    bystander_answers(&mut late, 1, Duration::from_secs(5)).await;
+    for (what, t) in tasks {
+        let took = t.await.expect("task");
+        assert!(
+            took.is_some(),
+            "a {what} connection was still open after {limit:?}"
+        );
+    }
+    stop.cancel();
+    let (_, rounds) = bystander.await.expect("bystander kept getting answers");
+    assert!(rounds >= 10, "bystander made only {rounds} round trips");
+}
+
+/// Regression (hostile suite): a request target over 16 KiB now gets 414
+/// instead of reaching the handlers (hyper alone answered 401/404 for targets
+/// up to its 32 KiB head limit).
+#[tokio::test]
+async fn handshake_abuse_gets_clear_4xx_answers() {
+    let gw = TestGateway::start(&cfg("", "")).await;
+    let mut bystander = gw.client("acme", "by").await;
+    let addr = gw.addr;
+    let big = "a".repeat(40_000);
+    let ticket_20k = "t".repeat(20_000);
+    let many_headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "a 40 KB header",
+            upgrade_request(addr, "/v1/ws?tenant=acme&ticket=t1", &format!("X-Big: {big}\r\n")),
+            431,
+        ),
+        (
+            "150 headers",
+            upgrade_request(addr, "/v1/ws?tenant=acme&ticket=t1", &many_headers),
+            431,
+        ),
+        (
+            "a 20 KB query",
+            upgrade_request(addr, &format!("/v1/ws?tenant=acme&ticket={ticket_20k}"), ""),
+            414,
+        ),
+        ("a 20 KB path", upgrade_request(addr, &format!("/{ticket_20k}"), ""), 414),
+        (
+            "a 40 KB request line (over the head limit)",
+            upgrade_request(addr, &format!("/v1/ws?tenant=acme&ticket={big}"), ""),
+            431,
+        ),
+        (
+            "duplicate tenant",
+            upgrade_request(addr, "/v1/ws?tenant=acme&tenant=other&ticket=t1", ""),
+            400,
+        ),
+        (
+            "duplicate ticket",
+            upgrade_request(addr, "/v1/ws?tenant=acme&ticket=t1&ticket=t2", ""),
+            400,
+        ),
+        (
+            "Sec-WebSocket-Version 12",
+            b"GET /v1/ws?tenant=acme&ticket=t1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n"
+                .to_vec(),
+            426,
+        ),
+        (
+            "no Sec-WebSocket-Key",
+            b"GET /v1/ws?tenant=acme&ticket=t1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("a TLS ClientHello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
+        ("not HTTP", b"HELLO\r\n\r\n".to_vec(), 400),
+    ];
+    for (what, req, want) in cases {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let (status, head, _) = http_exchange(&mut s, &req).await;
+        assert_eq!(status, want, "{what}: {head}");
+        if status == 426 {
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("sec-websocket-version: 13"),
+                "{head}"
+            );
+        }
+        bystander_answers(&mut bystander, status.into(), Duration::from_secs(5)).await;
+    }
+    // An ordinary ticket-sized query still works.
+    let _ok = gw.client("acme", "t1").await;
+}
+
+/// Frames over `max_frame_bytes` — whole, fragmented, or merely declared in the
+/// header (2^62 bytes) — close with 1009 without buffering the payload.
+#[tokio::test]
+async fn oversize_and_lying_frames_close_with_1009_in_bounded_memory() {
+    let _serial = MEMORY.lock().await;
+    let gw = TestGateway::start(&cfg("", "")).await;
+    let mut bystander = gw.client("acme", "by").await;
+    let addr = gw.addr;
+    let open = move || async move {
+        let mut ws = RawWs::connect(addr, "/v1/ws?tenant=acme&ticket=t1").await;
+        ws.read_data().await; // sys.authed
+        ws
+    };
+    let over = vec![b'x'; 65_537];
+    let mut fragmented = Vec::new();
+    for i in 0..10 {
+        let op = if i == 0 { TEXT } else { CONT };
+        fragmented.extend(frame(i == 9, 0, op, &[b'y'; 8_000], key()));
+    }
+    let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
+        ("a 65,537 B text frame", masked(TEXT, &over), &[1009]),
+        ("a 65,537 B binary frame", masked(BINARY, &over), &[1009]),
+        ("80 KB in 10 fragments", fragmented, &[1009]),
+        (
+            "a text header declaring 2^62 B",
+            header(true, 0, TEXT, 1 << 62, key()),
+            &[1009],
+        ),
+        (
+            "a binary header declaring 2^62 B",
+            header(true, 0, BINARY, 1 << 62, key()),
+            &[1009],
+        ),
+        // RFC 6455: the most significant bit of a 64-bit length must be 0.
+        (
+            "a header declaring 2^63 B",
+            header(true, 0, BINARY, 1 << 63, key()),
+            &[1002, 1009],
+        ),
+    ];
+    for (i, (what, bytes, want)) in cases.into_iter().enumerate() {
+        let mut ws = open().await;
+        let _ = ws.try_send(&bytes).await;
+        let code = ws.close_code().await.flatten();
+        assert!(
+            code.is_some_and(|c| want.contains(&c)),
+            "{what}: got {code:?}"
+        );
+        bystander_answers(&mut bystander, i as u64, Duration::from_secs(5)).await;
+    }
+    // Many connections at once declaring huge frames: nothing is preallocated.
+    let before = vm_rss_kib();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let mut ws = open().await;
+        tasks.push(tokio::spawn(async move {
+            ws.send(&header(true, 0, BINARY, 1 << 62, key())).await;
+            let _ = ws.try_send(&[0u8; 1024]).await;
+            ws.close_code().await.flatten()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), Some(1009));
+    }
+    assert_rss_growth_below(before, 48, "100 connections declaring 2^62 B frames");
+    bystander_answers(&mut bystander, 100, Duration::from_secs(5)).await;
+}
+
+/// Fragment hoarding: continuation frames past `max_frame_bytes` close with
+/// 1009; messages that never finish stay under the per-connection bound and are
+/// cut by the idle timeout (a fragment is not a message, so it does not count as
+/// activity), even when empty fragments keep arriving.
+#[tokio::test]
+async fn fragment_hoarding_is_bounded_and_cut() {
+    let _serial = MEMORY.lock().await;
+    let gw = TestGateway::start(&cfg(
+        "  idle_timeout_ms: 3000\n  ping_interval_ms: 1000",
+        "",
+    ))
+    .await;
+    let stop = CancellationToken::new();
+    let bystander = spawn_bystander(
+        gw.client("acme", "by").await,
+        Duration::from_millis(300),
+        stop.clone(),
+    );
+    let path = "/v1/ws?tenant=acme&ticket=t1";
+    // 10,000 tiny fragments adding up to 80 KB.
+    let mut ws = RawWs::connect(gw.addr, path).await;
+    ws.read_data().await;
+    let mut bytes = frame(false, 0, BINARY, &[1u8; 8], key());
+    for _ in 0..9_999 {
+        bytes.extend(frame(false, 0, CONT, &[2u8; 8], key()));
+    }
+    let _ = ws.try_send(&bytes).await;
+    assert_eq!(ws.close_code().await.flatten(), Some(1009));
+
+    // 100 connections each parking 60 KB in an unfinished message.
+    let before = vm_rss_kib();
+    let mut hoarders = Vec::new();
+    for _ in 0..100 {
+        let mut ws = RawWs::connect(gw.addr, path).await;
+        ws.read_data().await;
+        let mut bytes = frame(false, 0, TEXT, b"{", key());
+        for _ in 0..60 {
+            bytes.extend(frame(false, 0, CONT, &[b' '; 1_000], key()));
+        }
+        ws.send(&bytes).await;
+        hoarders.push(ws);
+    }
+    // One that keeps sending empty continuation frames.
+    let mut dripper = RawWs::connect(gw.addr, path).await;
+    dripper.read_data().await;
+    dripper.send(&frame(false, 0, TEXT, b"{", key())).await;
+    let drip = tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if !dripper.try_send(&frame(false, 0, CONT, b"", key())).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        dripper.close_code().await.flatten()
+    });
+    assert_rss_growth_below(before, 64, "100 connections hoarding 60 KB fragments");
+    for mut ws in hoarders {
+        assert_eq!(
+            ws.close_code().await.flatten(),
+            Some(4003),
+            "hoarder not cut"
+        );
+    }
+    assert_eq!(
+        drip.await.expect("dripper"),
+        Some(4003),
+        "empty-fragment dripper not cut"
+    );
+    stop.cancel();
+    bystander.await.expect("bystander kept getting answers");
+}
+
+/// A client that floods pings and never reads: pongs do not pile up (one is
+/// pending at most), the flood is cut by the rate limit and error budget with
+/// 1008, and memory stays flat.
+#[tokio::test]
+async fn ping_flood_without_reading_is_cut_in_bounded_memory() {
+    let _serial = MEMORY.lock().await;
+    let gw = TestGateway::start(&cfg(
+        "",
+        "      rate_limit_rps: 50\n      rate_limit_burst: 100\n      error_budget: { max_errors: 50, window_ms: 10000 }",
+    ))
+    .await;
+    let mut bystander = gw.client("acme", "by").await;
+    let before = vm_rss_kib();
+    let mut floods = Vec::new();
+    for _ in 0..8 {
+        let mut ws = RawWs::connect(gw.addr, "/v1/ws?tenant=acme&ticket=t1").await;
+        floods.push(tokio::spawn(async move {
+            // 20,000 pings of 125 B (~2.6 MB) in large writes, reading nothing.
+            let mut batch = Vec::new();
+            for _ in 0..500 {
+                batch.extend(masked(PING, &[b'p'; 125]));
+            }
+            for _ in 0..40 {
+                if !ws.try_send(&batch).await {
+                    break;
+                }
+            }
+            ws.close_code().await.flatten()
+        }));
+    }
+    for f in floods {
+        assert_eq!(f.await.expect("flooder"), Some(1008));
+    }
+    assert_rss_growth_below(before, 48, "8 ping flooders");
+    bystander_answers(&mut bystander, 1, Duration::from_secs(5)).await;
+    let closed = hostile_support::wait_metric(
+        &gw,
+        "wsprism_sessions_closed_total{reason=\"policy\",tenant=\"acme\"}",
+        8.0,
+    )
+    .await;
+    assert_eq!(closed, 8.0);
+}
+
+/// Upgrades sprayed from 2,000 loopback source addresses: the per-IP table
+/// never exceeds `max_ip_entries`, memory stays bounded, sessions that are in
+/// keep working, and once the spray stops new clients get in again.
+#[tokio::test]
+async fn ip_spray_keeps_the_limiter_table_bounded() {
+    let _serial = MEMORY.lock().await;
+    let yaml = r#"version: 1
+gateway:
+  handshake_limit: { enabled: true, global_rps: 100000, global_burst: 100000, per_ip_rps: 1, per_ip_burst: 2, max_ip_entries: 256 }
+tenants:
+  - id: acme
+    auth:
+      tickets: { by: bystander }
+    policy:
+      ext_allowlist: ["room:*"]
+"#;
+    let gw = TestGateway::start(yaml).await;
+    let limiter = gw.gw.handshake_limiter();
+    let mut bystander = gw.client("acme", "by").await;
+    let before = vm_rss_kib();
+    let addr = gw.addr;
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    let mut max_tracked = 0;
+    for chunk in 0..20u32 {
+        let mut tasks = Vec::new();
+        for i in 0..100u32 {
+            let n = chunk * 100 + i;
+            let src = Ipv4Addr::new(127, 10 + (n >> 8) as u8, (n & 0xff) as u8, 7);
+            tasks.push(tokio::spawn(async move {
+                let sock = TcpSocket::new_v4().expect("socket");
+                sock.bind(SocketAddr::from((src, 0)))
+                    .expect("bind 127.x.y.z");
+                let mut s = sock.connect(addr).await.expect("connect");
+                let (status, _, _) = http_exchange(
+                    &mut s,
+                    &upgrade_request(addr, "/v1/ws?tenant=acme&ticket=nope", ""),
+                )
+                .await;
+                status
+            }));
+        }
+        for t in tasks {
+            *statuses.entry(t.await.expect("spray")).or_default() += 1;
+        }
+        max_tracked = max_tracked.max(limiter.tracked_ips());
+        assert!(
+            limiter.tracked_ips() <= 256,
+            "table grew to {}",
+            limiter.tracked_ips()
+        );
+        bystander_answers(&mut bystander, u64::from(chunk), Duration::from_secs(5)).await;
+    }
+    eprintln!("spray statuses {statuses:?}, max tracked {max_tracked}");
+    assert!(
+        statuses.keys().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        // The table admits new addresses until it is full of recently active
+        // ones (the bystander holds one entry); then the spray gets 429 until
+        // entries go idle: memory stays bounded at the price of refusing new
+        // addresses for a while.
+        statuses.get(&401).copied().unwrap_or(0) >= 255,
+        "{statuses:?}"
+    );
+    assert_rss_growth_below(before, 48, "2,000-address spray");
+    // Once the sprayed entries are idle again, a new address gets in.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let (status, head, _) = http_exchange(
+        &mut s,
+        &upgrade_request(addr, "/v1/ws?tenant=acme&ticket=by", ""),
+    )
+    .await;
+    assert_eq!(status, 101, "{head}");
+}
