@@ -8,22 +8,30 @@
 # The servers are pinned to CPU $SERVER_CPU and the load generator to CPU
 # $CLIENT_CPU (taskset), so each side has one core of a 2-core machine.
 #
+# Other processes on the machine skew every number, so before each run the
+# script waits (up to QUIET_WAIT seconds) until the machine is quiet (less than
+# QUIET_PCT percent of one core busy); every summary also records how much CPU
+# other processes used during the run (`other_cpu_pct`).
+#
 # Knobs (environment): RUNS=3 DURATION=5 IDLE_CONNS=10000 FANOUT_RATES=...
 # FANOUT_DURATION=3 ECHO_CONNS=32 CONNECT_CONC=16 SERVER_CPU=0 CLIENT_CPU=1
-# UPDATE=1 SKIP_BUILD=0 ONLY="echo_hot fanout_hot ..." (subset of cases).
+# QUIET_PCT=15 QUIET_WAIT=300 UPDATE=1 SKIP_BUILD=0
+# ONLY="echo_hot fanout_hot ..." (a subset of the cases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-FANOUT_RATES=${FANOUT_RATES:-25,50,100,150,200,300,400,600,800}
+FANOUT_RATES=${FANOUT_RATES:-25,50,100,200,300,400,500,600,800,1000,1200,1500,2000}
 FANOUT_DURATION=${FANOUT_DURATION:-3}
 CHAT_RATE=${CHAT_RATE:-20}
 ECHO_CONNS=${ECHO_CONNS:-32}
 CONNECT_CONC=${CONNECT_CONC:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+QUIET_PCT=${QUIET_PCT:-15}
+QUIET_WAIT=${QUIET_WAIT:-300}
 UPDATE=${UPDATE:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 ONLY=${ONLY:-echo_hot echo_ext fanout_hot fanout_chat idle connect_static connect_jwt}
@@ -52,15 +60,14 @@ fi
 # the environment (secret_env), the bench gets it on its command line.
 export BENCH_JWT_SECRET=${BENCH_JWT_SECRET:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}
 
-pin() {
-  local cpu=$1
-  shift
-  if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
-    taskset -c "$cpu" "$@"
-  else
-    "$@"
-  fi
-}
+# Command prefixes that pin a process to one CPU (empty without taskset or
+# with a single CPU). taskset execs the program, so `$!` is the server's pid.
+PIN_SERVER=()
+PIN_CLIENT=()
+if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+  PIN_SERVER=(taskset -c "$SERVER_CPU")
+  PIN_CLIENT=(taskset -c "$CLIENT_CPU")
+fi
 
 PIDS=()
 cleanup() {
@@ -72,6 +79,10 @@ trap cleanup EXIT
 
 wait_port() { # host port
   for _ in $(seq 1 200); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "the server exited at start; see $OUT/*.log" >&2
+      return 1
+    fi
     if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
     sleep 0.05
   done
@@ -81,14 +92,14 @@ wait_port() { # host port
 
 SERVER_PID=
 start_gateway() { # config port
-  RUST_LOG=warn pin "$SERVER_CPU" "$BIN/wsprism" --config "$1" >>"$OUT/gateway.log" 2>&1 &
+  RUST_LOG=warn "${PIN_SERVER[@]}" "$BIN/wsprism" --config "$1" >>"$OUT/gateway.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   wait_port 127.0.0.1 "$2"
 }
 
 start_baseline() { # mode port
-  pin "$SERVER_CPU" "$BIN/wsprism-bench" baseline --mode "$1" --listen "127.0.0.1:$2" >>"$OUT/baseline.log" 2>&1 &
+  "${PIN_SERVER[@]}" "$BIN/wsprism-bench" baseline --mode "$1" --listen "127.0.0.1:$2" >>"$OUT/baseline.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   wait_port 127.0.0.1 "$2"
@@ -100,15 +111,37 @@ stop_server() {
   SERVER_PID=
 }
 
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+# Percent of one core the whole machine kept busy over the last second.
+busy_pct() {
+  local u n s i w q sq st b1 b2
+  read -r _ u n s i w q sq st _ </proc/stat
+  b1=$((u + n + s + q + sq + st))
+  sleep 1
+  read -r _ u n s i w q sq st _ </proc/stat
+  b2=$((u + n + s + q + sq + st))
+  echo $(((b2 - b1) * 100 / CLK_TCK))
+}
+
+# Waits until other processes leave the machine (almost) alone.
+wait_quiet() {
+  local waited=0 p
+  while p=$(busy_pct) && [ "$p" -gt "$QUIET_PCT" ] && [ "$waited" -lt "$QUIET_WAIT" ]; do
+    echo "   machine busy ($p% of a core used by other processes); waiting"
+    sleep 4
+    waited=$((waited + 5))
+  done
+}
+
 # bench CASE SERVER RUN MODE ARGS...: one run, its JSON summary appended to $RESULTS.
 bench() {
   local case=$1 server=$2 run=$3
   shift 3
+  wait_quiet
   echo "-- $case / $server / run $run: wsprism-bench $*"
-  pin "$CLIENT_CPU" "$BIN/wsprism-bench" "$@" --pid "$SERVER_PID" --json --quiet \
+  "${PIN_CLIENT[@]}" "$BIN/wsprism-bench" "$@" --pid "$SERVER_PID" --json --quiet \
     --tag "case=$case" --tag "server=$server" --tag "run=$run" >>"$RESULTS" \
     2>>"$OUT/bench.log"
-  sleep 1
 }
 
 wants() { [[ " $ONLY " == *" $1 "* ]]; }

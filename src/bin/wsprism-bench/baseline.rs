@@ -11,8 +11,9 @@
 //!   `ticket` are not checked);
 //! - runs one task with a reader and a single writer, like a gateway session.
 //!   The writer drains a bounded queue (256 frames, overflow drops the new frame
-//!   and counts it) in batches of up to 64 frames per flush, like the gateway's
-//!   outbox + writer;
+//!   and counts it; a mutex-guarded `VecDeque` plus `Notify`, allocated on first
+//!   use) in batches of up to 64 frames per flush, like the gateway's outbox +
+//!   writer;
 //! - answers a text frame containing `"type":"join"` with
 //!   `{"v":1,"svc":"sys","type":"joined","room":R,"data":{"room":R,"peer":N,"members":M}}`.
 //!
@@ -23,7 +24,7 @@
 //! member including the sender (as `chat` does, but forwarded as received).
 //! Frames are shared (`Bytes` clones), never copied per recipient.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +33,10 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -76,7 +77,30 @@ type Stream = SplitStream<WebSocketStream<TcpStream>>;
 /// One room member as the relay sees it.
 struct Member {
     id: u64,
-    tx: mpsc::Sender<Message>,
+    queue: Arc<Queue>,
+}
+
+/// A connection's outbound frames, drained by its writer. Allocates nothing
+/// until a frame is queued.
+#[derive(Default)]
+struct Queue {
+    frames: Mutex<VecDeque<Message>>,
+    ready: Notify,
+}
+
+impl Queue {
+    /// Queues a frame, or drops it (counted) when [`QUEUE_CAPACITY`] are queued.
+    fn push(&self, state: &State, msg: Message) {
+        {
+            let mut q = self.frames.lock();
+            if q.len() >= QUEUE_CAPACITY {
+                state.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            q.push_back(msg);
+        }
+        self.ready.notify_one();
+    }
 }
 
 /// Server-wide state.
@@ -165,26 +189,30 @@ async fn serve(stream: TcpStream, state: Arc<State>) {
 
 async fn session(ws: WebSocketStream<TcpStream>, query: Query, state: Arc<State>) {
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Message>(QUEUE_CAPACITY);
+    let queue = Arc::new(Queue::default());
     let authed = json!({"v": 1, "svc": "sys", "type": "authed",
-        "data": {"tenant": query.tenant, "user": "baseline", "sid": format!("{id:016x}"), "baseline": true}});
-    let _ = tx.try_send(Message::text(authed.to_string()));
-    let room = match (state.mode, &query.room) {
+        "data": {"tenant": query.tenant, "user": "baseline", "sid": format!("{id:016x}"), "baseline": true}})
+    .to_string();
+    queue.push(&state, Message::text(authed));
+    let room = match (state.mode, query.room) {
         (BaselineMode::Relay, Some(r)) => {
             state
                 .rooms
                 .write()
-                .entry(Arc::clone(r))
+                .entry(Arc::clone(&r))
                 .or_default()
-                .push(Member { id, tx: tx.clone() });
-            Some(Arc::clone(r))
+                .push(Member {
+                    id,
+                    queue: Arc::clone(&queue),
+                });
+            Some(r)
         }
         _ => None,
     };
     let (mut sink, mut stream) = ws.split();
     tokio::select! {
-        () = read(&mut stream, id, &tx, room.as_deref(), &state) => {}
-        () = write(&mut sink, &mut rx) => {}
+        () = read(&mut stream, id, &queue, room.as_deref(), &state) => {}
+        () = write(&mut sink, &queue) => {}
     }
     if let Some(r) = &room {
         let mut rooms = state.rooms.write();
@@ -199,19 +227,7 @@ async fn session(ws: WebSocketStream<TcpStream>, query: Query, state: Arc<State>
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.close()).await;
 }
 
-fn queue(state: &State, tx: &mpsc::Sender<Message>, msg: Message) {
-    if tx.try_send(msg).is_err() {
-        state.dropped.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-async fn read(
-    stream: &mut Stream,
-    id: u64,
-    tx: &mpsc::Sender<Message>,
-    room: Option<&str>,
-    state: &State,
-) {
+async fn read(stream: &mut Stream, id: u64, queue: &Queue, room: Option<&str>, state: &State) {
     while let Some(Ok(msg)) = stream.next().await {
         match msg {
             Message::Text(t) if t.as_str().contains(r#""type":"join""#) => {
@@ -221,16 +237,16 @@ async fn read(
                     .unwrap_or(0);
                 let joined = json!({"v": 1, "svc": "sys", "type": "joined", "room": r,
                     "data": {"room": r, "peer": id, "members": members}});
-                queue(state, tx, Message::text(joined.to_string()));
+                queue.push(state, Message::text(joined.to_string()));
             }
             Message::Text(_) | Message::Binary(_) => match (state.mode, room) {
-                (BaselineMode::Echo, _) => queue(state, tx, msg),
+                (BaselineMode::Echo, _) => queue.push(state, msg),
                 (BaselineMode::Relay, Some(r)) => {
                     let include_sender = matches!(msg, Message::Text(_));
                     let rooms = state.rooms.read();
                     for m in rooms.get(r).into_iter().flatten() {
                         if include_sender || m.id != id {
-                            queue(state, &m.tx, msg.clone());
+                            m.queue.push(state, msg.clone());
                         }
                     }
                 }
@@ -242,11 +258,18 @@ async fn read(
     }
 }
 
-async fn write(sink: &mut Sink, rx: &mut mpsc::Receiver<Message>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+async fn write(sink: &mut Sink, queue: &Queue) {
+    let mut batch = Vec::new();
     loop {
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
+        let ready = queue.ready.notified();
+        {
+            let mut q = queue.frames.lock();
+            let n = q.len().min(MAX_BATCH);
+            batch.extend(q.drain(..n));
+        }
+        if batch.is_empty() {
+            ready.await;
+            continue;
         }
         for msg in batch.drain(..) {
             if sink.feed(msg).await.is_err() {

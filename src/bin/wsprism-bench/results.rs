@@ -108,6 +108,7 @@ fn fmt(x: Option<f64>) -> String {
         Some(v) if v.abs() >= 1000.0 => format_thousands(v.round()),
         Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
         Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
         Some(v) => format!("{v:.2}"),
     }
 }
@@ -160,6 +161,9 @@ fn deliveries_at(runs: &[&Value], rate: f64) -> Option<f64> {
 }
 
 struct Budget {
+    /// Median CPU other processes used during the runs behind this line
+    /// (percent of one core): noise when not near 0.
+    noise: Option<f64>,
     line: &'static str,
     target: &'static str,
     gateway: Option<f64>,
@@ -199,7 +203,16 @@ fn render(runs: &[Value], meta: &[String]) -> String {
         .first()
         .and_then(|r| r["connections"].as_u64())
         .unwrap_or(0);
+    let noise = |a: &[&Value], b: &[&Value]| {
+        median(
+            a.iter()
+                .chain(b)
+                .filter_map(|r| r["other_cpu_pct"].as_f64())
+                .collect(),
+        )
+    };
     budget.push(Budget {
+        noise: noise(&gi, &bi),
         line: "Idle memory: RSS per authenticated idle connection",
         target: "≤ 4 KiB",
         gateway: g,
@@ -217,6 +230,7 @@ fn render(runs: &[Value], meta: &[String]) -> String {
         med(&be, "server_cpu_us_per_msg"),
     );
     budget.push(Budget {
+        noise: noise(&ge, &be),
         line: "Hot echo: server CPU per message",
         target: "≤ 1.3× baseline",
         gateway: g,
@@ -235,7 +249,18 @@ fn render(runs: &[Value], meta: &[String]) -> String {
         g_rate.and_then(|r| deliveries_at(&gf, r)),
         b_rate.and_then(|r| deliveries_at(&bf, r)),
     );
+    let sweep_noise = |rate: Option<f64>| {
+        rate.and_then(|rate| {
+            median(
+                [&gf, &bf]
+                    .iter()
+                    .filter_map(|rs| step_med(rs, rate, "other_cpu_pct"))
+                    .collect(),
+            )
+        })
+    };
     budget.push(Budget {
+        noise: sweep_noise(g_rate),
         line: "Hot relay 10×100, 32 B: highest rate with 100% delivery",
         target: "≥ 0.8× baseline",
         gateway: g_del,
@@ -255,6 +280,7 @@ fn render(runs: &[Value], meta: &[String]) -> String {
         None => (None, None),
     };
     budget.push(Budget {
+        noise: sweep_noise(same),
         line: "Hot relay: server CPU per delivery (same rate)",
         target: "≤ 1.2× baseline",
         gateway: g,
@@ -271,6 +297,7 @@ fn render(runs: &[Value], meta: &[String]) -> String {
         None => (None, None),
     };
     budget.push(Budget {
+        noise: sweep_noise(same),
         line: "Hot relay: p99 delivery latency (same rate)",
         target: "≤ 1.5× baseline",
         gateway: g,
@@ -285,6 +312,7 @@ fn render(runs: &[Value], meta: &[String]) -> String {
     );
     let (g, b) = (med(&gc, "handshakes_per_s"), med(&bc, "handshakes_per_s"));
     budget.push(Budget {
+        noise: noise(&gc, &bc),
         line: "Handshakes: JWT connects/s vs baseline upgrades/s",
         target: "≥ 0.7× baseline",
         gateway: g,
@@ -297,7 +325,7 @@ fn render(runs: &[Value], meta: &[String]) -> String {
     let _ = writeln!(md, "### Budget\n");
     let _ = writeln!(
         md,
-        "| budget line | target | gateway | baseline | ratio | verdict |\n|---|---|---:|---:|---:|---|"
+        "| budget line | target | gateway | baseline | ratio | verdict | other CPU % |\n|---|---|---:|---:|---:|---|---:|"
     );
     for l in &budget {
         let line = if l.line.starts_with("Idle") && conns > 0 {
@@ -311,7 +339,7 @@ fn render(runs: &[Value], meta: &[String]) -> String {
         };
         let _ = writeln!(
             md,
-            "| {line} | {} | {} {unit} | {} {unit} | {} | {} |",
+            "| {line} | {} | {} {unit} | {} {unit} | {} | {} | {} |",
             l.target,
             fmt(l.gateway),
             fmt(l.baseline),
@@ -321,12 +349,13 @@ fn render(runs: &[Value], meta: &[String]) -> String {
                 Some(false) => "**MISS**",
                 None => "not measured",
             },
+            fmt(l.noise),
             unit = l.unit,
         );
     }
     let _ = writeln!(
         md,
-        "| Ext echo through the Rust plugin | – | pending plugin host | – | – | pending |"
+        "| Ext echo through the Rust plugin | – | pending plugin host | – | – | pending | – |"
     );
     if let Some(rate) = same {
         let _ = writeln!(
@@ -393,6 +422,7 @@ fn render(runs: &[Value], meta: &[String]) -> String {
             ("connect_p99_us", "connect p99 µs"),
             ("server_cpu_us_per_connect", "server CPU µs/connect"),
             ("client_kib_per_conn", "client KiB/conn"),
+            ("other_cpu_pct", "other CPU %"),
         ],
     );
     for case in ["fanout_hot", "fanout_chat"] {
