@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Benchmarks (BENCHMARKS.md): builds release, starts the gateway with
+# bench/wsprism-bench.yaml (and bench/wsprism-bench-jwt.yaml) and the raw
+# baseline servers on loopback, runs every mode RUNS times against both, and
+# prints the results table (medians over runs, ratios to the baseline); with
+# UPDATE=1 (the default) it also rewrites the table in BENCHMARKS.md.
+#
+# The servers are pinned to CPU $SERVER_CPU and the load generator to CPU
+# $CLIENT_CPU (taskset), so each side has one core of a 2-core machine.
+#
+# Other processes on the machine skew every number, so before each run the
+# script waits (up to QUIET_WAIT seconds) until the machine is quiet (less than
+# QUIET_PCT percent of one core busy); every summary also records how much CPU
+# other processes used during the run (`other_cpu_pct`).
+#
+# Knobs (environment): RUNS=3 DURATION=5 IDLE_CONNS=10000 FANOUT_RATES=...
+# FANOUT_DURATION=3 ECHO_CONNS=32 CONNECT_CONC=16 SERVER_CPU=0 CLIENT_CPU=1
+# QUIET_PCT=15 QUIET_WAIT=300 UPDATE=1 SKIP_BUILD=0
+# ONLY="echo_hot fanout_hot ..." (a subset of the cases).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-5}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+FANOUT_RATES=${FANOUT_RATES:-25,50,100,200,300,400,500,600,800,1000,1200,1500,2000}
+FANOUT_DURATION=${FANOUT_DURATION:-3}
+CHAT_RATE=${CHAT_RATE:-20}
+ECHO_CONNS=${ECHO_CONNS:-32}
+CONNECT_CONC=${CONNECT_CONC:-16}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+QUIET_PCT=${QUIET_PCT:-15}
+QUIET_WAIT=${QUIET_WAIT:-300}
+UPDATE=${UPDATE:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+ONLY=${ONLY:-echo_hot echo_ext fanout_hot fanout_chat idle connect_static connect_jwt}
+
+GATEWAY_URL=ws://127.0.0.1:18080
+JWT_URL=ws://127.0.0.1:18083
+ECHO_URL=ws://127.0.0.1:18081
+RELAY_URL=ws://127.0.0.1:18082
+
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+OUT="$TARGET_DIR/bench"
+BIN="$TARGET_DIR/release"
+RESULTS="$OUT/results.jsonl"
+mkdir -p "$OUT"
+
+# 10,000 connections need 10,000 descriptors on each side.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+echo "== open files limit: $(ulimit -n)"
+
+if [ "$SKIP_BUILD" != 1 ]; then
+  echo "== cargo build --release --bin wsprism --bin wsprism-bench"
+  cargo build --release --bin wsprism --bin wsprism-bench
+fi
+
+# A per-run random secret unless one is given; the jwt gateway reads it from
+# the environment (secret_env), the bench gets it on its command line.
+export BENCH_JWT_SECRET=${BENCH_JWT_SECRET:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}
+
+# Command prefixes that pin a process to one CPU (empty without taskset or
+# with a single CPU). taskset execs the program, so `$!` is the server's pid.
+PIN_SERVER=()
+PIN_CLIENT=()
+if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+  PIN_SERVER=(taskset -c "$SERVER_CPU")
+  PIN_CLIENT=(taskset -c "$CLIENT_CPU")
+fi
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+wait_port() { # host port
+  for _ in $(seq 1 200); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "the server exited at start; see $OUT/*.log" >&2
+      return 1
+    fi
+    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on $1:$2" >&2
+  return 1
+}
+
+SERVER_PID=
+start_gateway() { # config port
+  RUST_LOG=warn "${PIN_SERVER[@]}" "$BIN/wsprism" --config "$1" >>"$OUT/gateway.log" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  wait_port 127.0.0.1 "$2"
+}
+
+start_baseline() { # mode port
+  "${PIN_SERVER[@]}" "$BIN/wsprism-bench" baseline --mode "$1" --listen "127.0.0.1:$2" >>"$OUT/baseline.log" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  wait_port 127.0.0.1 "$2"
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+# Percent of one core the whole machine kept busy over the last second.
+busy_pct() {
+  local u n s i w q sq st b1 b2
+  read -r _ u n s i w q sq st _ </proc/stat
+  b1=$((u + n + s + q + sq + st))
+  sleep 1
+  read -r _ u n s i w q sq st _ </proc/stat
+  b2=$((u + n + s + q + sq + st))
+  echo $(((b2 - b1) * 100 / CLK_TCK))
+}
+
+# Waits until other processes leave the machine (almost) alone.
+wait_quiet() {
+  local waited=0 p
+  while p=$(busy_pct) && [ "$p" -gt "$QUIET_PCT" ] && [ "$waited" -lt "$QUIET_WAIT" ]; do
+    echo "   machine busy ($p% of a core used by other processes); waiting"
+    sleep 4
+    waited=$((waited + 5))
+  done
+}
+
+# bench CASE SERVER RUN MODE ARGS...: one run, its JSON summary appended to $RESULTS.
+bench() {
+  local case=$1 server=$2 run=$3
+  shift 3
+  wait_quiet
+  echo "-- $case / $server / run $run: wsprism-bench $*"
+  "${PIN_CLIENT[@]}" "$BIN/wsprism-bench" "$@" --pid "$SERVER_PID" --json --quiet \
+    --tag "case=$case" --tag "server=$server" --tag "run=$run" >>"$RESULTS" \
+    2>>"$OUT/bench.log"
+}
+
+wants() { [[ " $ONLY " == *" $1 "* ]]; }
+
+: >"$RESULTS"
+echo "== results -> $RESULTS (logs in $OUT/*.log)"
+
+# --- Echo, fan-out and handshakes against one long-lived server each.
+ECHO_ARGS=(echo -c "$ECHO_CONNS" --duration "$DURATION" --warmup 1 --payload 32)
+FANOUT_ARGS=(fanout --rooms 10 --members 100 --payload 32 --duration "$FANOUT_DURATION" --drain 2)
+for server in gateway baseline; do
+  if [ "$server" = gateway ]; then
+    start_gateway bench/wsprism-bench.yaml 18080
+    echo_url=$GATEWAY_URL relay_url=$GATEWAY_URL
+  else
+    start_baseline echo 18081
+    echo_url=$ECHO_URL relay_url=
+  fi
+  for run in $(seq 1 "$RUNS"); do
+    if wants echo_hot; then bench echo_hot "$server" "$run" "${ECHO_ARGS[@]}" --url "$echo_url" --lane hot; fi
+    if wants echo_ext; then bench echo_ext "$server" "$run" "${ECHO_ARGS[@]}" --url "$echo_url" --lane ext --svc echo --type echo; fi
+    if wants connect_static; then bench connect_static "$server" "$run" connect --url "$echo_url" -c "$CONNECT_CONC" --duration "$DURATION"; fi
+  done
+  if [ "$server" = baseline ]; then
+    # The jwt comparison: same client work (a token signed per connection),
+    # the baseline just does not verify it.
+    for run in $(seq 1 "$RUNS"); do
+      if wants connect_jwt; then bench connect_jwt baseline "$run" connect --url "$echo_url" --tenant jwt --jwt-secret "$BENCH_JWT_SECRET" -c "$CONNECT_CONC" --duration "$DURATION"; fi
+    done
+    stop_server
+    start_baseline relay 18082
+    relay_url=$RELAY_URL
+  fi
+  for run in $(seq 1 "$RUNS"); do
+    if wants fanout_hot; then bench fanout_hot "$server" "$run" "${FANOUT_ARGS[@]}" --url "$relay_url" --lane hot --rate "$FANOUT_RATES" --stop-on-loss; fi
+    if wants fanout_chat; then bench fanout_chat "$server" "$run" "${FANOUT_ARGS[@]}" --url "$relay_url" --lane chat --rate "$CHAT_RATE"; fi
+  done
+  stop_server
+done
+
+if wants connect_jwt; then
+  start_gateway bench/wsprism-bench-jwt.yaml 18083
+  for run in $(seq 1 "$RUNS"); do
+    bench connect_jwt gateway "$run" connect --url "$JWT_URL" --tenant jwt --jwt-secret "$BENCH_JWT_SECRET" -c "$CONNECT_CONC" --duration "$DURATION"
+  done
+  stop_server
+fi
+
+# --- Idle memory: a fresh server per run, so freed-but-retained heap from an
+# earlier run cannot hide the growth.
+if wants idle; then
+  for run in $(seq 1 "$RUNS"); do
+    start_gateway bench/wsprism-bench.yaml 18080
+    sleep 1
+    bench idle gateway "$run" idle --url "$GATEWAY_URL" -n "$IDLE_CONNS" --hold 3
+    stop_server
+    start_baseline echo 18081
+    sleep 1
+    bench idle baseline "$run" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
+    stop_server
+  done
+fi
+
+META=(
+  --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)"
+  --meta "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+  --meta "pinning=servers on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU (taskset)"
+  --meta "settings=RUNS=$RUNS DURATION=${DURATION}s ECHO_CONNS=$ECHO_CONNS CONNECT_CONC=$CONNECT_CONC IDLE_CONNS=$IDLE_CONNS FANOUT_RATES=$FANOUT_RATES FANOUT_DURATION=${FANOUT_DURATION}s CHAT_RATE=$CHAT_RATE"
+)
+echo "== results"
+if [ "$UPDATE" = 1 ]; then
+  "$BIN/wsprism-bench" results --input "$RESULTS" "${META[@]}" --update BENCHMARKS.md
+else
+  "$BIN/wsprism-bench" results --input "$RESULTS" "${META[@]}"
+fi

@@ -1,0 +1,545 @@
+//! `results`: turns the JSON lines written by `scripts/bench.sh` (one
+//! `--json` summary per run, tagged with `case`, `server` and `run`) into the
+//! markdown tables of `BENCHMARKS.md`: the performance budget with medians and
+//! ratios to the baseline, and every measurement behind it.
+//!
+//! Cases the script runs (`server` is `gateway` or `baseline`): `echo_hot`,
+//! `echo_ext`, `fanout_hot`, `fanout_chat`, `idle`, `connect_static`,
+//! `connect_jwt`. Medians are taken per (case, server) over runs; a fan-out
+//! sweep's "highest rate with 100% delivery" is the median over runs of the
+//! highest step rate at which that run delivered every expected frame (every
+//! lower step having done so too).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::Value;
+
+/// `results` flags.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ResultsArgs {
+    /// JSON lines written by the bench runs (`--json --tag case=.. --tag server=..`).
+    #[arg(long)]
+    input: PathBuf,
+    /// Replace the text between `<!-- bench:results:begin -->` and
+    /// `<!-- bench:results:end -->` in this file with the tables.
+    #[arg(long)]
+    update: Option<PathBuf>,
+    /// Extra `key=value` lines for the header (commit, date, settings).
+    #[arg(long = "meta")]
+    meta: Vec<String>,
+}
+
+const BEGIN: &str = "<!-- bench:results:begin -->";
+const END: &str = "<!-- bench:results:end -->";
+
+/// Runs the subcommand: prints the tables and optionally updates a file.
+///
+/// # Errors
+/// Unreadable input, or an `--update` file without the markers.
+pub(crate) fn run(args: ResultsArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let mut runs: Vec<Value> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        runs.push(
+            serde_json::from_str(line).with_context(|| {
+                format!("{}:{}: not a JSON summary", args.input.display(), i + 1)
+            })?,
+        );
+    }
+    let md = render(&runs, &args.meta);
+    println!("{md}");
+    if let Some(path) = &args.update {
+        let doc = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
+            bail!("{} has no {BEGIN} ... {END} markers", path.display());
+        };
+        if e < b {
+            bail!(
+                "{}: the end marker comes before the begin marker",
+                path.display()
+            );
+        }
+        let updated = format!("{}{BEGIN}\n{md}\n{}", &doc[..b], &doc[e..]);
+        std::fs::write(path, updated)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("updated {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs of one (case, server).
+fn select<'a>(runs: &'a [Value], case: &str, server: &str) -> Vec<&'a Value> {
+    runs.iter()
+        .filter(|r| r["case"] == case && r["server"] == server)
+        .collect()
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.retain(|x| x.is_finite());
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    Some(if xs.len() % 2 == 1 {
+        xs[m]
+    } else {
+        (xs[m - 1] + xs[m]) / 2.0
+    })
+}
+
+/// Median of a numeric field over runs.
+fn med(runs: &[&Value], key: &str) -> Option<f64> {
+    median(runs.iter().filter_map(|r| r[key].as_f64()).collect())
+}
+
+fn fmt(x: Option<f64>) -> String {
+    match x {
+        None => "–".to_owned(),
+        Some(v) if v.abs() >= 1000.0 => format_thousands(v.round()),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+fn format_thousands(v: f64) -> String {
+    let s = format!("{}", v.abs() as u64);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 { format!("-{out}") } else { out }
+}
+
+/// Highest passing rate of one sweep run (steps ascending; stops at the first
+/// step short of 100%).
+fn max_passing_rate(run: &Value) -> Option<f64> {
+    let mut best = None;
+    for step in run["steps"].as_array()? {
+        let ok = step["expected"].as_u64().is_some_and(|e| e > 0)
+            && step["delivered"] == step["expected"];
+        if !ok {
+            break;
+        }
+        best = step["rate_per_room"].as_f64();
+    }
+    best
+}
+
+/// Median of a step field at `rate` over the runs whose step at that rate passed.
+fn step_med(runs: &[&Value], rate: f64, key: &str) -> Option<f64> {
+    median(
+        runs.iter()
+            .filter_map(|r| {
+                r["steps"].as_array()?.iter().find(|s| {
+                    s["rate_per_room"].as_f64() == Some(rate) && s["delivered"] == s["expected"]
+                })
+            })
+            .filter_map(|s| s[key].as_f64())
+            .collect(),
+    )
+}
+
+/// Deliveries per second one publication rate means for a sweep's runs.
+fn deliveries_at(runs: &[&Value], rate: f64) -> Option<f64> {
+    let r = runs.first()?;
+    Some(rate * r["rooms"].as_f64()? * r["recipients_per_publish"].as_f64()?)
+}
+
+struct Budget {
+    /// Median CPU other processes used during the runs behind this line
+    /// (percent of one core): noise when not near 0.
+    noise: Option<f64>,
+    line: &'static str,
+    target: &'static str,
+    gateway: Option<f64>,
+    baseline: Option<f64>,
+    /// Pass test on (gateway, ratio).
+    verdict: Option<bool>,
+    ratio: Option<f64>,
+    unit: &'static str,
+}
+
+fn ratio(g: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (g, b) {
+        (Some(g), Some(b)) if b > 0.0 => Some(g / b),
+        _ => None,
+    }
+}
+
+fn render(runs: &[Value], meta: &[String]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "{}", machine());
+    for m in meta {
+        if let Some((k, v)) = m.split_once('=') {
+            let _ = writeln!(md, "- {k}: {v}");
+        }
+    }
+    let _ = writeln!(md);
+
+    // --- Budget lines.
+    let mut budget = Vec::new();
+    let (gi, bi) = (
+        select(runs, "idle", "gateway"),
+        select(runs, "idle", "baseline"),
+    );
+    let g = med(&gi, "server_kib_per_conn");
+    let b = med(&bi, "server_kib_per_conn");
+    let conns = gi
+        .first()
+        .and_then(|r| r["connections"].as_u64())
+        .unwrap_or(0);
+    let noise = |a: &[&Value], b: &[&Value]| {
+        median(
+            a.iter()
+                .chain(b)
+                .filter_map(|r| r["other_cpu_pct"].as_f64())
+                .collect(),
+        )
+    };
+    budget.push(Budget {
+        noise: noise(&gi, &bi),
+        line: "Idle memory: RSS per authenticated idle connection",
+        target: "≤ 4 KiB",
+        gateway: g,
+        baseline: b,
+        ratio: ratio(g, b),
+        verdict: g.map(|g| g <= 4.0),
+        unit: "KiB",
+    });
+    let (ge, be) = (
+        select(runs, "echo_hot", "gateway"),
+        select(runs, "echo_hot", "baseline"),
+    );
+    let (g, b) = (
+        med(&ge, "server_cpu_us_per_msg"),
+        med(&be, "server_cpu_us_per_msg"),
+    );
+    budget.push(Budget {
+        noise: noise(&ge, &be),
+        line: "Hot echo: server CPU per message",
+        target: "≤ 1.3× baseline",
+        gateway: g,
+        baseline: b,
+        ratio: ratio(g, b),
+        verdict: ratio(g, b).map(|r| r <= 1.3),
+        unit: "µs",
+    });
+    let (gf, bf) = (
+        select(runs, "fanout_hot", "gateway"),
+        select(runs, "fanout_hot", "baseline"),
+    );
+    let g_rate = median(gf.iter().filter_map(|r| max_passing_rate(r)).collect());
+    let b_rate = median(bf.iter().filter_map(|r| max_passing_rate(r)).collect());
+    let (g_del, b_del) = (
+        g_rate.and_then(|r| deliveries_at(&gf, r)),
+        b_rate.and_then(|r| deliveries_at(&bf, r)),
+    );
+    let sweep_noise = |rate: Option<f64>| {
+        rate.and_then(|rate| {
+            median(
+                [&gf, &bf]
+                    .iter()
+                    .filter_map(|rs| step_med(rs, rate, "other_cpu_pct"))
+                    .collect(),
+            )
+        })
+    };
+    budget.push(Budget {
+        noise: sweep_noise(g_rate),
+        line: "Hot relay 10×100, 32 B: highest rate with 100% delivery",
+        target: "≥ 0.8× baseline",
+        gateway: g_del,
+        baseline: b_del,
+        ratio: ratio(g_del, b_del),
+        verdict: ratio(g_del, b_del).map(|r| r >= 0.8),
+        unit: "deliveries/s",
+    });
+    // "At the same rate": the gateway's highest passing rate, or the baseline's
+    // when the gateway passed none.
+    let same = g_rate.or(b_rate);
+    let (g, b) = match same {
+        Some(rate) => (
+            step_med(&gf, rate, "server_cpu_us_per_delivery"),
+            step_med(&bf, rate, "server_cpu_us_per_delivery"),
+        ),
+        None => (None, None),
+    };
+    budget.push(Budget {
+        noise: sweep_noise(same),
+        line: "Hot relay: server CPU per delivery (same rate)",
+        target: "≤ 1.2× baseline",
+        gateway: g,
+        baseline: b,
+        ratio: ratio(g, b),
+        verdict: ratio(g, b).map(|r| r <= 1.2),
+        unit: "µs",
+    });
+    let (g, b) = match same {
+        Some(rate) => (
+            step_med(&gf, rate, "latency_p99_us"),
+            step_med(&bf, rate, "latency_p99_us"),
+        ),
+        None => (None, None),
+    };
+    budget.push(Budget {
+        noise: sweep_noise(same),
+        line: "Hot relay: p99 delivery latency (same rate)",
+        target: "≤ 1.5× baseline",
+        gateway: g,
+        baseline: b,
+        ratio: ratio(g, b),
+        verdict: ratio(g, b).map(|r| r <= 1.5),
+        unit: "µs",
+    });
+    let (gc, bc) = (
+        select(runs, "connect_jwt", "gateway"),
+        select(runs, "connect_jwt", "baseline"),
+    );
+    let (g, b) = (med(&gc, "handshakes_per_s"), med(&bc, "handshakes_per_s"));
+    budget.push(Budget {
+        noise: noise(&gc, &bc),
+        line: "Handshakes: JWT connects/s vs baseline upgrades/s",
+        target: "≥ 0.7× baseline",
+        gateway: g,
+        baseline: b,
+        ratio: ratio(g, b),
+        verdict: ratio(g, b).map(|r| r >= 0.7),
+        unit: "/s",
+    });
+
+    let _ = writeln!(md, "### Budget\n");
+    let _ = writeln!(
+        md,
+        "| budget line | target | gateway | baseline | ratio | verdict | other CPU % |\n|---|---|---:|---:|---:|---|---:|"
+    );
+    for l in &budget {
+        let line = if l.line.starts_with("Idle") && conns > 0 {
+            format!(
+                "{} @ {} connections",
+                l.line,
+                format_thousands(conns as f64)
+            )
+        } else {
+            l.line.to_owned()
+        };
+        let _ = writeln!(
+            md,
+            "| {line} | {} | {} {unit} | {} {unit} | {} | {} | {} |",
+            l.target,
+            fmt(l.gateway),
+            fmt(l.baseline),
+            l.ratio.map_or("–".to_owned(), |r| format!("{r:.2}×")),
+            match l.verdict {
+                Some(true) => "**pass**",
+                Some(false) => "**MISS**",
+                None => "not measured",
+            },
+            fmt(l.noise),
+            unit = l.unit,
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| Ext echo through the Rust plugin | – | pending plugin host | – | – | pending | – |"
+    );
+    if let Some(rate) = same {
+        let _ = writeln!(
+            md,
+            "\nSame-rate comparisons use {} publications/s per room ({} deliveries/s).",
+            fmt(Some(rate)),
+            fmt(deliveries_at(&gf, rate).or(deliveries_at(&bf, rate)))
+        );
+    }
+
+    // --- Every measurement.
+    let _ = writeln!(md, "\n### All measurements (medians over runs)\n");
+    let table = |md: &mut String, case: &str, cols: &[(&str, &str)]| {
+        let _ = writeln!(
+            md,
+            "| {case} | runs | {} |\n|---|---:|{}",
+            cols.iter().map(|c| c.1).collect::<Vec<_>>().join(" | "),
+            "---:|".repeat(cols.len())
+        );
+        for server in ["gateway", "baseline"] {
+            let rs = select(runs, case, server);
+            if rs.is_empty() {
+                continue;
+            }
+            let cells: Vec<String> = cols.iter().map(|(k, _)| fmt(med(&rs, k))).collect();
+            let _ = writeln!(md, "| {server} | {} | {} |", rs.len(), cells.join(" | "));
+        }
+        let _ = writeln!(md);
+    };
+    let echo_cols = [
+        ("msgs_per_s", "msgs/s"),
+        ("rtt_p50_us", "RTT p50 µs"),
+        ("rtt_p90_us", "p90"),
+        ("rtt_p99_us", "p99"),
+        ("rtt_p99_9_us", "p99.9"),
+        ("server_cpu_us_per_msg", "server CPU µs/msg"),
+        ("server_cpu_pct", "server CPU %"),
+        ("client_cpu_pct", "client CPU %"),
+        ("other_cpu_pct", "other CPU %"),
+    ];
+    table(&mut md, "echo_hot", &echo_cols);
+    table(&mut md, "echo_ext", &echo_cols);
+    let connect_cols = [
+        ("handshakes_per_s", "handshakes/s"),
+        ("handshake_p50_us", "p50 µs"),
+        ("handshake_p99_us", "p99 µs"),
+        ("server_cpu_us_per_handshake", "server CPU µs/handshake"),
+        ("server_cpu_pct", "server CPU %"),
+        ("client_cpu_pct", "client CPU %"),
+        ("other_cpu_pct", "other CPU %"),
+        ("failed", "failed"),
+    ];
+    table(&mut md, "connect_static", &connect_cols);
+    table(&mut md, "connect_jwt", &connect_cols);
+    table(
+        &mut md,
+        "idle",
+        &[
+            ("authenticated", "authenticated"),
+            ("server_rss_before_kib", "RSS before KiB"),
+            ("server_rss_after_kib", "RSS after KiB"),
+            ("server_kib_per_conn", "KiB/conn"),
+            ("connects_per_s", "connects/s"),
+            ("connect_p99_us", "connect p99 µs"),
+            ("server_cpu_us_per_connect", "server CPU µs/connect"),
+            ("client_kib_per_conn", "client KiB/conn"),
+            ("other_cpu_pct", "other CPU %"),
+        ],
+    );
+    for case in ["fanout_hot", "fanout_chat"] {
+        sweep_table(&mut md, runs, case);
+    }
+    md
+}
+
+/// One row per (server, rate) of a fan-out sweep.
+fn sweep_table(md: &mut String, runs: &[Value], case: &str) {
+    let cols = [
+        ("deliveries_per_s", "deliveries/s"),
+        ("delivery_pct", "delivered %"),
+        ("latency_p50_us", "p50 µs"),
+        ("latency_p99_us", "p99 µs"),
+        ("latency_p99_9_us", "p99.9 µs"),
+        ("server_cpu_us_per_delivery", "server CPU µs/delivery"),
+        ("server_cpu_pct", "server CPU %"),
+        ("client_cpu_pct", "client CPU %"),
+        ("other_cpu_pct", "other CPU %"),
+    ];
+    let mut header_done = false;
+    for server in ["gateway", "baseline"] {
+        let rs = select(runs, case, server);
+        if rs.is_empty() {
+            continue;
+        }
+        if !header_done {
+            let shape = rs
+                .first()
+                .map(|r| {
+                    format!(
+                        "{} rooms × {} members, {} recipients per publication",
+                        r["rooms"], r["members"], r["recipients_per_publish"]
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(md, "{case} ({shape}):\n");
+            let _ = writeln!(
+                md,
+                "| server | rate/room | runs passing 100% | {} |\n|---|---:|---:|{}",
+                cols.iter().map(|c| c.1).collect::<Vec<_>>().join(" | "),
+                "---:|".repeat(cols.len())
+            );
+            header_done = true;
+        }
+        let mut by_rate: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
+        for r in &rs {
+            for s in r["steps"].as_array().into_iter().flatten() {
+                if let Some(rate) = s["rate_per_room"].as_f64() {
+                    by_rate.entry((rate * 1000.0) as u64).or_default().push(s);
+                }
+            }
+        }
+        for (rate, steps) in by_rate {
+            let passing = steps
+                .iter()
+                .filter(|s| s["delivered"] == s["expected"])
+                .count();
+            let cells: Vec<String> = cols.iter().map(|(k, _)| fmt(med(&steps, k))).collect();
+            let _ = writeln!(
+                md,
+                "| {server} | {} | {passing}/{} | {} |",
+                fmt(Some(rate as f64 / 1000.0)),
+                steps.len(),
+                cells.join(" | ")
+            );
+        }
+    }
+    if header_done {
+        let _ = writeln!(md);
+    }
+}
+
+/// CPU model, cores, memory and kernel of this machine, from `/proc`.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("- machine: {cores} × {model}, {mem} RAM, Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn medians_and_sweeps() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+        let run = json!({"steps": [
+            {"rate_per_room": 10.0, "expected": 5, "delivered": 5},
+            {"rate_per_room": 20.0, "expected": 9, "delivered": 9},
+            {"rate_per_room": 40.0, "expected": 9, "delivered": 8},
+            {"rate_per_room": 80.0, "expected": 9, "delivered": 9},
+        ]});
+        assert_eq!(max_passing_rate(&run), Some(20.0));
+        assert_eq!(format_thousands(1234567.0), "1,234,567");
+    }
+}
