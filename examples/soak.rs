@@ -111,7 +111,7 @@ impl Gateway {
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "error,wsprism=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -218,14 +218,17 @@ async fn join(ws: &mut Ws, room: &str) -> bool {
 async fn benign(ws: Ws, room: String, probe: bool, stats: Arc<Stats>) {
     let (mut tx, mut rx) = ws.split();
     let start = Instant::now();
+    // Probes time only their own messages (other probes may share the room).
+    let marker = format!("\"msg\":\"probe:{:016x}:", rand::random::<u64>());
+    let reader_marker = marker.clone();
     let reader_stats = Arc::clone(&stats);
     let reader = tokio::spawn(async move {
         while let Some(msg) = rx.next().await {
             match msg {
                 Ok(Message::Text(t)) => {
                     reader_stats.benign_received.fetch_add(1, Ordering::Relaxed);
-                    if probe && let Some(at) = t.as_str().find("\"msg\":\"probe:") {
-                        let rest = &t.as_str()[at + 13..];
+                    if probe && let Some(at) = t.as_str().find(&reader_marker) {
+                        let rest = &t.as_str()[at + reader_marker.len()..];
                         let nanos: String = rest.chars().take_while(char::is_ascii_digit).collect();
                         if let Ok(sent) = nanos.parse::<u64>() {
                             let now = start.elapsed().as_micros() as u64;
@@ -258,7 +261,7 @@ async fn benign(ws: Ws, room: String, probe: bool, stats: Arc<Stats>) {
     while !stats.stopping.load(Ordering::Relaxed) {
         tick.tick().await;
         let msg = if probe {
-            format!("probe:{}", start.elapsed().as_micros())
+            format!("{}{}", &marker[7..], start.elapsed().as_micros())
         } else {
             "hello room".to_owned()
         };
@@ -535,7 +538,13 @@ fn percentile(v: &mut [u32], p: f64) -> f64 {
 fn main() {
     let a = args();
     // Attack attempts that are refused end with a panic in their own task.
-    std::panic::set_hook(Box::new(|_| {}));
+    // Only the driver itself (the main thread) reports panics.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some("main") {
+            default_hook(info);
+        }
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
