@@ -250,6 +250,28 @@ async fn reliable_overflow_closes_the_slow_consumer_with_4002() {
         ),
         1.0
     );
+    // The session ends once the client answers the close or the close handshake
+    // times out (2 s); `slow` is not read any more, so allow for the timeout.
+    let mut closed = 0.0;
+    for _ in 0..250 {
+        closed = metric(
+            &gw.metrics().await,
+            "wsprism_sessions_closed_total{reason=\"slow_consumer\",tenant=\"acme\"}",
+        );
+        if closed > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = gw.metrics().await;
+    let lines: Vec<&str> = all
+        .lines()
+        .filter(|l| l.starts_with("wsprism_sessions_closed"))
+        .collect();
+    assert_eq!(
+        closed, 1.0,
+        "4002 is counted under its own reason: {lines:?}"
+    );
 }
 
 #[tokio::test]

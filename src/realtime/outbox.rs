@@ -198,6 +198,11 @@ impl Outbox {
         self.queues.lock().close.is_some()
     }
 
+    /// The close code requested, if any (why the gateway is ending the session).
+    pub fn close_code(&self) -> Option<CloseCode> {
+        self.queues.lock().close.as_ref().map(|c| c.code)
+    }
+
     /// Lossy frames dropped so far.
     pub fn lossy_dropped(&self) -> u64 {
         self.lossy_dropped.load(Ordering::Relaxed)

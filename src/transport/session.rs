@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::writer;
+use super::writer::{self, WriterEnd};
 use crate::error::CloseCode;
 use crate::gateway::{Gateway, Tenant};
 use crate::lanes::{self, Flow, SessionCtx};
@@ -126,16 +126,16 @@ async fn serve(socket: WebSocket, guard: SessionGuard) {
     let (mut sink, mut stream) = socket.split();
     let reader = read_loop(&mut stream, &mut ctx, idle);
     let writer = writer::run(&mut sink, &outbox, &counters, ping_every, send_timeout);
-    let (end, writer_done) = tokio::select! {
-        end = reader => (end, false),
-        sent_close = writer => (if sent_close { ReaderEnd::Close(CloseCode::Normal) } else { ReaderEnd::Gone }, true),
+    let (end, writer_end) = tokio::select! {
+        end = reader => (end, None),
+        done = writer => (ReaderEnd::Gone, Some(done)),
     };
 
     let reason;
-    if writer_done {
+    if let Some(done) = writer_end {
         // The writer sent a close frame (or the socket failed): give the peer a
         // moment to answer so the close handshake is clean.
-        if matches!(end, ReaderEnd::Close(_)) {
+        if matches!(done, WriterEnd::Closed(_)) {
             let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
                 while let Some(Ok(msg)) = stream.next().await {
                     if matches!(msg, Message::Close(_)) {
@@ -145,7 +145,7 @@ async fn serve(socket: WebSocket, guard: SessionGuard) {
             })
             .await;
         }
-        reason = "closed_by_gateway";
+        reason = done.label();
     } else {
         match end {
             ReaderEnd::PeerClosed => {
@@ -161,9 +161,8 @@ async fn serve(socket: WebSocket, guard: SessionGuard) {
                     CLOSE_HANDSHAKE_TIMEOUT + send_timeout,
                     writer::run(&mut sink, &outbox, &counters, ping_every, send_timeout),
                 )
-                .await
-                .unwrap_or(false);
-                if sent {
+                .await;
+                if matches!(sent, Ok(WriterEnd::Closed(_))) {
                     let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
                         while let Some(Ok(msg)) = stream.next().await {
                             if matches!(msg, Message::Close(_)) {
@@ -176,6 +175,9 @@ async fn serve(socket: WebSocket, guard: SessionGuard) {
             }
         }
     }
+    // A close the gateway requested names the reason, whichever half noticed the
+    // end first.
+    let reason = outbox.close_code().map_or(reason, CloseCode::label);
     gw.metrics
         .sessions_closed
         .with_label_values(&[&guard.tenant.id, reason])

@@ -12,6 +12,7 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::error::CloseCode;
 use crate::obs::metrics::SessionCounters;
 use crate::realtime::outbox::{Batch, Outbox};
 
@@ -20,8 +21,28 @@ const MAX_BATCH: usize = 64;
 /// Batch capacity kept between wake-ups (idle sessions are the common case).
 const IDLE_BATCH_CAPACITY: usize = 8;
 
-/// Writes until the session must end. Returns true when a close frame was sent,
-/// false when the socket failed or a write timed out.
+/// How the writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriterEnd {
+    /// A close frame with this code was sent.
+    Closed(CloseCode),
+    /// The socket failed or a write timed out, while closing with this code if
+    /// a close had been requested.
+    Failed(Option<CloseCode>),
+}
+
+impl WriterEnd {
+    /// Metric label for why the session ended.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Closed(code) | Self::Failed(Some(code)) => code.label(),
+            Self::Failed(None) => "write_failed",
+        }
+    }
+}
+
+/// Writes until the session must end: a requested close was sent, or the socket
+/// failed or timed out.
 ///
 /// # Cancel safety
 /// Frames taken from the outbox are lost if this future is dropped mid-write; the
@@ -32,7 +53,7 @@ pub(crate) async fn run(
     counters: &SessionCounters,
     ping_every: Duration,
     send_timeout: Duration,
-) -> bool {
+) -> WriterEnd {
     let mut batch: Vec<Message> = Vec::new();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -43,18 +64,21 @@ pub(crate) async fn run(
                     Batch::Frames => None,
                     Batch::Close(c) => Some(c),
                 };
+                let closing = close.as_ref().map(|c| c.code);
                 if !write_batch(sink, &mut batch, counters, send_timeout).await {
-                    return false;
+                    return WriterEnd::Failed(closing);
                 }
                 if let Some(c) = close {
                     let frame = Message::Close(Some(CloseFrame {
                         code: c.code.code(),
                         reason: Utf8Bytes::from_static(c.reason),
                     }));
-                    return matches!(
-                        tokio::time::timeout(send_timeout, sink.send(frame)).await,
-                        Ok(Ok(()))
-                    );
+                    let sent = tokio::time::timeout(send_timeout, sink.send(frame)).await;
+                    return if matches!(sent, Ok(Ok(()))) {
+                        WriterEnd::Closed(c.code)
+                    } else {
+                        WriterEnd::Failed(Some(c.code))
+                    };
                 }
                 // An idle session should not keep a batch-sized buffer alive; a busy
                 // one re-grows it at most once per batch.
@@ -65,7 +89,7 @@ pub(crate) async fn run(
             _ = ping.tick() => {
                 let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(bytes::Bytes::new()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
-                    return false;
+                    return WriterEnd::Failed(None);
                 }
             }
         }
