@@ -113,7 +113,11 @@ async fn unknown_plugin_is_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fault_fails_only_its_own_call() {
     let dir = plugin_dir(&[("echo", "echo"), ("faults", "faults")]);
-    let h = start(&plugins_cfg(dir.path())).await;
+    // A CPU budget far above what the memory bomb needs to reach the memory cap,
+    // so a loaded machine cannot turn the expected trap into a timeout.
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.call_timeout_ms = 1_000;
+    let h = start(&cfg).await;
     type Check = fn(&PluginError) -> bool;
     let cases: &[(&str, Check)] = &[
         ("loop", |e| *e == PluginError::Timeout),

@@ -128,7 +128,7 @@ pub fn plugins_cfg(dir: &Path) -> PluginsConfig {
     PluginsConfig {
         dir: dir.to_string_lossy().into_owned(),
         watch: false,
-        call_timeout_ms: 50,
+        call_timeout_ms: 250,
         max_memory_bytes: 16 * 1024 * 1024,
         instances_per_plugin: 2,
         ..PluginsConfig::default()
