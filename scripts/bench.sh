@@ -43,18 +43,34 @@ RELAY_URL=ws://127.0.0.1:18082
 
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT="$TARGET_DIR/bench"
-BIN="$TARGET_DIR/release"
+BIN="$OUT/bin"
 RESULTS="$OUT/results.jsonl"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$BIN"
 
 # 10,000 connections need 10,000 descriptors on each side.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 echo "== open files limit: $(ulimit -n)"
 
-if [ "$SKIP_BUILD" != 1 ]; then
-  echo "== cargo build --release --bin wsprism --bin wsprism-bench"
-  cargo build --release --bin wsprism --bin wsprism-bench
+# A shared CARGO_TARGET_DIR may be used by other checkouts of this package,
+# whose builds replace target/release/wsprism at any time. Copy the binaries
+# right after the build and check that the copies were compiled from this
+# checkout (their debug info names it as the compilation directory).
+ours() { grep -qaF "$PWD" "$1"; }
+if [ "$SKIP_BUILD" != 1 ] || [ ! -x "$BIN/wsprism" ] || [ ! -x "$BIN/wsprism-bench" ]; then
+  for attempt in 1 2 3; do
+    echo "== cargo build --release --bin wsprism --bin wsprism-bench"
+    cargo build --release --bin wsprism --bin wsprism-bench
+    cp "$TARGET_DIR/release/wsprism" "$TARGET_DIR/release/wsprism-bench" "$BIN/"
+    if ours "$BIN/wsprism" && ours "$BIN/wsprism-bench"; then break; fi
+    echo "   $TARGET_DIR/release held another checkout's binaries; building again" >&2
+    if [ "$attempt" = 3 ]; then
+      echo "cannot obtain this checkout's binaries from $TARGET_DIR" >&2
+      exit 1
+    fi
+  done
 fi
+ours "$BIN/wsprism" || { echo "$BIN/wsprism was not built from $PWD" >&2; exit 1; }
+echo "== binaries: $BIN (built from $PWD)"
 
 # A per-run random secret unless one is given; the jwt gateway reads it from
 # the environment (secret_env), the bench gets it on its command line.
@@ -133,13 +149,14 @@ wait_quiet() {
   done
 }
 
-# bench CASE SERVER RUN MODE ARGS...: one run, its JSON summary appended to $RESULTS.
+# bench CASE SERVER RUN PID MODE ARGS...: one run against server PID, its JSON
+# summary appended to $RESULTS.
 bench() {
-  local case=$1 server=$2 run=$3
-  shift 3
+  local case=$1 server=$2 run=$3 pid=$4
+  shift 4
   wait_quiet
   echo "-- $case / $server / run $run: wsprism-bench $*"
-  "${PIN_CLIENT[@]}" "$BIN/wsprism-bench" "$@" --pid "$SERVER_PID" --json --quiet \
+  "${PIN_CLIENT[@]}" "$BIN/wsprism-bench" "$@" --pid "$pid" --json --quiet \
     --tag "case=$case" --tag "server=$server" --tag "run=$run" >>"$RESULTS" \
     2>>"$OUT/bench.log"
 }
@@ -149,46 +166,52 @@ wants() { [[ " $ONLY " == *" $1 "* ]]; }
 : >"$RESULTS"
 echo "== results -> $RESULTS (logs in $OUT/*.log)"
 
-# --- Echo, fan-out and handshakes against one long-lived server each.
+# --- Echo, fan-out and handshakes: all four servers stay up (idle ones cost no
+# CPU) and gateway and baseline runs alternate, so both see the same machine.
+start_gateway bench/wsprism-bench.yaml 18080
+GW=$SERVER_PID
+start_gateway bench/wsprism-bench-jwt.yaml 18083
+GW_JWT=$SERVER_PID
+start_baseline echo 18081
+BL_ECHO=$SERVER_PID
+start_baseline relay 18082
+BL_RELAY=$SERVER_PID
+
 ECHO_ARGS=(echo -c "$ECHO_CONNS" --duration "$DURATION" --warmup 1 --payload 32)
 FANOUT_ARGS=(fanout --rooms 10 --members 100 --payload 32 --duration "$FANOUT_DURATION" --drain 2)
-for server in gateway baseline; do
-  if [ "$server" = gateway ]; then
-    start_gateway bench/wsprism-bench.yaml 18080
-    echo_url=$GATEWAY_URL relay_url=$GATEWAY_URL
-  else
-    start_baseline echo 18081
-    echo_url=$ECHO_URL relay_url=
+JWT_ARGS=(connect --tenant jwt --jwt-secret "$BENCH_JWT_SECRET" -c "$CONNECT_CONC" --duration "$DURATION")
+for run in $(seq 1 "$RUNS"); do
+  if wants echo_hot; then
+    bench echo_hot gateway "$run" "$GW" "${ECHO_ARGS[@]}" --url "$GATEWAY_URL" --lane hot
+    bench echo_hot baseline "$run" "$BL_ECHO" "${ECHO_ARGS[@]}" --url "$ECHO_URL" --lane hot
   fi
-  for run in $(seq 1 "$RUNS"); do
-    if wants echo_hot; then bench echo_hot "$server" "$run" "${ECHO_ARGS[@]}" --url "$echo_url" --lane hot; fi
-    if wants echo_ext; then bench echo_ext "$server" "$run" "${ECHO_ARGS[@]}" --url "$echo_url" --lane ext --svc echo --type echo; fi
-    if wants connect_static; then bench connect_static "$server" "$run" connect --url "$echo_url" -c "$CONNECT_CONC" --duration "$DURATION"; fi
-  done
-  if [ "$server" = baseline ]; then
-    # The jwt comparison: same client work (a token signed per connection),
-    # the baseline just does not verify it.
-    for run in $(seq 1 "$RUNS"); do
-      if wants connect_jwt; then bench connect_jwt baseline "$run" connect --url "$echo_url" --tenant jwt --jwt-secret "$BENCH_JWT_SECRET" -c "$CONNECT_CONC" --duration "$DURATION"; fi
-    done
-    stop_server
-    start_baseline relay 18082
-    relay_url=$RELAY_URL
+  if wants echo_ext; then
+    bench echo_ext gateway "$run" "$GW" "${ECHO_ARGS[@]}" --url "$GATEWAY_URL" --lane ext --svc echo --type echo
+    bench echo_ext baseline "$run" "$BL_ECHO" "${ECHO_ARGS[@]}" --url "$ECHO_URL" --lane ext --svc echo --type echo
   fi
-  for run in $(seq 1 "$RUNS"); do
-    if wants fanout_hot; then bench fanout_hot "$server" "$run" "${FANOUT_ARGS[@]}" --url "$relay_url" --lane hot --rate "$FANOUT_RATES" --stop-on-loss; fi
-    if wants fanout_chat; then bench fanout_chat "$server" "$run" "${FANOUT_ARGS[@]}" --url "$relay_url" --lane chat --rate "$CHAT_RATE"; fi
-  done
+  if wants connect_static; then
+    bench connect_static gateway "$run" "$GW" connect --url "$GATEWAY_URL" -c "$CONNECT_CONC" --duration "$DURATION"
+    bench connect_static baseline "$run" "$BL_ECHO" connect --url "$ECHO_URL" -c "$CONNECT_CONC" --duration "$DURATION"
+  fi
+  if wants connect_jwt; then
+    # Same client work on both sides (a token signed per connection); the
+    # baseline does not verify it.
+    bench connect_jwt gateway "$run" "$GW_JWT" "${JWT_ARGS[@]}" --url "$JWT_URL"
+    bench connect_jwt baseline "$run" "$BL_ECHO" "${JWT_ARGS[@]}" --url "$ECHO_URL"
+  fi
+  if wants fanout_hot; then
+    bench fanout_hot gateway "$run" "$GW" "${FANOUT_ARGS[@]}" --url "$GATEWAY_URL" --lane hot --rate "$FANOUT_RATES" --stop-on-loss
+    bench fanout_hot baseline "$run" "$BL_RELAY" "${FANOUT_ARGS[@]}" --url "$RELAY_URL" --lane hot --rate "$FANOUT_RATES" --stop-on-loss
+  fi
+  if wants fanout_chat; then
+    bench fanout_chat gateway "$run" "$GW" "${FANOUT_ARGS[@]}" --url "$GATEWAY_URL" --lane chat --rate "$CHAT_RATE"
+    bench fanout_chat baseline "$run" "$BL_RELAY" "${FANOUT_ARGS[@]}" --url "$RELAY_URL" --lane chat --rate "$CHAT_RATE"
+  fi
+done
+for p in "$GW" "$GW_JWT" "$BL_ECHO" "$BL_RELAY"; do
+  SERVER_PID=$p
   stop_server
 done
-
-if wants connect_jwt; then
-  start_gateway bench/wsprism-bench-jwt.yaml 18083
-  for run in $(seq 1 "$RUNS"); do
-    bench connect_jwt gateway "$run" connect --url "$JWT_URL" --tenant jwt --jwt-secret "$BENCH_JWT_SECRET" -c "$CONNECT_CONC" --duration "$DURATION"
-  done
-  stop_server
-fi
 
 # --- Idle memory: a fresh server per run, so freed-but-retained heap from an
 # earlier run cannot hide the growth.
@@ -196,11 +219,11 @@ if wants idle; then
   for run in $(seq 1 "$RUNS"); do
     start_gateway bench/wsprism-bench.yaml 18080
     sleep 1
-    bench idle gateway "$run" idle --url "$GATEWAY_URL" -n "$IDLE_CONNS" --hold 3
+    bench idle gateway "$run" "$SERVER_PID" idle --url "$GATEWAY_URL" -n "$IDLE_CONNS" --hold 3
     stop_server
     start_baseline echo 18081
     sleep 1
-    bench idle baseline "$run" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
+    bench idle baseline "$run" "$SERVER_PID" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
     stop_server
   done
 fi

@@ -31,6 +31,57 @@ pub(crate) struct ResultsArgs {
     /// Extra `key=value` lines for the header (commit, date, settings).
     #[arg(long = "meta")]
     meta: Vec<String>,
+    /// Leave out runs during which other processes used more than this many
+    /// percent of one core (`other_cpu_pct`), as long as a quieter run of the
+    /// same case and server exists.
+    #[arg(long, default_value_t = 25.0)]
+    max_noise: f64,
+    /// Publications per second per room at which both servers' fan-out CPU
+    /// and latency are also compared (a rate neither side saturates at).
+    #[arg(long, default_value_t = 50.0)]
+    reference_rate: f64,
+}
+
+/// Runs per (case, server) before the noise filter.
+type Totals = BTreeMap<(String, String), usize>;
+
+/// CPU other processes used during a run (fan-out: median over its steps).
+fn run_noise(r: &Value) -> Option<f64> {
+    r["other_cpu_pct"].as_f64().or_else(|| {
+        median(
+            r["steps"]
+                .as_array()?
+                .iter()
+                .filter_map(|s| s["other_cpu_pct"].as_f64())
+                .collect(),
+        )
+    })
+}
+
+/// Drops noisy runs of every (case, server) that has at least one quiet run.
+fn keep_quiet(runs: Vec<Value>, max_noise: f64) -> (Vec<Value>, Totals) {
+    let key = |r: &Value| {
+        (
+            r["case"].as_str().unwrap_or_default().to_owned(),
+            r["server"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    // Sweeps are filtered per step (`quiet_steps`): one noisy step says little
+    // about the others.
+    let quiet = |r: &Value| r["steps"].is_array() || run_noise(r).is_none_or(|n| n <= max_noise);
+    let mut totals = Totals::new();
+    let mut has_quiet = BTreeMap::new();
+    for r in &runs {
+        *totals.entry(key(r)).or_default() += 1;
+        if quiet(r) {
+            has_quiet.insert(key(r), true);
+        }
+    }
+    let kept = runs
+        .into_iter()
+        .filter(|r| quiet(r) || !has_quiet.contains_key(&key(r)))
+        .collect();
+    (kept, totals)
 }
 
 const BEGIN: &str = "<!-- bench:results:begin -->";
@@ -54,7 +105,13 @@ pub(crate) fn run(args: ResultsArgs) -> Result<()> {
             })?,
         );
     }
-    let md = render(&runs, &args.meta);
+    let (runs, totals) = keep_quiet(runs, args.max_noise);
+    let mut meta = args.meta.clone();
+    meta.push(format!(
+        "noise filter: runs (fan-out: steps) during which other processes used more than {}% of a core are left out when a quieter one of the same case, server (and rate) exists; the runs columns show kept/total",
+        args.max_noise
+    ));
+    let md = render(&runs, &totals, &meta, args.reference_rate, args.max_noise);
     println!("{md}");
     if let Some(path) = &args.update {
         let doc = std::fs::read_to_string(path)
@@ -140,15 +197,31 @@ fn max_passing_rate(run: &Value) -> Option<f64> {
     best
 }
 
-/// Median of a step field at `rate` over the runs whose step at that rate passed.
-fn step_med(runs: &[&Value], rate: f64, key: &str) -> Option<f64> {
-    median(
-        runs.iter()
-            .filter_map(|r| {
-                r["steps"].as_array()?.iter().find(|s| {
-                    s["rate_per_room"].as_f64() == Some(rate) && s["delivered"] == s["expected"]
-                })
+/// The steps among `steps` measured while other processes used at most
+/// `max_noise` percent of a core, or all of them when none was.
+fn quiet_steps<'a>(steps: Vec<&'a Value>, max_noise: f64) -> Vec<&'a Value> {
+    let quiet: Vec<&Value> = steps
+        .iter()
+        .copied()
+        .filter(|s| s["other_cpu_pct"].as_f64().is_none_or(|n| n <= max_noise))
+        .collect();
+    if quiet.is_empty() { steps } else { quiet }
+}
+
+/// Median of a step field at `rate` over the runs whose step at that rate
+/// passed (quiet steps preferred).
+fn step_med(runs: &[&Value], rate: f64, key: &str, max_noise: f64) -> Option<f64> {
+    let steps = runs
+        .iter()
+        .filter_map(|r| {
+            r["steps"].as_array()?.iter().find(|s| {
+                s["rate_per_room"].as_f64() == Some(rate) && s["delivered"] == s["expected"]
             })
+        })
+        .collect();
+    median(
+        quiet_steps(steps, max_noise)
+            .iter()
             .filter_map(|s| s[key].as_f64())
             .collect(),
     )
@@ -181,7 +254,19 @@ fn ratio(g: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn render(runs: &[Value], meta: &[String]) -> String {
+fn render(
+    runs: &[Value],
+    totals: &Totals,
+    meta: &[String],
+    reference_rate: f64,
+    max_noise: f64,
+) -> String {
+    let total = |case: &str, server: &str| {
+        totals
+            .get(&(case.to_owned(), server.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
     let mut md = String::new();
     let _ = writeln!(md, "{}", machine());
     for m in meta {
@@ -254,7 +339,7 @@ fn render(runs: &[Value], meta: &[String]) -> String {
             median(
                 [&gf, &bf]
                     .iter()
-                    .filter_map(|rs| step_med(rs, rate, "other_cpu_pct"))
+                    .filter_map(|rs| step_med(rs, rate, "other_cpu_pct", max_noise))
                     .collect(),
             )
         })
@@ -269,13 +354,15 @@ fn render(runs: &[Value], meta: &[String]) -> String {
         verdict: ratio(g_del, b_del).map(|r| r >= 0.8),
         unit: "deliveries/s",
     });
-    // "At the same rate": the gateway's highest passing rate, or the baseline's
-    // when the gateway passed none.
-    let same = g_rate.or(b_rate);
+    // "At the same rate": the highest rate both passed.
+    let same = match (g_rate, b_rate) {
+        (Some(g), Some(b)) => Some(g.min(b)),
+        (g, b) => g.or(b),
+    };
     let (g, b) = match same {
         Some(rate) => (
-            step_med(&gf, rate, "server_cpu_us_per_delivery"),
-            step_med(&bf, rate, "server_cpu_us_per_delivery"),
+            step_med(&gf, rate, "server_cpu_us_per_delivery", max_noise),
+            step_med(&bf, rate, "server_cpu_us_per_delivery", max_noise),
         ),
         None => (None, None),
     };
@@ -291,8 +378,8 @@ fn render(runs: &[Value], meta: &[String]) -> String {
     });
     let (g, b) = match same {
         Some(rate) => (
-            step_med(&gf, rate, "latency_p99_us"),
-            step_med(&bf, rate, "latency_p99_us"),
+            step_med(&gf, rate, "latency_p99_us", max_noise),
+            step_med(&bf, rate, "latency_p99_us", max_noise),
         ),
         None => (None, None),
     };
@@ -360,9 +447,30 @@ fn render(runs: &[Value], meta: &[String]) -> String {
     if let Some(rate) = same {
         let _ = writeln!(
             md,
-            "\nSame-rate comparisons use {} publications/s per room ({} deliveries/s).",
+            "\nSame-rate comparisons use {} publications/s per room ({} deliveries/s), the highest rate both servers delivered completely.",
             fmt(Some(rate)),
             fmt(deliveries_at(&gf, rate).or(deliveries_at(&bf, rate)))
+        );
+    }
+    let r = reference_rate;
+    let at = |rs: &[&Value], key: &str| step_med(rs, r, key, max_noise);
+    let (gc, bc) = (
+        at(&gf, "server_cpu_us_per_delivery"),
+        at(&bf, "server_cpu_us_per_delivery"),
+    );
+    let (gp, bp) = (at(&gf, "latency_p99_us"), at(&bf, "latency_p99_us"));
+    if gc.is_some() || bc.is_some() {
+        let _ = writeln!(
+            md,
+            "At the reference rate of {} publications/s per room ({} deliveries/s): server CPU per delivery {} µs vs {} µs ({}), p99 delivery latency {} µs vs {} µs ({}).",
+            fmt(Some(r)),
+            fmt(deliveries_at(&gf, r).or(deliveries_at(&bf, r))),
+            fmt(gc),
+            fmt(bc),
+            ratio(gc, bc).map_or("–".to_owned(), |x| format!("{x:.2}×")),
+            fmt(gp),
+            fmt(bp),
+            ratio(gp, bp).map_or("–".to_owned(), |x| format!("{x:.2}×")),
         );
     }
 
@@ -381,7 +489,13 @@ fn render(runs: &[Value], meta: &[String]) -> String {
                 continue;
             }
             let cells: Vec<String> = cols.iter().map(|(k, _)| fmt(med(&rs, k))).collect();
-            let _ = writeln!(md, "| {server} | {} | {} |", rs.len(), cells.join(" | "));
+            let _ = writeln!(
+                md,
+                "| {server} | {}/{} | {} |",
+                rs.len(),
+                total(case, server),
+                cells.join(" | ")
+            );
         }
         let _ = writeln!(md);
     };
@@ -426,13 +540,19 @@ fn render(runs: &[Value], meta: &[String]) -> String {
         ],
     );
     for case in ["fanout_hot", "fanout_chat"] {
-        sweep_table(&mut md, runs, case);
+        sweep_table(&mut md, runs, case, &total, max_noise);
     }
     md
 }
 
 /// One row per (server, rate) of a fan-out sweep.
-fn sweep_table(md: &mut String, runs: &[Value], case: &str) {
+fn sweep_table(
+    md: &mut String,
+    runs: &[Value],
+    case: &str,
+    total: &dyn Fn(&str, &str) -> usize,
+    max_noise: f64,
+) {
     let cols = [
         ("deliveries_per_s", "deliveries/s"),
         ("delivery_pct", "delivered %"),
@@ -460,10 +580,15 @@ fn sweep_table(md: &mut String, runs: &[Value], case: &str) {
                     )
                 })
                 .unwrap_or_default();
-            let _ = writeln!(md, "{case} ({shape}):\n");
             let _ = writeln!(
                 md,
-                "| server | rate/room | runs passing 100% | {} |\n|---|---:|---:|{}",
+                "{case} ({shape}; runs: gateway {}, baseline {}):\n",
+                total(case, "gateway"),
+                total(case, "baseline"),
+            );
+            let _ = writeln!(
+                md,
+                "| server | rate/room | runs passing 100% | steps kept | {} |\n|---|---:|---:|---:|{}",
                 cols.iter().map(|c| c.1).collect::<Vec<_>>().join(" | "),
                 "---:|".repeat(cols.len())
             );
@@ -482,10 +607,12 @@ fn sweep_table(md: &mut String, runs: &[Value], case: &str) {
                 .iter()
                 .filter(|s| s["delivered"] == s["expected"])
                 .count();
+            let all = steps.len();
+            let steps = quiet_steps(steps, max_noise);
             let cells: Vec<String> = cols.iter().map(|(k, _)| fmt(med(&steps, k))).collect();
             let _ = writeln!(
                 md,
-                "| {server} | {} | {passing}/{} | {} |",
+                "| {server} | {} | {passing}/{all} | {}/{all} | {} |",
                 fmt(Some(rate as f64 / 1000.0)),
                 steps.len(),
                 cells.join(" | ")
@@ -541,5 +668,13 @@ mod tests {
         ]});
         assert_eq!(max_passing_rate(&run), Some(20.0));
         assert_eq!(format_thousands(1234567.0), "1,234,567");
+        let runs = vec![
+            json!({"case": "a", "server": "g", "other_cpu_pct": 90.0}),
+            json!({"case": "a", "server": "g", "other_cpu_pct": 5.0}),
+            json!({"case": "a", "server": "b", "other_cpu_pct": 90.0}),
+        ];
+        let (kept, totals) = keep_quiet(runs, 25.0);
+        assert_eq!(kept.len(), 2, "the noisy run with a quiet sibling goes");
+        assert_eq!(totals[&("a".to_owned(), "g".to_owned())], 2);
     }
 }
