@@ -199,7 +199,7 @@ fn max_passing_rate(run: &Value) -> Option<f64> {
 
 /// The steps among `steps` measured while other processes used at most
 /// `max_noise` percent of a core, or all of them when none was.
-fn quiet_steps<'a>(steps: Vec<&'a Value>, max_noise: f64) -> Vec<&'a Value> {
+fn quiet_steps(steps: Vec<&Value>, max_noise: f64) -> Vec<&Value> {
     let quiet: Vec<&Value> = steps
         .iter()
         .copied()
