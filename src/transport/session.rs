@@ -191,12 +191,26 @@ async fn read_loop(
     ctx: &mut SessionCtx,
     idle: Duration,
 ) -> ReaderEnd {
+    // One timer for the whole session: a message only records when it arrived,
+    // and the timer is re-armed when it fires early (instead of a new timer per
+    // message on the hot path).
     let mut last_inbound = Instant::now();
+    let idle_timer = tokio::time::sleep_until(last_inbound + idle);
+    tokio::pin!(idle_timer);
     loop {
-        let deadline = last_inbound + idle;
-        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let next = tokio::select! {
+            next = stream.next() => Ok(next),
+            () = &mut idle_timer => Err(()),
+        };
         let msg = match next {
-            Err(_) => return ReaderEnd::Close(CloseCode::IdleTimeout),
+            Err(()) => {
+                let deadline = last_inbound + idle;
+                if Instant::now() >= deadline {
+                    return ReaderEnd::Close(CloseCode::IdleTimeout);
+                }
+                idle_timer.as_mut().reset(deadline);
+                continue;
+            }
             Ok(None) => return ReaderEnd::Gone,
             Ok(Some(Err(e))) => {
                 return match close_code_for(e) {
