@@ -63,6 +63,8 @@ struct Queues {
     reliable: VecDeque<Message>,
     lossy: VecDeque<Message>,
     close: Option<CloseRequest>,
+    /// The session asked for a ping (see [`Outbox::request_ping`]).
+    ping: bool,
 }
 
 /// What the writer takes from the outbox in one wake-up.
@@ -72,6 +74,8 @@ pub enum Batch {
     Frames,
     /// Write the frames (if any), then this close frame, then stop.
     Close(CloseRequest),
+    /// Nothing is queued and a ping is due: send one.
+    Ping,
 }
 
 /// Metric handles an outbox bumps when its overflow policy drops something.
@@ -214,12 +218,26 @@ impl Outbox {
         (q.reliable.len(), q.lossy.len())
     }
 
+    /// Asks the writer to send a ping when nothing else is queued. The session's
+    /// reader schedules pings on the timer it already keeps for the idle timeout,
+    /// so a session needs no timer of its own in the writer.
+    pub fn request_ping(&self) {
+        let mut q = self.queues.lock();
+        if q.close.is_none() {
+            q.ping = true;
+            drop(q);
+            self.notify.notify_one();
+        }
+    }
+
     /// Waits until there is something to write, then moves it into `out` (reliable
     /// frames first, then lossy), at most `max` frames per call.
     ///
     /// # Cancel safety
     /// Cancel safe: frames are only moved out once the wait has completed.
     pub async fn next_batch(&self, out: &mut Vec<Message>, max: usize) -> Batch {
+        // A due ping waits behind queued frames (they prove liveness as well) and
+        // is dropped once a close is requested.
         loop {
             let notified = self.notify.notified();
             {
@@ -239,11 +257,14 @@ impl Outbox {
                     return Batch::Frames;
                 }
                 if !out.is_empty() {
-                    if !q.reliable.is_empty() || !q.lossy.is_empty() {
+                    if !q.reliable.is_empty() || !q.lossy.is_empty() || q.ping {
                         // More remains: make sure the next call does not sleep.
                         self.notify.notify_one();
                     }
                     return Batch::Frames;
+                }
+                if std::mem::take(&mut q.ping) {
+                    return Batch::Ping;
                 }
             }
             notified.await;
@@ -299,7 +320,7 @@ mod tests {
         let mut out = Vec::new();
         match o.next_batch(&mut out, 64).await {
             Batch::Close(c) => assert_eq!(c.code, CloseCode::SlowConsumer),
-            Batch::Frames => panic!("expected close"),
+            other => panic!("expected close, got {other:?}"),
         }
         assert!(out.is_empty(), "a slow consumer is cut, not flushed");
     }
@@ -314,7 +335,7 @@ mod tests {
         let mut out = Vec::new();
         match o.next_batch(&mut out, 64).await {
             Batch::Close(c) => assert_eq!(c.code, CloseCode::GoingAway),
-            Batch::Frames => panic!("expected close"),
+            other => panic!("expected close, got {other:?}"),
         }
         assert_eq!(out, vec![text("a")]);
     }
@@ -329,9 +350,44 @@ mod tests {
         let mut out = Vec::new();
         match o.next_batch(&mut out, 64).await {
             Batch::Close(c) => assert_eq!(c.code, CloseCode::SlowConsumer),
-            Batch::Frames => panic!("expected close"),
+            other => panic!("expected close, got {other:?}"),
         }
         assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn pings_wait_behind_frames_and_never_follow_a_close() {
+        let o = Outbox::new(8, 8);
+        o.push(text("a"), Qos::Reliable);
+        o.request_ping();
+        let mut out = Vec::new();
+        assert!(matches!(o.next_batch(&mut out, 64).await, Batch::Frames));
+        assert_eq!(out, vec![text("a")]);
+        out.clear();
+        assert!(matches!(o.next_batch(&mut out, 64).await, Batch::Ping));
+        assert!(out.is_empty());
+        // Taken once: the next call waits for something new.
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            o.next_batch(&mut out, 64),
+        )
+        .await;
+        assert!(waiting.is_err(), "a ping is sent once per request");
+        // An idle writer is woken by the request.
+        let o = std::sync::Arc::new(Outbox::new(8, 8));
+        let o2 = std::sync::Arc::clone(&o);
+        let writer = tokio::spawn(async move {
+            let mut out = Vec::new();
+            matches!(o2.next_batch(&mut out, 64).await, Batch::Ping)
+        });
+        tokio::task::yield_now().await;
+        o.request_ping();
+        assert!(writer.await.expect("writer task"));
+        // After a close, no ping.
+        let o = Outbox::new(8, 8);
+        o.close(CloseCode::GoingAway, "draining", true);
+        o.request_ping();
+        assert!(matches!(o.next_batch(&mut out, 64).await, Batch::Close(_)));
     }
 
     #[tokio::test]

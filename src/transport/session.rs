@@ -14,12 +14,13 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::writer::{self, WriterEnd};
+use super::writer::{self, Sink, WriterEnd};
 use crate::error::CloseCode;
 use crate::gateway::{Gateway, Tenant};
 use crate::lanes::{self, Flow, SessionCtx};
 use crate::obs::metrics::SessionCounters;
 use crate::realtime::broker::{SessionEntry, Sid};
+use crate::realtime::outbox::Outbox;
 use crate::services::room;
 
 /// How long to wait for the peer's Close after sending ours.
@@ -70,6 +71,10 @@ impl Drop for SessionGuard {
     }
 }
 
+/// The session's first frame (`sys.authed`), boxed until the writer sends it so
+/// the session's futures carry a pointer rather than the frame.
+pub(crate) type Greeting = Box<Message>;
+
 /// Why the reader stopped.
 enum ReaderEnd {
     /// The peer sent Close (tungstenite queued the reply; the writer flushes it).
@@ -97,88 +102,71 @@ pub(crate) fn close_code_for(err: axum::Error) -> Option<CloseCode> {
 
 /// Runs a session until it ends or the gateway stops (after the drain grace
 /// period). The guard is dropped (session unregistered) when this returns.
-pub(crate) async fn run(socket: WebSocket, guard: SessionGuard) {
+///
+/// Takes the socket already split so the session's resident future does not
+/// keep a slot for the whole `WebSocket` it was handed.
+pub(crate) async fn run(
+    mut sink: Sink,
+    mut stream: Stream,
+    guard: SessionGuard,
+    greeting: Greeting,
+) {
     let stop = guard.gw.shutdown.clone();
     tokio::select! {
-        () = serve(socket, guard) => {}
+        () = serve(&mut sink, &mut stream, guard, greeting) => {}
         () = stop.cancelled() => debug!("session aborted at the end of the drain"),
     }
 }
 
-async fn serve(socket: WebSocket, guard: SessionGuard) {
-    let gw = Arc::clone(&guard.gw);
-    let cfg = gw.config();
-    let ping_every = Duration::from_millis(cfg.gateway.ping_interval_ms);
-    let idle = Duration::from_millis(cfg.gateway.idle_timeout_ms);
-    let send_timeout = Duration::from_millis(cfg.gateway.writer_send_timeout_ms);
+async fn serve(sink: &mut Sink, stream: &mut Stream, guard: SessionGuard, greeting: Greeting) {
+    let (ping_every, idle, send_timeout) = {
+        let cfg = guard.gw.config();
+        let ms = Duration::from_millis;
+        (
+            ms(cfg.gateway.ping_interval_ms),
+            ms(cfg.gateway.idle_timeout_ms),
+            ms(cfg.gateway.writer_send_timeout_ms),
+        )
+    };
     let Some(mut ctx) = SessionCtx::new(
-        Arc::clone(&gw),
+        Arc::clone(&guard.gw),
         Arc::clone(&guard.tenant),
         Arc::clone(&guard.entry),
         guard.counters.clone(),
     ) else {
         return;
     };
-    let outbox = Arc::clone(&guard.entry.outbox);
-    let counters = guard.counters.clone();
+    // Borrowed, not cloned: every byte here stays resident for the session.
+    let outbox = &guard.entry.outbox;
+    let counters = &guard.counters;
     debug!("session started");
 
-    let (mut sink, mut stream) = socket.split();
-    let reader = read_loop(&mut stream, &mut ctx, idle);
-    let writer = writer::run(&mut sink, &outbox, &counters, ping_every, send_timeout);
-    let (end, writer_end) = tokio::select! {
-        end = reader => (end, None),
-        done = writer => (ReaderEnd::Gone, Some(done)),
+    let (end, writer_end) = {
+        let reader = read_loop(stream, &mut ctx, idle, ping_every);
+        let writer = writer::run(sink, outbox, counters, Some(greeting), send_timeout);
+        tokio::select! {
+            end = reader => (end, None),
+            done = writer => (ReaderEnd::Gone, Some(done)),
+        }
     };
-
-    let reason;
-    if let Some(done) = writer_end {
-        // The writer sent a close frame (or the socket failed): give the peer a
-        // moment to answer so the close handshake is clean.
-        if matches!(done, WriterEnd::Closed(_)) {
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                while let Some(Ok(msg)) = stream.next().await {
-                    if matches!(msg, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
-        reason = done.label();
-    } else {
-        match end {
-            ReaderEnd::PeerClosed => {
-                // Flush tungstenite's queued Close reply.
-                let _ = tokio::time::timeout(send_timeout, sink.flush()).await;
-                reason = "peer_closed";
-            }
-            ReaderEnd::Gone => reason = "gone",
-            ReaderEnd::Close(code) => {
-                outbox.close(code, code.label(), code == CloseCode::GoingAway);
-                reason = code.label();
-                let sent = tokio::time::timeout(
-                    CLOSE_HANDSHAKE_TIMEOUT + send_timeout,
-                    writer::run(&mut sink, &outbox, &counters, ping_every, send_timeout),
-                )
-                .await;
-                if matches!(sent, Ok(WriterEnd::Closed(_))) {
-                    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                        while let Some(Ok(msg)) = stream.next().await {
-                            if matches!(msg, Message::Close(_)) {
-                                break;
-                            }
-                        }
-                    })
-                    .await;
-                }
-            }
-        }
-    }
+    // The close paths run once per session: boxed, so the future every live
+    // session keeps resident holds only the reader and the writer.
+    let reason = Box::pin(finish(
+        sink,
+        stream,
+        outbox,
+        counters,
+        send_timeout,
+        end,
+        writer_end,
+    ))
+    .await;
     // A close the gateway requested names the reason, whichever half noticed the
     // end first.
     let reason = outbox.close_code().map_or(reason, CloseCode::label);
-    gw.metrics
+    guard
+        .gw
+        .metrics
         .sessions_closed
         .with_label_values(&[&guard.tenant.id, reason])
         .inc();
@@ -186,43 +174,109 @@ async fn serve(socket: WebSocket, guard: SessionGuard) {
     drop(guard);
 }
 
+/// The session's read half.
+pub(crate) type Stream = futures_util::stream::SplitStream<WebSocket>;
+
+/// Completes the close handshake after the reader or the writer ended; returns
+/// the metric label for why the session ended.
+async fn finish(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    outbox: &Outbox,
+    counters: &SessionCounters,
+    send_timeout: Duration,
+    end: ReaderEnd,
+    writer_end: Option<WriterEnd>,
+) -> &'static str {
+    if let Some(done) = writer_end {
+        // The writer sent a close frame (or the socket failed): give the peer a
+        // moment to answer so the close handshake is clean.
+        if matches!(done, WriterEnd::Closed(_)) {
+            await_peer_close(stream).await;
+        }
+        return done.label();
+    }
+    match end {
+        ReaderEnd::PeerClosed => {
+            // Flush tungstenite's queued Close reply.
+            let _ = tokio::time::timeout(send_timeout, sink.flush()).await;
+            "peer_closed"
+        }
+        ReaderEnd::Gone => "gone",
+        ReaderEnd::Close(code) => {
+            outbox.close(code, code.label(), code == CloseCode::GoingAway);
+            let sent = tokio::time::timeout(
+                CLOSE_HANDSHAKE_TIMEOUT + send_timeout,
+                writer::run(sink, outbox, counters, None, send_timeout),
+            )
+            .await;
+            if matches!(sent, Ok(WriterEnd::Closed(_))) {
+                await_peer_close(stream).await;
+            }
+            code.label()
+        }
+    }
+}
+
+/// Reads (and discards) until the peer's Close, for at most
+/// [`CLOSE_HANDSHAKE_TIMEOUT`].
+async fn await_peer_close(stream: &mut Stream) {
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn read_loop(
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut Stream,
     ctx: &mut SessionCtx,
     idle: Duration,
+    ping_every: Duration,
 ) -> ReaderEnd {
-    // One timer for the whole session: a message only records when it arrived,
-    // and the timer is re-armed when it fires early (instead of a new timer per
-    // message on the hot path).
+    // One timer for the whole session, for both the idle timeout and the ping
+    // schedule: a message only records when it arrived, and the timer is re-armed
+    // when it fires (never once per message on the hot path).
     let mut last_inbound = Instant::now();
-    let idle_timer = tokio::time::sleep_until(last_inbound + idle);
-    tokio::pin!(idle_timer);
+    let mut next_ping = last_inbound + ping_every;
+    let timer = tokio::time::sleep_until(next_ping.min(last_inbound + idle));
+    tokio::pin!(timer);
     loop {
         let next = tokio::select! {
-            next = stream.next() => Ok(next),
-            () = &mut idle_timer => Err(()),
+            next = stream.next() => Some(next),
+            () = &mut timer => None,
         };
         let msg = match next {
-            Err(()) => {
-                let deadline = last_inbound + idle;
-                if Instant::now() >= deadline {
+            None => {
+                let now = Instant::now();
+                let idle_at = last_inbound + idle;
+                if now >= idle_at {
                     return ReaderEnd::Close(CloseCode::IdleTimeout);
                 }
-                idle_timer.as_mut().reset(deadline);
+                if now >= next_ping {
+                    ctx.entry.outbox.request_ping();
+                    next_ping = now + ping_every;
+                }
+                timer.as_mut().reset(next_ping.min(idle_at));
                 continue;
             }
-            Ok(None) => return ReaderEnd::Gone,
-            Ok(Some(Err(e))) => {
+            Some(None) => return ReaderEnd::Gone,
+            Some(Some(Err(e))) => {
                 return match close_code_for(e) {
                     Some(code) => ReaderEnd::Close(code),
                     None => ReaderEnd::Gone,
                 };
             }
-            Ok(Some(Ok(msg))) => msg,
+            Some(Some(Ok(msg))) => msg,
         };
         last_inbound = Instant::now();
         let flow = match msg {
-            Message::Text(text) => lanes::ext::handle(ctx, text).await,
+            // Boxed: the Ext pipeline's future (plugin calls, services) is large
+            // and exists only while a message is handled.
+            Message::Text(text) => Box::pin(lanes::ext::handle(ctx, text)).await,
             Message::Binary(bytes) => lanes::hot::handle(ctx, bytes),
             Message::Ping(_) | Message::Pong(_) => ctx.control_frame(),
             Message::Close(_) => return ReaderEnd::PeerClosed,

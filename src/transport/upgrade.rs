@@ -14,6 +14,7 @@ use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::{Instrument, debug, info_span};
 
@@ -25,9 +26,12 @@ use crate::realtime::outbox::{Outbox, Qos};
 
 /// Longest ticket accepted from the query or header.
 const MAX_TICKET_BYTES: usize = 8 * 1024;
-/// Read buffer chunk: small, so idle connections stay cheap (tungstenite's default
-/// of 128 KiB per connection dominates idle memory).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Read buffer chunk. tungstenite allocates it per connection up front, keeps it
+/// while idle and zero-fills it on every read, so it is small: 256 B holds a
+/// typical Ext envelope or several Hot frames per read, and costs idle sessions
+/// 256 B instead of 4 KiB (a large frame is read in 256 B chunks into a buffer
+/// reserved for its full length).
+const READ_BUFFER_BYTES: usize = 256;
 /// Bytes buffered before a write reaches the socket; the writer flushes each batch.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -325,10 +329,9 @@ async fn admit(
         user: &user,
         sid: &sid_text,
     });
-    outbox.push(
-        Outgoing::new("sys", "authed").data(Some(&authed)).encode(),
-        Qos::Reliable,
-    );
+    // The writer sends it before anything queued in the outbox meanwhile.
+    let greeting: session::Greeting =
+        Box::new(Outgoing::new("sys", "authed").data(Some(&authed)).encode());
     if !kicked.is_empty() {
         let notice = Outgoing::new("sys", "kicked")
             .data(Some(&raw(
@@ -357,9 +360,10 @@ async fn admit(
         .max_frame_size(max_frame)
         .on_failed_upgrade(|e| debug!(error = %e, "upgrade failed after 101"));
     Ok(ws.on_upgrade(move |socket| {
+        let (sink, stream) = socket.split();
         async move {
             let _token = token;
-            session::run(socket, guard).await;
+            session::run(sink, stream, guard, greeting).await;
         }
         .instrument(span)
     }))
