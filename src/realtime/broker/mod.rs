@@ -337,12 +337,16 @@ impl Broker for LocalBroker {
         {
             let mut sids = self.users.entry(Arc::clone(&entry.user)).or_default();
             let cap = limits.max_sessions_per_user.max(1) as usize;
-            // Sessions already closing do not count against the cap.
-            sids.retain(|sid| {
-                self.sessions
-                    .get(sid)
-                    .is_some_and(|s| !s.outbox.is_closing())
-            });
+            // Sessions already closing do not count against the cap. Checked only
+            // at the cap: below it a connect costs O(1), not a lookup per session
+            // the user already has.
+            if sids.len() >= cap {
+                sids.retain(|sid| {
+                    self.sessions
+                        .get(sid)
+                        .is_some_and(|s| !s.outbox.is_closing())
+                });
+            }
             if sids.len() >= cap {
                 if !limits.kick_oldest {
                     return Err(RegisterError::UserLimit);

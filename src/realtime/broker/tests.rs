@@ -27,6 +27,26 @@ fn msg(s: &str) -> Message {
 }
 
 #[test]
+fn closing_sessions_do_not_count_against_the_user_cap() {
+    let b = LocalBroker::new();
+    let deny = SessionLimits {
+        max_sessions_per_user: 2,
+        ..OPEN
+    };
+    assert_eq!(session(&b, 1, "u", deny), Ok(vec![]));
+    assert_eq!(session(&b, 2, "u", deny), Ok(vec![]));
+    b.session(1)
+        .expect("s1")
+        .outbox
+        .close(CloseCode::Normal, "bye", false);
+    assert_eq!(session(&b, 3, "u", deny), Ok(vec![]), "s1 is closing");
+    assert_eq!(session(&b, 4, "u", deny), Err(RegisterError::UserLimit));
+    // A session that unregistered leaves the list as well.
+    b.unregister(2);
+    assert_eq!(session(&b, 5, "u", deny), Ok(vec![]));
+}
+
+#[test]
 fn per_user_cap_denies_or_kicks_oldest() {
     let b = LocalBroker::new();
     let deny = SessionLimits {
