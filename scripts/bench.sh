@@ -188,6 +188,9 @@ for run in $(seq 1 "$RUNS"); do
   if wants echo_ext; then
     bench echo_ext gateway "$run" "$GW" "${ECHO_ARGS[@]}" --url "$GATEWAY_URL" --lane ext --svc echo --type echo
     bench echo_ext baseline "$run" "$BL_ECHO" "${ECHO_ARGS[@]}" --url "$ECHO_URL" --lane ext --svc echo --type echo
+    # The gateway's native Ext path for the same round trip: chat.send into a
+    # room of one (decode, service, encode once, deliver, sys.ack).
+    bench echo_ext native "$run" "$GW" "${ECHO_ARGS[@]}" --url "$GATEWAY_URL" --lane ext --svc chat --type send --with-room --data-key msg
   fi
   if wants connect_static; then
     bench connect_static gateway "$run" "$GW" connect --url "$GATEWAY_URL" -c "$CONNECT_CONC" --duration "$DURATION"

@@ -2,7 +2,8 @@
 //!
 //! Hot Lane: a binary frame `[svc_id][opcode][0][payload]` to a native `echo`
 //! service; the round trip ends with the next binary frame. Ext Lane: an envelope
-//! `{"v":1,"svc":S,"type":T,"seq":N,"data":{"pad":".."}}`; the round trip ends
+//! `{"v":1,"svc":S,"type":T,"seq":N,"data":{"pad":".."}}` (with `--with-room`
+//! and `--data-key msg`, a `chat.send` into the joined room); the round trip ends
 //! with the first text frame carrying `"seq":N` (the gateway's `sys.ack`, its
 //! `sys.error`, or the baseline's echo of the envelope). Errors are counted by
 //! code and do end the round trip, so a missing plugin shows up as errors.
@@ -75,6 +76,13 @@ pub(crate) struct EchoArgs {
     /// `hot_requires_active_room` off. Empty: no join.
     #[arg(long, default_value = "bench-echo-{n}")]
     join: String,
+    /// Ext Lane: also name the joined room in the envelope's `room` (services
+    /// such as the built-in `chat` need it).
+    #[arg(long)]
+    with_room: bool,
+    /// Ext Lane: key of the padding string in `data` (`msg` for `chat.send`).
+    #[arg(long, default_value = "pad")]
+    data_key: String,
 }
 
 /// What one connection measured.
@@ -240,7 +248,10 @@ async fn drive(
         f.resize(3 + args.payload, 0xAB);
         Bytes::from(f)
     };
-    let pad = ".".repeat(args.payload);
+    let mut data = serde_json::Map::new();
+    data.insert(args.data_key.clone(), json!(".".repeat(args.payload)));
+    let room = (args.with_room && !args.join.is_empty())
+        .then(|| args.join.replace("{n}", &conn.to_string()));
     let mut seq = (conn as u64) << 32;
     loop {
         let t0 = Instant::now();
@@ -256,8 +267,11 @@ async fn drive(
             }
             EchoLane::Ext => {
                 seq += 1;
-                let env = json!({"v": 1, "svc": args.svc, "type": args.ty, "seq": seq,
-                    "data": {"pad": pad}});
+                let mut env = json!({"v": 1, "svc": args.svc, "type": args.ty, "seq": seq,
+                    "data": data});
+                if let Some(room) = &room {
+                    env["room"] = json!(room);
+                }
                 ws.send(Message::text(env.to_string()))
                     .await
                     .context("send")?;

@@ -409,6 +409,31 @@ fn render(
         unit: "/s",
     });
 
+    // Only runs where every round trip succeeded: an echo answered with
+    // SERVICE_UNAVAILABLE (no plugin loaded) is not the path being budgeted.
+    let clean = |server: &str| -> Vec<&Value> {
+        select(runs, "echo_ext", server)
+            .into_iter()
+            .filter(|r| r["ok"].as_u64().unwrap_or(0) > 0)
+            .filter(|r| r["errors"].as_object().is_none_or(|e| e.is_empty()))
+            .collect()
+    };
+    let (gx, nx) = (clean("gateway"), clean("native"));
+    let (g, b) = (
+        med(&gx, "server_cpu_us_per_msg"),
+        med(&nx, "server_cpu_us_per_msg"),
+    );
+    budget.push(Budget {
+        noise: noise(&gx, &nx),
+        line: "Ext echo through the Rust plugin: server CPU per message (baseline column: the gateway's native `chat` path)",
+        target: "≤ 2× native",
+        gateway: g,
+        baseline: b,
+        ratio: ratio(g, b),
+        verdict: ratio(g, b).map(|r| r <= 2.0),
+        unit: "µs",
+    });
+
     let _ = writeln!(md, "### Budget\n");
     let _ = writeln!(
         md,
@@ -440,10 +465,6 @@ fn render(
             unit = l.unit,
         );
     }
-    let _ = writeln!(
-        md,
-        "| Ext echo through the Rust plugin | – | pending plugin host | – | – | pending | – |"
-    );
     if let Some(rate) = same {
         let _ = writeln!(
             md,
@@ -483,7 +504,7 @@ fn render(
             cols.iter().map(|c| c.1).collect::<Vec<_>>().join(" | "),
             "---:|".repeat(cols.len())
         );
-        for server in ["gateway", "baseline"] {
+        for server in ["gateway", "native", "baseline"] {
             let rs = select(runs, case, server);
             if rs.is_empty() {
                 continue;
