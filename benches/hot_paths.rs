@@ -17,10 +17,10 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use axum::extract::ws::Message;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
+use tungstenite::Message;
 use wsprism::policy::allowlist::{ExtAllowlist, HotAllowlist};
 use wsprism::policy::rate_limit::{direct, quota};
 use wsprism::protocol::{ext, hot};

@@ -349,6 +349,63 @@ async fn fragment_hoarding_is_bounded_and_cut() {
     bystander.await.expect("bystander kept getting answers");
 }
 
+/// A flood of empty continuation frames never completes a message, so neither
+/// the message rate limit nor the size limit sees it: the read budget (twice
+/// the frame limit plus 64 KiB of bytes without a complete message) cuts it with
+/// 1009 long before the idle timeout, and a bystander keeps its answers.
+#[tokio::test]
+async fn empty_continuation_flood_is_cut_by_the_read_budget() {
+    let gw = TestGateway::start(&cfg(
+        "  idle_timeout_ms: 30000\n  ping_interval_ms: 10000",
+        "",
+    ))
+    .await;
+    let stop = CancellationToken::new();
+    let bystander = spawn_bystander(
+        gw.client("acme", "by").await,
+        Duration::from_millis(300),
+        stop.clone(),
+    );
+    let mut ws = RawWs::connect(gw.addr, "/v1/ws?tenant=acme&ticket=t1").await;
+    ws.read_data().await;
+    let start = tokio::time::Instant::now();
+    let mut bytes = frame(false, 0, TEXT, b"{", key());
+    // 6 bytes per masked empty frame: 50,000 of them are 300 KB, over the
+    // 192 KiB budget for a 64 KiB frame limit.
+    for _ in 0..50_000 {
+        bytes.extend(frame(false, 0, CONT, b"", key()));
+    }
+    let _ = ws.try_send(&bytes).await;
+    assert_eq!(ws.close_code().await.flatten(), Some(1009));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "cut after {:?}, not by the 30 s idle timeout",
+        start.elapsed()
+    );
+    // The same bytes as one honest fragmented message pass: 64 KiB in 1 KiB
+    // fragments is well inside the budget.
+    let mut ok = RawWs::connect(gw.addr, "/v1/ws?tenant=acme&ticket=t2").await;
+    ok.read_data().await;
+    let body = format!(
+        r#"{{"v":1,"svc":"room","type":"join","room":"r","seq":1,"data":{{"pad":"{}"}}}}"#,
+        "x".repeat(60_000)
+    );
+    let parts: Vec<&[u8]> = body.as_bytes().chunks(1024).collect();
+    let mut bytes = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let op = if i == 0 { TEXT } else { CONT };
+        bytes.extend(frame(i + 1 == parts.len(), 0, op, part, key()));
+    }
+    ok.send(&bytes).await;
+    let reply = String::from_utf8_lossy(&ok.read_data().await.payload).into_owned();
+    assert!(
+        reply.contains("\"seq\":1"),
+        "the fragmented message was answered: {reply}"
+    );
+    stop.cancel();
+    bystander.await.expect("bystander kept getting answers");
+}
+
 /// A client that floods pings and never reads: pongs do not pile up (one is
 /// pending at most), the flood is cut by the rate limit and error budget with
 /// 1008, and memory stays flat.

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
 
 use super::{Flow, SessionCtx};
 use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};

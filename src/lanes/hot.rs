@@ -3,8 +3,8 @@
 //! No JSON, no WASM, no per-recipient allocation: a relay forwards the received
 //! bytes (or one stamped copy) to every member of the sender's active room.
 
-use axum::extract::ws::Message;
 use bytes::Bytes;
+use tungstenite::Message;
 
 use super::{Flow, SessionCtx};
 use crate::config::HotServiceKind;

@@ -4,9 +4,9 @@
 //! still carries the client's `seq` when it could be read, so refusals echo it.
 //! `Outgoing` encodes gateway → client envelopes once into shareable bytes.
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::error::ClientCode;
 

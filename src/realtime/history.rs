@@ -8,8 +8,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use axum::extract::ws::Message;
 use tokio::time::Instant;
+use tungstenite::Message;
 
 /// History settings of a tenant (`rooms.history_size`, `rooms.history_ttl_ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +135,7 @@ impl RoomHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::extract::ws::Utf8Bytes;
+    use tungstenite::Utf8Bytes;
 
     fn policy(size: usize, ttl_ms: u64) -> HistoryPolicy {
         HistoryPolicy {

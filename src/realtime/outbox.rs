@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::ws::Message;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tungstenite::Message;
 
 use crate::error::CloseCode;
 
@@ -275,8 +275,8 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::extract::ws::Utf8Bytes;
     use bytes::Bytes;
+    use tungstenite::Utf8Bytes;
 
     fn text(s: &str) -> Message {
         Message::Text(Utf8Bytes::from(s.to_owned()))

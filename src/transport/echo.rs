@@ -8,11 +8,16 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use tracing::debug;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 
 use super::session::{CLOSE_HANDSHAKE_TIMEOUT, close_code_for};
+use super::ws::{self, NotUpgrade, Socket};
 use crate::error::CloseCode;
 
 /// Largest message echoed (conformance suites send up to 16 MiB).
@@ -21,31 +26,56 @@ const MAX_ECHO_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const ECHO_IDLE: Duration = Duration::from_secs(60);
 
 /// The handler.
-pub(crate) async fn handle(ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_ECHO_MESSAGE_BYTES)
-        .max_frame_size(MAX_ECHO_MESSAGE_BYTES)
-        .on_upgrade(|mut socket| async move {
-            if let Some(code) = echo(&mut socket).await {
-                fail(&mut socket, code).await;
+pub(crate) async fn handle(mut req: Request) -> Response {
+    let upgrade = match ws::prepare(&mut req) {
+        Ok(u) => u,
+        Err(NotUpgrade::Version) => {
+            let mut resp =
+                (StatusCode::UPGRADE_REQUIRED, "use Sec-WebSocket-Version 13").into_response();
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return resp;
+        }
+        Err(NotUpgrade::Headers) => {
+            return (StatusCode::BAD_REQUEST, "not a WebSocket upgrade request").into_response();
+        }
+    };
+    let resp = upgrade.response();
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_ECHO_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_ECHO_MESSAGE_BYTES));
+    tokio::spawn(async move {
+        let mut socket = match upgrade.accept(config, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "echo upgrade failed after 101");
+                return;
             }
-            let _ = socket.flush().await;
-        })
+        };
+        if let Some(code) = echo(&mut socket).await {
+            fail(&mut socket, code).await;
+        }
+        let _ = socket.flush().await;
+    });
+    resp
 }
 
 /// Echoes until the peer closes or breaks the protocol; returns the close code
 /// to send for a protocol fault.
-async fn echo(socket: &mut WebSocket) -> Option<CloseCode> {
+async fn echo(socket: &mut Socket) -> Option<CloseCode> {
     loop {
         let msg = match tokio::time::timeout(ECHO_IDLE, socket.next()).await {
             Ok(Some(Ok(msg))) => msg,
-            Ok(Some(Err(e))) => return close_code_for(e),
+            Ok(Some(Err(e))) => return close_code_for(&e),
             Ok(None) | Err(_) => return None,
         };
         let reply = match msg {
             Message::Text(_) | Message::Binary(_) => msg,
             // tungstenite queued the Close reply; the caller flushes it.
             Message::Close(_) => return None,
-            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         if socket.send(reply).await.is_err() {
             return None;
@@ -54,9 +84,9 @@ async fn echo(socket: &mut WebSocket) -> Option<CloseCode> {
 }
 
 /// Sends our Close for a protocol fault and waits (bounded) for the reply.
-async fn fail(socket: &mut WebSocket, code: CloseCode) {
+async fn fail(socket: &mut Socket, code: CloseCode) {
     let frame = Message::Close(Some(CloseFrame {
-        code: code.code(),
+        code: code.code().into(),
         reason: Utf8Bytes::from_static(code.label()),
     }));
     let sent = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, socket.send(frame)).await;

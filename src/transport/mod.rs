@@ -8,3 +8,4 @@ pub mod listener;
 pub mod session;
 pub mod upgrade;
 pub mod writer;
+pub(crate) mod ws;

@@ -9,12 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tracing::debug;
+use tungstenite::Message;
 
 use super::writer::{self, Sink, WriterEnd};
+use super::ws::{BudgetExhausted, ReadBudget, Socket};
 use crate::error::CloseCode;
 use crate::gateway::{Gateway, Tenant};
 use crate::lanes::{self, Flow, SessionCtx};
@@ -87,15 +88,21 @@ enum ReaderEnd {
 
 /// Maps a read error to the close code the peer should get, if any (`None`: the
 /// socket is gone, nothing can be sent).
-pub(crate) fn close_code_for(err: axum::Error) -> Option<CloseCode> {
-    let inner = err.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some(CloseCode::TooBig),
-        Some(tungstenite::Error::Utf8(_)) => Some(CloseCode::InvalidPayload),
-        Some(tungstenite::Error::Protocol(
+pub(crate) fn close_code_for(err: &tungstenite::Error) -> Option<CloseCode> {
+    match err {
+        tungstenite::Error::Capacity(_) => Some(CloseCode::TooBig),
+        tungstenite::Error::Utf8(_) => Some(CloseCode::InvalidPayload),
+        tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => None,
-        Some(tungstenite::Error::Protocol(_)) => Some(CloseCode::ProtocolError),
+        ) => None,
+        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolError),
+        // The bytes of one unfinished message outgrew any message's size.
+        tungstenite::Error::Io(e)
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<BudgetExhausted>()) =>
+        {
+            Some(CloseCode::TooBig)
+        }
         _ => None,
     }
 }
@@ -110,15 +117,22 @@ pub(crate) async fn run(
     mut stream: Stream,
     guard: SessionGuard,
     greeting: Greeting,
+    budget: Arc<ReadBudget>,
 ) {
     let stop = guard.gw.shutdown.clone();
     tokio::select! {
-        () = serve(&mut sink, &mut stream, guard, greeting) => {}
+        () = serve(&mut sink, &mut stream, guard, greeting, &budget) => {}
         () = stop.cancelled() => debug!("session aborted at the end of the drain"),
     }
 }
 
-async fn serve(sink: &mut Sink, stream: &mut Stream, guard: SessionGuard, greeting: Greeting) {
+async fn serve(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    guard: SessionGuard,
+    greeting: Greeting,
+    budget: &ReadBudget,
+) {
     let (ping_every, idle, send_timeout) = {
         let cfg = guard.gw.config();
         let ms = Duration::from_millis;
@@ -142,7 +156,7 @@ async fn serve(sink: &mut Sink, stream: &mut Stream, guard: SessionGuard, greeti
     debug!("session started");
 
     let (end, writer_end) = {
-        let reader = read_loop(stream, &mut ctx, idle, ping_every);
+        let reader = read_loop(stream, &mut ctx, budget, (idle, ping_every));
         let writer = writer::run(sink, outbox, counters, Some(greeting), send_timeout);
         tokio::select! {
             end = reader => (end, None),
@@ -175,7 +189,7 @@ async fn serve(sink: &mut Sink, stream: &mut Stream, guard: SessionGuard, greeti
 }
 
 /// The session's read half.
-pub(crate) type Stream = futures_util::stream::SplitStream<WebSocket>;
+pub(crate) type Stream = futures_util::stream::SplitStream<Socket>;
 
 /// Completes the close handshake after the reader or the writer ended; returns
 /// the metric label for why the session ended.
@@ -234,8 +248,8 @@ async fn await_peer_close(stream: &mut Stream) {
 async fn read_loop(
     stream: &mut Stream,
     ctx: &mut SessionCtx,
-    idle: Duration,
-    ping_every: Duration,
+    budget: &ReadBudget,
+    (idle, ping_every): (Duration, Duration),
 ) -> ReaderEnd {
     // One timer for the whole session, for both the idle timeout and the ping
     // schedule: a message only records when it arrived, and the timer is re-armed
@@ -265,7 +279,7 @@ async fn read_loop(
             }
             Some(None) => return ReaderEnd::Gone,
             Some(Some(Err(e))) => {
-                return match close_code_for(e) {
+                return match close_code_for(&e) {
                     Some(code) => ReaderEnd::Close(code),
                     None => ReaderEnd::Gone,
                 };
@@ -273,12 +287,14 @@ async fn read_loop(
             Some(Some(Ok(msg))) => msg,
         };
         last_inbound = Instant::now();
+        budget.refill();
         let flow = match msg {
             // Boxed: the Ext pipeline's future (plugin calls, services) is large
             // and exists only while a message is handled.
             Message::Text(text) => Box::pin(lanes::ext::handle(ctx, text)).await,
             Message::Binary(bytes) => lanes::hot::handle(ctx, bytes),
-            Message::Ping(_) | Message::Pong(_) => ctx.control_frame(),
+            // (`Frame` is a write-side variant; reads never yield it.)
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => ctx.control_frame(),
             Message::Close(_) => return ReaderEnd::PeerClosed,
         };
         if let Flow::Close(code) = flow {

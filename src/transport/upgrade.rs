@@ -10,15 +10,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::{Instrument, debug, info_span};
+use tungstenite::protocol::WebSocketConfig;
 
 use super::session::{self, SessionGuard};
+use super::ws::{self, NotUpgrade, ReadBudget, Upgrade};
 use crate::gateway::Gateway;
 use crate::protocol::ext::{Outgoing, raw};
 use crate::realtime::broker::{RegisterError, SessionEntry};
@@ -32,6 +33,9 @@ const MAX_TICKET_BYTES: usize = 8 * 1024;
 /// 256 B instead of 4 KiB (a large frame is read in 256 B chunks into a buffer
 /// reserved for its full length).
 const READ_BUFFER_BYTES: usize = 256;
+/// Bytes beyond twice the frame limit a peer may send without completing a
+/// message (see [`ReadBudget`]).
+const UNFINISHED_MESSAGE_SLACK: u64 = 64 * 1024;
 /// Bytes buffered before a write reaches the socket; the writer flushes each batch.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -128,10 +132,10 @@ pub(crate) async fn handle(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut req: Request,
 ) -> Response {
-    match admit(&gw, remote, query.as_deref(), &headers, ws).await {
+    let upgrade = ws::prepare(&mut req);
+    match admit(&gw, remote, query.as_deref(), req.headers(), upgrade).await {
         Ok(resp) => resp,
         Err((tenant, refused)) => {
             gw.metrics
@@ -151,7 +155,7 @@ async fn admit(
     remote: SocketAddr,
     query: Option<&str>,
     headers: &HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, NotUpgrade>,
 ) -> Result<Response, AdmitError> {
     let fail = |tenant: Option<&str>, r: Refused| (tenant.map(str::to_owned), r);
     if gw.is_draining() {
@@ -192,30 +196,23 @@ async fn admit(
             Refused::new(StatusCode::NOT_FOUND, "unknown_tenant", "unknown tenant"),
         ));
     };
-    let ws = ws.map_err(|rej| {
-        let version = matches!(
-            rej,
-            WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_)
-        );
-        if version {
-            fail(
-                tid,
-                Refused::new(
-                    StatusCode::UPGRADE_REQUIRED,
-                    "bad_upgrade",
-                    "unsupported Sec-WebSocket-Version; use 13",
-                ),
-            )
-        } else {
-            fail(
-                tid,
-                Refused::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_upgrade",
-                    "not a WebSocket upgrade request",
-                ),
-            )
-        }
+    let upgrade = upgrade.map_err(|e| match e {
+        NotUpgrade::Version => fail(
+            tid,
+            Refused::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "bad_upgrade",
+                "unsupported Sec-WebSocket-Version; use 13",
+            ),
+        ),
+        NotUpgrade::Headers => fail(
+            tid,
+            Refused::new(
+                StatusCode::BAD_REQUEST,
+                "bad_upgrade",
+                "not a WebSocket upgrade request",
+            ),
+        ),
     })?;
     if !rt.cfg.allowed_origins.is_empty()
         && let Some(origin) = headers.get(header::ORIGIN)
@@ -351,22 +348,33 @@ async fn admit(
 
     let max_frame = rt.cfg.limits.max_frame_bytes;
     let span = info_span!("session", tenant = %tenant.id, sid = %sid_text, remote.addr = %remote);
-    let token = gw.sessions.token();
-    let ws = ws
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * max_frame + 64 * 1024)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_failed_upgrade(|e| debug!(error = %e, "upgrade failed after 101"));
-    Ok(ws.on_upgrade(move |socket| {
-        let (sink, stream) = socket.split();
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    // Room for the largest message in any fragmentation plus frame headers; a
+    // peer past it without completing a message is cut with 1009.
+    let budget = Arc::new(ReadBudget::new(
+        2 * max_frame as u64 + UNFINISHED_MESSAGE_SLACK,
+    ));
+    let resp = upgrade.response();
+    gw.sessions.spawn(
         async move {
-            let _token = token;
-            session::run(sink, stream, guard, greeting).await;
+            let socket = match upgrade.accept(config, Some(Arc::clone(&budget))).await {
+                Ok(socket) => socket,
+                Err(e) => {
+                    debug!(error = %e, "upgrade failed after 101");
+                    return;
+                }
+            };
+            let (sink, stream) = socket.split();
+            session::run(sink, stream, guard, greeting, budget).await;
         }
-        .instrument(span)
-    }))
+        .instrument(span),
+    );
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
 
+use super::ws::Socket;
 use crate::error::CloseCode;
 use crate::obs::metrics::SessionCounters;
 use crate::realtime::outbox::{Batch, Outbox};
@@ -25,7 +27,7 @@ const MAX_BATCH: usize = 64;
 const IDLE_BATCH_CAPACITY: usize = 8;
 
 /// The session's write half.
-pub(crate) type Sink = SplitSink<WebSocket, Message>;
+pub(crate) type Sink = SplitSink<Socket, Message>;
 
 /// How the writer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +88,7 @@ pub(crate) async fn run(
         }
         if let Some(c) = close {
             let frame = Message::Close(Some(CloseFrame {
-                code: c.code.code(),
+                code: c.code.code().into(),
                 reason: Utf8Bytes::from_static(c.reason),
             }));
             return if send_one(sink, frame, send_timeout).await {
@@ -151,7 +153,7 @@ fn poll_write(
     batch: &mut [Message],
     fed: &mut usize,
     cx: &mut Context<'_>,
-) -> Poll<Result<(), axum::Error>> {
+) -> Poll<Result<(), tungstenite::Error>> {
     while let Some(slot) = batch.get_mut(*fed) {
         ready!(sink.poll_ready_unpin(cx))?;
         let msg = std::mem::replace(slot, Message::Binary(Bytes::new()));

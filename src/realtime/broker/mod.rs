@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::ws::Message;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
+use tungstenite::Message;
 
 use super::history::{HistoryPolicy, Recovery, RoomHistory, Since};
 use super::outbox::{Outbox, Pushed, Qos};

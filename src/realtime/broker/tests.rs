@@ -1,5 +1,5 @@
 use super::*;
-use axum::extract::ws::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 
 fn session(
     b: &LocalBroker,
