@@ -724,16 +724,47 @@ async fn lifecycle_hooks_run() {
         .expect_err("trap");
     assert_eq!(kv_get("inits").await, r#""2""#);
 
-    h.host.session_closed("faults", &s);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while kv_get("disconnects").await != r#""1""# {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "on-disconnect did not run"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let effects = h
+        .host
+        .session_closed(t.closed(&s, "faults"))
+        .expect("faults exports on-disconnect")
+        .await
+        .expect("on-disconnect runs");
+    assert_eq!(kv_get("disconnects").await, r#""1""#);
     assert_eq!(kv_get("last-disconnect").await, r#""alice""#);
+    // A closed session: reply, join and leave answer `not-allowed` (a result,
+    // not a trap); publish and send-to-user come back as effects.
+    assert_eq!(kv_get("disconnect-refused").await, r#""[true,true,true]""#);
+    match effects.as_slice() {
+        [
+            Effect::Publish {
+                room,
+                ty,
+                data,
+                qos,
+                ..
+            },
+            Effect::SendToUser {
+                user,
+                ty: ty2,
+                data: data2,
+            },
+        ] => {
+            assert_eq!(
+                (room.as_str(), ty.as_str(), data.get(), *qos),
+                ("lobby", "left", r#"{"user":"alice"}"#, Qos::Reliable)
+            );
+            assert_eq!(
+                (user.as_str(), ty2.as_str(), data2.get()),
+                ("watcher", "left", r#"{"user":"alice"}"#)
+            );
+        }
+        other => panic!("expected a publish and a send-to-user, got {other:?}"),
+    }
+    assert!(
+        h.host.session_closed(t.closed(&s, "missing")).is_none(),
+        "no hook for a plugin that is not loaded"
+    );
     let e = h
         .host
         .call(t.call(&s, "faults", "count", None, "null"))
@@ -926,7 +957,9 @@ async fn shutdown_stops_every_tracked_task() {
             .call(t.call(&s, "faults", "count", None, "1"))
             .await
             .expect("count");
-        h.host.session_closed("faults", &s);
+        if let Some(hook) = h.host.session_closed(t.closed(&s, "faults")) {
+            hook.await.expect("on-disconnect");
+        }
     }
     h.shutdown.cancel();
     h.tracker.close();

@@ -30,12 +30,14 @@ pub(crate) const MAX_CALLS_PER_INSTANCE: u64 = 10_000;
 /// memory back, and a fresh instance starts small.
 pub(crate) const RECYCLE_MEMORY_PERCENT: usize = 75;
 
-/// Jobs queued per instance actor; past it calls answer `Overloaded` instead of
-/// piling up behind a slow plugin.
+/// Calls running or waiting per instance lane; past it calls answer
+/// `Overloaded` instead of piling up behind a slow plugin.
 pub(crate) const MAILBOX_CAPACITY: usize = 256;
 
-/// An idle actor drops its instance (and its linear memory) after this long; the
-/// next message instantiates again from the cached `InstancePre`.
+/// Period of the idle sweeper: an instance that served no call for a whole
+/// period is dropped (with its linear memory), so idle instances go after one
+/// to two periods; the next message instantiates again from the cached
+/// `InstancePre`. One task per host does this, not a timer per call.
 pub(crate) const INSTANCE_IDLE_TTL: Duration = Duration::from_secs(300);
 
 /// Crashes (trap, timeout, budget kill) within [`CRASH_WINDOW`] that put a

@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wsprism_plugin::{Message, Plugin, Refusal, Session, backend, export_plugin, kv, log, realtime};
+use wsprism_plugin::{
+    HostError, Message, Plugin, Qos, Refusal, Session, backend, export_plugin, kv, log, realtime,
+};
 
 /// Per-instance counter: shows whether an instance (its memory) is reused.
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -28,9 +30,22 @@ impl Plugin for Faults {
         Ok(())
     }
 
+    /// Counts disconnects, then exercises what a closed session allows:
+    /// `reply`/`join`/`leave` must be refused with `not-allowed` (recorded in
+    /// kv as `disconnect-refused`), `publish` and `send-to-user` go out.
     fn on_disconnect(session: Session) {
         let _ = kv::incr("disconnects", 1);
         let _ = kv::set("last-disconnect", &session.user, None);
+        let not_allowed = |r: Result<(), HostError>| matches!(r, Err(HostError::NotAllowed(_)));
+        let refused = [
+            not_allowed(realtime::reply_raw("bye", "1")),
+            not_allowed(realtime::join("lobby")),
+            not_allowed(realtime::leave("lobby")),
+        ];
+        let _ = kv::set_json("disconnect-refused", &refused, None);
+        let bye = serde_json::json!({ "user": session.user });
+        let _ = realtime::publish("lobby", "left", &bye, Qos::Reliable, false);
+        let _ = realtime::send_to_user("watcher", "left", &bye);
     }
 
     fn on_message(_session: Session, msg: Message) -> Result<(), Refusal> {
