@@ -25,6 +25,7 @@ use super::limits::{
     ENVELOPE_OVERHEAD_BYTES, MAX_HOST_CALLS_PER_CALL, MAX_LOG_LINE_BYTES,
     MAX_PUBLISHED_BYTES_PER_CALL,
 };
+use super::output::GuestOutput;
 use crate::config::TenantConfig;
 use crate::error::PluginError;
 use crate::obs::metrics::Metrics;
@@ -191,6 +192,8 @@ pub(crate) struct HostState {
     pub(crate) cpu: CpuMeter,
     /// The running call.
     pub(crate) call: CallCtx,
+    /// Guest stdout/stderr, logged line by line within a per-call budget.
+    pub(crate) output: GuestOutput,
 }
 
 impl std::fmt::Debug for HostState {
@@ -204,7 +207,8 @@ impl std::fmt::Debug for HostState {
 
 impl HostState {
     /// Fresh state for a new store. WASI gets an empty context: no preopened
-    /// directories, no environment, no arguments, closed stdio, no sockets.
+    /// directories, no environment, no arguments, no stdin, no sockets;
+    /// stdout and stderr go to the logs ([`GuestOutput`]).
     pub(crate) fn new(
         scope: KvScope,
         kv: Arc<dyn KvStore>,
@@ -212,8 +216,11 @@ impl HostState {
         metrics: Metrics,
         max_memory_bytes: usize,
     ) -> Self {
+        let output = GuestOutput::new(Arc::clone(&scope.tenant), Arc::clone(&scope.plugin));
         let mut wasi = WasiCtx::builder();
-        wasi.allow_tcp(false)
+        wasi.stdout(output.stdout())
+            .stderr(output.stderr())
+            .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
@@ -234,6 +241,7 @@ impl HostState {
             metrics,
             cpu: CpuMeter::default(),
             call: CallCtx::default(),
+            output,
         }
     }
 

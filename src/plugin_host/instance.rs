@@ -67,6 +67,7 @@ fn arm(
         deadline: Some(deadline),
         ..CallCtx::default()
     };
+    data.output.begin_call();
     store.set_epoch_deadline(1);
 }
 
@@ -196,6 +197,7 @@ impl Instance {
                 Err(e) => return Err(classify(store.data(), &e)),
             }
         }
+        store.data().output.end_call();
         let on_disconnect = match &version.lifecycle.on_disconnect {
             Some(idx) => Some(
                 instance
@@ -271,6 +273,7 @@ impl Instance {
             .call_on_message(&mut self.store, &self.session, &msg)
             .await;
         self.calls += 1;
+        self.store.data().output.end_call();
         let ctx = std::mem::take(&mut self.store.data_mut().call);
         match r {
             Ok(guest) => {
@@ -328,6 +331,7 @@ impl Instance {
         fill_session(&mut self.session, session);
         let r = f.call_async(&mut self.store, (self.session.clone(),)).await;
         self.calls += 1;
+        self.store.data().output.end_call();
         let ctx = std::mem::take(&mut self.store.data_mut().call);
         match r {
             Ok(()) => {

@@ -68,8 +68,18 @@ pub(crate) const MAX_PLUGIN_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Largest backend response body handed to a guest.
 pub(crate) const MAX_BACKEND_BODY_BYTES: usize = 1024 * 1024;
 
-/// Longest plugin log line kept (the rest is cut).
+/// Longest plugin log line kept (the rest is cut); applies to the `log`
+/// import and to lines of guest stdout/stderr.
 pub(crate) const MAX_LOG_LINE_BYTES: usize = 1024;
+
+/// Guest stdout+stderr bytes one call may put into the logs; the rest is
+/// dropped (and counted in one warning). Enough for a panic message and some
+/// debug prints, far too little to flood the log pipeline.
+pub(crate) const MAX_OUTPUT_BYTES_PER_CALL: usize = 16 * 1024;
+
+/// Log events (lines) of guest stdout+stderr per call, so a stream of empty
+/// lines is bounded too.
+pub(crate) const MAX_OUTPUT_LINES_PER_CALL: usize = 64;
 
 /// Longest refusal code / message forwarded to a client.
 pub(crate) const MAX_REFUSAL_CODE_BYTES: usize = 64;

@@ -11,8 +11,9 @@
 //!
 //! Layout: `engine.rs` (engine, epoch ticker), `bindings.rs` (WIT bindings and
 //! host imports), `limits.rs` (budgets), `instance.rs` (one store, one call),
-//! `pool.rs` (actors, routing, back-off), `loader.rs` (load, reload, watch),
-//! `kv.rs` (plugin key-value store), `backend.rs` (upstream HTTP calls).
+//! `pool.rs` (lanes, routing, back-off, idle sweep), `loader.rs` (load, reload,
+//! watch), `kv.rs` (plugin key-value store), `backend.rs` (upstream HTTP
+//! calls), `output.rs` (guest stdout/stderr to `tracing`).
 //!
 //! # Execution model
 //! Guests run as async wasmtime calls on the caller's tokio task, one call at a
@@ -41,6 +42,7 @@ mod instance;
 pub mod kv;
 mod limits;
 mod loader;
+mod output;
 mod pool;
 
 use std::path::PathBuf;

@@ -91,6 +91,21 @@ impl Plugin for Faults {
             "flood" => loop {
                 log::trace("flood");
             },
+            // Guest stdout/stderr reach the gateway's logs, line by line.
+            "print" => {
+                println!("hello from faults stdout");
+                eprintln!("hello from faults stderr");
+                print!("no newline at the end");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+            // Far more output than one call may log; the host keeps a bounded
+            // share and drops the rest.
+            "print-flood" => {
+                for i in 0..2_000 {
+                    println!("flood line {i}");
+                }
+                realtime::reply_raw("print-flood", "true")?;
+            }
             "big-publish" => {
                 let big = "x".repeat(200_000);
                 // Over max_frame_bytes: the host refuses it and fails the call.
