@@ -9,9 +9,8 @@
 //! - `broadcast_100`: `LocalBroker::publish` of one shared frame into 100
 //!   sessions' `Outbox`es, then draining them as their writers would.
 //!
-//! The Rust-plugin call (`plugin_host`, Ext Lane echo through a WASM component)
-//! gets its own group once the plugin host lands; until then BENCHMARKS.md lists
-//! it as pending.
+//! The Rust-plugin call (Ext Lane echo through a WASM component, against the
+//! native `chat` path) is measured by `benches/plugins.rs`.
 #![allow(missing_docs)]
 
 use std::hint::black_box;

@@ -3,6 +3,7 @@
 
 mod plugin_support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use plugin_support::*;
@@ -724,16 +725,47 @@ async fn lifecycle_hooks_run() {
         .expect_err("trap");
     assert_eq!(kv_get("inits").await, r#""2""#);
 
-    h.host.session_closed("faults", &s);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while kv_get("disconnects").await != r#""1""# {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "on-disconnect did not run"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let effects = h
+        .host
+        .session_closed(t.closed(&s, "faults"))
+        .expect("faults exports on-disconnect")
+        .await
+        .expect("on-disconnect runs");
+    assert_eq!(kv_get("disconnects").await, r#""1""#);
     assert_eq!(kv_get("last-disconnect").await, r#""alice""#);
+    // A closed session: reply, join and leave answer `not-allowed` (a result,
+    // not a trap); publish and send-to-user come back as effects.
+    assert_eq!(kv_get("disconnect-refused").await, r#""[true,true,true]""#);
+    match effects.as_slice() {
+        [
+            Effect::Publish {
+                room,
+                ty,
+                data,
+                qos,
+                ..
+            },
+            Effect::SendToUser {
+                user,
+                ty: ty2,
+                data: data2,
+            },
+        ] => {
+            assert_eq!(
+                (room.as_str(), ty.as_str(), data.get(), *qos),
+                ("lobby", "left", r#"{"user":"alice"}"#, Qos::Reliable)
+            );
+            assert_eq!(
+                (user.as_str(), ty2.as_str(), data2.get()),
+                ("watcher", "left", r#"{"user":"alice"}"#)
+            );
+        }
+        other => panic!("expected a publish and a send-to-user, got {other:?}"),
+    }
+    assert!(
+        h.host.session_closed(t.closed(&s, "missing")).is_none(),
+        "no hook for a plugin that is not loaded"
+    );
     let e = h
         .host
         .call(t.call(&s, "faults", "count", None, "null"))
@@ -926,7 +958,9 @@ async fn shutdown_stops_every_tracked_task() {
             .call(t.call(&s, "faults", "count", None, "1"))
             .await
             .expect("count");
-        h.host.session_closed("faults", &s);
+        if let Some(hook) = h.host.session_closed(t.closed(&s, "faults")) {
+            hook.await.expect("on-disconnect");
+        }
     }
     h.shutdown.cancel();
     h.tracker.close();
@@ -943,4 +977,85 @@ async fn shutdown_stops_every_tracked_task() {
         matches!(e, PluginError::Overloaded | PluginError::Trap(_)),
         "{e:?}"
     );
+}
+
+/// A `tracing` subscriber for the current thread that keeps what it formats.
+fn capture_logs() -> (
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = Buf(Arc::clone(&buf));
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+/// Guest stdout/stderr reach the log (target `wsprism::plugin`, tagged with
+/// tenant and plugin), one event per line; a flood is cut to the per-call
+/// budget and reported once. A current-thread runtime keeps the guest call on
+/// this thread, where the capturing subscriber is installed.
+#[tokio::test]
+async fn guest_output_is_logged_line_by_line_and_bounded() {
+    let (logs, _guard) = capture_logs();
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let h = start(&plugins_cfg(dir.path())).await;
+    let t = Tenant::new("acme");
+    let s = t.session(1, "u1", &[]);
+    h.host
+        .call(t.call(&s, "faults", "print", None, "null"))
+        .await
+        .expect("print");
+    let text = String::from_utf8(logs.lock().expect("logs").clone()).expect("utf8");
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?} in:\n{text}"))
+            .to_owned()
+    };
+    let out = line("hello from faults stdout");
+    assert!(
+        out.contains(" INFO ") && out.contains("wsprism::plugin"),
+        "{out}"
+    );
+    assert!(
+        out.contains("acme") && out.contains("faults") && out.contains("stdout"),
+        "{out}"
+    );
+    let err = line("hello from faults stderr");
+    assert!(err.contains(" WARN ") && err.contains("stderr"), "{err}");
+    line("no newline at the end");
+
+    logs.lock().expect("logs").clear();
+    let e = h
+        .host
+        .call(t.call(&s, "faults", "print-flood", None, "null"))
+        .await
+        .expect("a flood of prints is not a fault");
+    assert_eq!(reply_of(&e), ("print-flood", "true"));
+    let text = String::from_utf8(logs.lock().expect("logs").clone()).expect("utf8");
+    let lines = text.lines().filter(|l| l.contains("flood line")).count();
+    assert!((1..=64).contains(&lines), "{lines} flood lines logged");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("over the per-call budget"))
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(text.len() < 32 * 1024, "{} bytes of log", text.len());
 }

@@ -273,3 +273,32 @@ tenants:
         assert_eq!(e["data"]["code"], "SERVICE_ERROR", "{svc}: {e}");
     }
 }
+
+/// `on-disconnect` effects reach the realtime layer like `on-message` ones: the
+/// vote demo tells a voter's last room that the voter left, through a real
+/// WebSocket, wrapped in the routed `svc`.
+#[tokio::test]
+async fn on_disconnect_publishes_to_the_room() {
+    let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote")]);
+    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let mut a = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+    a.join("r").await;
+    b.join("r").await;
+    a.send_json(json!({"v":1,"svc":"vote","type":"cast","room":"r","data":{"option":"x"}}))
+        .await;
+    assert_eq!(b.recv_type("tally").await["data"]["total"], 1);
+    let _ = a.ws.close(None).await;
+    drop(a);
+    let left = tokio::time::timeout(Duration::from_secs(10), b.recv_type("left"))
+        .await
+        .expect("left notice from on-disconnect");
+    assert_eq!(
+        left,
+        json!({"v":1,"svc":"vote","type":"left","room":"r","data":{"room":"r","user":"u1"}})
+    );
+    // A session that never used a room: its on-disconnect publishes nothing.
+    let c = gw.client("acme", "t3").await;
+    drop(c);
+    b.expect_silence(Duration::from_millis(300)).await;
+}

@@ -12,7 +12,7 @@ use tungstenite::Utf8Bytes;
 
 use super::{Flow, SessionCtx};
 use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
-use crate::gateway::TenantRuntime;
+use crate::gateway::{Tenant, TenantRuntime};
 use crate::protocol::ext::{self, Envelope, Outgoing, sys_ack};
 use crate::realtime::outbox::Qos;
 use crate::services::{Effect, ExtCall, RoomPublication, chat, publish_to_room, room};
@@ -61,8 +61,6 @@ async fn call_plugin(
     let Some(plugin) = rt.policy.route(&env.svc).cloned() else {
         return Err(Refusal::new(ClientCode::UnknownService));
     };
-    let tenant_id = Arc::clone(&ctx.tenant.id);
-    let metrics = &ctx.gw.metrics;
     let svc = env.svc;
     let call = ExtCall {
         session: ctx.info(),
@@ -77,15 +75,8 @@ async fn call_plugin(
         tenant_cfg: Arc::clone(&rt.cfg),
         broker: Arc::clone(&ctx.tenant.broker),
     };
-    metrics
-        .plugin_calls
-        .with_label_values(&[&tenant_id, &plugin])
-        .inc();
+    // Calls, errors and durations are counted by the service (the plugin host).
     let effects = ctx.gw.ext.call(call).await.map_err(|e| {
-        metrics
-            .plugin_errors
-            .with_label_values(&[&tenant_id, &plugin, e.label()])
-            .inc();
         tracing::debug!(plugin = %plugin, error = %e, "plugin call failed");
         e.to_refusal()
     })?;
@@ -143,4 +134,57 @@ pub(crate) fn apply_effects(
         }
     }
     Ok(())
+}
+
+/// Applies the effects of a closed session's `on-disconnect`: room publications
+/// and sends to users, as [`apply_effects`] does for a live session. The other
+/// effects cannot come from the plugin host (it refuses them); any that do are
+/// dropped. A payload over `max_frame_bytes` stops the remaining effects.
+pub(crate) fn apply_closed_effects(tenant: &Tenant, svc: &str, effects: Vec<Effect>) {
+    let Some(rt) = tenant.runtime() else { return };
+    let max = rt.cfg.limits.max_frame_bytes;
+    let broker = &tenant.broker;
+    for effect in effects {
+        let fits = match effect {
+            Effect::Publish {
+                room,
+                ty,
+                data,
+                qos,
+                ..
+            } => publish_to_room(
+                broker.as_ref(),
+                &rt,
+                RoomPublication {
+                    room: &room,
+                    svc,
+                    ty: &ty,
+                    data: &data,
+                    qos,
+                    exclude: None,
+                },
+            )
+            .is_ok(),
+            Effect::SendToUser { user, ty, data } => {
+                match Outgoing::new(svc, &ty).data(Some(&data)).encode_within(max) {
+                    Ok(msg) => {
+                        broker.send_to_user(&user, &msg, Qos::Reliable);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            Effect::Reply { .. } | Effect::Join { .. } | Effect::Leave { .. } => {
+                tracing::debug!(svc, "effect on a closed session dropped");
+                true
+            }
+        };
+        if !fits {
+            tracing::debug!(
+                svc,
+                "on-disconnect payload over max_frame_bytes; remaining effects dropped"
+            );
+            return;
+        }
+    }
 }

@@ -19,7 +19,7 @@ use crate::policy::SessionPolicy;
 use crate::protocol::ext::sys_error;
 use crate::realtime::broker::SessionEntry;
 use crate::realtime::outbox::Qos;
-use crate::services::SessionInfo;
+use crate::services::{ClosedSession, SessionInfo};
 
 /// What the reader does after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,11 +209,14 @@ pub(crate) fn notify_backend(
     });
 }
 
-/// Tells routed services that a session ended.
+/// Tells routed services that a session ended. A plugin's `on-disconnect` runs
+/// in the background (tracked by `gw.tasks`); its effects (`publish`,
+/// `send-to-user`) are applied like `on-message` effects, wrapped in the `svc`
+/// of the first route that names the plugin.
 pub(crate) fn session_closed(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     rt: &TenantRuntime,
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     entry: &SessionEntry,
 ) {
     if rt.cfg.routes.is_empty() {
@@ -227,9 +230,30 @@ pub(crate) fn session_closed(
     };
     let mut seen: Vec<&str> = Vec::with_capacity(rt.cfg.routes.len());
     for r in &rt.cfg.routes {
-        if !seen.contains(&r.plugin.as_str()) {
-            seen.push(&r.plugin);
-            gw.ext.session_closed(&r.plugin, &info);
+        if seen.contains(&r.plugin.as_str()) {
+            continue;
         }
+        seen.push(&r.plugin);
+        let closed = ClosedSession {
+            session: info.clone(),
+            plugin: Arc::from(r.plugin.as_str()),
+            svc: r.svc.clone(),
+            tenant_cfg: Arc::clone(&rt.cfg),
+            broker: Arc::clone(&tenant.broker),
+        };
+        let Some(hook) = gw.ext.session_closed(closed) else {
+            continue;
+        };
+        let tenant = Arc::clone(tenant);
+        let svc = r.svc.clone();
+        let plugin = r.plugin.clone();
+        gw.tasks.spawn(async move {
+            match hook.await {
+                Ok(effects) => ext::apply_closed_effects(&tenant, &svc, effects),
+                Err(e) => {
+                    tracing::debug!(plugin = %plugin, reason = e.label(), error = %e, "on-disconnect failed");
+                }
+            }
+        });
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Owns: what each import does and which per-call rule it enforces. Effect
 //! imports (`reply`, `publish`, `send-to-user`, `join`, `leave`) only validate
-//! and append to the current call's effect list; `members`, `kv` and `backend`
+//! and append to the current call's effect list (`on-disconnect` may only
+//! `publish` and `send-to-user`); `members`, `kv` and `backend`
 //! answer immediately. Soft failures are `host-error` results; exhausting a
 //! per-call budget traps the guest ([`BudgetTrap`]) so a flooding plugin is cut
 //! at once. Input: a store prepared by `instance.rs`; output: the effects and the
@@ -24,6 +25,7 @@ use super::limits::{
     ENVELOPE_OVERHEAD_BYTES, MAX_HOST_CALLS_PER_CALL, MAX_LOG_LINE_BYTES,
     MAX_PUBLISHED_BYTES_PER_CALL,
 };
+use super::output::GuestOutput;
 use crate::config::TenantConfig;
 use crate::error::PluginError;
 use crate::obs::metrics::Metrics;
@@ -61,15 +63,27 @@ pub(crate) enum BudgetTrap {
     Cpu,
 }
 
-/// What kind of guest entry point is running; realtime effects exist only for
-/// `on-message`.
+/// What kind of guest entry point is running, which decides the realtime
+/// effects it may queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum CallKind {
-    /// `on-message`.
+    /// `on-message`: every effect.
     Message,
-    /// Instantiation, `init`, `on-disconnect`.
+    /// `on-disconnect`: `publish` and `send-to-user` (and `members`); the
+    /// session is gone, so `reply`, `join` and `leave` answer `not-allowed`.
+    Disconnect,
+    /// Instantiation, `init`: no realtime effects.
     #[default]
     Lifecycle,
+}
+
+/// Which realtime import is asking (see [`CallKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effecting {
+    /// `publish`, `send-to-user`: need no live calling session.
+    Anyone,
+    /// `reply`, `join`, `leave`: act on the calling session.
+    CallingSession,
 }
 
 /// State of the guest call in progress. Reset by `instance.rs` before each call.
@@ -178,6 +192,8 @@ pub(crate) struct HostState {
     pub(crate) cpu: CpuMeter,
     /// The running call.
     pub(crate) call: CallCtx,
+    /// Guest stdout/stderr, logged line by line within a per-call budget.
+    pub(crate) output: GuestOutput,
 }
 
 impl std::fmt::Debug for HostState {
@@ -191,7 +207,8 @@ impl std::fmt::Debug for HostState {
 
 impl HostState {
     /// Fresh state for a new store. WASI gets an empty context: no preopened
-    /// directories, no environment, no arguments, closed stdio, no sockets.
+    /// directories, no environment, no arguments, no stdin, no sockets;
+    /// stdout and stderr go to the logs ([`GuestOutput`]).
     pub(crate) fn new(
         scope: KvScope,
         kv: Arc<dyn KvStore>,
@@ -199,8 +216,11 @@ impl HostState {
         metrics: Metrics,
         max_memory_bytes: usize,
     ) -> Self {
+        let output = GuestOutput::new(Arc::clone(&scope.tenant), Arc::clone(&scope.plugin));
         let mut wasi = WasiCtx::builder();
-        wasi.allow_tcp(false)
+        wasi.stdout(output.stdout())
+            .stderr(output.stderr())
+            .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
@@ -221,6 +241,7 @@ impl HostState {
             metrics,
             cpu: CpuMeter::default(),
             call: CallCtx::default(),
+            output,
         }
     }
 
@@ -240,11 +261,15 @@ impl HostState {
         }
     }
 
-    fn realtime_allowed(&self) -> Result<(), HostError> {
-        match self.call.kind {
-            CallKind::Message => Ok(()),
-            CallKind::Lifecycle => Err(HostError::NotAllowed(
-                "realtime effects are only available in on-message".into(),
+    fn realtime_allowed(&self, what: Effecting) -> Result<(), HostError> {
+        match (self.call.kind, what) {
+            (CallKind::Message, _) | (CallKind::Disconnect, Effecting::Anyone) => Ok(()),
+            (CallKind::Disconnect, Effecting::CallingSession) => Err(HostError::NotAllowed(
+                "the session has closed: in on-disconnect only publish and send-to-user work"
+                    .into(),
+            )),
+            (CallKind::Lifecycle, _) => Err(HostError::NotAllowed(
+                "realtime effects are only available in on-message and on-disconnect".into(),
             )),
         }
     }
@@ -252,11 +277,12 @@ impl HostState {
     /// Validates one outgoing payload: frame size, JSON, the per-call byte budget.
     fn payload(
         &mut self,
+        what: Effecting,
         ty: &str,
         target: &str,
         data: String,
     ) -> wasmtime::Result<Result<Box<RawValue>, HostError>> {
-        if let Err(e) = self.realtime_allowed() {
+        if let Err(e) = self.realtime_allowed(what) {
             return Ok(Err(e));
         }
         self.call.published += data.len();
@@ -311,7 +337,7 @@ impl self::wsprism::plugin::types::Host for HostState {}
 impl self::wsprism::plugin::realtime::Host for HostState {
     fn reply(&mut self, ty: String, data: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
-        let data = match self.payload(&ty, "", data)? {
+        let data = match self.payload(Effecting::CallingSession, &ty, "", data)? {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
@@ -331,7 +357,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
         if let Err(e) = Self::room_arg(&room) {
             return Ok(Err(e));
         }
-        let data = match self.payload(&ty, &room, data)? {
+        let data = match self.payload(Effecting::Anyone, &ty, &room, data)? {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
@@ -361,7 +387,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
                 "user must not be empty".into(),
             )));
         }
-        let data = match self.payload(&ty, "", data)? {
+        let data = match self.payload(Effecting::Anyone, &ty, "", data)? {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
@@ -373,7 +399,10 @@ impl self::wsprism::plugin::realtime::Host for HostState {
 
     fn join(&mut self, room: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
-        if let Err(e) = self.realtime_allowed().and_then(|()| Self::room_arg(&room)) {
+        if let Err(e) = self
+            .realtime_allowed(Effecting::CallingSession)
+            .and_then(|()| Self::room_arg(&room))
+        {
             return Ok(Err(e));
         }
         self.call.effects.push(Effect::Join { room });
@@ -382,7 +411,10 @@ impl self::wsprism::plugin::realtime::Host for HostState {
 
     fn leave(&mut self, room: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
-        if let Err(e) = self.realtime_allowed().and_then(|()| Self::room_arg(&room)) {
+        if let Err(e) = self
+            .realtime_allowed(Effecting::CallingSession)
+            .and_then(|()| Self::room_arg(&room))
+        {
             return Ok(Err(e));
         }
         self.call.effects.push(Effect::Leave { room });
@@ -393,7 +425,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
         self.charge()?;
         let Some(broker) = self.call.broker.as_ref() else {
             return Ok(Err(HostError::NotAllowed(
-                "members is only available in on-message".into(),
+                "members is only available in on-message and on-disconnect".into(),
             )));
         };
         Ok(Ok(broker.presence(&room)))

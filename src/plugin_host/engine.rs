@@ -28,6 +28,12 @@ fn base_config(cache_dir: Option<&Path>) -> (Config, bool) {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // Plugins are WASI p2 components that make plain (synchronous-ABI) calls;
+    // without the component-model-async machinery `call_async` runs the guest
+    // directly on a fiber instead of through a per-call concurrent task loop,
+    // several microseconds less per message. A component that needs the async
+    // ABI fails to load (and is reported) instead.
+    config.concurrency_support(false);
     let mut cached = false;
     if let Some(dir) = cache_dir {
         // wasmtime's own cache keys artifacts by the wasm bytes, the compiler

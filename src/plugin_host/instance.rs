@@ -23,7 +23,7 @@ use super::loader::PluginVersion;
 use crate::config::TenantConfig;
 use crate::error::PluginError;
 use crate::realtime::broker::Broker;
-use crate::services::{Effect, ExtCall, SessionInfo as GatewaySession};
+use crate::services::{ClosedSession, Effect, ExtCall, SessionInfo as GatewaySession};
 
 /// A live instance of one plugin version for one tenant.
 pub(crate) struct Instance {
@@ -32,6 +32,10 @@ pub(crate) struct Instance {
     store: Store<HostState>,
     bindings: ExtLanePlugin,
     on_disconnect: Option<TypedFunc<(SessionInfo,), ()>>,
+    /// The WIT session record handed to the guest, kept between calls so its
+    /// strings are refilled in place instead of allocated per call (`tenant`
+    /// never changes: an instance serves one tenant).
+    session: SessionInfo,
     /// Calls served so far.
     pub(crate) calls: u64,
     /// A call trapped or was cut: the store must not be used again.
@@ -46,6 +50,7 @@ fn arm(
     tenant_cfg: Option<Arc<TenantConfig>>,
     broker: Option<Arc<dyn Broker>>,
     svc_len: usize,
+    deadline: Instant,
 ) {
     let data = store.data_mut();
     data.cpu = CpuMeter {
@@ -59,9 +64,10 @@ fn arm(
         broker,
         max_frame_bytes: limits.max_frame_bytes,
         svc_len,
-        deadline: Some(Instant::now() + limits.wall),
+        deadline: Some(deadline),
         ..CallCtx::default()
     };
+    data.output.begin_call();
     store.set_epoch_deadline(1);
 }
 
@@ -93,14 +99,17 @@ fn cut(mut s: String, max: usize) -> String {
     s
 }
 
-/// The WIT view of a gateway session.
-pub(crate) fn session_info(s: &GatewaySession) -> SessionInfo {
-    SessionInfo {
-        tenant: s.tenant.to_string(),
-        user: s.user.to_string(),
-        sid: s.sid,
-        rooms: s.rooms.clone(),
+/// Refills the WIT view of a gateway session, reusing `out`'s buffers; the
+/// room list is moved in.
+fn fill_session(out: &mut SessionInfo, s: GatewaySession) {
+    if out.tenant.as_str() != &*s.tenant {
+        out.tenant.clear();
+        out.tenant.push_str(&s.tenant);
     }
+    out.user.clear();
+    out.user.push_str(&s.user);
+    out.sid = s.sid;
+    out.rooms = s.rooms;
 }
 
 impl Instance {
@@ -143,7 +152,15 @@ impl Instance {
             }
             Ok(UpdateDeadline::Yield(1))
         });
-        arm(&mut store, limits, CallKind::Lifecycle, tenant_cfg, None, 0);
+        arm(
+            &mut store,
+            limits,
+            CallKind::Lifecycle,
+            tenant_cfg,
+            None,
+            0,
+            Instant::now() + limits.wall,
+        );
         let instance = match version
             .pre
             .instance_pre()
@@ -180,6 +197,7 @@ impl Instance {
                 Err(e) => return Err(classify(store.data(), &e)),
             }
         }
+        store.data().output.end_call();
         let on_disconnect = match &version.lifecycle.on_disconnect {
             Some(idx) => Some(
                 instance
@@ -193,6 +211,12 @@ impl Instance {
             store,
             bindings,
             on_disconnect,
+            session: SessionInfo {
+                tenant: scope.tenant.to_string(),
+                user: String::new(),
+                sid: 0,
+                rooms: Vec::new(),
+            },
             calls: 0,
             poisoned: false,
         })
@@ -209,31 +233,47 @@ impl Instance {
     /// the instance (the wall-clock timeout does exactly that).
     pub(crate) async fn on_message(
         &mut self,
-        call: &ExtCall,
+        call: ExtCall,
         limits: &CallLimits,
+        deadline: Instant,
     ) -> Result<Vec<Effect>, PluginError> {
         self.poisoned = true; // cleared below unless the call trapped or was cut
+        let ExtCall {
+            session,
+            svc,
+            ty,
+            room,
+            seq,
+            data,
+            tenant_cfg,
+            broker,
+            ..
+        } = call;
         arm(
             &mut self.store,
             limits,
             CallKind::Message,
-            Some(Arc::clone(&call.tenant_cfg)),
-            Some(Arc::clone(&call.broker)),
-            call.svc.len(),
+            Some(tenant_cfg),
+            Some(broker),
+            svc.len(),
+            deadline,
         );
-        let session = session_info(&call.session);
+        fill_session(&mut self.session, session);
+        // Everything is moved, not copied: `data` was validated by the Ext Lane
+        // decoder and goes to the guest as the same buffer.
         let msg = Message {
-            svc: call.svc.clone(),
-            type_: call.ty.clone(),
-            room: call.room.clone(),
-            seq: call.seq,
-            data: call.data.get().to_owned(),
+            svc,
+            type_: ty,
+            room,
+            seq,
+            data: String::from(Box::<str>::from(data)),
         };
         let r = self
             .bindings
-            .call_on_message(&mut self.store, &session, &msg)
+            .call_on_message(&mut self.store, &self.session, &msg)
             .await;
         self.calls += 1;
+        self.store.data().output.end_call();
         let ctx = std::mem::take(&mut self.store.data_mut().call);
         match r {
             Ok(guest) => {
@@ -253,37 +293,53 @@ impl Instance {
         }
     }
 
-    /// Runs `on-disconnect` when the plugin exports it.
+    /// Runs `on-disconnect` when the plugin exports it and returns the effects
+    /// it queued (`publish`, `send-to-user`; the others answer `not-allowed`).
     ///
     /// # Errors
-    /// A trap or timeout (the instance is then poisoned).
+    /// A rule violation recorded by an import, or a trap/timeout (the instance
+    /// is then poisoned).
+    ///
+    /// # Cancel safety
+    /// As [`Instance::on_message`].
     pub(crate) async fn on_disconnect(
         &mut self,
-        session: &GatewaySession,
-        tenant_cfg: Option<Arc<TenantConfig>>,
+        closed: ClosedSession,
         limits: &CallLimits,
-    ) -> Result<(), PluginError> {
+        deadline: Instant,
+    ) -> Result<Vec<Effect>, PluginError> {
         let Some(f) = self.on_disconnect else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         self.poisoned = true;
+        let ClosedSession {
+            session,
+            svc,
+            tenant_cfg,
+            broker,
+            ..
+        } = closed;
         arm(
             &mut self.store,
             limits,
-            CallKind::Lifecycle,
-            tenant_cfg,
-            None,
-            0,
+            CallKind::Disconnect,
+            Some(tenant_cfg),
+            Some(broker),
+            svc.len(),
+            deadline,
         );
-        let r = f
-            .call_async(&mut self.store, (session_info(session),))
-            .await;
+        fill_session(&mut self.session, session);
+        let r = f.call_async(&mut self.store, (self.session.clone(),)).await;
         self.calls += 1;
-        self.store.data_mut().call = CallCtx::default();
+        self.store.data().output.end_call();
+        let ctx = std::mem::take(&mut self.store.data_mut().call);
         match r {
             Ok(()) => {
                 self.poisoned = false;
-                Ok(())
+                match ctx.violation {
+                    Some(v) => Err(v),
+                    None => Ok(ctx.effects),
+                }
             }
             Err(e) => Err(classify(self.store.data(), &e)),
         }

@@ -30,12 +30,14 @@ pub(crate) const MAX_CALLS_PER_INSTANCE: u64 = 10_000;
 /// memory back, and a fresh instance starts small.
 pub(crate) const RECYCLE_MEMORY_PERCENT: usize = 75;
 
-/// Jobs queued per instance actor; past it calls answer `Overloaded` instead of
-/// piling up behind a slow plugin.
+/// Calls running or waiting per instance lane; past it calls answer
+/// `Overloaded` instead of piling up behind a slow plugin.
 pub(crate) const MAILBOX_CAPACITY: usize = 256;
 
-/// An idle actor drops its instance (and its linear memory) after this long; the
-/// next message instantiates again from the cached `InstancePre`.
+/// Period of the idle sweeper: an instance that served no call for a whole
+/// period is dropped (with its linear memory), so idle instances go after one
+/// to two periods; the next message instantiates again from the cached
+/// `InstancePre`. One task per host does this, not a timer per call.
 pub(crate) const INSTANCE_IDLE_TTL: Duration = Duration::from_secs(300);
 
 /// Crashes (trap, timeout, budget kill) within [`CRASH_WINDOW`] that put a
@@ -66,8 +68,18 @@ pub(crate) const MAX_PLUGIN_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Largest backend response body handed to a guest.
 pub(crate) const MAX_BACKEND_BODY_BYTES: usize = 1024 * 1024;
 
-/// Longest plugin log line kept (the rest is cut).
+/// Longest plugin log line kept (the rest is cut); applies to the `log`
+/// import and to lines of guest stdout/stderr.
 pub(crate) const MAX_LOG_LINE_BYTES: usize = 1024;
+
+/// Guest stdout+stderr bytes one call may put into the logs; the rest is
+/// dropped (and counted in one warning). Enough for a panic message and some
+/// debug prints, far too little to flood the log pipeline.
+pub(crate) const MAX_OUTPUT_BYTES_PER_CALL: usize = 16 * 1024;
+
+/// Log events (lines) of guest stdout+stderr per call, so a stream of empty
+/// lines is bounded too.
+pub(crate) const MAX_OUTPUT_LINES_PER_CALL: usize = 64;
 
 /// Longest refusal code / message forwarded to a client.
 pub(crate) const MAX_REFUSAL_CODE_BYTES: usize = 64;

@@ -2,19 +2,24 @@
 //! (SPEC §8).
 //!
 //! Owns: the process's one wasmtime engine, the plugin registry loaded from
-//! `gateway.plugins.dir` (with hot reload), the instance actors of every
+//! `gateway.plugins.dir` (with hot reload), the instance lanes of every
 //! (tenant, plugin), and the [`ExtService`] implementation the Ext Lane calls.
-//! Input: an [`ExtCall`] routed by the tenant's `routes`; output: the
-//! [`Effect`]s the plugin queued, which the lane applies, or a [`PluginError`].
-//! It never writes to a socket and never touches another tenant's state.
+//! Input: an [`ExtCall`] routed by the tenant's `routes` (or a
+//! [`ClosedSession`] for `on-disconnect`); output: the [`Effect`]s the plugin
+//! queued, which the lane applies, or a [`PluginError`]. It never writes to a
+//! socket and never touches another tenant's state.
 //!
 //! Layout: `engine.rs` (engine, epoch ticker), `bindings.rs` (WIT bindings and
 //! host imports), `limits.rs` (budgets), `instance.rs` (one store, one call),
-//! `pool.rs` (actors, routing, back-off), `loader.rs` (load, reload, watch),
-//! `kv.rs` (plugin key-value store), `backend.rs` (upstream HTTP calls).
+//! `pool.rs` (lanes, routing, back-off, idle sweep), `loader.rs` (load, reload,
+//! watch), `kv.rs` (plugin key-value store), `backend.rs` (upstream HTTP
+//! calls), `output.rs` (guest stdout/stderr to `tracing`).
 //!
 //! # Execution model
-//! Guests run as async wasmtime calls on tokio workers. The epoch advances every
+//! Guests run as async wasmtime calls on the caller's tokio task, one call at a
+//! time per instance (see `pool.rs` for why lanes beat actor tasks here). The
+//! engine is built without component-model-async support, so a call is a plain
+//! fiber switch rather than a concurrent task loop. The epoch advances every
 //! 10 ms on a dedicated thread and the store's epoch callback yields to tokio at
 //! every tick, so a busy guest never holds a worker for more than about one tick
 //! and its CPU budget (`call_timeout_ms`) is counted in ticks. An outer
@@ -37,6 +42,7 @@ mod instance;
 pub mod kv;
 mod limits;
 mod loader;
+mod output;
 mod pool;
 
 use std::path::PathBuf;
@@ -53,7 +59,7 @@ use wasmtime::component::Linker;
 use crate::config::PluginsConfig;
 use crate::error::PluginError;
 use crate::obs::metrics::Metrics;
-use crate::services::{BoxFuture, Effect, ExtCall, ExtService, PluginStatus, SessionInfo};
+use crate::services::{BoxFuture, ClosedSession, Effect, ExtCall, ExtService, PluginStatus};
 use bindings::HostState;
 use kv::{KvStore, MemoryKv};
 use pool::{Pool, PoolKey, Stats};
@@ -79,11 +85,29 @@ pub(crate) struct Env {
 }
 
 impl Env {
+    /// The pool of (tenant, plugin), created on first use with its stats and
+    /// resolved metric handles.
     fn pool(&self, key: &PoolKey) -> Arc<Pool> {
         if let Some(p) = self.pools.get(key) {
             return Arc::clone(p.value());
         }
-        Arc::clone(self.pools.entry(key.clone()).or_default().value())
+        let stats = self.stats(key);
+        let metrics = pool::CallMetrics {
+            calls: self
+                .metrics
+                .plugin_calls
+                .with_label_values(&[&*key.0, &*key.1]),
+            duration: self
+                .metrics
+                .plugin_call_duration
+                .with_label_values(&[&*key.1]),
+        };
+        Arc::clone(
+            self.pools
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Pool::new(stats, metrics)))
+                .value(),
+        )
     }
 
     fn stats(&self, key: &PoolKey) -> Arc<Stats> {
@@ -93,7 +117,7 @@ impl Env {
         Arc::clone(self.stats.entry(key.clone()).or_default().value())
     }
 
-    /// Drops every actor of `plugin` (their queued calls still finish).
+    /// Drops every lane of `plugin` (calls holding one still finish).
     fn drop_pools(&self, plugin: &str) {
         self.pools.retain(|k, _| &*k.1 != plugin);
     }
@@ -213,6 +237,7 @@ impl PluginHost {
             _stop_on_drop: stop.drop_guard(),
         });
         loader::rescan(&env).await;
+        spawn_idle_sweeper(&env);
         if cfg.watch
             && let Err(e) = loader::watch(&env)
         {
@@ -262,6 +287,26 @@ impl PluginHost {
     }
 }
 
+/// Starts the one task that drops idle instances (see `pool::sweep_idle`). It
+/// holds the host weakly and stops with it.
+fn spawn_idle_sweeper(env: &Arc<Env>) {
+    let weak = Arc::downgrade(env);
+    let stop = env.stop.clone();
+    env.tracker.spawn(async move {
+        let mut tick = tokio::time::interval(limits::INSTANCE_IDLE_TTL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(env) = weak.upgrade() else { return };
+            pool::sweep_idle(&env);
+        }
+    });
+}
+
 impl Env {
     /// Names of the plugins with a serving version, sorted.
     fn serving(&self) -> Vec<String> {
@@ -279,34 +324,30 @@ impl Env {
 impl ExtService for PluginHost {
     fn call(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
         let env = Arc::clone(&self.env);
-        Box::pin(async move {
+        let fut = async move {
             let started = Instant::now();
             let key: PoolKey = (Arc::clone(&call.session.tenant), Arc::clone(&call.plugin));
-            let (tenant, plugin) = (Arc::clone(&key.0), Arc::clone(&key.1));
-            env.metrics
-                .plugin_calls
-                .with_label_values(&[&*tenant, &*plugin])
-                .inc();
-            let stats = env.stats(&key);
-            stats.calls.fetch_add(1, Ordering::Relaxed);
-            let r = match env.registry.current(&plugin) {
-                Some(version) => pool::dispatch(&env, &key, &stats, version, call).await,
-                None => Err(PluginError::Missing(plugin.to_string())),
+            let pool = env.pool(&key);
+            pool.metrics.calls.inc();
+            pool.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let r = match env.registry.current(&key.1) {
+                Some(version) => pool::dispatch(&env, &key, &pool, version, call).await,
+                None => Err(PluginError::Missing(key.1.to_string())),
             };
-            env.metrics
-                .plugin_call_duration
-                .with_label_values(&[&*plugin])
+            pool.metrics
+                .duration
                 .observe(started.elapsed().as_secs_f64());
             if let Err(e) = &r {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                pool.stats.errors.fetch_add(1, Ordering::Relaxed);
                 env.metrics
                     .plugin_errors
-                    .with_label_values(&[&*tenant, &*plugin, e.label()])
+                    .with_label_values(&[&*key.0, &*key.1, e.label()])
                     .inc();
-                tracing::debug!(tenant = %tenant, plugin = %plugin, reason = e.label(), error = %e, "plugin call failed");
+                tracing::debug!(tenant = %key.0, plugin = %key.1, reason = e.label(), error = %e, "plugin call failed");
             }
             r
-        })
+        };
+        Box::pin(fut)
     }
 
     fn status(&self, tenant: &str, plugin: &str) -> PluginStatus {
@@ -344,12 +385,16 @@ impl ExtService for PluginHost {
         self.update_config(cfg);
     }
 
-    fn session_closed(&self, plugin: &str, session: &SessionInfo) {
-        let Some(version) = self.env.registry.current(plugin) else {
-            return;
-        };
-        let key: PoolKey = (Arc::clone(&session.tenant), Arc::from(plugin));
-        let stats = self.env.stats(&key);
-        pool::disconnect(&self.env, &key, &stats, version, session);
+    fn session_closed(
+        &self,
+        closed: ClosedSession,
+    ) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
+        let version = self.env.registry.current(&closed.plugin)?;
+        let key: PoolKey = (
+            Arc::clone(&closed.session.tenant),
+            Arc::clone(&closed.plugin),
+        );
+        let pool = self.env.pool(&key);
+        pool::disconnect(&self.env, key, pool, version, closed)
     }
 }

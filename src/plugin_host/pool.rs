@@ -1,33 +1,47 @@
 //! Instance actors and call routing per (tenant, plugin).
 //!
-//! Owns: the `sharded` model (a few long-lived actors per (tenant, plugin), each
-//! a task owning one [`Instance`] and draining a bounded mailbox; a room's
-//! messages, else a session's, always go to the same actor, so they run in
-//! order), the `per_message` model (a fresh instance per call behind a
-//! semaphore), recycling (new version, N calls, poisoned, idle) and crash
-//! back-off. Fed by `PluginHost::call`; answers with effects or a [`PluginError`].
+//! Owns: the `sharded` model (a few long-lived instances per (tenant, plugin),
+//! each behind one [`Lane`]; a room's messages, else a session's, always go to
+//! the same lane, which runs them one at a time in arrival order), the
+//! `per_message` model (a fresh instance per call behind a semaphore), recycling
+//! (new version, N calls, poisoned, idle) and crash back-off. Fed by
+//! `PluginHost::call` and `PluginHost::session_closed`; answers with effects or
+//! a [`PluginError`].
+//!
+//! # Why lanes, not actor tasks
+//! A lane is a fair (FIFO) async mutex around an instance slot, and a call runs
+//! on the caller's own task while it holds the lane. Compared with an actor task
+//! fed by a mailbox this saves, per message, a channel send, a reply channel, two
+//! task wake-ups (often across worker threads) and a timer; the guarantees are
+//! the same: one call at a time per instance, calls of one shard in the order
+//! they reached the lane, a bounded queue (`MAILBOX_CAPACITY`, then
+//! `Overloaded`), and a guest that yields to tokio at every epoch tick. The one
+//! difference: a caller dropped mid-call (its session ended) cuts that call, so
+//! the instance is marked poisoned and replaced on the next call, exactly as
+//! after a wall-clock timeout. Idle instances are dropped by one sweeper task per
+//! host ([`sweep_idle`]), not by a timer per lane.
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 
-use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
 use super::Env;
 use super::instance::Instance;
 use super::kv::KvScope;
 use super::limits::{
-    BACKOFF_BASE, BACKOFF_MAX, CRASH_THRESHOLD, CRASH_WINDOW, CallLimits, INSTANCE_IDLE_TTL,
-    MAILBOX_CAPACITY, MAX_CALLS_PER_INSTANCE, RECYCLE_MEMORY_PERCENT,
+    BACKOFF_BASE, BACKOFF_MAX, CRASH_THRESHOLD, CRASH_WINDOW, CallLimits, MAILBOX_CAPACITY,
+    MAX_CALLS_PER_INSTANCE, RECYCLE_MEMORY_PERCENT,
 };
 use super::loader::PluginVersion;
 use crate::config::{Isolation, TenantConfig};
 use crate::error::PluginError;
-use crate::services::{Effect, ExtCall, SessionInfo};
+use crate::services::{BoxFuture, ClosedSession, Effect, ExtCall};
 
 /// (tenant, plugin).
 pub(crate) type PoolKey = (Arc<str>, Arc<str>);
@@ -40,6 +54,9 @@ pub(crate) struct Stats {
     /// Calls failed (any [`PluginError`], refusals included).
     pub(crate) errors: AtomicU64,
     health: Mutex<Health>,
+    /// Set while a back-off may be in force or a back-off streak is open, so
+    /// the per-call checks skip the lock (and the clock) in the normal case.
+    troubled: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +70,14 @@ struct Health {
 impl Stats {
     /// Whether calls are refused with `BackingOff` right now.
     pub(crate) fn backing_off(&self, now: Instant) -> bool {
-        self.health.lock().backoff_until.is_some_and(|t| t > now)
+        self.troubled.load(Ordering::Acquire)
+            && self.health.lock().backoff_until.is_some_and(|t| t > now)
+    }
+
+    /// [`Stats::backing_off`] right now; reads the clock only when a back-off
+    /// may be in force.
+    pub(crate) fn backing_off_now(&self) -> bool {
+        self.troubled.load(Ordering::Acquire) && self.backing_off(Instant::now())
     }
 
     /// Records a crash; returns the back-off period when this crash started one.
@@ -76,57 +100,105 @@ impl Stats {
             .min(BACKOFF_MAX);
         h.streak = h.streak.saturating_add(1);
         h.backoff_until = Some(now + period);
+        self.troubled.store(true, Ordering::Release);
         Some(period)
     }
 
     /// A call succeeded: the next back-off starts from the base period again.
     pub(crate) fn succeeded(&self) {
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
         let mut h = self.health.lock();
         if h.backoff_until.is_none_or(|t| t <= Instant::now()) {
             h.streak = 0;
+            h.backoff_until = None;
+            self.troubled.store(false, Ordering::Release);
         }
     }
 
     /// A new version was loaded: forget past crashes.
     pub(crate) fn reset(&self) {
-        *self.health.lock() = Health::default();
+        let mut h = self.health.lock();
+        *h = Health::default();
+        self.troubled.store(false, Ordering::Release);
     }
 }
 
-/// Work for an actor.
-enum Job {
-    Message {
-        call: Box<ExtCall>,
-        version: Arc<PluginVersion>,
-        reply: oneshot::Sender<Result<Vec<Effect>, PluginError>>,
-    },
-    Disconnect {
-        session: SessionInfo,
-        version: Arc<PluginVersion>,
-    },
+/// Per-call metric handles of one (tenant, plugin), resolved once so a call
+/// never hashes label values.
+#[derive(Debug, Clone)]
+pub(crate) struct CallMetrics {
+    /// `wsprism_plugin_calls_total{tenant,plugin}`.
+    pub(crate) calls: IntCounter,
+    /// `wsprism_plugin_call_duration_seconds{plugin}`.
+    pub(crate) duration: Histogram,
 }
 
-/// The actors of one (tenant, plugin).
-#[derive(Debug, Default)]
+/// The lanes, stats and metric handles of one (tenant, plugin).
+#[derive(Debug)]
 pub(crate) struct Pool {
-    lanes: Mutex<Vec<mpsc::Sender<Job>>>,
-    /// Tenant config of the latest call, for `on-disconnect`'s backend calls.
-    last_tenant_cfg: ArcSwapOption<TenantConfig>,
+    /// Counters and crash history (outlive the pool: kept across reloads).
+    pub(crate) stats: Arc<Stats>,
+    /// Metric handles.
+    pub(crate) metrics: CallMetrics,
+    lanes: Mutex<Vec<Arc<Lane>>>,
 }
 
-impl std::fmt::Debug for Job {
+/// One instance slot, taken by one call at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Lane {
+    /// `tokio::sync::Mutex` is fair: calls get the slot in the order they
+    /// asked for it, which is the order of the shard's messages.
+    slot: tokio::sync::Mutex<Slot>,
+    /// Calls holding or waiting for `slot` (the bounded "mailbox").
+    queued: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    instance: Option<Instance>,
+    /// Calls run in this lane so far, and the value the idle sweeper saw last.
+    uses: u64,
+    swept_at: u64,
+}
+
+impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Job::Message { .. } => "Job::Message",
-            Job::Disconnect { .. } => "Job::Disconnect",
-        })
+        f.debug_struct("Slot")
+            .field("live", &self.instance.is_some())
+            .field("uses", &self.uses)
+            .finish()
+    }
+}
+
+/// A place in a lane's queue; leaving it (drop) frees the place.
+struct QueueGuard<'a>(&'a AtomicUsize);
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Lane {
+    /// Takes a place in the queue, or `Overloaded` past [`MAILBOX_CAPACITY`].
+    fn enter(&self) -> Result<QueueGuard<'_>, PluginError> {
+        let guard = QueueGuard(&self.queued);
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= MAILBOX_CAPACITY {
+            return Err(PluginError::Overloaded);
+        }
+        Ok(guard)
     }
 }
 
 fn lane_of(shard: ShardKey<'_>, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
     let mut h = std::hash::DefaultHasher::new();
     shard.hash(&mut h);
-    (h.finish() % n.max(1) as u64) as usize
+    (h.finish() % n as u64) as usize
 }
 
 /// What keeps messages in order: the room, else the session.
@@ -137,79 +209,57 @@ enum ShardKey<'a> {
 }
 
 impl Pool {
-    /// The sender of lane `idx`, (re)spawning actors when the configured count
-    /// changed. Resizing re-routes shards, so ordering across a resize is only
-    /// per actor; resizes happen on config reload only.
-    fn lane(
-        &self,
-        env: &Arc<Env>,
-        key: &PoolKey,
-        stats: &Arc<Stats>,
-        shard: ShardKey<'_>,
-    ) -> mpsc::Sender<Job> {
-        let n = env.cfg.load().instances_per_plugin.max(1);
+    /// An empty pool.
+    pub(crate) fn new(stats: Arc<Stats>, metrics: CallMetrics) -> Self {
+        Self {
+            stats,
+            metrics,
+            lanes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The lane of `shard` when there are `n` lanes. Resizing (a config reload
+    /// of `instances_per_plugin`) starts a new set of lanes: calls in flight
+    /// finish on the old ones, so ordering across a resize is only per lane.
+    fn lane(&self, n: usize, shard: ShardKey<'_>) -> Arc<Lane> {
+        let n = n.max(1);
         let mut lanes = self.lanes.lock();
         if lanes.len() != n {
-            // Dropping the old senders lets the old actors drain and exit.
-            lanes.clear();
+            *lanes = (0..n).map(|_| Arc::new(Lane::default())).collect();
         }
-        for i in 0..n {
-            if i == lanes.len() {
-                lanes.push(spawn_actor(env, key, stats, i));
-            } else if lanes[i].is_closed() {
-                lanes[i] = spawn_actor(env, key, stats, i);
+        Arc::clone(&lanes[lane_of(shard, n)])
+    }
+
+    /// Drops the instance of every lane that ran no call since the previous
+    /// sweep. Busy lanes are skipped.
+    fn sweep_idle(&self) -> usize {
+        let lanes: Vec<Arc<Lane>> = self.lanes.lock().clone();
+        let mut dropped = 0;
+        for lane in lanes {
+            if let Ok(mut slot) = lane.slot.try_lock() {
+                if slot.uses == slot.swept_at && slot.instance.take().is_some() {
+                    dropped += 1;
+                }
+                slot.swept_at = slot.uses;
             }
         }
-        lanes[lane_of(shard, n)].clone()
+        dropped
     }
 }
 
-fn spawn_actor(
-    env: &Arc<Env>,
-    key: &PoolKey,
-    stats: &Arc<Stats>,
-    lane: usize,
-) -> mpsc::Sender<Job> {
-    let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
-    let env = Arc::clone(env);
-    let key = key.clone();
-    let stats = Arc::clone(stats);
-    let tracker = env.tracker.clone();
-    tracker.spawn(async move {
-        tracing::debug!(tenant = %key.0, plugin = %key.1, lane, "plugin actor started");
-        actor(env, key, stats, rx).await;
-    });
-    tx
-}
-
-async fn actor(env: Arc<Env>, key: PoolKey, stats: Arc<Stats>, mut rx: mpsc::Receiver<Job>) {
-    let mut slot: Option<Instance> = None;
-    loop {
-        let job = tokio::select! {
-            _ = env.stop.cancelled() => return,
-            j = tokio::time::timeout(INSTANCE_IDLE_TTL, rx.recv()) => match j {
-                Ok(Some(job)) => job,
-                Ok(None) => return,
-                Err(_) => {
-                    // Idle: give the linear memory back; state lives in kv.
-                    slot = None;
-                    continue;
-                }
-            },
-        };
-        match job {
-            Job::Message {
-                call,
-                version,
-                reply,
-            } => {
-                let r = run_message(&env, &key, &stats, &mut slot, &version, &call).await;
-                // The caller may have gone away (session closed); fine.
-                let _ = reply.send(r);
-            }
-            Job::Disconnect { session, version } => {
-                run_disconnect(&env, &key, &stats, &mut slot, &version, &session).await;
-            }
+/// One pass of the idle sweeper: an instance that served no call for a whole
+/// period (`INSTANCE_IDLE_TTL`) gives its linear memory back; state lives in
+/// kv, and the next message instantiates again from the cached `InstancePre`.
+pub(crate) fn sweep_idle(env: &Env) {
+    let pools: Vec<(PoolKey, Arc<Pool>)> = env
+        .pools
+        .iter()
+        .map(|p| (p.key().clone(), Arc::clone(p.value())))
+        .collect();
+    for (key, pool) in pools {
+        let n = pool.sweep_idle();
+        if n > 0 {
+            tracing::debug!(tenant = %key.0, plugin = %key.1, instances = n, "idle plugin instances dropped");
         }
     }
 }
@@ -221,34 +271,37 @@ async fn ready<'a>(
     stats: &Stats,
     slot: &'a mut Option<Instance>,
     version: &Arc<PluginVersion>,
-    tenant_cfg: Option<Arc<TenantConfig>>,
+    tenant_cfg: &Arc<TenantConfig>,
 ) -> Result<&'a mut Instance, PluginError> {
-    let memory_cap = env.cfg.load().max_memory_bytes / 100 * RECYCLE_MEMORY_PERCENT;
-    if slot.as_ref().is_some_and(|i| {
-        i.poisoned
+    if let Some(i) = slot.as_ref() {
+        let memory_cap = env.cfg.load().max_memory_bytes / 100 * RECYCLE_MEMORY_PERCENT;
+        if i.poisoned
             || i.memory_peak() > memory_cap
-            // A newer instance may serve a job queued before a reload; an
-            // older one is replaced (recycle on reload).
+            // A newer instance may serve a call that started before a reload;
+            // an older one is replaced (recycle on reload).
             || i.version.generation < version.generation
             || i.calls >= MAX_CALLS_PER_INSTANCE
-    }) {
-        *slot = None;
+        {
+            *slot = None;
+        }
     }
     if slot.is_none() {
         let cfg = env.cfg.load_full();
-        let limits = CallLimits::for_instantiate(&cfg, tenant_cfg.as_deref());
+        let limits = CallLimits::for_instantiate(&cfg, Some(&**tenant_cfg));
         let scope = KvScope {
             tenant: Arc::clone(&key.0),
             plugin: Arc::clone(&key.1),
         };
-        let fresh = Instance::new(
+        // Boxed: instantiation is rare, and its large future would otherwise
+        // size (and be copied with) every call's future.
+        let fresh = Box::pin(Instance::new(
             env,
             Arc::clone(version),
             scope,
             Arc::clone(&env.kv),
-            tenant_cfg,
+            Some(Arc::clone(tenant_cfg)),
             &limits,
-        );
+        ));
         match tokio::time::timeout(limits.wall, fresh).await {
             Ok(Ok(i)) => *slot = Some(i),
             Ok(Err(e)) => {
@@ -274,33 +327,65 @@ fn note_crash(key: &PoolKey, stats: &Stats, e: &PluginError) {
     }
 }
 
-async fn run_message(
+/// What a lane runs: a message, or a closed session's `on-disconnect`.
+enum Work {
+    Message(ExtCall),
+    Disconnect(ClosedSession),
+}
+
+impl Work {
+    fn tenant_cfg(&self) -> &Arc<TenantConfig> {
+        match self {
+            Work::Message(c) => &c.tenant_cfg,
+            Work::Disconnect(c) => &c.tenant_cfg,
+        }
+    }
+}
+
+/// Runs one piece of work on the instance in `slot` (created when needed),
+/// under the per-call CPU budget and wall-clock bound.
+async fn run(
     env: &Env,
     key: &PoolKey,
     stats: &Stats,
     slot: &mut Option<Instance>,
     version: &Arc<PluginVersion>,
-    call: &ExtCall,
+    work: Work,
 ) -> Result<Vec<Effect>, PluginError> {
-    let instance = ready(
-        env,
-        key,
-        stats,
-        slot,
-        version,
-        Some(Arc::clone(&call.tenant_cfg)),
-    )
-    .await?;
-    let limits = CallLimits::for_call(&env.cfg.load(), Some(&call.tenant_cfg));
-    let r = match tokio::time::timeout(limits.wall, instance.on_message(call, &limits)).await {
-        Ok(r) => r,
-        Err(_) => {
-            // Cut mid-call (a slow backend loop): the store is unusable.
-            instance.poisoned = true;
-            Err(PluginError::Timeout)
+    let instance = ready(env, key, stats, slot, version, work.tenant_cfg()).await?;
+    let limits = CallLimits::for_call(&env.cfg.load(), Some(&**work.tenant_cfg()));
+    let deadline = Instant::now() + limits.wall;
+    let r = {
+        let call = async {
+            match work {
+                Work::Message(call) => instance.on_message(call, &limits, deadline).await,
+                Work::Disconnect(closed) => instance.on_disconnect(closed, &limits, deadline).await,
+            }
+        };
+        // Boxed once here: the guest call's future (wasmtime's fiber plumbing)
+        // is several KiB, and every enclosing future would otherwise grow by as
+        // much and copy it on each call.
+        let mut call = Box::pin(call);
+        // Most calls finish on their first poll; only a call that waits (a
+        // guest yielding at an epoch tick, a kv or backend call) needs the
+        // wall-clock timer, so it is armed then, against the deadline above.
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(match call.as_mut().poll(cx) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        match first {
+            Some(r) => r,
+            // Cut mid-call (a slow backend loop): the instance marked itself
+            // poisoned when the call started and stays so.
+            None => tokio::time::timeout_at(deadline, call)
+                .await
+                .unwrap_or(Err(PluginError::Timeout)),
         }
     };
-    if instance.poisoned {
+    if slot.as_ref().is_some_and(|i| i.poisoned) {
         *slot = None;
         if let Err(e) = &r {
             note_crash(key, stats, e);
@@ -311,43 +396,61 @@ async fn run_message(
     r
 }
 
-async fn run_disconnect(
+/// Runs `work` in the lane of `shard` (sharded) or on a fresh instance
+/// (per-message).
+async fn run_routed(
     env: &Env,
     key: &PoolKey,
-    stats: &Stats,
-    slot: &mut Option<Instance>,
-    version: &Arc<PluginVersion>,
-    session: &SessionInfo,
-) {
-    if version.lifecycle.on_disconnect.is_none() || stats.backing_off(Instant::now()) {
-        return;
-    }
-    let tenant_cfg = env
-        .pools
-        .get(key)
-        .and_then(|p| p.last_tenant_cfg.load_full());
-    let Ok(instance) = ready(env, key, stats, slot, version, tenant_cfg.clone()).await else {
-        return;
-    };
-    let limits = CallLimits::for_call(&env.cfg.load(), tenant_cfg.as_deref());
-    let r = tokio::time::timeout(
-        limits.wall,
-        instance.on_disconnect(session, tenant_cfg, &limits),
-    )
-    .await;
-    let r = r.unwrap_or(Err(PluginError::Timeout));
-    if let Err(e) = r {
-        *slot = None;
-        note_crash(key, stats, &e);
+    pool: &Pool,
+    version: Arc<PluginVersion>,
+    work: Work,
+) -> Result<Vec<Effect>, PluginError> {
+    let cfg = env.cfg.load();
+    match cfg.isolation {
+        Isolation::PerMessage => {
+            let limits = CallLimits::for_call(&cfg, Some(&**work.tenant_cfg()));
+            drop(cfg);
+            let _permit = tokio::time::timeout(limits.wall, env.fresh.acquire())
+                .await
+                .map_err(|_| PluginError::Overloaded)?
+                .map_err(|_| PluginError::Overloaded)?;
+            let mut slot = None;
+            run(env, key, &pool.stats, &mut slot, &version, work).await
+        }
+        Isolation::Sharded => {
+            let n = cfg.instances_per_plugin;
+            drop(cfg);
+            let shard = match &work {
+                Work::Message(call) => match call.room.as_deref() {
+                    Some(room) => ShardKey::Room(room),
+                    None => ShardKey::Session(call.session.sid),
+                },
+                Work::Disconnect(closed) => ShardKey::Session(closed.session.sid),
+            };
+            let lane = pool.lane(n, shard);
+            let _queued = lane.enter()?;
+            // `try_lock` cannot overtake a waiter: a released slot goes to the
+            // first waiter directly, so FIFO order holds either way.
+            let mut slot = match lane.slot.try_lock() {
+                Ok(slot) => slot,
+                Err(_) => lane.slot.lock().await,
+            };
+            slot.uses = slot.uses.wrapping_add(1);
+            run(env, key, &pool.stats, &mut slot.instance, &version, work).await
+        }
     }
 }
 
-/// Runs one call: routed to an actor (`sharded`) or on a fresh instance
-/// (`per_message`).
+/// Runs one call: in the lane of its room (else session) in `sharded` mode, on
+/// a fresh instance in `per_message` mode.
+///
+/// # Cancel safety
+/// Dropping the future while it waits for the lane is harmless; dropping it
+/// mid-call cuts the call and the instance is replaced on the next one.
 pub(crate) async fn dispatch(
-    env: &Arc<Env>,
+    env: &Env,
     key: &PoolKey,
-    stats: &Arc<Stats>,
+    pool: &Pool,
     version: Arc<PluginVersion>,
     call: ExtCall,
 ) -> Result<Vec<Effect>, PluginError> {
@@ -355,88 +458,33 @@ pub(crate) async fn dispatch(
         // Draining: no new instances; the lane answers SERVICE_UNAVAILABLE.
         return Err(PluginError::Overloaded);
     }
-    if stats.backing_off(Instant::now()) {
+    if pool.stats.backing_off_now() {
         return Err(PluginError::BackingOff);
     }
-    let isolation = env.cfg.load().isolation;
-    match isolation {
-        Isolation::PerMessage => {
-            let limits = CallLimits::for_call(&env.cfg.load(), Some(&call.tenant_cfg));
-            let permit = tokio::time::timeout(limits.wall, env.fresh.acquire())
-                .await
-                .map_err(|_| PluginError::Overloaded)?
-                .map_err(|_| PluginError::Overloaded)?;
-            let mut slot = None;
-            let r = run_message(env, key, stats, &mut slot, &version, &call).await;
-            drop(slot);
-            drop(permit);
-            r
-        }
-        Isolation::Sharded => {
-            let pool = env.pool(key);
-            pool.last_tenant_cfg
-                .store(Some(Arc::clone(&call.tenant_cfg)));
-            let shard = match call.room.as_deref() {
-                Some(room) => ShardKey::Room(room),
-                None => ShardKey::Session(call.session.sid),
-            };
-            let tx = pool.lane(env, key, stats, shard);
-            let (reply, answer) = oneshot::channel();
-            tx.try_send(Job::Message {
-                call: Box::new(call),
-                version,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => PluginError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => PluginError::Overloaded,
-            })?;
-            answer
-                .await
-                .map_err(|_| PluginError::Trap("instance stopped (shutdown)".into()))?
-        }
-    }
+    run_routed(env, key, pool, version, Work::Message(call)).await
 }
 
-/// Queues `on-disconnect` for a closed session (fire and forget).
+/// Runs `on-disconnect` for a closed session (in the session's lane when
+/// sharded); resolves to the effects it queued (`publish`, `send-to-user`).
+/// Nothing runs when the version does not export `on-disconnect`.
 pub(crate) fn disconnect(
     env: &Arc<Env>,
-    key: &PoolKey,
-    stats: &Arc<Stats>,
+    key: PoolKey,
+    pool: Arc<Pool>,
     version: Arc<PluginVersion>,
-    session: &SessionInfo,
-) {
-    if version.lifecycle.on_disconnect.is_none() {
-        return;
-    }
-    match env.cfg.load().isolation {
-        Isolation::Sharded => {
-            let pool = env.pool(key);
-            let tx = pool.lane(env, key, stats, ShardKey::Session(session.sid));
-            if tx
-                .try_send(Job::Disconnect {
-                    session: session.clone(),
-                    version,
-                })
-                .is_err()
-            {
-                tracing::debug!(tenant = %key.0, plugin = %key.1, "on-disconnect dropped: mailbox full");
-            }
+    closed: ClosedSession,
+) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
+    version.lifecycle.on_disconnect.as_ref()?;
+    let env = Arc::clone(env);
+    Some(Box::pin(async move {
+        if env.stop.is_cancelled() {
+            return Err(PluginError::Overloaded);
         }
-        Isolation::PerMessage => {
-            let env2 = Arc::clone(env);
-            let key = key.clone();
-            let stats = Arc::clone(stats);
-            let session = session.clone();
-            env.tracker.spawn(async move {
-                let Ok(_permit) = env2.fresh.acquire().await else {
-                    return;
-                };
-                let mut slot = None;
-                run_disconnect(&env2, &key, &stats, &mut slot, &version, &session).await;
-            });
+        if pool.stats.backing_off_now() {
+            return Err(PluginError::BackingOff);
         }
-    }
+        run_routed(&env, &key, &pool, version, Work::Disconnect(closed)).await
+    }))
 }
 
 #[cfg(test)]

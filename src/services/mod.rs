@@ -111,6 +111,23 @@ pub struct ExtCall {
     pub broker: Arc<dyn Broker>,
 }
 
+/// A session that has closed, for the `on-disconnect` hook of a plugin the
+/// tenant routes to.
+#[derive(Debug, Clone)]
+pub struct ClosedSession {
+    /// Who it was. `rooms` is empty: the session has left every room by now.
+    pub session: SessionInfo,
+    /// Plugin file stem.
+    pub plugin: Arc<str>,
+    /// The `svc` wrapped around the hook's effects: the first of the tenant's
+    /// routes that names the plugin.
+    pub svc: String,
+    /// The tenant's config at close time (upstreams, limits).
+    pub tenant_cfg: Arc<TenantConfig>,
+    /// The tenant's realtime state, for read-only queries such as room members.
+    pub broker: Arc<dyn Broker>,
+}
+
 /// Something a service asks the gateway to do after it returns. The gateway wraps
 /// every payload in an envelope whose `svc` is the calling service's own, so a
 /// service cannot forge `sys` frames or reach another tenant.
@@ -185,8 +202,17 @@ pub trait ExtService: Send + Sync + 'static {
     /// Reports a plugin's state for a tenant.
     fn status(&self, tenant: &str, plugin: &str) -> PluginStatus;
 
-    /// Tells the service a session that used `plugin` has closed.
-    fn session_closed(&self, _plugin: &str, _session: &SessionInfo) {}
+    /// Tells the service that a session of a tenant routing to
+    /// `closed.plugin` has closed. Returns the hook's work when the plugin has
+    /// one: a future resolving to the effects to apply (only `Publish` and
+    /// `SendToUser`; the session is gone), which the caller runs in the
+    /// background. `None` when there is nothing to run.
+    fn session_closed(
+        &self,
+        _closed: ClosedSession,
+    ) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
+        None
+    }
 
     /// A config reload changed `gateway.plugins`; new calls use the new limits.
     fn config_changed(&self, _cfg: &crate::config::PluginsConfig) {}

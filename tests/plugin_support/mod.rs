@@ -17,7 +17,7 @@ use wsprism::obs::metrics::Metrics;
 use wsprism::plugin_host::PluginHost;
 use wsprism::realtime::broker::{Broker, LocalBroker, RoomLimits, SessionEntry, SessionLimits};
 use wsprism::realtime::outbox::Outbox;
-use wsprism::services::{ExtCall, ExtService, PluginStatus, SessionInfo};
+use wsprism::services::{ClosedSession, ExtCall, ExtService, PluginStatus, SessionInfo};
 
 /// Repository root.
 pub fn repo() -> PathBuf {
@@ -221,6 +221,21 @@ impl Tenant {
             user: Arc::from(user),
             sid,
             rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// `session` closed: what the gateway hands `plugin`'s `on-disconnect`
+    /// (routed as `svc` = `plugin`).
+    pub fn closed(&self, session: &SessionInfo, plugin: &str) -> ClosedSession {
+        ClosedSession {
+            session: SessionInfo {
+                rooms: Vec::new(),
+                ..session.clone()
+            },
+            plugin: Arc::from(plugin),
+            svc: plugin.to_owned(),
+            tenant_cfg: Arc::clone(&self.cfg),
+            broker: self.broker.clone(),
         }
     }
 

@@ -65,8 +65,11 @@ pub trait Plugin {
         Ok(())
     }
 
-    /// A session that sent this plugin a message closed. `kv`, `backend` and
-    /// `log` work here; `realtime` does not.
+    /// A session of a tenant that routes to this plugin closed (`rooms` is
+    /// empty: it has left them). `kv`, `backend`, `log`, `realtime::members`,
+    /// `realtime::publish` and `realtime::send_to_user` work here (e.g. a
+    /// "player left" notice); `reply`, `join` and `leave` answer
+    /// `HostError::NotAllowed`.
     fn on_disconnect(_session: Session) {}
 }
 

@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wsprism_plugin::{Message, Plugin, Refusal, Session, backend, export_plugin, kv, log, realtime};
+use wsprism_plugin::{
+    HostError, Message, Plugin, Qos, Refusal, Session, backend, export_plugin, kv, log, realtime,
+};
 
 /// Per-instance counter: shows whether an instance (its memory) is reused.
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -28,9 +30,22 @@ impl Plugin for Faults {
         Ok(())
     }
 
+    /// Counts disconnects, then exercises what a closed session allows:
+    /// `reply`/`join`/`leave` must be refused with `not-allowed` (recorded in
+    /// kv as `disconnect-refused`), `publish` and `send-to-user` go out.
     fn on_disconnect(session: Session) {
         let _ = kv::incr("disconnects", 1);
         let _ = kv::set("last-disconnect", &session.user, None);
+        let not_allowed = |r: Result<(), HostError>| matches!(r, Err(HostError::NotAllowed(_)));
+        let refused = [
+            not_allowed(realtime::reply_raw("bye", "1")),
+            not_allowed(realtime::join("lobby")),
+            not_allowed(realtime::leave("lobby")),
+        ];
+        let _ = kv::set_json("disconnect-refused", &refused, None);
+        let bye = serde_json::json!({ "user": session.user });
+        let _ = realtime::publish("lobby", "left", &bye, Qos::Reliable, false);
+        let _ = realtime::send_to_user("watcher", "left", &bye);
     }
 
     fn on_message(_session: Session, msg: Message) -> Result<(), Refusal> {
@@ -76,6 +91,21 @@ impl Plugin for Faults {
             "flood" => loop {
                 log::trace("flood");
             },
+            // Guest stdout/stderr reach the gateway's logs, line by line.
+            "print" => {
+                println!("hello from faults stdout");
+                eprintln!("hello from faults stderr");
+                print!("no newline at the end");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+            // Far more output than one call may log; the host keeps a bounded
+            // share and drops the rest.
+            "print-flood" => {
+                for i in 0..2_000 {
+                    println!("flood line {i}");
+                }
+                realtime::reply_raw("print-flood", "true")?;
+            }
             "big-publish" => {
                 let big = "x".repeat(200_000);
                 // Over max_frame_bytes: the host refuses it and fails the call.

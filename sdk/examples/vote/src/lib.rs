@@ -8,6 +8,11 @@
 //! - `{"svc":"vote","type":"tally","room":R}`: replies with the same tally.
 //! - `{"svc":"vote","type":"reset","room":R}`: clears the poll and publishes it.
 //!
+//! - When a session that sent a vote message closes, the last room it used gets
+//!   `{"type":"left","room":R,"data":{"room":R,"user":U}}` (reliable), from
+//!   `on-disconnect`. The room is remembered per session in `kv`, because a
+//!   closed session has left its rooms by the time the hook runs.
+//!
 //! Refusals: `NO_ROOM`, `NOT_IN_ROOM`, `BAD_OPTION`, `TOO_MANY_OPTIONS`,
 //! `ALREADY_VOTED`, `UNKNOWN_TYPE`.
 
@@ -45,6 +50,20 @@ fn voter_key(room: &str, user: &str) -> String {
     format!("poll:{room}:voter:{user}")
 }
 
+/// The last room a session sent a vote message in (for its `left` notice).
+fn session_room_key(sid: u64) -> String {
+    format!("session:{sid}:room")
+}
+
+/// A session's room record outlives a dropped `on-disconnect` by at most a day.
+const SESSION_TTL_MS: u64 = 24 * 3600 * 1000;
+
+#[derive(Serialize)]
+struct Left<'a> {
+    room: &'a str,
+    user: &'a str,
+}
+
 fn tally(room: &str) -> Result<Tally<'_>, Refusal> {
     let options: Vec<String> = kv::get_json(&options_key(room))?.unwrap_or_default();
     let mut counts = BTreeMap::new();
@@ -68,6 +87,7 @@ impl Plugin for Vote {
         if !session.rooms.iter().any(|r| r == room) {
             return Err(Refusal::new("NOT_IN_ROOM", "join the room first"));
         }
+        kv::set(&session_room_key(session.sid), room, Some(SESSION_TTL_MS))?;
         match msg.type_.as_str() {
             "cast" => {
                 let cast: Cast = msg.json()?;
@@ -110,6 +130,19 @@ impl Plugin for Vote {
             }
         }
         Ok(())
+    }
+
+    /// Tells the session's last room that its user left.
+    fn on_disconnect(session: Session) {
+        let key = session_room_key(session.sid);
+        if let Ok(Some(room)) = kv::get(&key) {
+            let left = Left {
+                room: &room,
+                user: &session.user,
+            };
+            let _ = realtime::publish(&room, "left", &left, Qos::Reliable, false);
+            let _ = kv::delete(&key);
+        }
     }
 }
 
