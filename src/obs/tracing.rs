@@ -6,7 +6,7 @@
 //! are capped at `info` whatever `RUST_LOG` says.
 
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
@@ -52,7 +52,13 @@ fn is_capped(target: &str) -> bool {
 /// keeps the first subscriber).
 pub fn init(format: LogFormat) {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = env.and(filter_fn(permitted));
+    // Carry the level filter's ceiling through the combination (a filter without
+    // a hint makes the whole filter hintless, i.e. TRACE): it decides the global
+    // maximum level, which is also the `log` crate's, where the `trace!` records
+    // of tungstenite and friends are otherwise built and dispatched for every
+    // frame only to be dropped.
+    let ceiling = env.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let filter = env.and(filter_fn(permitted).with_max_level_hint(ceiling));
     let layer = match format {
         LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
         LogFormat::Json => fmt::layer()
@@ -68,7 +74,21 @@ pub fn init(format: LogFormat) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_capped;
+    use super::*;
+
+    /// The global maximum level (which the `log` bridge copies) is the level
+    /// filter's, not TRACE: otherwise every `log::trace!` in tungstenite is
+    /// built and dispatched per frame (it cost more than the rest of a Hot Lane
+    /// echo). The only test in this binary that installs the subscriber.
+    #[test]
+    fn the_global_ceiling_is_the_level_filters() {
+        let expected = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .max_level_hint()
+            .unwrap_or(LevelFilter::TRACE);
+        init(LogFormat::Text);
+        assert_eq!(LevelFilter::current(), expected);
+    }
 
     #[test]
     fn capped_targets_include_submodules_only() {
