@@ -13,6 +13,32 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsprism");
 
+/// The README's run command is `cargo run --release -- --config wsprism.yaml`:
+/// with two binaries in the package, `cargo run` must pick the gateway
+/// (`default-run`). Checked in the test profile (same selection, no release
+/// build), with `check` so nothing keeps running.
+#[test]
+fn cargo_run_starts_the_gateway() {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--quiet",
+            "--offline",
+            "--",
+            "check",
+            "--config",
+            "wsprism.yaml",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo run");
+    assert!(
+        out.status.success(),
+        "cargo run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn version_and_check() {
     let out = Command::new(BIN).arg("--version").output().expect("run");
