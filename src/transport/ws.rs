@@ -197,6 +197,14 @@ impl<T> LeanIo<T> {
             self.pos = 0;
         }
     }
+
+    /// Charges `n` bytes read from the socket to the read budget, if any.
+    fn spend(&self, n: usize) -> io::Result<()> {
+        match &self.budget {
+            Some(b) if !b.spend(n as u64) => Err(io::Error::other(BudgetExhausted)),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for LeanIo<T> {
@@ -237,15 +245,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for LeanIo<T> {
         });
         let n = ready!(read)?;
         Poll::Ready(this.spend(n))
-    }
-}
-
-impl<T> LeanIo<T> {
-    fn spend(&self, n: usize) -> io::Result<()> {
-        match &self.budget {
-            Some(b) if !b.spend(n as u64) => Err(io::Error::other(BudgetExhausted)),
-            _ => Ok(()),
-        }
     }
 }
 
