@@ -31,7 +31,7 @@ use crate::error::PluginError;
 use crate::obs::metrics::Metrics;
 use crate::realtime::broker::Broker;
 use crate::realtime::outbox::Qos;
-use crate::services::Effect;
+use crate::services::{Effect, SessionInfo as GatewaySession};
 
 wasmtime::component::bindgen!({
     path: "wit",
@@ -45,7 +45,22 @@ wasmtime::component::bindgen!({
         default: trappable,
     },
     exports: { default: async },
+    with: { "wsprism:plugin/types.session": SessionHandle },
 });
+
+/// The host side of the WIT `session` resource. A call is about exactly one
+/// session, kept in [`CallCtx::session`], so the handle carries nothing: every
+/// accessor reads the current call's session. Handles are only ever lent to
+/// the guest (`borrow<session>`) for the length of one call.
+#[allow(unreachable_pub)] // `pub`: the generated bindings re-export it
+pub struct SessionHandle;
+
+impl SessionHandle {
+    /// The borrowed handle passed to `on-message` / `on-disconnect`.
+    pub(crate) fn lend() -> wasmtime::component::Resource<Self> {
+        wasmtime::component::Resource::new_borrow(0)
+    }
+}
 
 pub(crate) use self::wsprism::plugin::types::HostError;
 
@@ -91,6 +106,9 @@ enum Effecting {
 pub(crate) struct CallCtx {
     /// Which entry point runs.
     pub(crate) kind: CallKind,
+    /// The session the call is about (`None` during `init`), read by the
+    /// `session` accessors.
+    pub(crate) session: Option<GatewaySession>,
     /// The tenant's config at the time of the call (backend upstreams).
     pub(crate) tenant_cfg: Option<Arc<TenantConfig>>,
     /// The tenant's broker, for `members`.
@@ -254,6 +272,17 @@ impl HostState {
         Ok(())
     }
 
+    /// The current call's session. The guest only holds a handle during a call
+    /// that has one, so a miss means a handle was smuggled out of its call
+    /// (which the component model forbids for borrows): trap.
+    fn session(&mut self) -> wasmtime::Result<&GatewaySession> {
+        self.charge()?;
+        self.call
+            .session
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("session handle used outside its call"))
+    }
+
     /// Records the first violation of the call.
     fn violate(&mut self, e: PluginError) {
         if self.call.violation.is_none() {
@@ -333,6 +362,38 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
 }
 
 impl self::wsprism::plugin::types::Host for HostState {}
+
+impl self::wsprism::plugin::types::HostSession for HostState {
+    fn tenant(
+        &mut self,
+        _: wasmtime::component::Resource<SessionHandle>,
+    ) -> wasmtime::Result<String> {
+        Ok(self.session()?.tenant.to_string())
+    }
+
+    fn user(
+        &mut self,
+        _: wasmtime::component::Resource<SessionHandle>,
+    ) -> wasmtime::Result<String> {
+        Ok(self.session()?.user.to_string())
+    }
+
+    fn sid(&mut self, _: wasmtime::component::Resource<SessionHandle>) -> wasmtime::Result<u64> {
+        Ok(self.session()?.sid)
+    }
+
+    fn rooms(
+        &mut self,
+        _: wasmtime::component::Resource<SessionHandle>,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(self.session()?.rooms.clone())
+    }
+
+    fn drop(&mut self, _: wasmtime::component::Resource<SessionHandle>) -> wasmtime::Result<()> {
+        // Only borrows are handed out; there is nothing to release.
+        Ok(())
+    }
+}
 
 impl self::wsprism::plugin::realtime::Host for HostState {
     fn reply(&mut self, ty: String, data: String) -> wasmtime::Result<Result<(), HostError>> {

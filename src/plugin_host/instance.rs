@@ -10,12 +10,12 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use wasmtime::component::TypedFunc;
+use wasmtime::component::{Resource, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
 
 use super::Env;
 use super::bindings::{
-    BudgetTrap, CallCtx, CallKind, CpuMeter, ExtLanePlugin, HostState, Message, SessionInfo,
+    BudgetTrap, CallCtx, CallKind, CpuMeter, ExtLanePlugin, HostState, Message, SessionHandle,
 };
 use super::kv::{KvScope, KvStore};
 use super::limits::{CallLimits, MAX_REFUSAL_CODE_BYTES, MAX_REFUSAL_MESSAGE_BYTES};
@@ -31,11 +31,7 @@ pub(crate) struct Instance {
     pub(crate) version: Arc<PluginVersion>,
     store: Store<HostState>,
     bindings: ExtLanePlugin,
-    on_disconnect: Option<TypedFunc<(SessionInfo,), ()>>,
-    /// The WIT session record handed to the guest, kept between calls so its
-    /// strings are refilled in place instead of allocated per call (`tenant`
-    /// never changes: an instance serves one tenant).
-    session: SessionInfo,
+    on_disconnect: Option<TypedFunc<(Resource<SessionHandle>,), ()>>,
     /// Calls served so far.
     pub(crate) calls: u64,
     /// A call trapped or was cut: the store must not be used again.
@@ -43,10 +39,12 @@ pub(crate) struct Instance {
 }
 
 /// Resets the per-call state and arms the CPU budget.
+#[allow(clippy::too_many_arguments)]
 fn arm(
     store: &mut Store<HostState>,
     limits: &CallLimits,
     kind: CallKind,
+    session: Option<GatewaySession>,
     tenant_cfg: Option<Arc<TenantConfig>>,
     broker: Option<Arc<dyn Broker>>,
     svc_len: usize,
@@ -60,6 +58,7 @@ fn arm(
     };
     data.call = CallCtx {
         kind,
+        session,
         tenant_cfg,
         broker,
         max_frame_bytes: limits.max_frame_bytes,
@@ -97,19 +96,6 @@ fn cut(mut s: String, max: usize) -> String {
         s.truncate(at);
     }
     s
-}
-
-/// Refills the WIT view of a gateway session, reusing `out`'s buffers; the
-/// room list is moved in.
-fn fill_session(out: &mut SessionInfo, s: GatewaySession) {
-    if out.tenant.as_str() != &*s.tenant {
-        out.tenant.clear();
-        out.tenant.push_str(&s.tenant);
-    }
-    out.user.clear();
-    out.user.push_str(&s.user);
-    out.sid = s.sid;
-    out.rooms = s.rooms;
 }
 
 impl Instance {
@@ -156,6 +142,7 @@ impl Instance {
             &mut store,
             limits,
             CallKind::Lifecycle,
+            None,
             tenant_cfg,
             None,
             0,
@@ -201,7 +188,7 @@ impl Instance {
         let on_disconnect = match &version.lifecycle.on_disconnect {
             Some(idx) => Some(
                 instance
-                    .get_typed_func::<(SessionInfo,), ()>(&mut store, idx)
+                    .get_typed_func::<(Resource<SessionHandle>,), ()>(&mut store, idx)
                     .map_err(|e| PluginError::Trap(format!("on-disconnect export: {e}")))?,
             ),
             None => None,
@@ -211,12 +198,6 @@ impl Instance {
             store,
             bindings,
             on_disconnect,
-            session: SessionInfo {
-                tenant: scope.tenant.to_string(),
-                user: String::new(),
-                sid: 0,
-                rooms: Vec::new(),
-            },
             calls: 0,
             poisoned: false,
         })
@@ -253,12 +234,12 @@ impl Instance {
             &mut self.store,
             limits,
             CallKind::Message,
+            Some(session),
             Some(tenant_cfg),
             Some(broker),
             svc.len(),
             deadline,
         );
-        fill_session(&mut self.session, session);
         // Everything is moved, not copied: `data` was validated by the Ext Lane
         // decoder and goes to the guest as the same buffer.
         let msg = Message {
@@ -270,7 +251,7 @@ impl Instance {
         };
         let r = self
             .bindings
-            .call_on_message(&mut self.store, &self.session, &msg)
+            .call_on_message(&mut self.store, SessionHandle::lend(), &msg)
             .await;
         self.calls += 1;
         self.store.data().output.end_call();
@@ -323,13 +304,15 @@ impl Instance {
             &mut self.store,
             limits,
             CallKind::Disconnect,
+            Some(session),
             Some(tenant_cfg),
             Some(broker),
             svc.len(),
             deadline,
         );
-        fill_session(&mut self.session, session);
-        let r = f.call_async(&mut self.store, (self.session.clone(),)).await;
+        let r = f
+            .call_async(&mut self.store, (SessionHandle::lend(),))
+            .await;
         self.calls += 1;
         self.store.data().output.end_call();
         let ctx = std::mem::take(&mut self.store.data_mut().call);

@@ -31,7 +31,7 @@ use super::limits::{CallLimits, MAX_PLUGIN_FILE_BYTES};
 pub(crate) const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Name of the optional lifecycle interface export.
-const LIFECYCLE_EXPORT: &str = "wsprism:plugin/lifecycle@0.1.0";
+const LIFECYCLE_EXPORT: &str = "wsprism:plugin/lifecycle@0.2.0";
 
 /// Optional exports found on a component.
 #[derive(Debug, Clone, Default)]
@@ -327,7 +327,7 @@ async fn build(
     let pre = env
         .linker
         .instantiate_pre(&component)
-        .map_err(|e| format!("imports do not match wsprism:plugin@0.1.0: {e:#}"))?;
+        .map_err(|e| format!("imports do not match wsprism:plugin@0.2.0: {e:#}"))?;
     let pre = ExtLanePluginPre::new(pre)
         .map_err(|e| format!("exports do not match world ext-lane-plugin: {e:#}"))?;
     let lifecycle = match component.get_export_index(None, LIFECYCLE_EXPORT) {

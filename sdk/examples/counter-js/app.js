@@ -6,8 +6,8 @@
 //   {"svc":"counter","type":"get","room":R}   -> the sender gets the same payload
 //
 // Built with sdk/js/build.sh (componentize-js), world `ext-lane-plugin`.
-import { reply, publish } from 'wsprism:plugin/realtime@0.1.0';
-import { get, incr } from 'wsprism:plugin/kv@0.1.0';
+import { reply, publish } from 'wsprism:plugin/realtime@0.2.0';
+import { get, incr } from 'wsprism:plugin/kv@0.2.0';
 
 function refuse(code, message) {
   // Throwing from an export that returns `result<_, refusal>` answers `err`.
@@ -21,7 +21,7 @@ function key(room) {
 export function onMessage(session, msg) {
   const room = msg.room;
   if (room === undefined || room === null) refuse('NO_ROOM', 'counter messages need a room');
-  if (!session.rooms.includes(room)) refuse('NOT_IN_ROOM', 'join the room first');
+  if (!session.rooms().includes(room)) refuse('NOT_IN_ROOM', 'join the room first');
   switch (msg.type) {
     case 'incr': {
       const count = incr(key(room), 1n);

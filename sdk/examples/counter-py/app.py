@@ -13,7 +13,7 @@ import json
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import kv, realtime
-from wit_world.imports.types import Message, Qos, Refusal, SessionInfo
+from wit_world.imports.types import Message, Qos, Refusal, Session
 
 
 def refuse(code: str, message: str) -> Err:
@@ -26,11 +26,11 @@ def key(room: str) -> str:
 
 
 class WitWorld(wit_world.WitWorld):
-    def on_message(self, session: SessionInfo, msg: Message) -> None:
+    def on_message(self, session: Session, msg: Message) -> None:
         room = msg.room
         if room is None:
             raise refuse("NO_ROOM", "counter messages need a room")
-        if room not in session.rooms:
+        if room not in session.rooms():
             raise refuse("NOT_IN_ROOM", "join the room first")
         if msg.type == "incr":
             count = kv.incr(key(room), 1)

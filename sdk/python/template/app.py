@@ -7,14 +7,14 @@ import json
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import log, realtime
-from wit_world.imports.types import Message, Refusal, SessionInfo
+from wit_world.imports.types import Message, Refusal, Session
 
 
 class WitWorld(wit_world.WitWorld):
-    def on_message(self, session: SessionInfo, msg: Message) -> None:
+    def on_message(self, session: Session, msg: Message) -> None:
         data = json.loads(msg.data)
         if msg.type == "ping":
-            realtime.reply("pong", json.dumps({"user": session.user, "data": data}))
+            realtime.reply("pong", json.dumps({"user": session.user(), "data": data}))
             return
         log.log(log.Level.DEBUG, f"unknown type {msg.type}")
         raise Err(Refusal(code="UNKNOWN_TYPE", message=f"unknown type {msg.type}"))

@@ -18,7 +18,7 @@
 //! struct Echo;
 //!
 //! impl Plugin for Echo {
-//!     fn on_message(_session: Session, msg: Message) -> Result<(), Refusal> {
+//!     fn on_message(_session: &Session, msg: Message) -> Result<(), Refusal> {
 //!         realtime::reply_raw(&msg.type_, &msg.data).map_err(Refusal::from)
 //!     }
 //! }
@@ -44,12 +44,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::wsprism::plugin::types::{HostError, Message, Qos, Refusal, SessionInfo};
+pub use bindings::wsprism::plugin::types::{HostError, Message, Qos, Refusal, Session};
 #[doc(hidden)]
 pub use serde_json as __serde_json;
-
-/// The session that sent a message.
-pub type Session = SessionInfo;
 
 /// A plugin. Functions are associated (no `self`): an instance is one
 /// WebAssembly instance, and guest globals are only a cache that the gateway
@@ -57,7 +54,11 @@ pub type Session = SessionInfo;
 pub trait Plugin {
     /// Handles one client message. `Ok` applies the queued effects; `Err` sends
     /// the client `SERVICE_ERROR` with the refusal's code and message.
-    fn on_message(session: Session, msg: Message) -> Result<(), Refusal>;
+    ///
+    /// `session` is the sender: `session.user()`, `session.sid()`,
+    /// `session.rooms()`, `session.tenant()` each ask the host, so read what
+    /// you need once.
+    fn on_message(session: &Session, msg: Message) -> Result<(), Refusal>;
 
     /// Runs once per new instance before its first message with
     /// `{"tenant":..,"plugin":..}`. An `Err` fails the instance.
@@ -65,12 +66,12 @@ pub trait Plugin {
         Ok(())
     }
 
-    /// A session of a tenant that routes to this plugin closed (`rooms` is
+    /// A session of a tenant that routes to this plugin closed (`rooms()` is
     /// empty: it has left them). `kv`, `backend`, `log`, `realtime::members`,
     /// `realtime::publish` and `realtime::send_to_user` work here (e.g. a
     /// "player left" notice); `reply`, `join` and `leave` answer
     /// `HostError::NotAllowed`.
-    fn on_disconnect(_session: Session) {}
+    fn on_disconnect(_session: &Session) {}
 }
 
 /// Exports a [`Plugin`] implementation as the component's entry points.
@@ -83,7 +84,7 @@ macro_rules! export_plugin {
 
             impl $crate::bindings::Guest for WsprismExport {
                 fn on_message(
-                    session: $crate::Session,
+                    session: &$crate::Session,
                     msg: $crate::Message,
                 ) -> ::core::result::Result<(), $crate::Refusal> {
                     <$plugin as $crate::Plugin>::on_message(session, msg)
@@ -97,7 +98,7 @@ macro_rules! export_plugin {
                     <$plugin as $crate::Plugin>::init(config)
                 }
 
-                fn on_disconnect(session: $crate::Session) {
+                fn on_disconnect(session: &$crate::Session) {
                     <$plugin as $crate::Plugin>::on_disconnect(session)
                 }
             }
@@ -129,6 +130,13 @@ impl From<HostError> for Refusal {
             | HostError::NotAllowed(m) => m,
         };
         Self::new("HOST_ERROR", message)
+    }
+}
+
+impl Session {
+    /// Whether the session has joined `room` (one host call).
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms().iter().any(|r| r == room)
     }
 }
 

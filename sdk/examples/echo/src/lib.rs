@@ -7,12 +7,12 @@ use wsprism_plugin::{Message, Plugin, Qos, Refusal, Session, export_plugin, real
 struct Echo;
 
 impl Plugin for Echo {
-    fn on_message(session: Session, msg: Message) -> Result<(), Refusal> {
+    fn on_message(session: &Session, msg: Message) -> Result<(), Refusal> {
         if msg.type_ == "broadcast" {
             let Some(room) = msg.room.as_deref() else {
                 return Err(Refusal::new("NO_ROOM", "broadcast needs a room"));
             };
-            if !session.rooms.iter().any(|r| r == room) {
+            if !session.in_room(room) {
                 return Err(Refusal::new("NOT_IN_ROOM", "join the room before broadcasting"));
             }
             realtime::publish_raw(room, &msg.type_, &msg.data, Qos::Reliable, false)?;

@@ -33,9 +33,10 @@ impl Plugin for Faults {
     /// Counts disconnects, then exercises what a closed session allows:
     /// `reply`/`join`/`leave` must be refused with `not-allowed` (recorded in
     /// kv as `disconnect-refused`), `publish` and `send-to-user` go out.
-    fn on_disconnect(session: Session) {
+    fn on_disconnect(session: &Session) {
         let _ = kv::incr("disconnects", 1);
-        let _ = kv::set("last-disconnect", &session.user, None);
+        let user = session.user();
+        let _ = kv::set("last-disconnect", &user, None);
         let not_allowed = |r: Result<(), HostError>| matches!(r, Err(HostError::NotAllowed(_)));
         let refused = [
             not_allowed(realtime::reply_raw("bye", "1")),
@@ -43,12 +44,12 @@ impl Plugin for Faults {
             not_allowed(realtime::leave("lobby")),
         ];
         let _ = kv::set_json("disconnect-refused", &refused, None);
-        let bye = serde_json::json!({ "user": session.user });
+        let bye = serde_json::json!({ "user": user });
         let _ = realtime::publish("lobby", "left", &bye, Qos::Reliable, false);
         let _ = realtime::send_to_user("watcher", "left", &bye);
     }
 
-    fn on_message(_session: Session, msg: Message) -> Result<(), Refusal> {
+    fn on_message(_session: &Session, msg: Message) -> Result<(), Refusal> {
         match msg.type_.as_str() {
             "echo" => realtime::reply_raw("echo", &msg.data)?,
             // Instance-memory counter.

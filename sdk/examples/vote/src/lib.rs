@@ -80,14 +80,14 @@ fn tally(room: &str) -> Result<Tally<'_>, Refusal> {
 struct Vote;
 
 impl Plugin for Vote {
-    fn on_message(session: Session, msg: Message) -> Result<(), Refusal> {
+    fn on_message(session: &Session, msg: Message) -> Result<(), Refusal> {
         let Some(room) = msg.room.as_deref() else {
             return Err(Refusal::new("NO_ROOM", "vote messages need a room"));
         };
-        if !session.rooms.iter().any(|r| r == room) {
+        if !session.in_room(room) {
             return Err(Refusal::new("NOT_IN_ROOM", "join the room first"));
         }
-        kv::set(&session_room_key(session.sid), room, Some(SESSION_TTL_MS))?;
+        kv::set(&session_room_key(session.sid()), room, Some(SESSION_TTL_MS))?;
         match msg.type_.as_str() {
             "cast" => {
                 let cast: Cast = msg.json()?;
@@ -98,13 +98,14 @@ impl Plugin for Vote {
                 {
                     return Err(Refusal::new("BAD_OPTION", "option must be 1-32 of [A-Za-z0-9_-]"));
                 }
-                if kv::incr(&voter_key(room, &session.user), 1)? > 1 {
+                let user = session.user();
+                if kv::incr(&voter_key(room, &user), 1)? > 1 {
                     return Err(Refusal::new("ALREADY_VOTED", "one vote per user and room"));
                 }
                 let mut options: Vec<String> = kv::get_json(&options_key(room))?.unwrap_or_default();
                 if !options.contains(&option) {
                     if options.len() >= MAX_OPTIONS {
-                        kv::delete(&voter_key(room, &session.user))?;
+                        kv::delete(&voter_key(room, &user))?;
                         return Err(Refusal::new("TOO_MANY_OPTIONS", "this poll is full"));
                     }
                     options.push(option.clone());
@@ -133,12 +134,12 @@ impl Plugin for Vote {
     }
 
     /// Tells the session's last room that its user left.
-    fn on_disconnect(session: Session) {
-        let key = session_room_key(session.sid);
+    fn on_disconnect(session: &Session) {
+        let key = session_room_key(session.sid());
         if let Ok(Some(room)) = kv::get(&key) {
             let left = Left {
                 room: &room,
-                user: &session.user,
+                user: &session.user(),
             };
             let _ = realtime::publish(&room, "left", &left, Qos::Reliable, false);
             let _ = kv::delete(&key);
