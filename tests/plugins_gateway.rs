@@ -302,3 +302,67 @@ async fn on_disconnect_publishes_to_the_room() {
     drop(c);
     b.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// `on-join` gates a client's join (refusal → SERVICE_ERROR, trap → fail
+/// closed with SERVICE_UNAVAILABLE, neither joins), sees the session as it
+/// was before the join, cannot start another join, and its reply arrives after
+/// `sys.joined`; `on-leave` runs after the leave and its publication reaches the
+/// room. Rooms the hooks ignore join as before.
+#[tokio::test]
+async fn room_hooks_gate_joins_and_hear_leaves() {
+    let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote"), ("faults", "faults")]);
+    let gw = TestGateway::start(&cfg(dir.path(), "      - { svc: faults, plugin: faults }")).await;
+    let mut a = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+
+    a.send_json(json!({"v":1,"svc":"room","type":"join","room":"vip-1","seq":1}))
+        .await;
+    let e = a.recv_type("error").await;
+    assert_eq!(e["seq"], 1);
+    assert_eq!(e["data"]["code"], "SERVICE_ERROR");
+    assert_eq!(e["data"]["msg"], "VIP_ONLY: members only", "{e}");
+
+    a.send_json(json!({"v":1,"svc":"room","type":"join","room":"trap-1","seq":2}))
+        .await;
+    let e = a.recv_type("error").await;
+    assert_eq!(e["seq"], 2);
+    assert_eq!(e["data"]["code"], "SERVICE_UNAVAILABLE", "{e}");
+
+    // Neither refused join happened: presence needs membership.
+    for room in ["vip-1", "trap-1"] {
+        a.send_json(json!({"v":1,"svc":"room","type":"presence","room":room}))
+            .await;
+        let e = a.recv_type("error").await;
+        assert_eq!(e["data"]["code"], "NOT_IN_ROOM", "{room}: {e}");
+    }
+
+    b.join("hook-1").await;
+    let w = b.recv_type("welcome").await;
+    assert_eq!(w["svc"], "faults");
+    let joined = a.join("hook-1").await;
+    assert_eq!(joined["room"], "hook-1");
+    let w = a.recv_json().await;
+    assert_eq!(
+        w,
+        json!({"v":1,"svc":"faults","type":"welcome","data":{
+            "room":"hook-1","user":"u1","rooms_before":[],"may_join":false}})
+    );
+
+    // Joining a room the session is already in asks no hook again.
+    a.join("hook-1").await;
+    a.expect_silence(Duration::from_millis(200)).await;
+
+    a.send_json(json!({"v":1,"svc":"room","type":"leave","room":"hook-1","seq":3}))
+        .await;
+    assert_eq!(a.recv_type("left").await["room"], "hook-1");
+    let bye = b.recv_type("bye").await;
+    assert_eq!(
+        bye,
+        json!({"v":1,"svc":"faults","type":"bye","room":"hook-1","data":{
+            "user":"u1","rooms_after":[]}})
+    );
+
+    // A room the hooks let through untouched: sys.joined, nothing else.
+    a.join("plain").await;
+    a.expect_silence(Duration::from_millis(200)).await;
+}

@@ -15,7 +15,9 @@ use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
 use crate::gateway::{Tenant, TenantRuntime};
 use crate::protocol::ext::{self, Envelope, Outgoing, sys_ack};
 use crate::realtime::outbox::Qos;
-use crate::services::{Effect, ExtCall, RoomPublication, chat, publish_to_room, room};
+use crate::services::{
+    Effect, ExtCall, RoomHook, RoomHookKind, RoomPublication, chat, publish_to_room, room,
+};
 
 /// Handles one text frame.
 pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
@@ -38,7 +40,7 @@ pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
     }
     let seq = env.seq;
     let outcome = match env.svc.as_str() {
-        "room" => room::handle(ctx, &rt, &env),
+        "room" => room_request(ctx, &rt, &env).await,
         "chat" => chat::handle(ctx, &rt, &env),
         _ => call_plugin(ctx, &rt, env).await,
     };
@@ -51,6 +53,91 @@ pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
         }
         Err(refusal) => ctx.refuse_ext(&refusal, seq),
     }
+}
+
+/// The built-in `room` service, with the `on-join` / `on-leave` hooks of the
+/// tenant's routed plugins around a client's join and leave: every hook must
+/// agree to a join before it happens (the first refusal or failure refuses
+/// it); leaves are told afterwards. Hook effects are applied once the join or
+/// leave is done. A join of a room the session is already in runs no hooks.
+async fn room_request(
+    ctx: &SessionCtx,
+    rt: &Arc<TenantRuntime>,
+    env: &Envelope,
+) -> Result<(), Refusal> {
+    let (kind, Some(name)) = (env.ty.as_str(), env.room.as_deref()) else {
+        return room::handle(ctx, rt, env);
+    };
+    let kind = match kind {
+        "join" => RoomHookKind::Join,
+        "leave" => RoomHookKind::Leave,
+        _ => return room::handle(ctx, rt, env),
+    };
+    if rt.cfg.routes.is_empty() {
+        return room::handle(ctx, rt, env);
+    }
+    let session = ctx.info();
+    let member = session.rooms.iter().any(|r| r == name);
+    let mut done = Vec::new();
+    match kind {
+        RoomHookKind::Join if member => return room::handle(ctx, rt, env),
+        RoomHookKind::Join => {
+            done = room_hooks(ctx, rt, kind, &session, name).await?;
+            room::handle(ctx, rt, env)?;
+        }
+        RoomHookKind::Leave => {
+            room::handle(ctx, rt, env)?;
+            let mut after = session;
+            after.rooms.retain(|r| r != name);
+            if let Ok(effects) = room_hooks(ctx, rt, kind, &after, name).await {
+                done = effects;
+            }
+        }
+    }
+    for (svc, effects) in done {
+        // The join or leave stands; an oversized hook payload is only logged.
+        if let Err(r) = apply_effects(ctx, rt, svc, effects) {
+            tracing::debug!(svc, code = r.code.as_str(), "room hook effect refused");
+        }
+    }
+    Ok(())
+}
+
+/// Runs one room hook of every routed plugin that exports it, in route order,
+/// and returns each plugin's effects with the `svc` to wrap them in. A join
+/// stops at the first refusal or failure; failures of `on-leave` are logged.
+async fn room_hooks<'a>(
+    ctx: &SessionCtx,
+    rt: &'a TenantRuntime,
+    kind: RoomHookKind,
+    session: &crate::services::SessionInfo,
+    room: &str,
+) -> Result<Vec<(&'a str, Vec<Effect>)>, Refusal> {
+    let mut out = Vec::new();
+    for (plugin, svc) in super::routed_plugins(&rt.cfg) {
+        let hook = RoomHook {
+            kind,
+            session: session.clone(),
+            room: room.to_owned(),
+            plugin: Arc::from(plugin),
+            svc: svc.to_owned(),
+            tenant_cfg: Arc::clone(&rt.cfg),
+            broker: Arc::clone(&ctx.tenant.broker),
+        };
+        let Some(call) = ctx.gw.ext.room_hook(hook) else {
+            continue;
+        };
+        match call.await {
+            Ok(effects) => out.push((svc, effects)),
+            Err(e) => {
+                tracing::debug!(plugin, room, ?kind, reason = e.label(), error = %e, "room hook failed");
+                if kind == RoomHookKind::Join {
+                    return Err(e.to_refusal());
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn call_plugin(

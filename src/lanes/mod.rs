@@ -11,7 +11,7 @@ pub mod hot;
 
 use std::sync::Arc;
 
-use crate::config::HotErrorMode;
+use crate::config::{HotErrorMode, TenantConfig};
 use crate::error::{ClientCode, CloseCode, Refusal};
 use crate::gateway::{Gateway, Tenant, TenantRuntime};
 use crate::obs::metrics::SessionCounters;
@@ -209,6 +209,15 @@ pub(crate) fn notify_backend(
     });
 }
 
+/// Each plugin the tenant routes to, once, in route order, with the `svc` of
+/// the first route that names it (the `svc` its hooks' effects are wrapped in).
+pub(crate) fn routed_plugins(cfg: &TenantConfig) -> impl Iterator<Item = (&str, &str)> {
+    cfg.routes.iter().enumerate().filter_map(|(i, r)| {
+        let first = !cfg.routes[..i].iter().any(|p| p.plugin == r.plugin);
+        first.then_some((r.plugin.as_str(), r.svc.as_str()))
+    })
+}
+
 /// Tells routed services that a session ended. A plugin's `on-disconnect` runs
 /// in the background (tracked by `gw.tasks`); its effects (`publish`,
 /// `send-to-user`) are applied like `on-message` effects, wrapped in the `svc`
@@ -228,16 +237,11 @@ pub(crate) fn session_closed(
         sid: entry.sid,
         rooms: Vec::new(),
     };
-    let mut seen: Vec<&str> = Vec::with_capacity(rt.cfg.routes.len());
-    for r in &rt.cfg.routes {
-        if seen.contains(&r.plugin.as_str()) {
-            continue;
-        }
-        seen.push(&r.plugin);
+    for (plugin, svc) in routed_plugins(&rt.cfg) {
         let closed = ClosedSession {
             session: info.clone(),
-            plugin: Arc::from(r.plugin.as_str()),
-            svc: r.svc.clone(),
+            plugin: Arc::from(plugin),
+            svc: svc.to_owned(),
             tenant_cfg: Arc::clone(&rt.cfg),
             broker: Arc::clone(&tenant.broker),
         };
@@ -245,8 +249,8 @@ pub(crate) fn session_closed(
             continue;
         };
         let tenant = Arc::clone(tenant);
-        let svc = r.svc.clone();
-        let plugin = r.plugin.clone();
+        let svc = svc.to_owned();
+        let plugin = plugin.to_owned();
         gw.tasks.spawn(async move {
             match hook.await {
                 Ok(effects) => ext::apply_closed_effects(&tenant, &svc, effects),

@@ -87,6 +87,9 @@ pub(crate) enum CallKind {
     /// `on-disconnect`: `publish` and `send-to-user` (and `members`); the
     /// session is gone, so `reply`, `join` and `leave` answer `not-allowed`.
     Disconnect,
+    /// `on-join` / `on-leave`: `reply`, `publish`, `send-to-user`; `join` and
+    /// `leave` answer `not-allowed` (a hook must not start another join).
+    RoomHook,
     /// Instantiation, `init`: no realtime effects.
     #[default]
     Lifecycle,
@@ -97,8 +100,10 @@ pub(crate) enum CallKind {
 enum Effecting {
     /// `publish`, `send-to-user`: need no live calling session.
     Anyone,
-    /// `reply`, `join`, `leave`: act on the calling session.
-    CallingSession,
+    /// `reply`: writes to the calling session.
+    Reply,
+    /// `join`, `leave`: change the calling session's rooms.
+    Membership,
 }
 
 /// State of the guest call in progress. Reset by `instance.rs` before each call.
@@ -292,13 +297,18 @@ impl HostState {
 
     fn realtime_allowed(&self, what: Effecting) -> Result<(), HostError> {
         match (self.call.kind, what) {
-            (CallKind::Message, _) | (CallKind::Disconnect, Effecting::Anyone) => Ok(()),
-            (CallKind::Disconnect, Effecting::CallingSession) => Err(HostError::NotAllowed(
+            (CallKind::Message, _)
+            | (CallKind::Disconnect, Effecting::Anyone)
+            | (CallKind::RoomHook, Effecting::Anyone | Effecting::Reply) => Ok(()),
+            (CallKind::Disconnect, _) => Err(HostError::NotAllowed(
                 "the session has closed: in on-disconnect only publish and send-to-user work"
                     .into(),
             )),
+            (CallKind::RoomHook, Effecting::Membership) => Err(HostError::NotAllowed(
+                "join and leave are not available in on-join and on-leave".into(),
+            )),
             (CallKind::Lifecycle, _) => Err(HostError::NotAllowed(
-                "realtime effects are only available in on-message and on-disconnect".into(),
+                "realtime effects are not available in init".into(),
             )),
         }
     }
@@ -398,7 +408,7 @@ impl self::wsprism::plugin::types::HostSession for HostState {
 impl self::wsprism::plugin::realtime::Host for HostState {
     fn reply(&mut self, ty: String, data: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
-        let data = match self.payload(Effecting::CallingSession, &ty, "", data)? {
+        let data = match self.payload(Effecting::Reply, &ty, "", data)? {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
@@ -461,7 +471,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
     fn join(&mut self, room: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
         if let Err(e) = self
-            .realtime_allowed(Effecting::CallingSession)
+            .realtime_allowed(Effecting::Membership)
             .and_then(|()| Self::room_arg(&room))
         {
             return Ok(Err(e));
@@ -473,7 +483,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
     fn leave(&mut self, room: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
         if let Err(e) = self
-            .realtime_allowed(Effecting::CallingSession)
+            .realtime_allowed(Effecting::Membership)
             .and_then(|()| Self::room_arg(&room))
         {
             return Ok(Err(e));
@@ -486,7 +496,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
         self.charge()?;
         let Some(broker) = self.call.broker.as_ref() else {
             return Ok(Err(HostError::NotAllowed(
-                "members is only available in on-message and on-disconnect".into(),
+                "members is not available in init".into(),
             )));
         };
         Ok(Ok(broker.presence(&room)))

@@ -15,7 +15,8 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::Env;
 use super::bindings::{
-    BudgetTrap, CallCtx, CallKind, CpuMeter, ExtLanePlugin, HostState, Message, SessionHandle,
+    BudgetTrap, CallCtx, CallKind, CpuMeter, ExtLanePlugin, HostState, Message, Refusal,
+    SessionHandle,
 };
 use super::kv::{KvScope, KvStore};
 use super::limits::{CallLimits, MAX_REFUSAL_CODE_BYTES, MAX_REFUSAL_MESSAGE_BYTES};
@@ -23,7 +24,14 @@ use super::loader::PluginVersion;
 use crate::config::TenantConfig;
 use crate::error::PluginError;
 use crate::realtime::broker::Broker;
-use crate::services::{ClosedSession, Effect, ExtCall, SessionInfo as GatewaySession};
+use crate::services::{
+    ClosedSession, Effect, ExtCall, RoomHook, RoomHookKind, SessionInfo as GatewaySession,
+};
+
+/// `lifecycle.on-join`.
+type OnJoin = TypedFunc<(Resource<SessionHandle>, String), (Result<(), Refusal>,)>;
+/// `lifecycle.on-leave`.
+type OnLeave = TypedFunc<(Resource<SessionHandle>, String), ()>;
 
 /// A live instance of one plugin version for one tenant.
 pub(crate) struct Instance {
@@ -32,6 +40,8 @@ pub(crate) struct Instance {
     store: Store<HostState>,
     bindings: ExtLanePlugin,
     on_disconnect: Option<TypedFunc<(Resource<SessionHandle>,), ()>>,
+    on_join: Option<OnJoin>,
+    on_leave: Option<OnLeave>,
     /// Calls served so far.
     pub(crate) calls: u64,
     /// A call trapped or was cut: the store must not be used again.
@@ -193,14 +203,60 @@ impl Instance {
             ),
             None => None,
         };
+        let on_join = match &version.lifecycle.on_join {
+            Some(idx) => Some(
+                instance
+                    .get_typed_func(&mut store, idx)
+                    .map_err(|e| PluginError::Trap(format!("on-join export: {e}")))?,
+            ),
+            None => None,
+        };
+        let on_leave = match &version.lifecycle.on_leave {
+            Some(idx) => Some(
+                instance
+                    .get_typed_func(&mut store, idx)
+                    .map_err(|e| PluginError::Trap(format!("on-leave export: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             version,
             store,
             bindings,
             on_disconnect,
+            on_join,
+            on_leave,
             calls: 0,
             poisoned: false,
         })
+    }
+
+    /// Ends a guest call: counts it, flushes its output and turns the outcome
+    /// into the effects to apply or the error the caller sees. Clears
+    /// `poisoned` unless the call trapped or was cut.
+    fn settle(
+        &mut self,
+        r: wasmtime::Result<Result<(), Refusal>>,
+    ) -> Result<Vec<Effect>, PluginError> {
+        self.calls += 1;
+        self.store.data().output.end_call();
+        let ctx = std::mem::take(&mut self.store.data_mut().call);
+        match r {
+            Ok(guest) => {
+                self.poisoned = false;
+                if let Some(v) = ctx.violation {
+                    return Err(v);
+                }
+                match guest {
+                    Ok(()) => Ok(ctx.effects),
+                    Err(refusal) => Err(PluginError::Refused {
+                        code: cut(refusal.code, MAX_REFUSAL_CODE_BYTES),
+                        message: cut(refusal.message, MAX_REFUSAL_MESSAGE_BYTES),
+                    }),
+                }
+            }
+            Err(e) => Err(classify(self.store.data(), &e)),
+        }
     }
 
     /// Runs `on-message` and returns the effects to apply.
@@ -253,25 +309,7 @@ impl Instance {
             .bindings
             .call_on_message(&mut self.store, SessionHandle::lend(), &msg)
             .await;
-        self.calls += 1;
-        self.store.data().output.end_call();
-        let ctx = std::mem::take(&mut self.store.data_mut().call);
-        match r {
-            Ok(guest) => {
-                self.poisoned = false;
-                if let Some(v) = ctx.violation {
-                    return Err(v);
-                }
-                match guest {
-                    Ok(()) => Ok(ctx.effects),
-                    Err(refusal) => Err(PluginError::Refused {
-                        code: cut(refusal.code, MAX_REFUSAL_CODE_BYTES),
-                        message: cut(refusal.message, MAX_REFUSAL_MESSAGE_BYTES),
-                    }),
-                }
-            }
-            Err(e) => Err(classify(self.store.data(), &e)),
-        }
+        self.settle(r)
     }
 
     /// Runs `on-disconnect` when the plugin exports it and returns the effects
@@ -313,18 +351,66 @@ impl Instance {
         let r = f
             .call_async(&mut self.store, (SessionHandle::lend(),))
             .await;
-        self.calls += 1;
-        self.store.data().output.end_call();
-        let ctx = std::mem::take(&mut self.store.data_mut().call);
-        match r {
-            Ok(()) => {
-                self.poisoned = false;
-                match ctx.violation {
-                    Some(v) => Err(v),
-                    None => Ok(ctx.effects),
-                }
-            }
-            Err(e) => Err(classify(self.store.data(), &e)),
-        }
+        self.settle(r.map(|()| Ok(())))
+    }
+
+    /// Runs `on-join` or `on-leave` (when exported) and returns the effects it
+    /// queued (`reply`, `publish`, `send-to-user`); `on-join`'s refusal is an
+    /// error.
+    ///
+    /// # Errors
+    /// The refusal, a rule violation recorded by an import, or a trap/timeout
+    /// (the instance is then poisoned).
+    ///
+    /// # Cancel safety
+    /// As [`Instance::on_message`].
+    pub(crate) async fn on_room_hook(
+        &mut self,
+        hook: RoomHook,
+        limits: &CallLimits,
+        deadline: Instant,
+    ) -> Result<Vec<Effect>, PluginError> {
+        let RoomHook {
+            kind,
+            session,
+            room,
+            svc,
+            tenant_cfg,
+            broker,
+            ..
+        } = hook;
+        let (join, leave) = match kind {
+            RoomHookKind::Join => match self.on_join {
+                Some(f) => (Some(f), None),
+                None => return Ok(Vec::new()),
+            },
+            RoomHookKind::Leave => match self.on_leave {
+                Some(f) => (None, Some(f)),
+                None => return Ok(Vec::new()),
+            },
+        };
+        self.poisoned = true;
+        arm(
+            &mut self.store,
+            limits,
+            CallKind::RoomHook,
+            Some(session),
+            Some(tenant_cfg),
+            Some(broker),
+            svc.len(),
+            deadline,
+        );
+        let r = match (join, leave) {
+            (Some(f), _) => f
+                .call_async(&mut self.store, (SessionHandle::lend(), room))
+                .await
+                .map(|(r,)| r),
+            (_, Some(f)) => f
+                .call_async(&mut self.store, (SessionHandle::lend(), room))
+                .await
+                .map(|()| Ok(())),
+            (None, None) => Ok(Ok(())),
+        };
+        self.settle(r)
     }
 }

@@ -40,6 +40,10 @@ pub(crate) struct Lifecycle {
     pub(crate) init: Option<ComponentExportIndex>,
     /// `lifecycle.on-disconnect`.
     pub(crate) on_disconnect: Option<ComponentExportIndex>,
+    /// `lifecycle.on-join`.
+    pub(crate) on_join: Option<ComponentExportIndex>,
+    /// `lifecycle.on-leave`.
+    pub(crate) on_leave: Option<ComponentExportIndex>,
 }
 
 /// One compiled, linked and smoke-tested version of a plugin file.
@@ -334,6 +338,8 @@ async fn build(
         Some(iface) => Lifecycle {
             init: component.get_export_index(Some(&iface), "init"),
             on_disconnect: component.get_export_index(Some(&iface), "on-disconnect"),
+            on_join: component.get_export_index(Some(&iface), "on-join"),
+            on_leave: component.get_export_index(Some(&iface), "on-leave"),
         },
         None => Lifecycle::default(),
     };

@@ -59,7 +59,9 @@ use wasmtime::component::Linker;
 use crate::config::PluginsConfig;
 use crate::error::PluginError;
 use crate::obs::metrics::Metrics;
-use crate::services::{BoxFuture, ClosedSession, Effect, ExtCall, ExtService, PluginStatus};
+use crate::services::{
+    BoxFuture, ClosedSession, Effect, ExtCall, ExtService, PluginStatus, RoomHook,
+};
 use bindings::HostState;
 use kv::{KvStore, MemoryKv};
 use pool::{Pool, PoolKey, Stats};
@@ -396,5 +398,12 @@ impl ExtService for PluginHost {
         );
         let pool = self.env.pool(&key);
         pool::disconnect(&self.env, key, pool, version, closed)
+    }
+
+    fn room_hook(&self, hook: RoomHook) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
+        let version = self.env.registry.current(&hook.plugin)?;
+        let key: PoolKey = (Arc::clone(&hook.session.tenant), Arc::clone(&hook.plugin));
+        let pool = self.env.pool(&key);
+        pool::room_hook(&self.env, key, pool, version, hook)
     }
 }

@@ -41,7 +41,7 @@ use super::limits::{
 use super::loader::PluginVersion;
 use crate::config::{Isolation, TenantConfig};
 use crate::error::PluginError;
-use crate::services::{BoxFuture, ClosedSession, Effect, ExtCall};
+use crate::services::{BoxFuture, ClosedSession, Effect, ExtCall, RoomHook, RoomHookKind};
 
 /// (tenant, plugin).
 pub(crate) type PoolKey = (Arc<str>, Arc<str>);
@@ -327,10 +327,12 @@ fn note_crash(key: &PoolKey, stats: &Stats, e: &PluginError) {
     }
 }
 
-/// What a lane runs: a message, or a closed session's `on-disconnect`.
+/// What a lane runs: a message, a closed session's `on-disconnect`, or a
+/// room hook.
 enum Work {
     Message(ExtCall),
     Disconnect(ClosedSession),
+    Room(RoomHook),
 }
 
 impl Work {
@@ -338,6 +340,7 @@ impl Work {
         match self {
             Work::Message(c) => &c.tenant_cfg,
             Work::Disconnect(c) => &c.tenant_cfg,
+            Work::Room(h) => &h.tenant_cfg,
         }
     }
 }
@@ -360,6 +363,7 @@ async fn run(
             match work {
                 Work::Message(call) => instance.on_message(call, &limits, deadline).await,
                 Work::Disconnect(closed) => instance.on_disconnect(closed, &limits, deadline).await,
+                Work::Room(hook) => instance.on_room_hook(hook, &limits, deadline).await,
             }
         };
         // Boxed once here: the guest call's future (wasmtime's fiber plumbing)
@@ -426,6 +430,7 @@ async fn run_routed(
                     None => ShardKey::Session(call.session.sid),
                 },
                 Work::Disconnect(closed) => ShardKey::Session(closed.session.sid),
+                Work::Room(hook) => ShardKey::Room(&hook.room),
             };
             let lane = pool.lane(n, shard);
             let _queued = lane.enter()?;
@@ -475,16 +480,44 @@ pub(crate) fn disconnect(
     closed: ClosedSession,
 ) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
     version.lifecycle.on_disconnect.as_ref()?;
+    Some(hook_call(env, key, pool, version, Work::Disconnect(closed)))
+}
+
+/// Runs `on-join` / `on-leave` for a live session (in the room's lane when
+/// sharded); resolves to the effects it queued or to the join's refusal.
+/// Nothing runs when the version does not export the hook.
+pub(crate) fn room_hook(
+    env: &Arc<Env>,
+    key: PoolKey,
+    pool: Arc<Pool>,
+    version: Arc<PluginVersion>,
+    hook: RoomHook,
+) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
+    match hook.kind {
+        RoomHookKind::Join => version.lifecycle.on_join.as_ref()?,
+        RoomHookKind::Leave => version.lifecycle.on_leave.as_ref()?,
+    };
+    Some(hook_call(env, key, pool, version, Work::Room(hook)))
+}
+
+/// A lifecycle hook's call as an owned future.
+fn hook_call(
+    env: &Arc<Env>,
+    key: PoolKey,
+    pool: Arc<Pool>,
+    version: Arc<PluginVersion>,
+    work: Work,
+) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
     let env = Arc::clone(env);
-    Some(Box::pin(async move {
+    Box::pin(async move {
         if env.stop.is_cancelled() {
             return Err(PluginError::Overloaded);
         }
         if pool.stats.backing_off_now() {
             return Err(PluginError::BackingOff);
         }
-        run_routed(&env, &key, &pool, version, Work::Disconnect(closed)).await
-    }))
+        run_routed(&env, &key, &pool, version, work).await
+    })
 }
 
 #[cfg(test)]

@@ -128,6 +128,36 @@ pub struct ClosedSession {
     pub broker: Arc<dyn Broker>,
 }
 
+/// Which room hook of a plugin runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomHookKind {
+    /// `on-join`: asked before the join; may refuse it.
+    Join,
+    /// `on-leave`: told after the leave.
+    Leave,
+}
+
+/// A live session joining or leaving a room through the built-in `room`
+/// service, for the `on-join` / `on-leave` hook of a plugin the tenant routes to.
+#[derive(Debug, Clone)]
+pub struct RoomHook {
+    /// Join or leave.
+    pub kind: RoomHookKind,
+    /// The session; `rooms` as before this join or after this leave.
+    pub session: SessionInfo,
+    /// The room.
+    pub room: String,
+    /// Plugin file stem.
+    pub plugin: Arc<str>,
+    /// The `svc` wrapped around the hook's effects: the first of the tenant's
+    /// routes that names the plugin.
+    pub svc: String,
+    /// The tenant's config (upstreams, limits).
+    pub tenant_cfg: Arc<TenantConfig>,
+    /// The tenant's realtime state, for read-only queries such as room members.
+    pub broker: Arc<dyn Broker>,
+}
+
 /// Something a service asks the gateway to do after it returns. The gateway wraps
 /// every payload in an envelope whose `svc` is the calling service's own, so a
 /// service cannot forge `sys` frames or reach another tenant.
@@ -211,6 +241,14 @@ pub trait ExtService: Send + Sync + 'static {
         &self,
         _closed: ClosedSession,
     ) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
+        None
+    }
+
+    /// Runs `hook.plugin`'s `on-join` / `on-leave` when its serving version
+    /// exports it: a future resolving to the effects to apply after the join
+    /// or leave (`Reply`, `Publish`, `SendToUser`), or to the refusal of the
+    /// join. `None` when the plugin has no such hook.
+    fn room_hook(&self, _hook: RoomHook) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
         None
     }
 

@@ -72,6 +72,18 @@ pub trait Plugin {
     /// "player left" notice); `reply`, `join` and `leave` answer
     /// `HostError::NotAllowed`.
     fn on_disconnect(_session: &Session) {}
+
+    /// Asked before `session` joins `room` through the gateway's `room`
+    /// service; `Err` refuses the join (the client gets `SERVICE_ERROR`).
+    /// `realtime::reply`, `publish` and `send_to_user` are applied once the
+    /// join has happened; `join` and `leave` answer `HostError::NotAllowed`.
+    fn on_join(_session: &Session, _room: String) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// Told after `session` left `room` through the gateway's `room` service
+    /// (not when it disconnects: see `on_disconnect`). Effects as in `on_join`.
+    fn on_leave(_session: &Session, _room: String) {}
 }
 
 /// Exports a [`Plugin`] implementation as the component's entry points.
@@ -100,6 +112,17 @@ macro_rules! export_plugin {
 
                 fn on_disconnect(session: &$crate::Session) {
                     <$plugin as $crate::Plugin>::on_disconnect(session)
+                }
+
+                fn on_join(
+                    session: &$crate::Session,
+                    room: ::std::string::String,
+                ) -> ::core::result::Result<(), $crate::Refusal> {
+                    <$plugin as $crate::Plugin>::on_join(session, room)
+                }
+
+                fn on_leave(session: &$crate::Session, room: ::std::string::String) {
+                    <$plugin as $crate::Plugin>::on_leave(session, room)
                 }
             }
 

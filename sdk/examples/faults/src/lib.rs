@@ -49,6 +49,38 @@ impl Plugin for Faults {
         let _ = realtime::send_to_user("watcher", "left", &bye);
     }
 
+    /// Room gatekeeping by prefix: `vip-*` is refused, `trap-*` traps (the
+    /// join must fail closed), `hook-*` is welcomed with a reply that shows
+    /// the session as the hook saw it; other rooms pass untouched.
+    fn on_join(session: &Session, room: String) -> Result<(), Refusal> {
+        if room.starts_with("vip-") {
+            return Err(Refusal::new("VIP_ONLY", "members only"));
+        }
+        if room.starts_with("trap-") {
+            panic!("on-join trap requested");
+        }
+        if room.starts_with("hook-") {
+            let may_join = !matches!(realtime::join("elsewhere"), Err(HostError::NotAllowed(_)));
+            let welcome = serde_json::json!({
+                "room": room,
+                "user": session.user(),
+                "rooms_before": session.rooms(),
+                "may_join": may_join,
+            });
+            realtime::reply("welcome", &welcome)?;
+        }
+        Ok(())
+    }
+
+    /// `hook-*` rooms hear that the user left; `leaves` counts it in kv.
+    fn on_leave(session: &Session, room: String) {
+        if room.starts_with("hook-") {
+            let _ = kv::incr("leaves", 1);
+            let bye = serde_json::json!({ "user": session.user(), "rooms_after": session.rooms() });
+            let _ = realtime::publish(&room, "bye", &bye, Qos::Reliable, false);
+        }
+    }
+
     fn on_message(_session: &Session, msg: Message) -> Result<(), Refusal> {
         match msg.type_.as_str() {
             "echo" => realtime::reply_raw("echo", &msg.data)?,
