@@ -173,7 +173,7 @@ fn fixture() -> Fixture {
         tenant: Arc::clone(&tenant.id),
         user: Arc::clone(&entry.user),
         sid,
-        rooms: vec!["r".to_owned()],
+        rooms: vec!["r".to_owned()].into(),
     };
     let counters = gw.metrics.session_counters("acme");
     let ctx = SessionCtx::new(Arc::clone(&gw), tenant, entry, counters).expect("session ctx");

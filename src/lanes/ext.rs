@@ -16,7 +16,8 @@ use crate::gateway::{Tenant, TenantRuntime};
 use crate::protocol::ext::{self, Envelope, Outgoing, sys_ack};
 use crate::realtime::outbox::Qos;
 use crate::services::{
-    Effect, ExtCall, RoomHook, RoomHookKind, RoomPublication, chat, publish_to_room, room,
+    Effect, ExtCall, RoomHook, RoomHookKind, RoomPublication, SessionRooms, chat, publish_to_room,
+    room,
 };
 
 /// Handles one text frame.
@@ -76,20 +77,22 @@ async fn room_request(
     if rt.cfg.routes.is_empty() {
         return room::handle(ctx, rt, env);
     }
-    let session = ctx.info();
-    let member = session.rooms.iter().any(|r| r == name);
+    if kind == RoomHookKind::Join && ctx.entry.in_room(name) {
+        return room::handle(ctx, rt, env);
+    }
+    // The session as the hooks see it: before the join, after the leave.
+    let mut session = ctx.info();
     let mut done = Vec::new();
     match kind {
-        RoomHookKind::Join if member => return room::handle(ctx, rt, env),
         RoomHookKind::Join => {
+            session.rooms = SessionRooms::Fixed(ctx.entry.rooms());
             done = room_hooks(ctx, rt, kind, &session, name).await?;
             room::handle(ctx, rt, env)?;
         }
         RoomHookKind::Leave => {
             room::handle(ctx, rt, env)?;
-            let mut after = session;
-            after.rooms.retain(|r| r != name);
-            if let Ok(effects) = room_hooks(ctx, rt, kind, &after, name).await {
+            session.rooms = SessionRooms::Fixed(ctx.entry.rooms());
+            if let Ok(effects) = room_hooks(ctx, rt, kind, &session, name).await {
                 done = effects;
             }
         }

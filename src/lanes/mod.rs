@@ -19,7 +19,7 @@ use crate::policy::SessionPolicy;
 use crate::protocol::ext::sys_error;
 use crate::realtime::broker::SessionEntry;
 use crate::realtime::outbox::Qos;
-use crate::services::{ClosedSession, SessionInfo};
+use crate::services::{ClosedSession, SessionInfo, SessionRooms};
 
 /// What the reader does after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,7 @@ impl SessionCtx {
             tenant: Arc::clone(&self.tenant.id),
             user: Arc::clone(&self.entry.user),
             sid: self.entry.sid,
-            rooms: self.entry.rooms(),
+            rooms: SessionRooms::Live(Arc::clone(&self.entry)),
         }
     }
 
@@ -235,7 +235,7 @@ pub(crate) fn session_closed(
         tenant: Arc::clone(&tenant.id),
         user: Arc::clone(&entry.user),
         sid: entry.sid,
-        rooms: Vec::new(),
+        rooms: SessionRooms::Fixed(Vec::new()),
     };
     for (plugin, svc) in routed_plugins(&rt.cfg) {
         let closed = ClosedSession {

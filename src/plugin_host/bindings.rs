@@ -396,7 +396,7 @@ impl self::wsprism::plugin::types::HostSession for HostState {
         &mut self,
         _: wasmtime::component::Resource<SessionHandle>,
     ) -> wasmtime::Result<Vec<String>> {
-        Ok(self.session()?.rooms.clone())
+        Ok(self.session()?.rooms.list())
     }
 
     fn drop(&mut self, _: wasmtime::component::Resource<SessionHandle>) -> wasmtime::Result<()> {

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use dashmap::DashMap;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex};
@@ -95,7 +94,7 @@ pub(crate) struct Slot {
 /// Every plugin name seen in the directory.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    slots: DashMap<String, Arc<Slot>>,
+    slots: super::NameMap<String, Arc<Slot>>,
     generation: AtomicU64,
 }
 

@@ -66,6 +66,12 @@ use bindings::HostState;
 use kv::{KvStore, MemoryKv};
 use pool::{Pool, PoolKey, Stats};
 
+/// A map keyed by names from the config (tenant, plugin), looked up on every
+/// call. Clients never choose its keys, so the keyed-hash protection of
+/// SipHash buys nothing here; foldhash (randomly seeded) is several times
+/// cheaper per lookup.
+pub(crate) type NameMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
 /// Shared state of the host, owned by [`PluginHost`] and borrowed by actors.
 pub(crate) struct Env {
     engine: engine::EngineInfo,
@@ -81,8 +87,8 @@ pub(crate) struct Env {
     /// Bounds fresh instances in `per_message` mode.
     fresh: tokio::sync::Semaphore,
     registry: loader::Registry,
-    pools: DashMap<PoolKey, Arc<Pool>>,
-    stats: DashMap<PoolKey, Arc<Stats>>,
+    pools: NameMap<PoolKey, Arc<Pool>>,
+    stats: NameMap<PoolKey, Arc<Stats>>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -230,8 +236,8 @@ impl PluginHost {
             stop: stop.clone(),
             fresh: tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_FRESH_INSTANCES),
             registry: loader::Registry::default(),
-            pools: DashMap::new(),
-            stats: DashMap::new(),
+            pools: NameMap::default(),
+            stats: NameMap::default(),
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let host = Arc::new(Self {

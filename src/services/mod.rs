@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::config::TenantConfig;
 use crate::error::PluginError;
-use crate::realtime::broker::{Broker, Sid};
+use crate::realtime::broker::{Broker, SessionEntry, Sid};
 use crate::realtime::outbox::Qos;
 
 /// One room publication before encoding.
@@ -76,7 +76,7 @@ pub fn publish_to_room(
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Who sent a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SessionInfo {
     /// Tenant id.
     pub tenant: Arc<str>,
@@ -85,7 +85,42 @@ pub struct SessionInfo {
     /// Session id.
     pub sid: Sid,
     /// Rooms joined, in join order (last = active).
-    pub rooms: Vec<String>,
+    pub rooms: SessionRooms,
+}
+
+/// A session's rooms as a service sees them. Most plugin calls never ask, so
+/// a live session's list is only built when read.
+#[derive(Debug, Clone)]
+pub enum SessionRooms {
+    /// The live session's rooms at the time they are read.
+    Live(Arc<SessionEntry>),
+    /// A fixed list: empty for a closed session; as before the join / after
+    /// the leave for room hooks.
+    Fixed(Vec<String>),
+}
+
+impl SessionRooms {
+    /// The rooms, in join order (last = active).
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Self::Live(entry) => entry.rooms(),
+            Self::Fixed(rooms) => rooms.clone(),
+        }
+    }
+
+    /// Whether `room` is one of them.
+    pub fn contains(&self, room: &str) -> bool {
+        match self {
+            Self::Live(entry) => entry.in_room(room),
+            Self::Fixed(rooms) => rooms.iter().any(|r| r == room),
+        }
+    }
+}
+
+impl From<Vec<String>> for SessionRooms {
+    fn from(rooms: Vec<String>) -> Self {
+        Self::Fixed(rooms)
+    }
 }
 
 /// One Ext Lane message routed to a service.

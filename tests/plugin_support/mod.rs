@@ -220,7 +220,11 @@ impl Tenant {
             tenant: Arc::from(self.cfg.id.as_str()),
             user: Arc::from(user),
             sid,
-            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            rooms: rooms
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 
@@ -229,7 +233,7 @@ impl Tenant {
     pub fn closed(&self, session: &SessionInfo, plugin: &str) -> ClosedSession {
         ClosedSession {
             session: SessionInfo {
-                rooms: Vec::new(),
+                rooms: Vec::new().into(),
                 ..session.clone()
             },
             plugin: Arc::from(plugin),
