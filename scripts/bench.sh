@@ -94,7 +94,10 @@ cleanup() {
 trap cleanup EXIT
 
 wait_port() { # host port
-  for _ in $(seq 1 200); do
+  # Up to 120 s: the first start after a plugin rebuild compiles the JS and
+  # Python demo components (seconds each on the one pinned core) before the
+  # gateway listens; later starts load them from the compile cache.
+  for _ in $(seq 1 2400); do
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
       echo "the server exited at start; see $OUT/*.log" >&2
       return 1

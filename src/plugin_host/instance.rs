@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use wasmtime::component::{Resource, TypedFunc};
+use wasmtime::component::{
+    ComponentExportIndex, ComponentNamedList, Lift, Lower, Resource, TypedFunc,
+};
 use wasmtime::{Store, UpdateDeadline};
 
 use super::Env;
@@ -108,6 +110,26 @@ fn cut(mut s: String, max: usize) -> String {
     s
 }
 
+/// The typed handle of an optional export found at load time; a signature
+/// that does not match the WIT fails the instance.
+fn typed<P, R>(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<HostState>,
+    idx: Option<&ComponentExportIndex>,
+    what: &str,
+) -> Result<Option<TypedFunc<P, R>>, PluginError>
+where
+    P: ComponentNamedList + Lower + Send + Sync + 'static,
+    R: ComponentNamedList + Lift + Send + Sync + 'static,
+{
+    idx.map(|idx| {
+        instance
+            .get_typed_func(&mut *store, idx)
+            .map_err(|e| PluginError::Trap(format!("{what} export: {e}")))
+    })
+    .transpose()
+}
+
 impl Instance {
     /// High-water mark of the instance's linear memory, in bytes.
     pub(crate) fn memory_peak(&self) -> usize {
@@ -195,30 +217,20 @@ impl Instance {
             }
         }
         store.data().output.end_call();
-        let on_disconnect = match &version.lifecycle.on_disconnect {
-            Some(idx) => Some(
-                instance
-                    .get_typed_func::<(Resource<SessionHandle>,), ()>(&mut store, idx)
-                    .map_err(|e| PluginError::Trap(format!("on-disconnect export: {e}")))?,
-            ),
-            None => None,
-        };
-        let on_join = match &version.lifecycle.on_join {
-            Some(idx) => Some(
-                instance
-                    .get_typed_func(&mut store, idx)
-                    .map_err(|e| PluginError::Trap(format!("on-join export: {e}")))?,
-            ),
-            None => None,
-        };
-        let on_leave = match &version.lifecycle.on_leave {
-            Some(idx) => Some(
-                instance
-                    .get_typed_func(&mut store, idx)
-                    .map_err(|e| PluginError::Trap(format!("on-leave export: {e}")))?,
-            ),
-            None => None,
-        };
+        let lifecycle = &version.lifecycle;
+        let on_disconnect = typed(
+            &instance,
+            &mut store,
+            lifecycle.on_disconnect.as_ref(),
+            "on-disconnect",
+        )?;
+        let on_join = typed(&instance, &mut store, lifecycle.on_join.as_ref(), "on-join")?;
+        let on_leave = typed(
+            &instance,
+            &mut store,
+            lifecycle.on_leave.as_ref(),
+            "on-leave",
+        )?;
         Ok(Self {
             version,
             store,
