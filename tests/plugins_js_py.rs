@@ -148,3 +148,30 @@ async fn js_and_python_warm_call_cost() {
         );
     }
 }
+
+/// The JavaScript SDK's TypeScript declarations match the WIT (regenerated
+/// and compared), and the template and the example type-check against them
+/// with `tsc --checkJs` (a `session.user` instead of `session.user()` fails).
+#[test]
+fn javascript_types_match_the_wit_and_check_the_sources() {
+    // Building the example installs the SDK's npm packages when missing.
+    if counter_js().is_none() {
+        return;
+    }
+    let js = repo().join("sdk/js");
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .current_dir(&js)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("node", &["types.mjs", "--check"]);
+    run("node_modules/.bin/tsc", &["-p", "."]);
+}

@@ -6,18 +6,30 @@
 //   {"svc":"counter","type":"get","room":R}   -> the sender gets the same payload
 //
 // Built with sdk/js/build.sh (componentize-js), world `ext-lane-plugin`.
+// @ts-check
+/// <reference path="../../js/types/ext-lane-plugin.d.ts" />
 import { reply, publish } from 'wsprism:plugin/realtime@0.2.0';
 import { get, incr } from 'wsprism:plugin/kv@0.2.0';
 
+/**
+ * @param {string} code
+ * @param {string} message
+ * @returns {never}
+ */
 function refuse(code, message) {
   // Throwing from an export that returns `result<_, refusal>` answers `err`.
   throw { code, message };
 }
 
+/** @param {string} room */
 function key(room) {
   return `count:${room}`;
 }
 
+/**
+ * @param {import('wsprism:plugin/types@0.2.0').Session} session
+ * @param {import('wsprism:plugin/types@0.2.0').Message} msg
+ */
 export function onMessage(session, msg) {
   const room = msg.room;
   if (room === undefined || room === null) refuse('NO_ROOM', 'counter messages need a room');

@@ -1,8 +1,16 @@
 // Template for a wsPrism plugin in JavaScript. Copy, edit, then:
 //   sdk/js/build.sh app.js plugins/<name>.wasm
+// Types: sdk/js/types/ (generated from wit/); editors and `tsc --checkJs`
+// pick them up through the reference below.
+// @ts-check
+/// <reference path="../types/ext-lane-plugin.d.ts" />
 import { reply } from 'wsprism:plugin/realtime@0.2.0';
 import { log } from 'wsprism:plugin/log@0.2.0';
 
+/**
+ * @param {import('wsprism:plugin/types@0.2.0').Session} session
+ * @param {import('wsprism:plugin/types@0.2.0').Message} msg
+ */
 export function onMessage(session, msg) {
   const data = JSON.parse(msg.data);
   if (msg.type === 'ping') {
