@@ -10,7 +10,7 @@ use plugin_support::*;
 use wsprism::config::Isolation;
 use wsprism::error::{ClientCode, PluginError, ToRefusal};
 use wsprism::realtime::outbox::Qos;
-use wsprism::services::{Effect, ExtService};
+use wsprism::services::{Effect, ExtService, RoomHookKind};
 
 fn reply_of(effects: &[Effect]) -> (&str, &str) {
     match effects {
@@ -208,6 +208,19 @@ async fn repeated_crashes_back_off() {
         .call(other.call(&s2, "faults", "echo", None, "1"))
         .await
         .expect("other tenant serves");
+    // Room hooks are still asked while backing off: a crash-looping
+    // on-message does not lock the tenant's joins, and the gate still gates.
+    let join = |room: &str| {
+        h.host
+            .room_hook(t.room_hook(RoomHookKind::Join, &s, "faults", room))
+            .expect("faults exports on-join")
+    };
+    assert!(join("plain").await.expect("join allowed").is_empty());
+    let e = join("vip-1").await.expect_err("refused");
+    assert!(
+        matches!(&e, PluginError::Refused { code, .. } if code == "VIP_ONLY"),
+        "{e:?}"
+    );
 }
 
 /// Two tenants using the same plugin share neither kv nor instance memory.

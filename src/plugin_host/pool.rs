@@ -513,7 +513,11 @@ fn hook_call(
         if env.stop.is_cancelled() {
             return Err(PluginError::Overloaded);
         }
-        if pool.stats.backing_off_now() {
+        // Room hooks are asked even while the plugin backs off: every Rust
+        // plugin exports them (as no-ops by default), and a plugin whose
+        // `on-message` crash-loops must not lock the tenant's joins. A hook
+        // that fails by itself still refuses its join.
+        if !matches!(work, Work::Room(_)) && pool.stats.backing_off_now() {
             return Err(PluginError::BackingOff);
         }
         run_routed(&env, &key, &pool, version, work).await

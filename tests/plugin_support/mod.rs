@@ -17,7 +17,9 @@ use wsprism::obs::metrics::Metrics;
 use wsprism::plugin_host::PluginHost;
 use wsprism::realtime::broker::{Broker, LocalBroker, RoomLimits, SessionEntry, SessionLimits};
 use wsprism::realtime::outbox::Outbox;
-use wsprism::services::{ClosedSession, ExtCall, ExtService, PluginStatus, SessionInfo};
+use wsprism::services::{
+    ClosedSession, ExtCall, ExtService, PluginStatus, RoomHook, RoomHookKind, SessionInfo,
+};
 
 /// Repository root.
 pub fn repo() -> PathBuf {
@@ -236,6 +238,26 @@ impl Tenant {
                 rooms: Vec::new().into(),
                 ..session.clone()
             },
+            plugin: Arc::from(plugin),
+            svc: plugin.to_owned(),
+            tenant_cfg: Arc::clone(&self.cfg),
+            broker: self.broker.clone(),
+        }
+    }
+
+    /// `session` joining or leaving `room`: what the gateway hands `plugin`'s
+    /// `on-join` / `on-leave` (routed as `svc` = `plugin`).
+    pub fn room_hook(
+        &self,
+        kind: RoomHookKind,
+        session: &SessionInfo,
+        plugin: &str,
+        room: &str,
+    ) -> RoomHook {
+        RoomHook {
+            kind,
+            session: session.clone(),
+            room: room.to_owned(),
             plugin: Arc::from(plugin),
             svc: plugin.to_owned(),
             tenant_cfg: Arc::clone(&self.cfg),
