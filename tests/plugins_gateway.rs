@@ -322,14 +322,19 @@ async fn room_hooks_gate_joins_and_hear_leaves() {
     assert_eq!(e["data"]["code"], "SERVICE_ERROR");
     assert_eq!(e["data"]["msg"], "VIP_ONLY: members only", "{e}");
 
-    a.send_json(json!({"v":1,"svc":"room","type":"join","room":"trap-1","seq":2}))
-        .await;
-    let e = a.recv_type("error").await;
-    assert_eq!(e["seq"], 2);
-    assert_eq!(e["data"]["code"], "SERVICE_UNAVAILABLE", "{e}");
+    // A hook that traps or spins past the CPU budget fails closed; other
+    // sessions keep getting answers.
+    for (seq, room) in [(2, "trap-1"), (3, "loop-1")] {
+        a.send_json(json!({"v":1,"svc":"room","type":"join","room":room,"seq":seq}))
+            .await;
+        let e = a.recv_type("error").await;
+        assert_eq!(e["seq"], seq);
+        assert_eq!(e["data"]["code"], "SERVICE_UNAVAILABLE", "{room}: {e}");
+        echo_roundtrip(&mut b, seq).await;
+    }
 
-    // Neither refused join happened: presence needs membership.
-    for room in ["vip-1", "trap-1"] {
+    // No refused join happened: presence needs membership.
+    for room in ["vip-1", "trap-1", "loop-1"] {
         a.send_json(json!({"v":1,"svc":"room","type":"presence","room":room}))
             .await;
         let e = a.recv_type("error").await;
@@ -352,7 +357,7 @@ async fn room_hooks_gate_joins_and_hear_leaves() {
     a.join("hook-1").await;
     a.expect_silence(Duration::from_millis(200)).await;
 
-    a.send_json(json!({"v":1,"svc":"room","type":"leave","room":"hook-1","seq":3}))
+    a.send_json(json!({"v":1,"svc":"room","type":"leave","room":"hook-1","seq":4}))
         .await;
     assert_eq!(a.recv_type("left").await["room"], "hook-1");
     let bye = b.recv_type("bye").await;

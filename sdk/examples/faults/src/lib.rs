@@ -49,8 +49,9 @@ impl Plugin for Faults {
         let _ = realtime::send_to_user("watcher", "left", &bye);
     }
 
-    /// Room gatekeeping by prefix: `vip-*` is refused, `trap-*` traps (the
-    /// join must fail closed), `hook-*` is welcomed with a reply that shows
+    /// Room gatekeeping by prefix: `vip-*` is refused, `trap-*` traps and
+    /// `loop-*` spins until the CPU budget ends it (the join must fail closed
+    /// either way), `hook-*` is welcomed with a reply that shows
     /// the session as the hook saw it; other rooms pass untouched.
     fn on_join(session: &Session, room: String) -> Result<(), Refusal> {
         if room.starts_with("vip-") {
@@ -58,6 +59,12 @@ impl Plugin for Faults {
         }
         if room.starts_with("trap-") {
             panic!("on-join trap requested");
+        }
+        if room.starts_with("loop-") {
+            let mut n = 0u64;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
         }
         if room.starts_with("hook-") {
             let may_join = !matches!(realtime::join("elsewhere"), Err(HostError::NotAllowed(_)));
