@@ -34,7 +34,7 @@ build_js() {
     return 0
   fi
   echo "==> JavaScript example (componentize-js)"
-  "$ROOT/sdk/js/build.sh" "$ROOT/sdk/examples/counter-js/app.js" "$OUT/counter_js.wasm"
+  "$ROOT/sdk/js/build.sh" "$ROOT/sdk/examples/counter-js/app.js" "$OUT/counter_js.wasm" ext-lane-plugin-lifecycle
 }
 
 build_python() {
@@ -43,7 +43,7 @@ build_python() {
     return 0
   fi
   echo "==> Python example (componentize-py)"
-  "$ROOT/sdk/python/build.sh" "$ROOT/sdk/examples/counter-py" "$OUT/counter_py.wasm"
+  "$ROOT/sdk/python/build.sh" "$ROOT/sdk/examples/counter-py" "$OUT/counter_py.wasm" ext-lane-plugin-lifecycle
 }
 
 case "$WHAT" in

@@ -7,7 +7,7 @@ mod plugin_support;
 use plugin_support::*;
 use wsprism::error::PluginError;
 use wsprism::realtime::outbox::Qos;
-use wsprism::services::{Effect, ExtService};
+use wsprism::services::{Effect, ExtService, RoomHookKind};
 
 async fn exercise_counter(h: &Host, plugin: &str) {
     let t = Tenant::new("acme");
@@ -98,6 +98,46 @@ async fn javascript_counter_example() {
     let st = h.host.status("acme", "counter_js");
     assert_eq!(st.state, "serving", "{st:?}");
     exercise_counter(&h, "counter_js").await;
+}
+
+/// The JS and Python examples export the lifecycle hooks: `on-join` refuses
+/// `closed-*` rooms with the plugin's code and lets other joins through;
+/// `on-leave` runs and queues nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_and_python_room_hooks() {
+    for (lang, plugin, wasm) in [
+        ("js", "counter_js", counter_js()),
+        ("python", "counter_py", counter_py()),
+    ] {
+        if wasm.is_none() {
+            continue;
+        }
+        let h = start(&host_cfg(lang)).await;
+        let t = Tenant::new("acme");
+        let s = t.session(1, "u1", &[]);
+        let hook = |kind, room: &str| {
+            h.host
+                .room_hook(t.room_hook(kind, &s, plugin, room))
+                .unwrap_or_else(|| panic!("{plugin} exports the room hooks"))
+        };
+        let e = hook(RoomHookKind::Join, "closed-1")
+            .await
+            .expect_err("closed room");
+        assert!(
+            matches!(&e, PluginError::Refused { code, message } if code == "ROOM_CLOSED" && message == "closed-1 is closed"),
+            "{plugin}: {e:?}"
+        );
+        let effects = hook(RoomHookKind::Join, "r1").await;
+        assert!(
+            effects.as_ref().is_ok_and(Vec::is_empty),
+            "{plugin}: {effects:?}"
+        );
+        let effects = hook(RoomHookKind::Leave, "r1").await;
+        assert!(
+            effects.as_ref().is_ok_and(Vec::is_empty),
+            "{plugin}: {effects:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

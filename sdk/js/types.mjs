@@ -1,6 +1,7 @@
 // Generates TypeScript declarations for the plugin API from wit/ into
-// sdk/js/types/ (world `ext-lane-plugin`, what build.sh targets), so editors
-// and `tsc --checkJs` know every import, record and the `session` handle.
+// sdk/js/types/ (worlds `ext-lane-plugin` and `ext-lane-plugin-lifecycle`, the
+// ones build.sh targets), so editors and `tsc --checkJs` know every import,
+// record, hook and the `session` handle.
 //
 //   node sdk/js/types.mjs          # (re)write sdk/js/types/
 //   node sdk/js/types.mjs --check  # exit 1 when sdk/js/types/ is stale
@@ -26,10 +27,12 @@ const fs = await import(
 );
 fs._setPreopens({ '/': '/' });
 
-const files = await generateGuestTypes(join(root, 'wit'), {
-  worldName: 'ext-lane-plugin',
-  outDir: '',
-});
+// Both worlds: the plain one and the one with the `lifecycle` hooks. Their
+// shared interface files come out identical.
+const files = {};
+for (const worldName of ['ext-lane-plugin', 'ext-lane-plugin-lifecycle']) {
+  Object.assign(files, await generateGuestTypes(join(root, 'wit'), { worldName, outDir: '' }));
+}
 const text = (bytes) => new TextDecoder().decode(bytes);
 
 if (process.argv.includes('--check')) {

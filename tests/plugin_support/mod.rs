@@ -317,11 +317,12 @@ fn tool_available(cmd: &str, arg: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn build_with_script(script: &str, src: &Path, out: &Path) -> Result<(), String> {
+fn build_with_script(script: &str, src: &Path, out: &Path, world: &str) -> Result<(), String> {
     let o = Command::new("bash")
         .arg(repo().join(script))
         .arg(src)
         .arg(out)
+        .arg(world)
         .env_remove("CARGO_TARGET_DIR")
         .output()
         .map_err(|e| format!("cannot run {script}: {e}"))?;
@@ -360,6 +361,10 @@ fn inputs_hash(files: &[PathBuf]) -> String {
     sha256(&all)
 }
 
+/// The world the JS and Python examples are built for (they export the
+/// lifecycle hooks).
+const JSPY_WORLD: &str = "ext-lane-plugin-lifecycle";
+
 fn build_cached(lang: &str, file: &str, script: &str, src: PathBuf, inputs: &[PathBuf]) -> PathBuf {
     let out = jspy_dir(lang).join(file);
     let stamp = out.with_extension("stamp");
@@ -367,7 +372,7 @@ fn build_cached(lang: &str, file: &str, script: &str, src: PathBuf, inputs: &[Pa
     if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == hash) {
         return out;
     }
-    if let Err(e) = build_with_script(script, &src, &out) {
+    if let Err(e) = build_with_script(script, &src, &out, JSPY_WORLD) {
         panic!("{e}");
     }
     std::fs::write(&stamp, hash).expect("write stamp");

@@ -4,10 +4,12 @@
 //       -> kv incr, then every member of R gets
 //          {"svc":"counter","type":"count","room":R,"data":{"room":R,"count":N}}
 //   {"svc":"counter","type":"get","room":R}   -> the sender gets the same payload
+//   joining a room named `closed-*` is refused (ROOM_CLOSED) by the on-join hook
 //
-// Built with sdk/js/build.sh (componentize-js), world `ext-lane-plugin`.
+// Built with sdk/js/build.sh (componentize-js), world
+// `ext-lane-plugin-lifecycle` (it exports the `lifecycle` hooks).
 // @ts-check
-/// <reference path="../../js/types/ext-lane-plugin.d.ts" />
+/// <reference path="../../js/types/ext-lane-plugin-lifecycle.d.ts" />
 import { reply, publish } from 'wsprism:plugin/realtime@0.2.0';
 import { get, incr } from 'wsprism:plugin/kv@0.2.0';
 
@@ -49,3 +51,24 @@ export function onMessage(session, msg) {
       refuse('UNKNOWN_TYPE', `unknown type ${msg.type}`);
   }
 }
+
+// Lifecycle hooks: every function of the interface is exported; only on-join
+// does something here.
+export const lifecycle = {
+  /** @param {string} _config */
+  init(_config) {},
+  /** @param {import('wsprism:plugin/types@0.2.0').Session} _session */
+  onDisconnect(_session) {},
+  /**
+   * @param {import('wsprism:plugin/types@0.2.0').Session} _session
+   * @param {string} room
+   */
+  onJoin(_session, room) {
+    if (room.startsWith('closed-')) refuse('ROOM_CLOSED', `${room} is closed`);
+  },
+  /**
+   * @param {import('wsprism:plugin/types@0.2.0').Session} _session
+   * @param {string} _room
+   */
+  onLeave(_session, _room) {},
+};

@@ -4,14 +4,17 @@
       -> kv incr, then every member of R gets
          {"svc":"counter","type":"count","room":R,"data":{"room":R,"count":N}}
   {"svc":"counter","type":"get","room":R}   -> the sender gets the same payload
+  joining a room named `closed-*` is refused (ROOM_CLOSED) by the on-join hook
 
-Built with sdk/python/build.sh (componentize-py), world `ext-lane-plugin`.
+Built with sdk/python/build.sh (componentize-py), world
+`ext-lane-plugin-lifecycle` (it exports the `lifecycle` hooks).
 """
 
 import json
 
 import wit_world
 from componentize_py_types import Err
+from wit_world import exports
 from wit_world.imports import kv, realtime
 from wit_world.imports.types import Message, Qos, Refusal, Session
 
@@ -41,3 +44,21 @@ class WitWorld(wit_world.WitWorld):
             realtime.reply("count", json.dumps({"room": room, "count": count}, separators=(",", ":")))
         else:
             raise refuse("UNKNOWN_TYPE", f"unknown type {msg.type}")
+
+
+class Lifecycle(exports.Lifecycle):
+    """Lifecycle hooks: every function of the interface is defined; only
+    on_join does something here."""
+
+    def init(self, config: str) -> None:
+        pass
+
+    def on_disconnect(self, session: Session) -> None:
+        pass
+
+    def on_join(self, session: Session, room: str) -> None:
+        if room.startswith("closed-"):
+            raise refuse("ROOM_CLOSED", f"{room} is closed")
+
+    def on_leave(self, session: Session, room: str) -> None:
+        pass
