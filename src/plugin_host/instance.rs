@@ -50,18 +50,25 @@ pub(crate) struct Instance {
     pub(crate) poisoned: bool,
 }
 
-/// Resets the per-call state and arms the CPU budget.
-#[allow(clippy::too_many_arguments)]
-fn arm(
-    store: &mut Store<HostState>,
-    limits: &CallLimits,
+/// Who and what a guest call is about, for [`arm`].
+struct CallFor {
     kind: CallKind,
     session: Option<GatewaySession>,
     tenant_cfg: Option<Arc<TenantConfig>>,
     broker: Option<Arc<dyn Broker>>,
+    /// Length of the `svc` the call's effects are wrapped in.
     svc_len: usize,
-    deadline: Instant,
-) {
+}
+
+/// Resets the per-call state and arms the CPU budget.
+fn arm(store: &mut Store<HostState>, limits: &CallLimits, call: CallFor, deadline: Instant) {
+    let CallFor {
+        kind,
+        session,
+        tenant_cfg,
+        broker,
+        svc_len,
+    } = call;
     let data = store.data_mut();
     data.cpu = CpuMeter {
         used: 0,
@@ -173,11 +180,13 @@ impl Instance {
         arm(
             &mut store,
             limits,
-            CallKind::Lifecycle,
-            None,
-            tenant_cfg,
-            None,
-            0,
+            CallFor {
+                kind: CallKind::Lifecycle,
+                session: None,
+                tenant_cfg,
+                broker: None,
+                svc_len: 0,
+            },
             Instant::now() + limits.wall,
         );
         let instance = match version
@@ -301,11 +310,13 @@ impl Instance {
         arm(
             &mut self.store,
             limits,
-            CallKind::Message,
-            Some(session),
-            Some(tenant_cfg),
-            Some(broker),
-            svc.len(),
+            CallFor {
+                kind: CallKind::Message,
+                session: Some(session),
+                tenant_cfg: Some(tenant_cfg),
+                broker: Some(broker),
+                svc_len: svc.len(),
+            },
             deadline,
         );
         // Everything is moved, not copied: `data` was validated by the Ext Lane
@@ -353,11 +364,13 @@ impl Instance {
         arm(
             &mut self.store,
             limits,
-            CallKind::Disconnect,
-            Some(session),
-            Some(tenant_cfg),
-            Some(broker),
-            svc.len(),
+            CallFor {
+                kind: CallKind::Disconnect,
+                session: Some(session),
+                tenant_cfg: Some(tenant_cfg),
+                broker: Some(broker),
+                svc_len: svc.len(),
+            },
             deadline,
         );
         let r = f
@@ -405,11 +418,13 @@ impl Instance {
         arm(
             &mut self.store,
             limits,
-            CallKind::RoomHook,
-            Some(session),
-            Some(tenant_cfg),
-            Some(broker),
-            svc.len(),
+            CallFor {
+                kind: CallKind::RoomHook,
+                session: Some(session),
+                tenant_cfg: Some(tenant_cfg),
+                broker: Some(broker),
+                svc_len: svc.len(),
+            },
             deadline,
         );
         let r = match (join, leave) {
