@@ -7,13 +7,13 @@
 
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use super::{Flow, SessionCtx};
 use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
 use crate::gateway::{Tenant, TenantRuntime};
 use crate::protocol::ext::{self, Envelope, Outgoing, sys_ack};
+use crate::realtime::broker::{Broker, Sid};
 use crate::realtime::outbox::Qos;
 use crate::services::{
     Effect, ExtCall, RoomHook, RoomHookKind, RoomPublication, SessionRooms, chat, publish_to_room,
@@ -173,6 +173,63 @@ async fn call_plugin(
     apply_effects(ctx, rt, &svc, effects)
 }
 
+/// A service's payload in its envelope, within the tenant's `max_frame_bytes`.
+fn wrap(
+    rt: &TenantRuntime,
+    svc: &str,
+    ty: &str,
+    data: &serde_json::value::RawValue,
+) -> Result<tungstenite::Message, Refusal> {
+    Outgoing::new(svc, ty)
+        .data(Some(data))
+        .encode_within(rt.cfg.limits.max_frame_bytes)
+        .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))
+}
+
+/// Delivers a `Publish` or `SendToUser` effect, the two that need no live
+/// session (a publication that excludes the sender leaves `sender` out), and
+/// hands any other effect back to the caller.
+///
+/// # Errors
+/// `PAYLOAD_TOO_LARGE` when the wrapped payload is over `max_frame_bytes`.
+fn deliver(
+    broker: &dyn Broker,
+    rt: &TenantRuntime,
+    svc: &str,
+    effect: Effect,
+    sender: Option<Sid>,
+) -> Result<Option<Effect>, Refusal> {
+    match effect {
+        Effect::Publish {
+            room,
+            ty,
+            data,
+            qos,
+            exclude_sender,
+        } => {
+            publish_to_room(
+                broker,
+                rt,
+                RoomPublication {
+                    room: &room,
+                    svc,
+                    ty: &ty,
+                    data: &data,
+                    qos,
+                    exclude: sender.filter(|_| exclude_sender),
+                },
+            )
+            .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))?;
+            Ok(None)
+        }
+        Effect::SendToUser { user, ty, data } => {
+            broker.send_to_user(&user, &wrap(rt, svc, &ty, &data)?, Qos::Reliable);
+            Ok(None)
+        }
+        other => Ok(Some(other)),
+    }
+}
+
 /// Applies a service's effects in order. A payload over `max_frame_bytes` is
 /// refused (`PAYLOAD_TOO_LARGE`) and stops the remaining effects.
 pub(crate) fn apply_effects(
@@ -181,46 +238,17 @@ pub(crate) fn apply_effects(
     svc: &str,
     effects: Vec<Effect>,
 ) -> Result<(), Refusal> {
-    let max = rt.cfg.limits.max_frame_bytes;
-    let encode = |ty: &str, data: &RawValue| {
-        Outgoing::new(svc, ty)
-            .data(Some(data))
-            .encode_within(max)
-            .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))
-    };
-    let broker = &ctx.tenant.broker;
+    let broker = ctx.tenant.broker.as_ref();
     for effect in effects {
-        match effect {
-            Effect::Reply { ty, data } => {
-                ctx.entry.outbox.push(encode(&ty, &data)?, Qos::Reliable);
+        match deliver(broker, rt, svc, effect, Some(ctx.entry.sid))? {
+            None | Some(Effect::Publish { .. } | Effect::SendToUser { .. }) => {}
+            Some(Effect::Reply { ty, data }) => {
+                ctx.entry
+                    .outbox
+                    .push(wrap(rt, svc, &ty, &data)?, Qos::Reliable);
             }
-            Effect::Publish {
-                room,
-                ty,
-                data,
-                qos,
-                exclude_sender,
-            } => {
-                let exclude = exclude_sender.then_some(ctx.entry.sid);
-                publish_to_room(
-                    broker.as_ref(),
-                    rt,
-                    RoomPublication {
-                        room: &room,
-                        svc,
-                        ty: &ty,
-                        data: &data,
-                        qos,
-                        exclude,
-                    },
-                )
-                .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))?;
-            }
-            Effect::SendToUser { user, ty, data } => {
-                broker.send_to_user(&user, &encode(&ty, &data)?, Qos::Reliable);
-            }
-            Effect::Join { room } => room::join(ctx, rt, &room, None, None)?,
-            Effect::Leave { room } => room::leave(ctx, rt, &room, None)?,
+            Some(Effect::Join { room }) => room::join(ctx, rt, &room, None, None)?,
+            Some(Effect::Leave { room }) => room::leave(ctx, rt, &room, None)?,
         }
     }
     Ok(())
@@ -232,49 +260,17 @@ pub(crate) fn apply_effects(
 /// dropped. A payload over `max_frame_bytes` stops the remaining effects.
 pub(crate) fn apply_closed_effects(tenant: &Tenant, svc: &str, effects: Vec<Effect>) {
     let Some(rt) = tenant.runtime() else { return };
-    let max = rt.cfg.limits.max_frame_bytes;
-    let broker = &tenant.broker;
     for effect in effects {
-        let fits = match effect {
-            Effect::Publish {
-                room,
-                ty,
-                data,
-                qos,
-                ..
-            } => publish_to_room(
-                broker.as_ref(),
-                &rt,
-                RoomPublication {
-                    room: &room,
+        match deliver(tenant.broker.as_ref(), &rt, svc, effect, None) {
+            Ok(None) => {}
+            Ok(Some(_)) => tracing::debug!(svc, "effect on a closed session dropped"),
+            Err(_) => {
+                tracing::debug!(
                     svc,
-                    ty: &ty,
-                    data: &data,
-                    qos,
-                    exclude: None,
-                },
-            )
-            .is_ok(),
-            Effect::SendToUser { user, ty, data } => {
-                match Outgoing::new(svc, &ty).data(Some(&data)).encode_within(max) {
-                    Ok(msg) => {
-                        broker.send_to_user(&user, &msg, Qos::Reliable);
-                        true
-                    }
-                    Err(_) => false,
-                }
+                    "on-disconnect payload over max_frame_bytes; remaining effects dropped"
+                );
+                return;
             }
-            Effect::Reply { .. } | Effect::Join { .. } | Effect::Leave { .. } => {
-                tracing::debug!(svc, "effect on a closed session dropped");
-                true
-            }
-        };
-        if !fits {
-            tracing::debug!(
-                svc,
-                "on-disconnect payload over max_frame_bytes; remaining effects dropped"
-            );
-            return;
         }
     }
 }

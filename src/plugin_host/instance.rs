@@ -35,6 +35,12 @@ type OnJoin = TypedFunc<(Resource<SessionHandle>, String), (Result<(), Refusal>,
 /// `lifecycle.on-leave`.
 type OnLeave = TypedFunc<(Resource<SessionHandle>, String), ()>;
 
+/// The room hook a call runs.
+enum RoomFn {
+    Join(OnJoin),
+    Leave(OnLeave),
+}
+
 /// A live instance of one plugin version for one tenant.
 pub(crate) struct Instance {
     /// The version it was instantiated from; a newer version replaces it.
@@ -404,15 +410,12 @@ impl Instance {
             broker,
             ..
         } = hook;
-        let (join, leave) = match kind {
-            RoomHookKind::Join => match self.on_join {
-                Some(f) => (Some(f), None),
-                None => return Ok(Vec::new()),
-            },
-            RoomHookKind::Leave => match self.on_leave {
-                Some(f) => (None, Some(f)),
-                None => return Ok(Vec::new()),
-            },
+        let hook = match kind {
+            RoomHookKind::Join => self.on_join.map(RoomFn::Join),
+            RoomHookKind::Leave => self.on_leave.map(RoomFn::Leave),
+        };
+        let Some(hook) = hook else {
+            return Ok(Vec::new());
         };
         self.poisoned = true;
         arm(
@@ -427,16 +430,15 @@ impl Instance {
             },
             deadline,
         );
-        let r = match (join, leave) {
-            (Some(f), _) => f
+        let r = match hook {
+            RoomFn::Join(f) => f
                 .call_async(&mut self.store, (SessionHandle::lend(), room))
                 .await
                 .map(|(r,)| r),
-            (_, Some(f)) => f
+            RoomFn::Leave(f) => f
                 .call_async(&mut self.store, (SessionHandle::lend(), room))
                 .await
                 .map(|()| Ok(())),
-            (None, None) => Ok(Ok(())),
         };
         self.settle(r)
     }

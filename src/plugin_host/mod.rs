@@ -60,7 +60,7 @@ use crate::config::PluginsConfig;
 use crate::error::PluginError;
 use crate::obs::metrics::Metrics;
 use crate::services::{
-    BoxFuture, ClosedSession, Effect, ExtCall, ExtService, PluginStatus, RoomHook,
+    BoxFuture, ClosedSession, Effect, ExtCall, ExtService, PluginStatus, RoomHook, RoomHookKind,
 };
 use bindings::HostState;
 use kv::{KvStore, MemoryKv};
@@ -398,18 +398,23 @@ impl ExtService for PluginHost {
         closed: ClosedSession,
     ) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
         let version = self.env.registry.current(&closed.plugin)?;
+        version.lifecycle.on_disconnect.as_ref()?;
         let key: PoolKey = (
             Arc::clone(&closed.session.tenant),
             Arc::clone(&closed.plugin),
         );
         let pool = self.env.pool(&key);
-        pool::disconnect(&self.env, key, pool, version, closed)
+        Some(pool::disconnect(&self.env, key, pool, version, closed))
     }
 
     fn room_hook(&self, hook: RoomHook) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
         let version = self.env.registry.current(&hook.plugin)?;
+        match hook.kind {
+            RoomHookKind::Join => version.lifecycle.on_join.as_ref()?,
+            RoomHookKind::Leave => version.lifecycle.on_leave.as_ref()?,
+        };
         let key: PoolKey = (Arc::clone(&hook.session.tenant), Arc::clone(&hook.plugin));
         let pool = self.env.pool(&key);
-        pool::room_hook(&self.env, key, pool, version, hook)
+        Some(pool::room_hook(&self.env, key, pool, version, hook))
     }
 }

@@ -41,7 +41,7 @@ use super::limits::{
 use super::loader::PluginVersion;
 use crate::config::{Isolation, TenantConfig};
 use crate::error::PluginError;
-use crate::services::{BoxFuture, ClosedSession, Effect, ExtCall, RoomHook, RoomHookKind};
+use crate::services::{BoxFuture, ClosedSession, Effect, ExtCall, RoomHook};
 
 /// (tenant, plugin).
 pub(crate) type PoolKey = (Arc<str>, Arc<str>);
@@ -471,33 +471,28 @@ pub(crate) async fn dispatch(
 
 /// Runs `on-disconnect` for a closed session (in the session's lane when
 /// sharded); resolves to the effects it queued (`publish`, `send-to-user`).
-/// Nothing runs when the version does not export `on-disconnect`.
+/// The caller has checked that the version exports it.
 pub(crate) fn disconnect(
     env: &Arc<Env>,
     key: PoolKey,
     pool: Arc<Pool>,
     version: Arc<PluginVersion>,
     closed: ClosedSession,
-) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
-    version.lifecycle.on_disconnect.as_ref()?;
-    Some(hook_call(env, key, pool, version, Work::Disconnect(closed)))
+) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
+    hook_call(env, key, pool, version, Work::Disconnect(closed))
 }
 
 /// Runs `on-join` / `on-leave` for a live session (in the room's lane when
-/// sharded); resolves to the effects it queued or to the join's refusal.
-/// Nothing runs when the version does not export the hook.
+/// sharded); resolves to the effects it queued or to the join's refusal. The
+/// caller has checked that the version exports the hook.
 pub(crate) fn room_hook(
     env: &Arc<Env>,
     key: PoolKey,
     pool: Arc<Pool>,
     version: Arc<PluginVersion>,
     hook: RoomHook,
-) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
-    match hook.kind {
-        RoomHookKind::Join => version.lifecycle.on_join.as_ref()?,
-        RoomHookKind::Leave => version.lifecycle.on_leave.as_ref()?,
-    };
-    Some(hook_call(env, key, pool, version, Work::Room(hook)))
+) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
+    hook_call(env, key, pool, version, Work::Room(hook))
 }
 
 /// A lifecycle hook's call as an owned future.
