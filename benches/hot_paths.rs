@@ -20,9 +20,11 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use tungstenite::Message;
+use wsprism::config::pattern::{ExtPattern, HotPattern, Pattern};
 use wsprism::policy::allowlist::{ExtAllowlist, HotAllowlist};
 use wsprism::policy::rate_limit::{direct, quota};
 use wsprism::protocol::{ext, hot};
+use wsprism::realtime::SessionId;
 use wsprism::realtime::broker::{Broker, LocalBroker, RoomLimits, SessionEntry, SessionLimits};
 use wsprism::realtime::outbox::{Outbox, Qos};
 
@@ -49,13 +51,14 @@ fn decode(c: &mut Criterion) {
 }
 
 fn allowlist(c: &mut Criterion) {
-    let ext_patterns: Vec<String> = ["room:*", "chat:send", "echo:*", "vote:*", "counter:*"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let hot_patterns: Vec<String> = ["1:*", "2:*", "3:7"]
-        .iter()
-        .map(|s| (*s).to_owned())
+    let ext_patterns: Vec<Pattern<ExtPattern>> =
+        ["room:*", "chat:send", "echo:*", "vote:*", "counter:*"]
+            .into_iter()
+            .map(Pattern::from)
+            .collect();
+    let hot_patterns: Vec<Pattern<HotPattern>> = ["1:*", "2:*", "3:7"]
+        .into_iter()
+        .map(Pattern::from)
         .collect();
     let ext_allow = ExtAllowlist::compile(&ext_patterns);
     let hot_allow = HotAllowlist::compile(&hot_patterns);
@@ -98,11 +101,12 @@ fn broadcast(c: &mut Criterion) {
         kick_oldest: false,
     };
     let mut outboxes = Vec::new();
-    for sid in 1..=MEMBERS {
+    for n in 1..=MEMBERS {
+        let sid = SessionId::new(n);
         let outbox = Arc::new(Outbox::new(1024, 256));
         let entry = Arc::new(SessionEntry::new(
             sid,
-            Arc::from(format!("u{sid}")),
+            Arc::from(format!("u{n}")),
             Arc::clone(&outbox),
         ));
         if broker.register(entry, limits).is_err()

@@ -44,7 +44,7 @@ use wsprism::obs::metrics::Metrics;
 use wsprism::plugin_host::PluginHost;
 use wsprism::realtime::broker::{RoomLimits, SessionEntry, SessionLimits};
 use wsprism::realtime::outbox::Outbox;
-use wsprism::services::{ExtCall, ExtService, SessionInfo};
+use wsprism::services::{Entry, ExtService, PluginCall, SessionInfo};
 
 const CHAT: &str =
     r#"{"v":1,"svc":"chat","type":"send","room":"r","seq":7,"data":{"msg":"hello there"}}"#;
@@ -176,7 +176,8 @@ fn fixture() -> Fixture {
         rooms: vec!["r".to_owned()].into(),
     };
     let counters = gw.metrics.session_counters("acme");
-    let ctx = SessionCtx::new(Arc::clone(&gw), tenant, entry, counters).expect("session ctx");
+    let ctx =
+        SessionCtx::new(Arc::clone(&gw.pipeline), tenant, entry, counters).expect("session ctx");
     Fixture {
         rt,
         host,
@@ -212,17 +213,19 @@ fn run_lane(fx: &mut Fixture, frame: &'static str, iters: u64) -> Duration {
     took
 }
 
-fn call(fx: &Fixture, data: &RawValue) -> ExtCall {
+fn call(fx: &Fixture, data: &RawValue) -> PluginCall {
     let ctx = fx.ctx.as_ref().expect("ctx");
     let rt = ctx.tenant.runtime().expect("tenant runtime");
-    ExtCall {
+    PluginCall {
+        entry: Entry::Message {
+            ty: "send".to_owned(),
+            room: Some("r".to_owned()),
+            seq: Some(7),
+            data: data.to_owned(),
+        },
         session: fx.info.clone(),
         plugin: Arc::from("echo"),
         svc: "echo".to_owned(),
-        ty: "send".to_owned(),
-        room: Some("r".to_owned()),
-        seq: Some(7),
-        data: data.to_owned(),
         tenant_cfg: Arc::clone(&rt.cfg),
         broker: Arc::clone(&ctx.tenant.broker),
     }
@@ -249,7 +252,7 @@ fn ext_lane(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("echo_call_warm", |b| {
         b.iter_custom(|iters| {
-            let calls: Vec<ExtCall> = (0..iters).map(|_| call(&fx, &data)).collect();
+            let calls: Vec<PluginCall> = (0..iters).map(|_| call(&fx, &data)).collect();
             let host = Arc::clone(&fx.host);
             fx.rt
                 .block_on(fx.rt.spawn(async move {

@@ -19,9 +19,10 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::error::{ClientCode, CloseCode};
-use crate::gateway::{Gateway, Tenant, TenantRuntime};
+use crate::gateway::Gateway;
 use crate::protocol::ext::{Outgoing, raw};
 use crate::realtime::outbox::Qos;
+use crate::tenant::{Tenant, TenantRuntime};
 
 /// Largest request body accepted by the server API.
 const MAX_API_BODY_BYTES: usize = 1024 * 1024;
@@ -206,7 +207,7 @@ async fn publish(
         let data = data_or_null(b.data);
         let d = crate::services::publish_to_room(
             tenant.broker.as_ref(),
-            &rt,
+            rt.policy.publish,
             crate::services::RoomPublication {
                 room: &b.room,
                 svc: &b.svc,
@@ -334,7 +335,8 @@ async fn plugins(
                     .filter(|r| r.plugin == p)
                     .map(|r| r.svc.as_str())
                     .collect();
-                let mut v = serde_json::to_value(gw.ext.status(&tenant.id, p)).unwrap_or_default();
+                let mut v =
+                    serde_json::to_value(gw.ext().status(&tenant.id, p)).unwrap_or_default();
                 if let Some(obj) = v.as_object_mut() {
                     obj.insert("routes".into(), json!(svcs));
                 }

@@ -32,6 +32,8 @@ pub mod protocol;
 pub mod realtime;
 pub mod reload;
 pub mod services;
+pub mod session;
+pub mod tenant;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -68,12 +70,6 @@ pub struct ServerOptions {
     pub ext: Option<Arc<dyn ExtService>>,
     /// Start the WASM plugin host (the binary always does; tests opt in).
     pub plugins: bool,
-}
-
-impl std::fmt::Debug for dyn ExtService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ExtService")
-    }
 }
 
 /// A bound, not yet serving gateway.
@@ -198,7 +194,7 @@ impl Server {
         if cfg.gateway.diagnostics.echo {
             public_router = public_router.route("/v1/echo", get(transport::echo::handle));
         }
-        let public_router = public_router.with_state(Arc::clone(&gw));
+        let public_router = public_router.with_state(Arc::clone(gw.hub()));
         let admin_router = api::router()
             .route("/", get(ops::status_page))
             .route("/metrics", get(ops::metrics))
@@ -271,7 +267,7 @@ fn spawn_upkeep(gw: &Arc<Gateway>) {
                     for t in gw2.tenants() {
                         if let Some(rt) = t.runtime() {
                             rt.policy.prune();
-                            if let Some(history) = rt.policy.history {
+                            if let Some(history) = rt.policy.publish.history {
                                 t.broker.prune_history(history);
                             }
                         }

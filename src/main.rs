@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use wsprism::obs::tracing::LogFormat;
+use wsprism::obs::logging::LogFormat;
 use wsprism::{Server, ServerOptions, config, reload};
 
 /// Exit code for an invalid config.
@@ -37,7 +37,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    wsprism::obs::tracing::init(cli.log_format);
+    wsprism::obs::logging::init(cli.log_format);
     match cli.command.unwrap_or(Command::Start) {
         Command::Check => check(&cli.config),
         Command::Start => start(cli.config),

@@ -10,7 +10,7 @@ use plugin_support::*;
 use wsprism::config::Isolation;
 use wsprism::error::{ClientCode, PluginError, ToRefusal};
 use wsprism::realtime::outbox::Qos;
-use wsprism::services::{Effect, ExtService, RoomHookKind};
+use wsprism::services::{Effect, ExtService};
 
 fn reply_of(effects: &[Effect]) -> (&str, &str) {
     match effects {
@@ -210,11 +210,7 @@ async fn repeated_crashes_back_off() {
         .expect("other tenant serves");
     // Room hooks are still asked while backing off: a crash-looping
     // on-message does not lock the tenant's joins, and the gate still gates.
-    let join = |room: &str| {
-        h.host
-            .room_hook(t.room_hook(RoomHookKind::Join, &s, "faults", room))
-            .expect("faults exports on-join")
-    };
+    let join = |room: &str| h.host.call(t.room_hook(true, &s, "faults", room));
     assert!(join("plain").await.expect("join allowed").is_empty());
     let e = join("vip-1").await.expect_err("refused");
     assert!(
@@ -740,8 +736,7 @@ async fn lifecycle_hooks_run() {
 
     let effects = h
         .host
-        .session_closed(t.closed(&s, "faults"))
-        .expect("faults exports on-disconnect")
+        .call(t.closed(&s, "faults"))
         .await
         .expect("on-disconnect runs");
     assert_eq!(kv_get("disconnects").await, r#""1""#);
@@ -776,8 +771,11 @@ async fn lifecycle_hooks_run() {
         other => panic!("expected a publish and a send-to-user, got {other:?}"),
     }
     assert!(
-        h.host.session_closed(t.closed(&s, "missing")).is_none(),
-        "no hook for a plugin that is not loaded"
+        h.host
+            .call(t.closed(&s, "missing"))
+            .await
+            .is_ok_and(|effects| effects.is_empty()),
+        "nothing runs for a plugin that is not loaded"
     );
     let e = h
         .host
@@ -971,9 +969,10 @@ async fn shutdown_stops_every_tracked_task() {
             .call(t.call(&s, "faults", "count", None, "1"))
             .await
             .expect("count");
-        if let Some(hook) = h.host.session_closed(t.closed(&s, "faults")) {
-            hook.await.expect("on-disconnect");
-        }
+        h.host
+            .call(t.closed(&s, "faults"))
+            .await
+            .expect("on-disconnect");
     }
     h.shutdown.cancel();
     h.tracker.close();

@@ -7,7 +7,7 @@ mod plugin_support;
 use plugin_support::*;
 use wsprism::error::PluginError;
 use wsprism::realtime::outbox::Qos;
-use wsprism::services::{Effect, ExtService, RoomHookKind};
+use wsprism::services::{Effect, ExtService};
 
 async fn exercise_counter(h: &Host, plugin: &str) {
     let t = Tenant::new("acme");
@@ -115,24 +115,18 @@ async fn javascript_and_python_room_hooks() {
         let h = start(&host_cfg(lang)).await;
         let t = Tenant::new("acme");
         let s = t.session(1, "u1", &[]);
-        let hook = |kind, room: &str| {
-            h.host
-                .room_hook(t.room_hook(kind, &s, plugin, room))
-                .unwrap_or_else(|| panic!("{plugin} exports the room hooks"))
-        };
-        let e = hook(RoomHookKind::Join, "closed-1")
-            .await
-            .expect_err("closed room");
+        let hook = |join, room: &str| h.host.call(t.room_hook(join, &s, plugin, room));
+        let e = hook(true, "closed-1").await.expect_err("closed room");
         assert!(
             matches!(&e, PluginError::Refused { code, message } if code == "ROOM_CLOSED" && message == "closed-1 is closed"),
             "{plugin}: {e:?}"
         );
-        let effects = hook(RoomHookKind::Join, "r1").await;
+        let effects = hook(true, "r1").await;
         assert!(
             effects.as_ref().is_ok_and(Vec::is_empty),
             "{plugin}: {effects:?}"
         );
-        let effects = hook(RoomHookKind::Leave, "r1").await;
+        let effects = hook(false, "r1").await;
         assert!(
             effects.as_ref().is_ok_and(Vec::is_empty),
             "{plugin}: {effects:?}"

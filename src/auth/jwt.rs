@@ -81,8 +81,9 @@ impl JwtVerifier {
             validation.set_issuer(&[iss]);
             required.push("iss");
         }
-        // Without a configured audience, `aud` is not checked at all (SPEC: "checked
-        // when configured"); the library would otherwise refuse any token carrying one.
+        // Without a configured audience, `aud` is not checked at all (README
+        // "Connecting": "checked when set"); the library would otherwise refuse
+        // any token carrying one.
         validation.validate_aud = auth.audience.is_some();
         if let Some(aud) = &auth.audience {
             validation.set_audience(&[aud]);

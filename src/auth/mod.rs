@@ -1,4 +1,4 @@
-//! Ticket authentication (SPEC §3): turns the `ticket=` query value or
+//! Ticket authentication (README "Connecting"): turns the `ticket=` query value or
 //! `Authorization: Bearer` token of an upgrade request into a user id.
 //!
 //! Owns: one [`Authenticator`] per tenant and config version, built by
@@ -82,7 +82,7 @@ impl AuthError {
         }
     }
 
-    /// The HTTP status the upgrade handler answers with: always 401 (SPEC §3).
+    /// The HTTP status the upgrade handler answers with: always 401 (README "Connecting").
     pub fn http_status(&self) -> u16 {
         401
     }
@@ -194,7 +194,7 @@ impl Authenticator {
             }
         };
         if let Err(e) = &result {
-            // Tenant, mode and error kind only: never the ticket (SPEC §1).
+            // Tenant, mode and error kind only: never the ticket (README "Command line").
             let (tenant, mode, reason) = (&*self.tenant, mode_label(self.mode()), e.label());
             if matches!(e, AuthError::Unavailable(_)) {
                 // Not the client's fault: every ticket of this tenant fails until the

@@ -6,6 +6,7 @@
 //! output is an `Arc<Config>` that the runtime compiles into per-tenant policy.
 //! It does no I/O beyond reading the file and the environment.
 
+pub mod pattern;
 mod schema;
 mod validate;
 

@@ -1,4 +1,4 @@
-//! The typed shape of `wsprism.yaml` (SPEC §13).
+//! The typed shape of `wsprism.yaml` (README "Configuration").
 //!
 //! Owns: field names, types and defaults. Every struct denies unknown fields so a
 //! typo is an error, never a silently ignored key. Defaults live in the `DEFAULT_*`
@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use super::pattern::{ExtPattern, HotPattern, Pattern};
 
 /// Default public listener.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -300,7 +302,7 @@ pub enum AuthMode {
     Webhook,
 }
 
-/// `tenants[i].auth`. One flat struct so the YAML reads as SPEC §13 shows it; the
+/// `tenants[i].auth`. One flat struct so the YAML reads as README "Configuration" shows it; the
 /// fields a mode needs are checked by `validate`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -463,9 +465,9 @@ pub struct PolicyConfig {
     /// Repeated-abuse budget.
     pub error_budget: ErrorBudgetConfig,
     /// Ext Lane `svc:type` patterns; empty allows nothing.
-    pub ext_allowlist: Vec<String>,
+    pub ext_allowlist: Vec<Pattern<ExtPattern>>,
     /// Hot Lane `svc_id:opcode` patterns; empty allows nothing.
-    pub hot_allowlist: Vec<String>,
+    pub hot_allowlist: Vec<Pattern<HotPattern>>,
     /// How Hot Lane refusals are reported.
     pub hot_error_mode: HotErrorMode,
     /// Refuse Hot Lane frames from sessions with no active room.

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use super::{AuthMode, Config, ConfigError, ConfigIssue, JwtAlgorithm, TenantConfig};
-use crate::policy::allowlist::{ExtPattern, HotPattern};
 
 /// Largest frame limit accepted (16 MiB); a realtime gateway has no business
 /// buffering more per message.
@@ -202,13 +201,13 @@ fn validate_tenant(t: &TenantConfig, base: &str, issues: &mut Issues) {
             pol.error_budget.window_ms,
         );
     }
-    for (j, pat) in pol.ext_allowlist.iter().enumerate() {
-        if let Err(e) = ExtPattern::parse(pat) {
+    for (j, e) in pol.ext_allowlist.iter().enumerate() {
+        if let Some(e) = e.error() {
             issues.push(format!("{base}.policy.ext_allowlist[{j}]"), e);
         }
     }
-    for (j, pat) in pol.hot_allowlist.iter().enumerate() {
-        if let Err(e) = HotPattern::parse(pat) {
+    for (j, e) in pol.hot_allowlist.iter().enumerate() {
+        if let Some(e) = e.error() {
             issues.push(format!("{base}.policy.hot_allowlist[{j}]"), e);
         }
     }

@@ -1,9 +1,12 @@
-//! Ext Lane pipeline: size → rate limit → decode → allowlist → service → ack.
+//! Ext Lane pipeline: size → rate limit → decode → allowlist → service →
+//! effects → ack.
 //!
 //! Built-in `room` and `chat` run inline; any other `svc` goes to the plugin the
-//! tenant routes it to, through [`crate::services::ExtService`]. A plugin's
-//! effects are applied here, after its call returned, each wrapped in an envelope
-//! carrying the plugin's own `svc`.
+//! tenant routes it to, through [`crate::services::ExtService`]. Every service
+//! answers with effects, applied here by [`effects::apply`] after the service
+//! returned, each payload wrapped in an envelope carrying the service's own
+//! `svc`. A client's join and leave also ask the `on-join` / `on-leave` hooks of
+//! the tenant's routed plugins.
 
 use std::sync::Arc;
 
@@ -11,14 +14,14 @@ use tungstenite::Utf8Bytes;
 
 use super::{Flow, SessionCtx};
 use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
-use crate::gateway::{Tenant, TenantRuntime};
-use crate::protocol::ext::{self, Envelope, Outgoing, sys_ack};
-use crate::realtime::broker::{Broker, Sid};
+use crate::protocol::ext::{self, Envelope, sys_ack};
 use crate::realtime::outbox::Qos;
+use crate::services::effects::{self, Target};
+use crate::services::room::{self, Request};
 use crate::services::{
-    Effect, ExtCall, RoomHook, RoomHookKind, RoomPublication, SessionRooms, chat, publish_to_room,
-    room,
+    Caller, Effect, Entry, PluginCall, SessionInfo, SessionRooms, chat, routed_plugins,
 };
+use crate::tenant::TenantRuntime;
 
 /// Handles one text frame.
 pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
@@ -42,7 +45,8 @@ pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
     let seq = env.seq;
     let outcome = match env.svc.as_str() {
         "room" => room_request(ctx, &rt, &env).await,
-        "chat" => chat::handle(ctx, &rt, &env),
+        "chat" => chat::handle(Caller::new(&ctx.entry), &env)
+            .and_then(|effects| effects::apply(target(ctx, &rt), "chat", effects)),
         _ => call_plugin(ctx, &rt, env).await,
     };
     match outcome {
@@ -56,6 +60,15 @@ pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
     }
 }
 
+/// Where this session's effects land.
+fn target<'a>(ctx: &'a SessionCtx, rt: &'a TenantRuntime) -> Target<'a> {
+    Target {
+        broker: ctx.tenant.broker.as_ref(),
+        policy: &rt.policy,
+        caller: Some(&ctx.entry),
+    }
+}
+
 /// The built-in `room` service, with the `on-join` / `on-leave` hooks of the
 /// tenant's routed plugins around a client's join and leave: every hook must
 /// agree to a join before it happens (the first refusal or failure refuses
@@ -66,75 +79,77 @@ async fn room_request(
     rt: &Arc<TenantRuntime>,
     env: &Envelope,
 ) -> Result<(), Refusal> {
-    let (kind, Some(name)) = (env.ty.as_str(), env.room.as_deref()) else {
-        return room::handle(ctx, rt, env);
+    let req = room::parse(env)?;
+    let broker = ctx.tenant.broker.as_ref();
+    let effects = room::handle(Caller::new(&ctx.entry), broker, req.clone(), env.seq)?;
+    let hook_room = match req {
+        _ if rt.cfg.routes.is_empty() => None,
+        Request::Join { room, .. } if !ctx.entry.in_room(room) => Some(room),
+        Request::Leave { room } => Some(room),
+        Request::Join { .. } | Request::Presence { .. } => None,
     };
-    let kind = match kind {
-        "join" => RoomHookKind::Join,
-        "leave" => RoomHookKind::Leave,
-        _ => return room::handle(ctx, rt, env),
+    let Some(name) = hook_room else {
+        return effects::apply(target(ctx, rt), "room", effects);
     };
-    if rt.cfg.routes.is_empty() {
-        return room::handle(ctx, rt, env);
-    }
-    if kind == RoomHookKind::Join && ctx.entry.in_room(name) {
-        return room::handle(ctx, rt, env);
-    }
+    let joining = matches!(req, Request::Join { .. });
     // The session as the hooks see it: before the join, after the leave.
     let mut session = ctx.info();
-    let mut done = Vec::new();
-    match kind {
-        RoomHookKind::Join => {
-            session.rooms = SessionRooms::Fixed(ctx.entry.rooms());
-            done = room_hooks(ctx, rt, kind, &session, name).await?;
-            room::handle(ctx, rt, env)?;
-        }
-        RoomHookKind::Leave => {
-            room::handle(ctx, rt, env)?;
-            session.rooms = SessionRooms::Fixed(ctx.entry.rooms());
-            if let Ok(effects) = room_hooks(ctx, rt, kind, &session, name).await {
-                done = effects;
-            }
-        }
-    }
+    let done = if joining {
+        session.rooms = SessionRooms::Fixed(ctx.entry.rooms());
+        let done = room_hooks(ctx, rt, &session, name, true).await?;
+        effects::apply(target(ctx, rt), "room", effects)?;
+        done
+    } else {
+        effects::apply(target(ctx, rt), "room", effects)?;
+        session.rooms = SessionRooms::Fixed(ctx.entry.rooms());
+        room_hooks(ctx, rt, &session, name, false)
+            .await
+            .unwrap_or_default()
+    };
     for (svc, effects) in done {
         // The join or leave stands; an oversized hook payload is only logged.
-        if let Err(r) = apply_effects(ctx, rt, svc, effects) {
+        if let Err(r) = effects::apply(target(ctx, rt), svc, effects) {
             tracing::debug!(svc, code = r.code.as_str(), "room hook effect refused");
         }
     }
     Ok(())
 }
 
-/// Runs one room hook of every routed plugin that exports it, in route order,
-/// and returns each plugin's effects with the `svc` to wrap them in. A join
-/// stops at the first refusal or failure; failures of `on-leave` are logged.
+/// Runs `on-join` (`joining`) or `on-leave` of every routed plugin, in route
+/// order, and returns each plugin's effects with the `svc` to wrap them in. A
+/// join stops at the first refusal or failure; failures of `on-leave` are
+/// logged.
 async fn room_hooks<'a>(
     ctx: &SessionCtx,
     rt: &'a TenantRuntime,
-    kind: RoomHookKind,
-    session: &crate::services::SessionInfo,
+    session: &SessionInfo,
     room: &str,
+    joining: bool,
 ) -> Result<Vec<(&'a str, Vec<Effect>)>, Refusal> {
     let mut out = Vec::new();
-    for (plugin, svc) in super::routed_plugins(&rt.cfg) {
-        let hook = RoomHook {
-            kind,
+    for (plugin, svc) in routed_plugins(&rt.cfg) {
+        let entry = if joining {
+            Entry::Join {
+                room: room.to_owned(),
+            }
+        } else {
+            Entry::Leave {
+                room: room.to_owned(),
+            }
+        };
+        let call = PluginCall {
+            entry,
             session: session.clone(),
-            room: room.to_owned(),
             plugin: Arc::from(plugin),
             svc: svc.to_owned(),
             tenant_cfg: Arc::clone(&rt.cfg),
             broker: Arc::clone(&ctx.tenant.broker),
         };
-        let Some(call) = ctx.gw.ext.room_hook(hook) else {
-            continue;
-        };
-        match call.await {
+        match ctx.pipeline.ext.call(call).await {
             Ok(effects) => out.push((svc, effects)),
             Err(e) => {
-                tracing::debug!(plugin, room, ?kind, reason = e.label(), error = %e, "room hook failed");
-                if kind == RoomHookKind::Join {
+                tracing::debug!(plugin, room, joining, reason = e.label(), error = %e, "room hook failed");
+                if joining {
                     return Err(e.to_refusal());
                 }
             }
@@ -151,126 +166,26 @@ async fn call_plugin(
     let Some(plugin) = rt.policy.route(&env.svc).cloned() else {
         return Err(Refusal::new(ClientCode::UnknownService));
     };
-    let svc = env.svc;
-    let call = ExtCall {
+    let call = PluginCall {
+        entry: Entry::Message {
+            ty: env.ty,
+            room: env.room,
+            seq: env.seq,
+            data: env
+                .data
+                .unwrap_or_else(|| ext::raw(&serde_json::Value::Null)),
+        },
         session: ctx.info(),
         plugin: Arc::clone(&plugin),
-        svc: svc.clone(),
-        ty: env.ty,
-        room: env.room,
-        seq: env.seq,
-        data: env
-            .data
-            .unwrap_or_else(|| ext::raw(&serde_json::Value::Null)),
+        svc: env.svc,
         tenant_cfg: Arc::clone(&rt.cfg),
         broker: Arc::clone(&ctx.tenant.broker),
     };
+    let svc = call.svc.clone();
     // Calls, errors and durations are counted by the service (the plugin host).
-    let effects = ctx.gw.ext.call(call).await.map_err(|e| {
+    let effects = ctx.pipeline.ext.call(call).await.map_err(|e| {
         tracing::debug!(plugin = %plugin, error = %e, "plugin call failed");
         e.to_refusal()
     })?;
-    apply_effects(ctx, rt, &svc, effects)
-}
-
-/// A service's payload in its envelope, within the tenant's `max_frame_bytes`.
-fn wrap(
-    rt: &TenantRuntime,
-    svc: &str,
-    ty: &str,
-    data: &serde_json::value::RawValue,
-) -> Result<tungstenite::Message, Refusal> {
-    Outgoing::new(svc, ty)
-        .data(Some(data))
-        .encode_within(rt.cfg.limits.max_frame_bytes)
-        .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))
-}
-
-/// Delivers a `Publish` or `SendToUser` effect, the two that need no live
-/// session (a publication that excludes the sender leaves `sender` out), and
-/// hands any other effect back to the caller.
-///
-/// # Errors
-/// `PAYLOAD_TOO_LARGE` when the wrapped payload is over `max_frame_bytes`.
-fn deliver(
-    broker: &dyn Broker,
-    rt: &TenantRuntime,
-    svc: &str,
-    effect: Effect,
-    sender: Option<Sid>,
-) -> Result<Option<Effect>, Refusal> {
-    match effect {
-        Effect::Publish {
-            room,
-            ty,
-            data,
-            qos,
-            exclude_sender,
-        } => {
-            publish_to_room(
-                broker,
-                rt,
-                RoomPublication {
-                    room: &room,
-                    svc,
-                    ty: &ty,
-                    data: &data,
-                    qos,
-                    exclude: sender.filter(|_| exclude_sender),
-                },
-            )
-            .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))?;
-            Ok(None)
-        }
-        Effect::SendToUser { user, ty, data } => {
-            broker.send_to_user(&user, &wrap(rt, svc, &ty, &data)?, Qos::Reliable);
-            Ok(None)
-        }
-        other => Ok(Some(other)),
-    }
-}
-
-/// Applies a service's effects in order. A payload over `max_frame_bytes` is
-/// refused (`PAYLOAD_TOO_LARGE`) and stops the remaining effects.
-pub(crate) fn apply_effects(
-    ctx: &SessionCtx,
-    rt: &TenantRuntime,
-    svc: &str,
-    effects: Vec<Effect>,
-) -> Result<(), Refusal> {
-    let broker = ctx.tenant.broker.as_ref();
-    for effect in effects {
-        match deliver(broker, rt, svc, effect, Some(ctx.entry.sid))? {
-            None | Some(Effect::Publish { .. } | Effect::SendToUser { .. }) => {}
-            Some(Effect::Reply { ty, data }) => {
-                ctx.entry
-                    .outbox
-                    .push(wrap(rt, svc, &ty, &data)?, Qos::Reliable);
-            }
-            Some(Effect::Join { room }) => room::join(ctx, rt, &room, None, None)?,
-            Some(Effect::Leave { room }) => room::leave(ctx, rt, &room, None)?,
-        }
-    }
-    Ok(())
-}
-
-/// Applies the effects of a closed session's `on-disconnect`: room publications
-/// and sends to users, as [`apply_effects`] does for a live session. The other
-/// effects cannot come from the plugin host (it refuses them); any that do are
-/// dropped. A payload over `max_frame_bytes` stops the remaining effects.
-pub(crate) fn apply_closed_effects(tenant: &Tenant, svc: &str, effects: Vec<Effect>) {
-    let Some(rt) = tenant.runtime() else { return };
-    for effect in effects {
-        match deliver(tenant.broker.as_ref(), &rt, svc, effect, None) {
-            Ok(None) => {}
-            Ok(Some(_)) => tracing::debug!(svc, "effect on a closed session dropped"),
-            Err(_) => {
-                tracing::debug!(
-                    svc,
-                    "on-disconnect payload over max_frame_bytes; remaining effects dropped"
-                );
-                return;
-            }
-        }
-    }
+    effects::apply(target(ctx, rt), &svc, effects)
 }

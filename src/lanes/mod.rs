@@ -3,23 +3,35 @@
 //! Owns: [`SessionCtx`], the per-session state every inbound message passes
 //! through (the tenant's current policy, the session's rate-limit buckets and
 //! error budget), and the one place where a refusal becomes a client-visible
-//! frame or a close. Input comes from `transport::session`; output is pushed to
-//! outboxes through the tenant's broker.
+//! frame or a close. Input comes from the session's reader (`session`);
+//! output is pushed to outboxes through the tenant's broker.
 
 pub mod ext;
 pub mod hot;
 
 use std::sync::Arc;
 
-use crate::config::{HotErrorMode, TenantConfig};
+use crate::config::HotErrorMode;
 use crate::error::{ClientCode, CloseCode, Refusal};
-use crate::gateway::{Gateway, Tenant, TenantRuntime};
-use crate::obs::metrics::SessionCounters;
+use crate::obs::metrics::{Metrics, SessionCounters};
 use crate::policy::SessionPolicy;
 use crate::protocol::ext::sys_error;
 use crate::realtime::broker::SessionEntry;
 use crate::realtime::outbox::Qos;
-use crate::services::{ClosedSession, SessionInfo, SessionRooms};
+use crate::services::{ExtService, SessionInfo, SessionRooms};
+use crate::tenant::{Tenant, TenantRuntime};
+
+/// What the lanes use besides the session's tenant: the routed services and
+/// the metric families refusals are counted in. One per gateway, shared by
+/// every session.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Routed Ext Lane services (the plugin host, or
+    /// [`crate::services::NoPlugins`]).
+    pub ext: Arc<dyn ExtService>,
+    /// Metric families.
+    pub metrics: Metrics,
+}
 
 /// What the reader does after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +63,8 @@ impl Lane {
 /// Per-session state of the inbound pipeline.
 #[derive(Debug)]
 pub struct SessionCtx {
-    /// The gateway.
-    pub gw: Arc<Gateway>,
+    /// Routed services and metrics.
+    pub pipeline: Arc<Pipeline>,
     /// The session's tenant.
     pub tenant: Arc<Tenant>,
     /// The session in the broker.
@@ -66,7 +78,7 @@ pub struct SessionCtx {
 impl SessionCtx {
     /// Context for a session; `None` if the tenant was removed meanwhile.
     pub fn new(
-        gw: Arc<Gateway>,
+        pipeline: Arc<Pipeline>,
         tenant: Arc<Tenant>,
         entry: Arc<SessionEntry>,
         counters: SessionCounters,
@@ -75,7 +87,7 @@ impl SessionCtx {
         Some(Self {
             policy: SessionPolicy::new(Arc::clone(&runtime.policy)),
             runtime,
-            gw,
+            pipeline,
             tenant,
             entry,
             counters,
@@ -130,7 +142,7 @@ impl SessionCtx {
     }
 
     fn count_refusal(&self, lane: Lane, code: ClientCode) {
-        self.gw
+        self.pipeline
             .metrics
             .policy_refusals
             .with_label_values(&[&self.tenant.id, lane.label(), code.label()])
@@ -169,95 +181,5 @@ impl SessionCtx {
             HotErrorMode::Close => return Flow::Close(CloseCode::Policy),
         }
         self.spend_error_budget()
-    }
-}
-
-/// POSTs a session lifecycle event to the tenant's configured upstream, if any.
-/// Runs in the background, bounded by the upstream's timeout.
-pub(crate) fn notify_backend(
-    gw: &Arc<Gateway>,
-    tenant: &Tenant,
-    entry: &SessionEntry,
-    event: &'static str,
-) {
-    let Some(rt) = tenant.runtime() else { return };
-    let name = match event {
-        "connect" => rt.cfg.backend.events.connect.as_ref(),
-        _ => rt.cfg.backend.events.disconnect.as_ref(),
-    };
-    let Some(upstream) = name.and_then(|n| rt.cfg.backend.upstreams.get(n)).cloned() else {
-        return;
-    };
-    let body = serde_json::json!({
-        "event": event,
-        "tenant": &*tenant.id,
-        "user": &*entry.user,
-        "sid": crate::transport::session::sid_string(entry.sid),
-    });
-    let gw2 = Arc::clone(gw);
-    let tenant_id = Arc::clone(&tenant.id);
-    gw.tasks.spawn(async move {
-        let result = match gw2.backend.post_event(&upstream, &body).await {
-            Ok(status) if (200..300).contains(&status) => "ok",
-            Ok(_) => "http_error",
-            Err(reason) => reason,
-        };
-        gw2.metrics
-            .backend_calls
-            .with_label_values(&[&tenant_id, event, result])
-            .inc();
-    });
-}
-
-/// Each plugin the tenant routes to, once, in route order, with the `svc` of
-/// the first route that names it (the `svc` its hooks' effects are wrapped in).
-pub(crate) fn routed_plugins(cfg: &TenantConfig) -> impl Iterator<Item = (&str, &str)> {
-    cfg.routes.iter().enumerate().filter_map(|(i, r)| {
-        let first = !cfg.routes[..i].iter().any(|p| p.plugin == r.plugin);
-        first.then_some((r.plugin.as_str(), r.svc.as_str()))
-    })
-}
-
-/// Tells routed services that a session ended. A plugin's `on-disconnect` runs
-/// in the background (tracked by `gw.tasks`); its effects (`publish`,
-/// `send-to-user`) are applied like `on-message` effects, wrapped in the `svc`
-/// of the first route that names the plugin.
-pub(crate) fn session_closed(
-    gw: &Arc<Gateway>,
-    rt: &TenantRuntime,
-    tenant: &Arc<Tenant>,
-    entry: &SessionEntry,
-) {
-    if rt.cfg.routes.is_empty() {
-        return;
-    }
-    let info = SessionInfo {
-        tenant: Arc::clone(&tenant.id),
-        user: Arc::clone(&entry.user),
-        sid: entry.sid,
-        rooms: SessionRooms::Fixed(Vec::new()),
-    };
-    for (plugin, svc) in routed_plugins(&rt.cfg) {
-        let closed = ClosedSession {
-            session: info.clone(),
-            plugin: Arc::from(plugin),
-            svc: svc.to_owned(),
-            tenant_cfg: Arc::clone(&rt.cfg),
-            broker: Arc::clone(&tenant.broker),
-        };
-        let Some(hook) = gw.ext.session_closed(closed) else {
-            continue;
-        };
-        let tenant = Arc::clone(tenant);
-        let svc = svc.to_owned();
-        let plugin = plugin.to_owned();
-        gw.tasks.spawn(async move {
-            match hook.await {
-                Ok(effects) => ext::apply_closed_effects(&tenant, &svc, effects),
-                Err(e) => {
-                    tracing::debug!(plugin = %plugin, reason = e.label(), error = %e, "on-disconnect failed");
-                }
-            }
-        });
     }
 }

@@ -2,5 +2,5 @@
 //! [`metrics`] only; labels come from bounded sets (tenant ids from config, lanes,
 //! reasons), never from user, room or IP values.
 
+pub mod logging;
 pub mod metrics;
-pub mod tracing;

@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::gateway::Gateway;
+use crate::session::Hub;
 
 /// Liveness: the process answers.
 pub(crate) async fn healthz() -> impl IntoResponse {
@@ -15,8 +16,8 @@ pub(crate) async fn healthz() -> impl IntoResponse {
 }
 
 /// Readiness: 503 once a drain has started.
-pub(crate) async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    if gw.is_draining() {
+pub(crate) async fn readyz(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    if hub.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::OK, "ready\n")

@@ -389,7 +389,7 @@ impl self::wsprism::plugin::types::HostSession for HostState {
     }
 
     fn sid(&mut self, _: wasmtime::component::Resource<SessionHandle>) -> wasmtime::Result<u64> {
-        Ok(self.session()?.sid)
+        Ok(self.session()?.sid.get())
     }
 
     fn rooms(
@@ -476,7 +476,11 @@ impl self::wsprism::plugin::realtime::Host for HostState {
         {
             return Ok(Err(e));
         }
-        self.call.effects.push(Effect::Join { room });
+        self.call.effects.push(Effect::Join {
+            room,
+            seq: None,
+            since: None,
+        });
         Ok(Ok(()))
     }
 
@@ -488,7 +492,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
         {
             return Ok(Err(e));
         }
-        self.call.effects.push(Effect::Leave { room });
+        self.call.effects.push(Effect::Leave { room, seq: None });
         Ok(Ok(()))
     }
 

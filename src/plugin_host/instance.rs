@@ -21,14 +21,13 @@ use super::bindings::{
     SessionHandle,
 };
 use super::kv::{KvScope, KvStore};
+use super::legacy::{ClosedSession, ExtCall, RoomHook, RoomHookKind};
 use super::limits::{CallLimits, MAX_REFUSAL_CODE_BYTES, MAX_REFUSAL_MESSAGE_BYTES};
 use super::loader::PluginVersion;
 use crate::config::TenantConfig;
 use crate::error::PluginError;
 use crate::realtime::broker::Broker;
-use crate::services::{
-    ClosedSession, Effect, ExtCall, RoomHook, RoomHookKind, SessionInfo as GatewaySession,
-};
+use crate::services::{Effect, SessionInfo as GatewaySession};
 
 /// `lifecycle.on-join`.
 type OnJoin = TypedFunc<(Resource<SessionHandle>, String), (Result<(), Refusal>,)>;

@@ -40,6 +40,7 @@ mod bindings;
 mod engine;
 mod instance;
 pub mod kv;
+mod legacy;
 mod limits;
 mod loader;
 mod output;
@@ -59,11 +60,10 @@ use wasmtime::component::Linker;
 use crate::config::PluginsConfig;
 use crate::error::PluginError;
 use crate::obs::metrics::Metrics;
-use crate::services::{
-    BoxFuture, ClosedSession, Effect, ExtCall, ExtService, PluginStatus, RoomHook, RoomHookKind,
-};
+use crate::services::{BoxFuture, Effect, Entry, ExtService, PluginCall, PluginStatus};
 use bindings::HostState;
 use kv::{KvStore, MemoryKv};
+use legacy::{ClosedSession, ExtCall, RoomHook, RoomHookKind};
 use pool::{Pool, PoolKey, Stats};
 
 /// A map keyed by names from the config (tenant, plugin), looked up on every
@@ -330,7 +330,69 @@ impl Env {
 }
 
 impl ExtService for PluginHost {
-    fn call(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
+    fn call(&self, call: PluginCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
+        let PluginCall {
+            entry,
+            session,
+            plugin,
+            svc,
+            tenant_cfg,
+            broker,
+        } = call;
+        let kind = match entry {
+            Entry::Join { .. } => RoomHookKind::Join,
+            _ => RoomHookKind::Leave,
+        };
+        let hook = match entry {
+            Entry::Message {
+                ty,
+                room,
+                seq,
+                data,
+            } => {
+                return self.message(ExtCall {
+                    session,
+                    plugin,
+                    svc,
+                    ty,
+                    room,
+                    seq,
+                    data,
+                    tenant_cfg,
+                    broker,
+                });
+            }
+            Entry::Disconnect => self.session_closed(ClosedSession {
+                session,
+                plugin,
+                svc,
+                tenant_cfg,
+                broker,
+            }),
+            Entry::Join { room } | Entry::Leave { room } => self.room_hook(RoomHook {
+                kind,
+                session,
+                room,
+                plugin,
+                svc,
+                tenant_cfg,
+                broker,
+            }),
+        };
+        hook.unwrap_or_else(|| Box::pin(std::future::ready(Ok(Vec::new()))))
+    }
+
+    fn status(&self, tenant: &str, plugin: &str) -> PluginStatus {
+        self.status_of(tenant, plugin)
+    }
+
+    fn config_changed(&self, cfg: &PluginsConfig) {
+        self.update_config(cfg);
+    }
+}
+
+impl PluginHost {
+    fn message(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
         let env = Arc::clone(&self.env);
         let fut = async move {
             let started = Instant::now();
@@ -358,7 +420,7 @@ impl ExtService for PluginHost {
         Box::pin(fut)
     }
 
-    fn status(&self, tenant: &str, plugin: &str) -> PluginStatus {
+    fn status_of(&self, tenant: &str, plugin: &str) -> PluginStatus {
         let env = &self.env;
         let slot = env.registry.get(plugin);
         let current = slot.as_ref().and_then(|s| s.current.load_full());
@@ -387,10 +449,6 @@ impl ExtService for PluginHost {
             state: state.to_owned(),
             last_error: failure.map(|f| f.error),
         }
-    }
-
-    fn config_changed(&self, cfg: &PluginsConfig) {
-        self.update_config(cfg);
     }
 
     fn session_closed(

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use super::Env;
 use super::instance::Instance;
 use super::kv::KvScope;
+use super::legacy::{ClosedSession, ExtCall, RoomHook};
 use super::limits::{
     BACKOFF_BASE, BACKOFF_MAX, CRASH_THRESHOLD, CRASH_WINDOW, CallLimits, MAILBOX_CAPACITY,
     MAX_CALLS_PER_INSTANCE, RECYCLE_MEMORY_PERCENT,
@@ -41,7 +42,7 @@ use super::limits::{
 use super::loader::PluginVersion;
 use crate::config::{Isolation, TenantConfig};
 use crate::error::PluginError;
-use crate::services::{BoxFuture, ClosedSession, Effect, ExtCall, RoomHook};
+use crate::services::{BoxFuture, Effect};
 
 /// (tenant, plugin).
 pub(crate) type PoolKey = (Arc<str>, Arc<str>);
@@ -427,9 +428,9 @@ async fn run_routed(
             let shard = match &work {
                 Work::Message(call) => match call.room.as_deref() {
                     Some(room) => ShardKey::Room(room),
-                    None => ShardKey::Session(call.session.sid),
+                    None => ShardKey::Session(call.session.sid.get()),
                 },
-                Work::Disconnect(closed) => ShardKey::Session(closed.session.sid),
+                Work::Disconnect(closed) => ShardKey::Session(closed.session.sid.get()),
                 Work::Room(hook) => ShardKey::Room(&hook.room),
             };
             let lane = pool.lane(n, shard);

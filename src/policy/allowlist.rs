@@ -1,52 +1,12 @@
 //! Deny-by-default allowlists for both lanes.
 //!
-//! Owns: parsing `svc:type` / `svc:*` / `*` (Ext Lane) and `svc_id:opcode` /
-//! `svc_id:*` / `*` (Hot Lane) patterns, and answering "is this allowed?" without
-//! allocating. Compiled once per config version by `policy::TenantPolicy`.
+//! Owns: answering "is this allowed?" without allocating, from the patterns
+//! the config parsed (`crate::config::pattern`). Compiled once per config
+//! version by `policy::TenantPolicy`.
 
 use std::collections::{HashMap, HashSet};
 
-/// One parsed Ext Lane pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExtPattern {
-    /// `*`: everything.
-    Any,
-    /// `svc:*`: every type of one service.
-    Service(String),
-    /// `svc:type`: exactly one message type.
-    Exact(String, String),
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-impl ExtPattern {
-    /// Parses one pattern.
-    ///
-    /// # Errors
-    /// A message naming the malformed pattern and the accepted forms.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s == "*" {
-            return Ok(Self::Any);
-        }
-        let bad = || format!("`{s}` is not an allowlist pattern; use `svc:type`, `svc:*` or `*`");
-        let (svc, ty) = s.split_once(':').ok_or_else(bad)?;
-        if !valid_name(svc) {
-            return Err(bad());
-        }
-        if ty == "*" {
-            Ok(Self::Service(svc.to_owned()))
-        } else if valid_name(ty) {
-            Ok(Self::Exact(svc.to_owned(), ty.to_owned()))
-        } else {
-            Err(bad())
-        }
-    }
-}
+use crate::config::pattern::{ExtPattern, HotPattern, Pattern};
 
 /// A compiled Ext Lane allowlist.
 #[derive(Debug, Clone, Default)]
@@ -57,20 +17,19 @@ pub struct ExtAllowlist {
 }
 
 impl ExtAllowlist {
-    /// Compiles patterns; invalid ones were refused by config validation, and are
-    /// skipped here so a bad pattern can never widen access.
-    pub fn compile<'a>(patterns: impl IntoIterator<Item = &'a String>) -> Self {
+    /// Compiles patterns; malformed ones were refused by config validation, and
+    /// are skipped here so a bad pattern can never widen access.
+    pub fn compile<'a>(patterns: impl IntoIterator<Item = &'a Pattern<ExtPattern>>) -> Self {
         let mut out = Self::default();
-        for p in patterns {
-            match ExtPattern::parse(p) {
-                Ok(ExtPattern::Any) => out.any = true,
-                Ok(ExtPattern::Service(s)) => {
-                    out.services.insert(s);
+        for p in patterns.into_iter().filter_map(Pattern::get) {
+            match p {
+                ExtPattern::Any => out.any = true,
+                ExtPattern::Service(s) => {
+                    out.services.insert(s.clone());
                 }
-                Ok(ExtPattern::Exact(s, t)) => {
-                    out.exact.entry(s).or_default().insert(t);
+                ExtPattern::Exact(s, t) => {
+                    out.exact.entry(s.clone()).or_default().insert(t.clone());
                 }
-                Err(_) => {}
             }
         }
         out
@@ -81,41 +40,6 @@ impl ExtAllowlist {
         self.any
             || self.services.contains(svc)
             || self.exact.get(svc).is_some_and(|types| types.contains(ty))
-    }
-}
-
-/// One parsed Hot Lane pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HotPattern {
-    /// `*`: every frame.
-    Any,
-    /// `svc_id:*`.
-    Service(u8),
-    /// `svc_id:opcode`.
-    Exact(u8, u8),
-}
-
-impl HotPattern {
-    /// Parses one pattern.
-    ///
-    /// # Errors
-    /// A message naming the malformed pattern and the accepted forms.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s == "*" {
-            return Ok(Self::Any);
-        }
-        let bad = || {
-            format!(
-                "`{s}` is not a hot allowlist pattern; use `svc_id:opcode` or `svc_id:*` with numbers 0-255"
-            )
-        };
-        let (svc, op) = s.split_once(':').ok_or_else(bad)?;
-        let svc: u8 = svc.parse().map_err(|_| bad())?;
-        if op == "*" {
-            Ok(Self::Service(svc))
-        } else {
-            Ok(Self::Exact(svc, op.parse().map_err(|_| bad())?))
-        }
     }
 }
 
@@ -136,20 +60,17 @@ impl std::fmt::Debug for HotAllowlist {
 
 impl HotAllowlist {
     /// Compiles patterns (invalid ones skipped, as for [`ExtAllowlist::compile`]).
-    pub fn compile<'a>(patterns: impl IntoIterator<Item = &'a String>) -> Self {
+    pub fn compile<'a>(patterns: impl IntoIterator<Item = &'a Pattern<HotPattern>>) -> Self {
         let mut bits = Box::new([0u64; 1024]);
         let mut set = |svc: u8, op: u8| {
             let idx = (usize::from(svc) << 8) | usize::from(op);
             bits[idx >> 6] |= 1 << (idx & 63);
         };
-        for p in patterns {
-            match HotPattern::parse(p) {
-                Ok(HotPattern::Any) => {
-                    (0..=255u8).for_each(|s| (0..=255u8).for_each(|o| set(s, o)))
-                }
-                Ok(HotPattern::Service(s)) => (0..=255u8).for_each(|o| set(s, o)),
-                Ok(HotPattern::Exact(s, o)) => set(s, o),
-                Err(_) => {}
+        for p in patterns.into_iter().filter_map(Pattern::get) {
+            match *p {
+                HotPattern::Any => (0..=255u8).for_each(|s| (0..=255u8).for_each(|o| set(s, o))),
+                HotPattern::Service(s) => (0..=255u8).for_each(|o| set(s, o)),
+                HotPattern::Exact(s, o) => set(s, o),
             }
         }
         Self { bits }
@@ -168,13 +89,13 @@ mod tests {
     use super::*;
 
     fn ext(p: &[&str]) -> ExtAllowlist {
-        let owned: Vec<String> = p.iter().map(|s| (*s).to_owned()).collect();
-        ExtAllowlist::compile(&owned)
+        let parsed: Vec<Pattern<ExtPattern>> = p.iter().map(|s| Pattern::from(*s)).collect();
+        ExtAllowlist::compile(&parsed)
     }
 
     fn hot(p: &[&str]) -> HotAllowlist {
-        let owned: Vec<String> = p.iter().map(|s| (*s).to_owned()).collect();
-        HotAllowlist::compile(&owned)
+        let parsed: Vec<Pattern<HotPattern>> = p.iter().map(|s| Pattern::from(*s)).collect();
+        HotAllowlist::compile(&parsed)
     }
 
     #[test]
@@ -198,22 +119,9 @@ mod tests {
     }
 
     #[test]
-    fn malformed_ext_patterns_are_refused() {
-        for bad in [
-            "",
-            "room",
-            "room:",
-            ":join",
-            "room:jo in",
-            "a:b:c",
-            "*:join",
-        ] {
-            assert!(ExtPattern::parse(bad).is_err(), "{bad:?} parsed");
-        }
-        assert_eq!(
-            ExtPattern::parse("chat:send"),
-            Ok(ExtPattern::Exact("chat".into(), "send".into()))
-        );
+    fn malformed_patterns_never_widen_access() {
+        assert!(!ext(&["room", "*:join", "room:jo in"]).allows("room", "join"));
+        assert!(!hot(&["1", "x:*", "256:1"]).allows(1, 1));
     }
 
     #[test]
@@ -226,8 +134,5 @@ mod tests {
         assert!(!a.allows(3, 10));
         assert!(!hot(&[]).allows(0, 0));
         assert!(hot(&["*"]).allows(200, 7));
-        for bad in ["256:1", "1:256", "x:1", "1", "-1:*", "1:*:2"] {
-            assert!(HotPattern::parse(bad).is_err(), "{bad:?} parsed");
-        }
     }
 }

@@ -45,7 +45,20 @@ pub struct TenantPolicy {
     pub session_limits: SessionLimits,
     /// Room caps for joins.
     pub room_limits: RoomLimits,
-    /// Room history for recovery; `None` when `rooms.history_size` is 0.
+    /// `rooms.presence_events`: members hear `member_joined` / `member_left`.
+    pub presence_events: bool,
+    /// What a room publication must respect (frame limit, room history for
+    /// recovery; no history when `rooms.history_size` is 0).
+    pub publish: PublishLimits,
+}
+
+/// What a room publication must respect: the frame limit, and whether (and
+/// how) reliable publications are recorded for recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishLimits {
+    /// The tenant's `max_frame_bytes`: no payload is sent larger.
+    pub max_frame_bytes: usize,
+    /// Room history; `None` when the tenant keeps none.
     pub history: Option<HistoryPolicy>,
 }
 
@@ -92,10 +105,14 @@ impl TenantPolicy {
                 max_users_per_room: t.limits.max_users_per_room,
                 max_rooms_per_user: t.limits.max_rooms_per_user,
             },
-            history: (t.rooms.history_size > 0).then(|| HistoryPolicy {
-                size: t.rooms.history_size,
-                ttl: Duration::from_millis(t.rooms.history_ttl_ms),
-            }),
+            presence_events: t.rooms.presence_events,
+            publish: PublishLimits {
+                max_frame_bytes: t.limits.max_frame_bytes,
+                history: (t.rooms.history_size > 0).then(|| HistoryPolicy {
+                    size: t.rooms.history_size,
+                    ttl: Duration::from_millis(t.rooms.history_ttl_ms),
+                }),
+            },
         }
     }
 

@@ -1,4 +1,4 @@
-//! Ext Lane JSON envelopes (SPEC §4).
+//! Ext Lane JSON envelopes (README "Ext Lane").
 //!
 //! `decode` turns one text frame into an [`Envelope`] or a [`DecodeError`] that
 //! still carries the client's `seq` when it could be read, so refusals echo it.

@@ -1,4 +1,4 @@
-//! Hot Lane binary frames (SPEC §5): `[svc_id u8][opcode u8][flags u8][payload]`.
+//! Hot Lane binary frames (README "Hot Lane"): `[svc_id u8][opcode u8][flags u8][payload]`.
 //!
 //! Decoding borrows the frame's `Bytes`; nothing here allocates except
 //! [`stamp`], which builds the one shared frame a relay sends to every recipient.

@@ -1,4 +1,4 @@
-//! Room history for recovery (SPEC §11): the last `history_size` reliable
+//! Room history for recovery (README "Room history and recovery"): the last `history_size` reliable
 //! publications of a room, for `history_ttl_ms`, each with its offset.
 //!
 //! Owns: offsets (per room, increasing by one), the room's epoch (a random id that

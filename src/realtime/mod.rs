@@ -5,3 +5,6 @@
 pub mod broker;
 pub mod history;
 pub mod outbox;
+pub mod session_id;
+
+pub use session_id::SessionId;

@@ -1,4 +1,4 @@
-//! A session's outbound queues (SPEC §6): one reliable and one lossy bounded
+//! A session's outbound queues (README "Delivery"): one reliable and one lossy bounded
 //! queue, drained by the session's single writer.
 //!
 //! Owns: the overflow policy. A full reliable queue marks the session a slow

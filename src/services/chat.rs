@@ -1,11 +1,11 @@
 //! Built-in `chat` service: `send` `{"msg"}` into a joined room; every member
 //! (sender included) gets `chat.msg` `{"from","msg"}` with reliable delivery.
+//! Answers with one [`Effect::Publish`].
 
 use serde::{Deserialize, Serialize};
 
+use super::{Caller, Effect};
 use crate::error::{ClientCode, Refusal};
-use crate::gateway::TenantRuntime;
-use crate::lanes::SessionCtx;
 use crate::protocol::ext::{Envelope, raw};
 use crate::realtime::outbox::Qos;
 
@@ -14,7 +14,7 @@ use crate::realtime::outbox::Qos;
 /// # Errors
 /// `BAD_REQUEST` for a missing room or `msg`, `NOT_IN_ROOM` for a room the sender
 /// has not joined.
-pub fn handle(ctx: &SessionCtx, rt: &TenantRuntime, env: &Envelope) -> Result<(), Refusal> {
+pub fn handle(caller: Caller<'_>, env: &Envelope) -> Result<Vec<Effect>, Refusal> {
     if env.ty != "send" {
         return Err(Refusal::with_msg(
             ClientCode::BadRequest,
@@ -35,7 +35,7 @@ pub fn handle(ctx: &SessionCtx, rt: &TenantRuntime, env: &Envelope) -> Result<()
         .as_deref()
         .and_then(|d| serde_json::from_str(d.get()).ok())
         .ok_or_else(|| Refusal::with_msg(ClientCode::BadRequest, "data.msg must be a string"))?;
-    if !ctx.entry.in_room(room) {
+    if !caller.in_room(room) {
         return Err(Refusal::new(ClientCode::NotInRoom));
     }
     #[derive(Serialize)]
@@ -43,22 +43,14 @@ pub fn handle(ctx: &SessionCtx, rt: &TenantRuntime, env: &Envelope) -> Result<()
         from: &'a str,
         msg: &'a str,
     }
-    let data = raw(&Msg {
-        from: &ctx.entry.user,
-        msg: &send.msg,
-    });
-    super::publish_to_room(
-        ctx.tenant.broker.as_ref(),
-        rt,
-        super::RoomPublication {
-            room,
-            svc: "chat",
-            ty: "msg",
-            data: &data,
-            qos: Qos::Reliable,
-            exclude: None,
-        },
-    )
-    .map_err(|_| Refusal::new(ClientCode::PayloadTooLarge))?;
-    Ok(())
+    Ok(vec![Effect::Publish {
+        room: room.to_owned(),
+        ty: "msg".to_owned(),
+        data: raw(&Msg {
+            from: caller.user(),
+            msg: &send.msg,
+        }),
+        qos: Qos::Reliable,
+        exclude_sender: false,
+    }])
 }

@@ -1,11 +1,15 @@
 //! Ext Lane services.
 //!
-//! Owns: the [`ExtService`] seam through which routed (non-built-in) services are
-//! called, and the built-in `room` and `chat` services. A service never writes to a
-//! socket: it returns [`Effect`]s, which `lanes::ext` applies through the tenant's
-//! broker after the call, so a failed call emits nothing half-done.
+//! Owns: the [`ExtService`] seam through which routed (non-built-in) services
+//! are called with one [`PluginCall`] record, the built-in `room` and `chat`
+//! services, and [`effects::apply`], the one function that turns a service's
+//! [`Effect`]s into frames in outboxes. A service never writes to a socket or
+//! an outbox: built-in services see the caller through the narrow [`Caller`]
+//! view and, like plugins, return effects, which the lane applies after the
+//! call, so a failed call emits nothing half-done.
 
 pub mod chat;
+pub mod effects;
 pub mod room;
 
 use std::future::Future;
@@ -17,8 +21,12 @@ use serde_json::value::RawValue;
 
 use crate::config::TenantConfig;
 use crate::error::PluginError;
-use crate::realtime::broker::{Broker, SessionEntry, Sid};
+use crate::realtime::SessionId;
+use crate::realtime::broker::{Broker, SessionEntry};
+use crate::realtime::history::Since;
 use crate::realtime::outbox::Qos;
+
+pub use effects::publish_to_room;
 
 /// One room publication before encoding.
 #[derive(Debug, Clone, Copy)]
@@ -34,42 +42,46 @@ pub struct RoomPublication<'a> {
     /// Delivery class.
     pub qos: Qos,
     /// Session left out of the fan-out.
-    pub exclude: Option<Sid>,
+    pub exclude: Option<SessionId>,
 }
 
-/// Publishes `{"v":1,"svc","type","room","data"}` to a room, encoding it once.
-/// Reliable publications in a tenant with room history get an `offset` and the
-/// room's `epoch` and are retained for recovery (SPEC §11).
-///
-/// # Errors
-/// The encoded size when the frame would exceed the tenant's `max_frame_bytes`.
-pub fn publish_to_room(
-    broker: &dyn Broker,
-    rt: &crate::gateway::TenantRuntime,
-    p: RoomPublication<'_>,
-) -> Result<crate::realtime::broker::Delivery, usize> {
-    use crate::protocol::ext::Outgoing;
-    let base = Outgoing::new(p.svc, p.ty)
-        .room(Some(p.room))
-        .data(Some(p.data));
-    let max = rt.cfg.limits.max_frame_bytes;
-    match (p.qos, rt.policy.history) {
-        (Qos::Reliable, Some(policy)) => {
-            // Check the size with the widest offset and an epoch-sized string;
-            // the recorded frame is never larger.
-            let widest = base.epoch(Some("0000000000000000")).offset(Some(u64::MAX));
-            widest.encode_within(max)?;
-            Ok(
-                broker.publish_recorded(p.room, policy, p.exclude, &|offset, epoch| {
-                    base.epoch(Some(epoch)).offset(Some(offset)).encode()
-                }),
-            )
-        }
-        _ => {
-            let msg = base.encode_within(max)?;
-            Ok(broker.publish(p.room, &msg, p.qos, p.exclude))
-        }
+/// The calling session as a built-in service sees it: who it is and which
+/// rooms it is in, nothing it could write to.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    entry: &'a SessionEntry,
+}
+
+impl<'a> Caller<'a> {
+    /// A view of `entry`.
+    pub fn new(entry: &'a SessionEntry) -> Self {
+        Self { entry }
     }
+
+    /// The session's id.
+    pub fn sid(&self) -> SessionId {
+        self.entry.sid
+    }
+
+    /// The authenticated user.
+    pub fn user(&self) -> &'a str {
+        &self.entry.user
+    }
+
+    /// Whether the session is in `room`.
+    pub fn in_room(&self, room: &str) -> bool {
+        self.entry.in_room(room)
+    }
+}
+
+/// Each plugin the tenant routes to, once, in route order, with the `svc` of
+/// the first route that names it (the `svc` its lifecycle entries' effects
+/// are wrapped in).
+pub fn routed_plugins(cfg: &TenantConfig) -> impl Iterator<Item = (&str, &str)> {
+    cfg.routes.iter().enumerate().filter_map(|(i, r)| {
+        let first = !cfg.routes[..i].iter().any(|p| p.plugin == r.plugin);
+        first.then_some((r.plugin.as_str(), r.svc.as_str()))
+    })
 }
 
 /// A boxed, sendable future (the trait must stay object safe).
@@ -83,7 +95,7 @@ pub struct SessionInfo {
     /// Authenticated user.
     pub user: Arc<str>,
     /// Session id.
-    pub sid: Sid,
+    pub sid: SessionId,
     /// Rooms joined, in join order (last = active).
     pub rooms: SessionRooms,
 }
@@ -123,74 +135,55 @@ impl From<Vec<String>> for SessionRooms {
     }
 }
 
-/// One Ext Lane message routed to a service.
+/// One call into a routed service: which entry point, for whom, and where its
+/// effects go. The same record carries every entry point from the lane down to
+/// the plugin instance; only [`Entry`] tells them apart.
 #[derive(Debug, Clone)]
-pub struct ExtCall {
-    /// The sender.
+pub struct PluginCall {
+    /// The entry point and its arguments.
+    pub entry: Entry,
+    /// The session the call is about. For [`Entry::Disconnect`] its rooms are
+    /// empty (the session has left every room); for [`Entry::Join`] they are as
+    /// before the join, for [`Entry::Leave`] as after the leave.
     pub session: SessionInfo,
     /// Plugin file stem the tenant's route names.
     pub plugin: Arc<str>,
-    /// `svc` as the client sent it.
+    /// The `svc` wrapped around the call's effects: the message's own `svc`,
+    /// or for lifecycle entries the first of the tenant's routes that names the
+    /// plugin.
     pub svc: String,
-    /// `type`.
-    pub ty: String,
-    /// `room`, if any.
-    pub room: Option<String>,
-    /// `seq`, if any.
-    pub seq: Option<u64>,
-    /// `data` as JSON text (`null` when absent).
-    pub data: Box<RawValue>,
     /// The tenant's config at the time of the call (upstreams, limits).
     pub tenant_cfg: Arc<TenantConfig>,
     /// The tenant's realtime state, for read-only queries such as room members.
     pub broker: Arc<dyn Broker>,
 }
 
-/// A session that has closed, for the `on-disconnect` hook of a plugin the
-/// tenant routes to.
+/// A plugin entry point (the WIT exports) with its arguments.
 #[derive(Debug, Clone)]
-pub struct ClosedSession {
-    /// Who it was. `rooms` is empty: the session has left every room by now.
-    pub session: SessionInfo,
-    /// Plugin file stem.
-    pub plugin: Arc<str>,
-    /// The `svc` wrapped around the hook's effects: the first of the tenant's
-    /// routes that names the plugin.
-    pub svc: String,
-    /// The tenant's config at close time (upstreams, limits).
-    pub tenant_cfg: Arc<TenantConfig>,
-    /// The tenant's realtime state, for read-only queries such as room members.
-    pub broker: Arc<dyn Broker>,
-}
-
-/// Which room hook of a plugin runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoomHookKind {
-    /// `on-join`: asked before the join; may refuse it.
-    Join,
-    /// `on-leave`: told after the leave.
-    Leave,
-}
-
-/// A live session joining or leaving a room through the built-in `room`
-/// service, for the `on-join` / `on-leave` hook of a plugin the tenant routes to.
-#[derive(Debug, Clone)]
-pub struct RoomHook {
-    /// Join or leave.
-    pub kind: RoomHookKind,
-    /// The session; `rooms` as before this join or after this leave.
-    pub session: SessionInfo,
-    /// The room.
-    pub room: String,
-    /// Plugin file stem.
-    pub plugin: Arc<str>,
-    /// The `svc` wrapped around the hook's effects: the first of the tenant's
-    /// routes that names the plugin.
-    pub svc: String,
-    /// The tenant's config (upstreams, limits).
-    pub tenant_cfg: Arc<TenantConfig>,
-    /// The tenant's realtime state, for read-only queries such as room members.
-    pub broker: Arc<dyn Broker>,
+pub enum Entry {
+    /// `on-message`: a client's Ext Lane message routed to the plugin.
+    Message {
+        /// `type`.
+        ty: String,
+        /// `room`, if any.
+        room: Option<String>,
+        /// `seq`, if any.
+        seq: Option<u64>,
+        /// `data` as JSON text (`null` when absent).
+        data: Box<RawValue>,
+    },
+    /// `on-disconnect`: the session closed (effects: `publish`, `send-to-user`).
+    Disconnect,
+    /// `on-join`: asked before a client joins `room`; may refuse it.
+    Join {
+        /// The room.
+        room: String,
+    },
+    /// `on-leave`: told after a client left `room`.
+    Leave {
+        /// The room.
+        room: String,
+    },
 }
 
 /// Something a service asks the gateway to do after it returns. The gateway wraps
@@ -227,15 +220,35 @@ pub enum Effect {
         /// `data` (JSON).
         data: Box<RawValue>,
     },
-    /// Make the calling session join a room (subject to room limits).
+    /// Make the calling session join a room (subject to room limits); it gets
+    /// `sys.joined`, preceded by the retained publications after `since`.
     Join {
         /// Room to join.
         room: String,
+        /// `seq` echoed in `sys.joined`.
+        seq: Option<u64>,
+        /// The client's last position in the room, for recovery.
+        since: Option<Since>,
     },
-    /// Make the calling session leave a room.
+    /// Make the calling session leave a room; it gets `sys.left`.
     Leave {
         /// Room to leave.
         room: String,
+        /// `seq` echoed in `sys.left`.
+        seq: Option<u64>,
+    },
+    /// A `sys` frame to the calling session. Only built-in services produce it:
+    /// the plugin host has no import that makes one, so a plugin cannot forge
+    /// `sys` frames.
+    Sys {
+        /// `type` of the envelope.
+        ty: &'static str,
+        /// `room`, if any.
+        room: Option<String>,
+        /// `seq` echoed.
+        seq: Option<u64>,
+        /// `data` (JSON).
+        data: Box<RawValue>,
     },
 }
 
@@ -261,45 +274,38 @@ pub struct PluginStatus {
 
 /// A routed Ext Lane service (implemented by the WASM plugin host).
 pub trait ExtService: Send + Sync + 'static {
-    /// Handles one message.
-    fn call(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>>;
+    /// Runs one entry point of `call.plugin`: a future resolving to the effects
+    /// to apply, or to why the call failed. A lifecycle entry
+    /// ([`Entry::Disconnect`], [`Entry::Join`], [`Entry::Leave`]) of a plugin
+    /// that is not loaded or does not export it resolves to no effects; a
+    /// message to a missing plugin fails.
+    fn call(&self, call: PluginCall) -> BoxFuture<Result<Vec<Effect>, PluginError>>;
 
     /// Reports a plugin's state for a tenant.
     fn status(&self, tenant: &str, plugin: &str) -> PluginStatus;
-
-    /// Tells the service that a session of a tenant routing to
-    /// `closed.plugin` has closed. Returns the hook's work when the plugin has
-    /// one: a future resolving to the effects to apply (only `Publish` and
-    /// `SendToUser`; the session is gone), which the caller runs in the
-    /// background. `None` when there is nothing to run.
-    fn session_closed(
-        &self,
-        _closed: ClosedSession,
-    ) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
-        None
-    }
-
-    /// Runs `hook.plugin`'s `on-join` / `on-leave` when its serving version
-    /// exports it: a future resolving to the effects to apply after the join
-    /// or leave (`Reply`, `Publish`, `SendToUser`), or to the refusal of the
-    /// join. `None` when the plugin has no such hook.
-    fn room_hook(&self, _hook: RoomHook) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
-        None
-    }
 
     /// A config reload changed `gateway.plugins`; new calls use the new limits.
     fn config_changed(&self, _cfg: &crate::config::PluginsConfig) {}
 }
 
-/// The service used when no plugin host is running: every routed call answers
-/// `SERVICE_UNAVAILABLE`.
+impl std::fmt::Debug for dyn ExtService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtService")
+    }
+}
+
+/// The service used when no plugin host is running: every routed message
+/// answers `SERVICE_UNAVAILABLE`; lifecycle entries have nothing to run.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoPlugins;
 
 impl ExtService for NoPlugins {
-    fn call(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
-        let name = call.plugin.to_string();
-        Box::pin(async move { Err(PluginError::Missing(name)) })
+    fn call(&self, call: PluginCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
+        let result = match call.entry {
+            Entry::Message { .. } => Err(PluginError::Missing(call.plugin.to_string())),
+            Entry::Disconnect | Entry::Join { .. } | Entry::Leave { .. } => Ok(Vec::new()),
+        };
+        Box::pin(std::future::ready(result))
     }
 
     fn status(&self, _tenant: &str, plugin: &str) -> PluginStatus {

@@ -2,9 +2,11 @@
 //! in one task. When either ends, the other is cancelled after a bounded close
 //! handshake.
 //!
-//! Owns: the session lifecycle (idle timeout, close codes for protocol faults, the
-//! clean close handshake) and the [`SessionGuard`] that unregisters the session,
-//! emits presence and lifecycle events, and updates gauges exactly once.
+//! Owns: the socket side of a session (idle timeout, pings, close codes for
+//! protocol faults, the clean close handshake). What opening and closing a
+//! session means (registration, presence, plugin and backend notifications)
+//! is `crate::session`'s: this task holds the [`SessionGuard`] and drops it
+//! when the socket is done.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,64 +19,13 @@ use tungstenite::Message;
 use super::writer::{self, Sink, WriterEnd};
 use super::ws::{BudgetExhausted, ReadBudget, Socket};
 use crate::error::CloseCode;
-use crate::gateway::{Gateway, Tenant};
 use crate::lanes::{self, Flow, SessionCtx};
 use crate::obs::metrics::SessionCounters;
-use crate::realtime::broker::{SessionEntry, Sid};
 use crate::realtime::outbox::Outbox;
-use crate::services::room;
+use crate::session::{Greeting, SessionGuard};
 
 /// How long to wait for the peer's Close after sending ours.
 pub(crate) const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Session id as clients see it.
-pub(crate) fn sid_string(sid: Sid) -> String {
-    format!("{sid:016x}")
-}
-
-/// Unregisters the session when dropped, whether the upgrade completed or not.
-pub(crate) struct SessionGuard {
-    gw: Arc<Gateway>,
-    tenant: Arc<Tenant>,
-    entry: Arc<SessionEntry>,
-    counters: SessionCounters,
-}
-
-impl SessionGuard {
-    pub(crate) fn new(
-        gw: Arc<Gateway>,
-        tenant: Arc<Tenant>,
-        entry: Arc<SessionEntry>,
-        counters: SessionCounters,
-    ) -> Self {
-        counters.active.inc();
-        lanes::notify_backend(&gw, &tenant, &entry, "connect");
-        Self {
-            gw,
-            tenant,
-            entry,
-            counters,
-        }
-    }
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        self.counters.active.dec();
-        let left = self.tenant.broker.unregister(self.entry.sid);
-        if let Some(rt) = self.tenant.runtime() {
-            for (room_name, peer) in left {
-                room::announce_left(&self.tenant, &rt, &room_name, &self.entry.user, peer);
-            }
-            lanes::session_closed(&self.gw, &rt, &self.tenant, &self.entry);
-        }
-        lanes::notify_backend(&self.gw, &self.tenant, &self.entry, "disconnect");
-    }
-}
-
-/// The session's first frame (`sys.authed`), boxed until the writer sends it so
-/// the session's futures carry a pointer rather than the frame.
-pub(crate) type Greeting = Box<Message>;
 
 /// Why the reader stopped.
 enum ReaderEnd {
@@ -119,7 +70,7 @@ pub(crate) async fn run(
     greeting: Greeting,
     budget: Arc<ReadBudget>,
 ) {
-    let stop = guard.gw.shutdown.clone();
+    let stop = guard.hub().shutdown.clone();
     tokio::select! {
         () = serve(&mut sink, &mut stream, guard, greeting, &budget) => {}
         () = stop.cancelled() => debug!("session aborted at the end of the drain"),
@@ -134,7 +85,7 @@ async fn serve(
     budget: &ReadBudget,
 ) {
     let (ping_every, idle, send_timeout) = {
-        let cfg = guard.gw.config();
+        let cfg = guard.hub().config();
         let ms = Duration::from_millis;
         (
             ms(cfg.gateway.ping_interval_ms),
@@ -143,16 +94,16 @@ async fn serve(
         )
     };
     let Some(mut ctx) = SessionCtx::new(
-        Arc::clone(&guard.gw),
-        Arc::clone(&guard.tenant),
-        Arc::clone(&guard.entry),
-        guard.counters.clone(),
+        Arc::clone(&guard.hub().pipeline),
+        Arc::clone(guard.tenant()),
+        Arc::clone(guard.entry()),
+        guard.counters().clone(),
     ) else {
         return;
     };
     // Borrowed, not cloned: every byte here stays resident for the session.
-    let outbox = &guard.entry.outbox;
-    let counters = &guard.counters;
+    let outbox = &guard.entry().outbox;
+    let counters = guard.counters();
     debug!("session started");
 
     let (end, writer_end) = {
@@ -179,10 +130,10 @@ async fn serve(
     // end first.
     let reason = outbox.close_code().map_or(reason, CloseCode::label);
     guard
-        .gw
+        .hub()
         .metrics
         .sessions_closed
-        .with_label_values(&[&guard.tenant.id, reason])
+        .with_label_values(&[&guard.tenant().id, reason])
         .inc();
     debug!(reason, "session ended");
     drop(guard);

@@ -18,12 +18,10 @@ use serde::Serialize;
 use tracing::{Instrument, debug, info_span};
 use tungstenite::protocol::WebSocketConfig;
 
-use super::session::{self, SessionGuard};
+use super::session;
 use super::ws::{self, NotUpgrade, ReadBudget, Upgrade};
-use crate::gateway::Gateway;
-use crate::protocol::ext::{Outgoing, raw};
-use crate::realtime::broker::{RegisterError, SessionEntry};
-use crate::realtime::outbox::{Outbox, Qos};
+use crate::realtime::broker::RegisterError;
+use crate::session::Hub;
 
 /// Longest ticket accepted from the query or header.
 const MAX_TICKET_BYTES: usize = 8 * 1024;
@@ -129,7 +127,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 
 /// The `/v1/ws` handler.
 pub(crate) async fn handle(
-    State(gw): State<Arc<Gateway>>,
+    State(gw): State<Arc<Hub>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     mut req: Request,
@@ -151,7 +149,7 @@ pub(crate) async fn handle(
 type AdmitError = (Option<String>, Refused);
 
 async fn admit(
-    gw: &Arc<Gateway>,
+    gw: &Arc<Hub>,
     remote: SocketAddr,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -273,81 +271,34 @@ async fn admit(
         })?;
     drop(ticket);
 
-    let gcfg = gw.config();
-    let sid = gw.next_sid();
-    let counters = gw.metrics.session_counters(&tenant.id);
-    let outbox = Arc::new(Outbox::with_counters(
-        gcfg.gateway.queues.reliable_capacity,
-        gcfg.gateway.queues.lossy_capacity,
-        counters.drops.clone(),
-    ));
-    let entry = Arc::new(SessionEntry::new(
-        sid,
-        Arc::clone(&user),
-        Arc::clone(&outbox),
-    ));
-    let kicked = tenant
-        .broker
-        .register(Arc::clone(&entry), limits)
-        .map_err(|e| match e {
-            RegisterError::UserLimit => fail(
-                tid,
-                Refused::new(
-                    StatusCode::CONFLICT,
-                    "user_limit",
-                    "too many sessions for this user",
-                ),
+    let opened = crate::session::open(gw, &tenant, &rt, user).map_err(|e| match e {
+        RegisterError::UserLimit => fail(
+            tid,
+            Refused::new(
+                StatusCode::CONFLICT,
+                "user_limit",
+                "too many sessions for this user",
             ),
-            RegisterError::TenantFull => fail(
-                tid,
-                Refused::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "tenant_full",
-                    "tenant is at capacity",
-                ),
+        ),
+        RegisterError::TenantFull => fail(
+            tid,
+            Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tenant_full",
+                "tenant is at capacity",
             ),
-        })?;
-    // From here on the guard unregisters the session whatever happens.
-    let guard = SessionGuard::new(
-        Arc::clone(gw),
-        Arc::clone(&tenant),
-        Arc::clone(&entry),
-        counters,
-    );
-    let sid_text = session::sid_string(sid);
-    #[derive(Serialize)]
-    struct Authed<'a> {
-        tenant: &'a str,
-        user: &'a str,
-        sid: &'a str,
-    }
-    let authed = raw(&Authed {
-        tenant: &tenant.id,
-        user: &user,
-        sid: &sid_text,
-    });
-    // The writer sends it before anything queued in the outbox meanwhile.
-    let greeting: session::Greeting =
-        Box::new(Outgoing::new("sys", "authed").data(Some(&authed)).encode());
-    if !kicked.is_empty() {
-        let notice = Outgoing::new("sys", "kicked")
-            .data(Some(&raw(
-                &serde_json::json!({"reason": "replaced by a newer session"}),
-            )))
-            .encode();
-        for old in kicked {
-            old.outbox.push(notice.clone(), Qos::Reliable);
-            old.outbox
-                .close(crate::error::CloseCode::Replaced, "replaced", true);
-        }
-    }
+        ),
+    })?;
+    // From here on the guard closes the session whatever happens.
+    let crate::session::Opened { guard, greeting } = opened;
+    let sid = guard.entry().sid;
     gw.metrics
         .handshakes
         .with_label_values(&[&tenant.id, "ok"])
         .inc();
 
     let max_frame = rt.cfg.limits.max_frame_bytes;
-    let span = info_span!("session", tenant = %tenant.id, sid = %sid_text, remote.addr = %remote);
+    let span = info_span!("session", tenant = %tenant.id, sid = %sid, remote.addr = %remote);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)

@@ -1,6 +1,6 @@
 //! Helpers for the plugin host tests: build the guest examples once per test
 //! binary, lay out plugin directories, start a `PluginHost`, register sessions
-//! in a real `LocalBroker` and build `ExtCall`s.
+//! in a real `LocalBroker` and build `PluginCall`s.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -15,11 +15,10 @@ use tokio_util::task::TaskTracker;
 use wsprism::config::{PluginsConfig, TenantConfig};
 use wsprism::obs::metrics::Metrics;
 use wsprism::plugin_host::PluginHost;
+use wsprism::realtime::SessionId;
 use wsprism::realtime::broker::{Broker, LocalBroker, RoomLimits, SessionEntry, SessionLimits};
 use wsprism::realtime::outbox::Outbox;
-use wsprism::services::{
-    ClosedSession, ExtCall, ExtService, PluginStatus, RoomHook, RoomHookKind, SessionInfo,
-};
+use wsprism::services::{Entry, ExtService, PluginCall, PluginStatus, SessionInfo};
 
 /// Repository root.
 pub fn repo() -> PathBuf {
@@ -198,6 +197,7 @@ impl Tenant {
 
     /// Registers a session of `user` that has joined `rooms`.
     pub fn session(&self, sid: u64, user: &str, rooms: &[&str]) -> SessionInfo {
+        let sid = SessionId::new(sid);
         let entry = Arc::new(SessionEntry::new(
             sid,
             Arc::from(user),
@@ -232,32 +232,37 @@ impl Tenant {
 
     /// `session` closed: what the gateway hands `plugin`'s `on-disconnect`
     /// (routed as `svc` = `plugin`).
-    pub fn closed(&self, session: &SessionInfo, plugin: &str) -> ClosedSession {
-        ClosedSession {
-            session: SessionInfo {
-                rooms: Vec::new().into(),
-                ..session.clone()
-            },
-            plugin: Arc::from(plugin),
-            svc: plugin.to_owned(),
-            tenant_cfg: Arc::clone(&self.cfg),
-            broker: self.broker.clone(),
-        }
+    pub fn closed(&self, session: &SessionInfo, plugin: &str) -> PluginCall {
+        let closed = SessionInfo {
+            rooms: Vec::new().into(),
+            ..session.clone()
+        };
+        self.entry(Entry::Disconnect, &closed, plugin)
     }
 
     /// `session` joining or leaving `room`: what the gateway hands `plugin`'s
     /// `on-join` / `on-leave` (routed as `svc` = `plugin`).
     pub fn room_hook(
         &self,
-        kind: RoomHookKind,
+        join: bool,
         session: &SessionInfo,
         plugin: &str,
         room: &str,
-    ) -> RoomHook {
-        RoomHook {
-            kind,
+    ) -> PluginCall {
+        let room = room.to_owned();
+        let entry = if join {
+            Entry::Join { room }
+        } else {
+            Entry::Leave { room }
+        };
+        self.entry(entry, session, plugin)
+    }
+
+    /// `entry` of `plugin` for `session` (routed as `svc` = `plugin`).
+    pub fn entry(&self, entry: Entry, session: &SessionInfo, plugin: &str) -> PluginCall {
+        PluginCall {
+            entry,
             session: session.clone(),
-            room: room.to_owned(),
             plugin: Arc::from(plugin),
             svc: plugin.to_owned(),
             tenant_cfg: Arc::clone(&self.cfg),
@@ -273,18 +278,14 @@ impl Tenant {
         ty: &str,
         room: Option<&str>,
         data: &str,
-    ) -> ExtCall {
-        ExtCall {
-            session: session.clone(),
-            plugin: Arc::from(plugin),
-            svc: plugin.to_owned(),
+    ) -> PluginCall {
+        let entry = Entry::Message {
             ty: ty.to_owned(),
             room: room.map(str::to_owned),
             seq: Some(1),
             data: RawValue::from_string(data.to_owned()).expect("valid json"),
-            tenant_cfg: Arc::clone(&self.cfg),
-            broker: self.broker.clone(),
-        }
+        };
+        self.entry(entry, session, plugin)
     }
 }
 

@@ -17,18 +17,16 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tungstenite::Message;
 
+use super::SessionId;
 use super::history::{HistoryPolicy, Recovery, RoomHistory, Since};
 use super::outbox::{Outbox, Pushed, Qos};
 use crate::error::{CloseCode, RoomError};
-
-/// Session id, unique within the process.
-pub type Sid = u64;
 
 /// A connected session as the realtime layer sees it.
 #[derive(Debug)]
 pub struct SessionEntry {
     /// Session id.
-    pub sid: Sid,
+    pub sid: SessionId,
     /// Authenticated user id.
     pub user: Arc<str>,
     /// Outbound queues drained by the session's writer.
@@ -40,7 +38,7 @@ pub struct SessionEntry {
 
 impl SessionEntry {
     /// A session that has joined no room.
-    pub fn new(sid: Sid, user: Arc<str>, outbox: Arc<Outbox>) -> Self {
+    pub fn new(sid: SessionId, user: Arc<str>, outbox: Arc<Outbox>) -> Self {
         Self {
             sid,
             user,
@@ -165,25 +163,25 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
 
     /// Removes a session and its room memberships; returns the rooms it left with
     /// its peer number in each, for presence events.
-    fn unregister(&self, sid: Sid) -> Vec<(Arc<str>, u32)>;
+    fn unregister(&self, sid: SessionId) -> Vec<(Arc<str>, u32)>;
 
     /// Looks up a live session.
-    fn session(&self, sid: Sid) -> Option<Arc<SessionEntry>>;
+    fn session(&self, sid: SessionId) -> Option<Arc<SessionEntry>>;
 
     /// Adds the session to `room` (making it the active room).
     ///
     /// # Errors
     /// `RoomFull`, `RoomLimit` or `SessionGone`.
-    fn join(&self, sid: Sid, room: &str, limits: RoomLimits) -> Result<Joined, RoomError>;
+    fn join(&self, sid: SessionId, room: &str, limits: RoomLimits) -> Result<Joined, RoomError>;
 
     /// Removes the session from `room`; returns its peer number there.
     ///
     /// # Errors
     /// `NotInRoom` when it was not a member.
-    fn leave(&self, sid: Sid, room: &str) -> Result<u32, RoomError>;
+    fn leave(&self, sid: SessionId, room: &str) -> Result<u32, RoomError>;
 
     /// Delivers one encoded frame to every member of `room` except `exclude`.
-    fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<Sid>) -> Delivery;
+    fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<SessionId>) -> Delivery;
 
     /// Delivers one encoded frame to every session of `user`.
     fn send_to_user(&self, user: &str, msg: &Message, qos: Qos) -> Delivery;
@@ -205,13 +203,13 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn stats(&self) -> TenantStats;
 
     /// Publishes a reliable room frame and records it in the room's history
-    /// (SPEC §11). `encode` builds the frame once from the offset and epoch the
+    /// (README "Room history and recovery"). `encode` builds the frame once from the offset and epoch the
     /// broker assigns; offsets are assigned and delivered in one order.
     fn publish_recorded(
         &self,
         room: &str,
         policy: HistoryPolicy,
-        exclude: Option<Sid>,
+        exclude: Option<SessionId>,
         encode: &dyn Fn(u64, &str) -> Message,
     ) -> Delivery;
 
@@ -224,7 +222,7 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// As [`Broker::join`].
     fn join_recovering(
         &self,
-        sid: Sid,
+        sid: SessionId,
         room: &str,
         limits: RoomLimits,
         policy: HistoryPolicy,
@@ -250,7 +248,7 @@ pub struct HistoryState {
 
 #[derive(Debug)]
 struct Member {
-    sid: Sid,
+    sid: SessionId,
     peer: u32,
     user: Arc<str>,
     outbox: Arc<Outbox>,
@@ -271,9 +269,9 @@ struct Room {
 /// The embedded, in-process broker (cluster `mode: local`).
 #[derive(Debug, Default)]
 pub struct LocalBroker {
-    sessions: DashMap<Sid, Arc<SessionEntry>>,
+    sessions: DashMap<SessionId, Arc<SessionEntry>>,
     /// Sessions of each user, oldest first.
-    users: DashMap<Arc<str>, Vec<Sid>>,
+    users: DashMap<Arc<str>, Vec<SessionId>>,
     rooms: DashMap<Arc<str>, Arc<Room>>,
     session_count: AtomicU64,
     /// Kept beside `rooms` because `DashMap::len` cannot be called while a shard
@@ -290,7 +288,7 @@ impl LocalBroker {
         Self::default()
     }
 
-    fn remove_member(&self, room_name: &str, sid: Sid) -> Option<u32> {
+    fn remove_member(&self, room_name: &str, sid: SessionId) -> Option<u32> {
         let room = self.rooms.get(room_name).map(|r| Arc::clone(r.value()))?;
         let peer = {
             let mut inner = room.inner.write();
@@ -362,7 +360,7 @@ impl Broker for LocalBroker {
             let live = self.session_count.load(Ordering::Acquire) - kicked.len() as u64;
             if limits.max_sessions_total > 0 && live >= limits.max_sessions_total {
                 // Undo: the kicked sessions stay.
-                let mut restored: Vec<Sid> = kicked.iter().map(|s| s.sid).collect();
+                let mut restored: Vec<SessionId> = kicked.iter().map(|s| s.sid).collect();
                 restored.append(&mut sids);
                 *sids = restored;
                 return Err(RegisterError::TenantFull);
@@ -374,7 +372,7 @@ impl Broker for LocalBroker {
         Ok(kicked)
     }
 
-    fn unregister(&self, sid: Sid) -> Vec<(Arc<str>, u32)> {
+    fn unregister(&self, sid: SessionId) -> Vec<(Arc<str>, u32)> {
         let Some((_, entry)) = self.sessions.remove(&sid) else {
             return Vec::new();
         };
@@ -393,11 +391,11 @@ impl Broker for LocalBroker {
             .collect()
     }
 
-    fn session(&self, sid: Sid) -> Option<Arc<SessionEntry>> {
+    fn session(&self, sid: SessionId) -> Option<Arc<SessionEntry>> {
         self.sessions.get(&sid).map(|s| Arc::clone(s.value()))
     }
 
-    fn join(&self, sid: Sid, room: &str, limits: RoomLimits) -> Result<Joined, RoomError> {
+    fn join(&self, sid: SessionId, room: &str, limits: RoomLimits) -> Result<Joined, RoomError> {
         let entry = self.session(sid).ok_or(RoomError::SessionGone)?;
         {
             let mut rooms = entry.rooms.lock();
@@ -461,7 +459,7 @@ impl Broker for LocalBroker {
         })
     }
 
-    fn leave(&self, sid: Sid, room: &str) -> Result<u32, RoomError> {
+    fn leave(&self, sid: SessionId, room: &str) -> Result<u32, RoomError> {
         let entry = self.session(sid).ok_or(RoomError::SessionGone)?;
         {
             let mut rooms = entry.rooms.lock();
@@ -474,7 +472,7 @@ impl Broker for LocalBroker {
         self.remove_member(room, sid).ok_or(RoomError::NotInRoom)
     }
 
-    fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<Sid>) -> Delivery {
+    fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<SessionId>) -> Delivery {
         let mut tally = Delivery::default();
         let Some(room) = self.rooms.get(room).map(|r| Arc::clone(r.value())) else {
             return tally;
@@ -566,7 +564,7 @@ impl Broker for LocalBroker {
         &self,
         room: &str,
         policy: HistoryPolicy,
-        exclude: Option<Sid>,
+        exclude: Option<SessionId>,
         encode: &dyn Fn(u64, &str) -> Message,
     ) -> Delivery {
         let history = self.history(room);
@@ -579,7 +577,7 @@ impl Broker for LocalBroker {
 
     fn join_recovering(
         &self,
-        sid: Sid,
+        sid: SessionId,
         room: &str,
         limits: RoomLimits,
         policy: HistoryPolicy,

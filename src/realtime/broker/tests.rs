@@ -1,14 +1,19 @@
 use super::*;
 use tungstenite::Utf8Bytes;
 
+/// The session id numbered `n`.
+const fn id(n: u64) -> SessionId {
+    SessionId::new(n)
+}
+
 fn session(
     b: &LocalBroker,
-    sid: Sid,
+    sid: u64,
     user: &str,
     limits: SessionLimits,
-) -> Result<Vec<Sid>, RegisterError> {
+) -> Result<Vec<SessionId>, RegisterError> {
     let entry = Arc::new(SessionEntry::new(
-        sid,
+        id(sid),
         Arc::from(user),
         Arc::new(Outbox::new(8, 8)),
     ));
@@ -35,14 +40,14 @@ fn closing_sessions_do_not_count_against_the_user_cap() {
     };
     assert_eq!(session(&b, 1, "u", deny), Ok(vec![]));
     assert_eq!(session(&b, 2, "u", deny), Ok(vec![]));
-    b.session(1)
+    b.session(id(1))
         .expect("s1")
         .outbox
         .close(CloseCode::Normal, "bye", false);
     assert_eq!(session(&b, 3, "u", deny), Ok(vec![]), "s1 is closing");
     assert_eq!(session(&b, 4, "u", deny), Err(RegisterError::UserLimit));
     // A session that unregistered leaves the list as well.
-    b.unregister(2);
+    b.unregister(id(2));
     assert_eq!(session(&b, 5, "u", deny), Ok(vec![]));
 }
 
@@ -61,13 +66,13 @@ fn per_user_cap_denies_or_kicks_oldest() {
         kick_oldest: true,
         ..deny
     };
-    assert_eq!(session(&b, 5, "u", kick), Ok(vec![1]));
+    assert_eq!(session(&b, 5, "u", kick), Ok(vec![id(1)]));
     assert_eq!(
         b.stats().sessions,
         4,
         "the kicked session stays until it unregisters"
     );
-    b.unregister(1);
+    b.unregister(id(1));
     assert_eq!(
         b.stats(),
         TenantStats {
@@ -88,7 +93,7 @@ fn tenant_cap_counts_every_user() {
     assert!(session(&b, 1, "a", capped).is_ok());
     assert!(session(&b, 2, "b", capped).is_ok());
     assert_eq!(session(&b, 3, "c", capped), Err(RegisterError::TenantFull));
-    b.unregister(2);
+    b.unregister(id(2));
     assert!(session(&b, 3, "c", capped).is_ok());
 }
 
@@ -98,29 +103,29 @@ fn rooms_assign_peers_track_active_room_and_vanish_when_empty() {
     session(&b, 1, "a", OPEN).ok();
     session(&b, 2, "b", OPEN).ok();
     let lim = RoomLimits::default();
-    let j1 = b.join(1, "r", lim).expect("join");
-    let j2 = b.join(2, "r", lim).expect("join");
+    let j1 = b.join(id(1), "r", lim).expect("join");
+    let j2 = b.join(id(2), "r", lim).expect("join");
     assert_eq!((j1.peer, j1.members), (1, 1));
     assert_eq!((j2.peer, j2.members), (2, 2));
-    b.join(1, "s", lim).expect("join s");
+    b.join(id(1), "s", lim).expect("join s");
     assert_eq!(
-        b.session(1)
+        b.session(id(1))
             .and_then(|s| s.active_room())
             .map(|r| r.0.to_string()),
         Some("s".into())
     );
     // Re-joining is idempotent and re-activates the room.
-    let again = b.join(1, "r", lim).expect("rejoin");
+    let again = b.join(id(1), "r", lim).expect("rejoin");
     assert_eq!((again.peer, again.new), (1, false));
     assert_eq!(
-        b.session(1).and_then(|s| s.active_room()).map(|r| r.1),
+        b.session(id(1)).and_then(|s| s.active_room()).map(|r| r.1),
         Some(1)
     );
     assert_eq!(b.presence("r"), vec!["a".to_owned(), "b".to_owned()]);
-    assert_eq!(b.leave(2, "r"), Ok(2));
-    assert_eq!(b.leave(2, "r"), Err(RoomError::NotInRoom));
+    assert_eq!(b.leave(id(2), "r"), Ok(2));
+    assert_eq!(b.leave(id(2), "r"), Err(RoomError::NotInRoom));
     assert_eq!(b.stats().rooms, 2);
-    let left = b.unregister(1);
+    let left = b.unregister(id(1));
     assert_eq!(left.len(), 2);
     assert_eq!(b.stats().rooms, 0);
 }
@@ -136,17 +141,17 @@ fn room_limits_are_enforced() {
         max_users_per_room: 2,
         max_rooms_per_user: 2,
     };
-    b.join(1, "a", lim).expect("a");
-    b.join(2, "a", lim).expect("a");
-    assert_eq!(b.join(3, "a", lim), Err(RoomError::RoomFull));
-    b.join(1, "b", lim).expect("b");
+    b.join(id(1), "a", lim).expect("a");
+    b.join(id(2), "a", lim).expect("a");
+    assert_eq!(b.join(id(3), "a", lim), Err(RoomError::RoomFull));
+    b.join(id(1), "b", lim).expect("b");
     assert_eq!(
-        b.join(1, "c", lim),
+        b.join(id(1), "c", lim),
         Err(RoomError::RoomLimit),
         "per-user cap"
     );
     assert_eq!(
-        b.join(3, "c", lim),
+        b.join(id(3), "c", lim),
         Err(RoomError::RoomLimit),
         "room total cap"
     );
@@ -155,7 +160,7 @@ fn room_limits_are_enforced() {
         max_users_per_room: 0,
         ..RoomLimits::default()
     };
-    b.join(3, "d", one).expect("d");
+    b.join(id(3), "d", one).expect("d");
     assert_eq!(b.stats().rooms, 3);
 }
 
@@ -164,17 +169,17 @@ async fn publish_shares_one_frame_and_respects_exclude() {
     let b = LocalBroker::new();
     for sid in 1..=3 {
         session(&b, sid, &format!("u{sid}"), OPEN).ok();
-        b.join(sid, "r", RoomLimits::default()).expect("join");
+        b.join(id(sid), "r", RoomLimits::default()).expect("join");
     }
     let m = msg("hello");
-    let d = b.publish("r", &m, Qos::Reliable, Some(1));
+    let d = b.publish("r", &m, Qos::Reliable, Some(id(1)));
     assert_eq!(d.delivered, 2);
     assert_eq!(b.publish("nope", &m, Qos::Reliable, None).delivered, 0);
-    let s1 = b.session(1).expect("s1");
-    let s2 = b.session(2).expect("s2");
+    let s1 = b.session(id(1)).expect("s1");
+    let s2 = b.session(id(2)).expect("s2");
     assert_eq!(s1.outbox.depth(), (0, 0));
     assert_eq!(s2.outbox.depth(), (1, 0));
     assert_eq!(b.send_to_user("u3", &m, Qos::Lossy).delivered, 1);
     assert_eq!(b.disconnect_user("u3", None, CloseCode::Disconnected), 1);
-    assert!(b.session(3).expect("s3").outbox.is_closing());
+    assert!(b.session(id(3)).expect("s3").outbox.is_closing());
 }

@@ -1,4 +1,4 @@
-//! `echo` (SPEC §12): `{"svc":"echo","type":T,"data":D}` answers the sender with
+//! `echo` (README "Writing a plugin"): `{"svc":"echo","type":T,"data":D}` answers the sender with
 //! `{"v":1,"svc":"echo","type":T,"data":D}`. With `"type":"broadcast"` and a
 //! `room` the sender has joined, every member of the room gets it instead.
 
