@@ -1,6 +1,6 @@
 //! Helpers for the plugin host tests: build the guest examples once per test
 //! binary, lay out plugin directories, start a `PluginHost`, register sessions
-//! in a real `LocalBroker` and build `ExtCall`s.
+//! in a real `LocalBroker` and build `ExtCall`s and `PluginCall`s.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsprism::config::{PluginsConfig, TenantConfig};
 use wsprism::obs::metrics::Metrics;
-use wsprism::plugin_host::PluginHost;
+use wsprism::plugin_host::{Entry, PluginCall, PluginHost};
 use wsprism::realtime::broker::{Broker, LocalBroker, RoomLimits, SessionEntry, SessionLimits};
 use wsprism::realtime::outbox::Outbox;
 use wsprism::services::{
@@ -258,6 +258,19 @@ impl Tenant {
             kind,
             session: session.clone(),
             room: room.to_owned(),
+            plugin: Arc::from(plugin),
+            svc: plugin.to_owned(),
+            tenant_cfg: Arc::clone(&self.cfg),
+            broker: self.broker.clone(),
+        }
+    }
+
+    /// A call of `plugin`'s `entry` for `session` (routed as `svc` = `plugin`),
+    /// for [`PluginHost::run`].
+    pub fn plugin_call(&self, entry: Entry, session: &SessionInfo, plugin: &str) -> PluginCall {
+        PluginCall {
+            entry,
+            session: session.clone(),
             plugin: Arc::from(plugin),
             svc: plugin.to_owned(),
             tenant_cfg: Arc::clone(&self.cfg),
