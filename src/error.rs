@@ -204,7 +204,8 @@ pub enum RoomError {
     SessionGone,
 }
 
-/// Why a plugin call failed.
+/// Why a plugin call failed. Callers match on the kind; the `String`s are
+/// detail for logs only and never reach a client (see [`ToRefusal`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PluginError {
     /// The plugin answered with a refusal; `code`/`message` are the plugin's own and
@@ -219,36 +220,56 @@ pub enum PluginError {
     /// No plugin file for the route (never loaded, deleted, failed to load).
     #[error("plugin `{0}` is not loaded")]
     Missing(String),
-    /// CPU or wall-clock budget exceeded.
-    #[error("plugin call timed out")]
-    Timeout,
-    /// The instance trapped (includes memory limit hits).
-    #[error("plugin trapped: {0}")]
-    Trap(String),
     /// The plugin is backing off after repeated crashes.
     #[error("plugin is backing off after repeated failures")]
     BackingOff,
-    /// Too many calls queued for the plugin's instances.
+    /// No capacity for the call: too many calls queued for the plugin's
+    /// instances, the instance pool is exhausted, or the host is draining.
     #[error("plugin is overloaded")]
     Overloaded,
-    /// The plugin's output broke a host rule (bad JSON, over budget).
+    /// The CPU budget (`call_timeout_ms`) or the wall-clock bound ran out.
+    #[error("plugin call timed out")]
+    Timeout,
+    /// The instance hit `max_memory_bytes` (a refused memory or table grow).
+    #[error("plugin hit its memory limit")]
+    Memory,
+    /// The instance trapped (panic, unreachable, out-of-bounds access, stack
+    /// overflow) or failed to start (an `init` refusal, a bad export).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The plugin's output broke a host rule.
     #[error("plugin output refused: {0}")]
-    BadOutput(String),
+    BadOutput(OutputRule),
     /// An outgoing payload exceeded `max_frame_bytes`.
     #[error("plugin payload too large")]
     PayloadTooLarge,
 }
 
+/// The host rule a plugin's output broke ([`PluginError::BadOutput`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OutputRule {
+    /// More host calls in one call than the per-call budget allows.
+    #[error("host call budget exceeded")]
+    HostCalls,
+    /// More `data` bytes queued in one call than the per-call budget allows.
+    #[error("published bytes budget exceeded")]
+    PublishedBytes,
+    /// An effect's `data` is not valid JSON text.
+    #[error("data is not valid JSON")]
+    InvalidJson,
+}
+
 impl PluginError {
-    /// Metric label.
+    /// Metric label (`reason` of `wsprism_plugin_errors_total`); stable.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Refused { .. } => "refused",
             Self::Missing(_) => "missing",
-            Self::Timeout => "timeout",
-            Self::Trap(_) => "trap",
             Self::BackingOff => "backing_off",
             Self::Overloaded => "overloaded",
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::Trap(_) => "trap",
             Self::BadOutput(_) => "bad_output",
             Self::PayloadTooLarge => "payload_too_large",
         }
@@ -314,10 +335,11 @@ impl ToRefusal for PluginError {
             Self::PayloadTooLarge => Refusal::new(ClientCode::PayloadTooLarge),
             Self::BadOutput(_) => Refusal::new(ClientCode::ServiceError),
             Self::Missing(_)
-            | Self::Timeout
-            | Self::Trap(_)
             | Self::BackingOff
-            | Self::Overloaded => Refusal::new(ClientCode::ServiceUnavailable),
+            | Self::Overloaded
+            | Self::Timeout
+            | Self::Memory
+            | Self::Trap(_) => Refusal::new(ClientCode::ServiceUnavailable),
         }
     }
 }
@@ -338,20 +360,45 @@ mod tests {
 
     #[test]
     fn plugin_failures_map_to_spec_codes() {
-        assert_eq!(
-            PluginError::Timeout.to_refusal().code,
-            ClientCode::ServiceUnavailable
-        );
-        assert_eq!(
-            PluginError::Trap("unreachable".into()).to_refusal().code,
-            ClientCode::ServiceUnavailable
-        );
+        use ClientCode::{PayloadTooLarge, ServiceError, ServiceUnavailable};
+        let cases = [
+            (
+                PluginError::Missing("p".into()),
+                "missing",
+                ServiceUnavailable,
+            ),
+            (PluginError::BackingOff, "backing_off", ServiceUnavailable),
+            (PluginError::Overloaded, "overloaded", ServiceUnavailable),
+            (PluginError::Timeout, "timeout", ServiceUnavailable),
+            (PluginError::Memory, "memory", ServiceUnavailable),
+            (
+                PluginError::Trap("unreachable".into()),
+                "trap",
+                ServiceUnavailable,
+            ),
+            (
+                PluginError::BadOutput(OutputRule::InvalidJson),
+                "bad_output",
+                ServiceError,
+            ),
+            (
+                PluginError::PayloadTooLarge,
+                "payload_too_large",
+                PayloadTooLarge,
+            ),
+        ];
+        for (e, label, code) in cases {
+            assert_eq!((e.label(), e.to_refusal().code), (label, code), "{e:?}");
+            // Internal detail stays in the logs.
+            assert_eq!(e.to_refusal().msg, code.message(), "{e:?}");
+        }
         let r = PluginError::Refused {
             code: "NO_VOTE".into(),
             message: "poll closed".into(),
-        }
-        .to_refusal();
+        };
+        assert_eq!(r.label(), "refused");
+        let r = r.to_refusal();
         assert_eq!(r.code, ClientCode::ServiceError);
-        assert!(r.msg.contains("poll closed"));
+        assert_eq!(r.msg, "NO_VOTE: poll closed");
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Owns: what each import does and which per-call rule it enforces. Effect
 //! imports (`reply`, `publish`, `send-to-user`, `join`, `leave`) only validate
-//! and append to the current call's effect list (`on-disconnect` may only
-//! `publish` and `send-to-user`); `members`, `kv` and `backend`
+//! and append to the current call's effect list (which of them an entry point
+//! may use is [`EntryKind::allows`]); `members`, `kv` and `backend`
 //! answer immediately. Soft failures are `host-error` results; exhausting a
 //! per-call budget traps the guest ([`BudgetTrap`]) so a flooding plugin is cut
 //! at once. Input: a store prepared by `instance.rs`; output: the effects and the
@@ -20,6 +20,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::backend;
+use super::call::{EntryKind, RealtimeImport};
 use super::kv::{KvError, KvScope, KvStore};
 use super::limits::{
     ENVELOPE_OVERHEAD_BYTES, MAX_HOST_CALLS_PER_CALL, MAX_LOG_LINE_BYTES,
@@ -27,7 +28,7 @@ use super::limits::{
 };
 use super::output::GuestOutput;
 use crate::config::TenantConfig;
-use crate::error::PluginError;
+use crate::error::{OutputRule, PluginError};
 use crate::obs::metrics::Metrics;
 use crate::realtime::broker::Broker;
 use crate::realtime::outbox::Qos;
@@ -56,7 +57,7 @@ wasmtime::component::bindgen!({
 pub struct SessionHandle;
 
 impl SessionHandle {
-    /// The borrowed handle passed to `on-message` / `on-disconnect`.
+    /// The borrowed handle passed to every entry point.
     pub(crate) fn lend() -> wasmtime::component::Resource<Self> {
         wasmtime::component::Resource::new_borrow(0)
     }
@@ -78,39 +79,23 @@ pub(crate) enum BudgetTrap {
     Cpu,
 }
 
-/// What kind of guest entry point is running, which decides the realtime
-/// effects it may queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum CallKind {
-    /// `on-message`: every effect.
-    Message,
-    /// `on-disconnect`: `publish` and `send-to-user` (and `members`); the
-    /// session is gone, so `reply`, `join` and `leave` answer `not-allowed`.
-    Disconnect,
-    /// `on-join` / `on-leave`: `reply`, `publish`, `send-to-user`; `join` and
-    /// `leave` answer `not-allowed` (a hook must not start another join).
-    RoomHook,
-    /// Instantiation, `init`: no realtime effects.
-    #[default]
-    Lifecycle,
-}
-
-/// Which realtime import is asking (see [`CallKind`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effecting {
-    /// `publish`, `send-to-user`: need no live calling session.
-    Anyone,
-    /// `reply`: writes to the calling session.
-    Reply,
-    /// `join`, `leave`: change the calling session's rooms.
-    Membership,
+impl From<BudgetTrap> for PluginError {
+    fn from(b: BudgetTrap) -> Self {
+        match b {
+            BudgetTrap::HostCalls => Self::BadOutput(OutputRule::HostCalls),
+            BudgetTrap::PublishedBytes => Self::BadOutput(OutputRule::PublishedBytes),
+            BudgetTrap::Cpu => Self::Timeout,
+        }
+    }
 }
 
 /// State of the guest call in progress. Reset by `instance.rs` before each call.
 #[derive(Debug, Default)]
 pub(crate) struct CallCtx {
-    /// Which entry point runs.
-    pub(crate) kind: CallKind,
+    /// Which entry point runs (`None` while instantiating and during `init`,
+    /// where no realtime effect is allowed); decides the realtime imports
+    /// allowed ([`EntryKind::allows`]).
+    pub(crate) entry: Option<EntryKind>,
     /// The session the call is about (`None` during `init`), read by the
     /// `session` accessors.
     pub(crate) session: Option<GatewaySession>,
@@ -295,19 +280,12 @@ impl HostState {
         }
     }
 
-    fn realtime_allowed(&self, what: Effecting) -> Result<(), HostError> {
-        match (self.call.kind, what) {
-            (CallKind::Message, _)
-            | (CallKind::Disconnect, Effecting::Anyone)
-            | (CallKind::RoomHook, Effecting::Anyone | Effecting::Reply) => Ok(()),
-            (CallKind::Disconnect, _) => Err(HostError::NotAllowed(
-                "the session has closed: in on-disconnect only publish and send-to-user work"
-                    .into(),
-            )),
-            (CallKind::RoomHook, Effecting::Membership) => Err(HostError::NotAllowed(
-                "join and leave are not available in on-join and on-leave".into(),
-            )),
-            (CallKind::Lifecycle, _) => Err(HostError::NotAllowed(
+    fn realtime_allowed(&self, import: RealtimeImport) -> Result<(), HostError> {
+        match self.call.entry {
+            Some(entry) => entry
+                .allows(import)
+                .map_err(|why| HostError::NotAllowed(why.into())),
+            None => Err(HostError::NotAllowed(
                 "realtime effects are not available in init".into(),
             )),
         }
@@ -316,12 +294,12 @@ impl HostState {
     /// Validates one outgoing payload: frame size, JSON, the per-call byte budget.
     fn payload(
         &mut self,
-        what: Effecting,
+        import: RealtimeImport,
         ty: &str,
         target: &str,
         data: String,
     ) -> wasmtime::Result<Result<Box<RawValue>, HostError>> {
-        if let Err(e) = self.realtime_allowed(what) {
+        if let Err(e) = self.realtime_allowed(import) {
             return Ok(Err(e));
         }
         self.call.published += data.len();
@@ -337,7 +315,7 @@ impl HostState {
         match RawValue::from_string(data) {
             Ok(v) => Ok(Ok(v)),
             Err(_) => {
-                self.violate(PluginError::BadOutput("data is not valid JSON".into()));
+                self.violate(PluginError::BadOutput(OutputRule::InvalidJson));
                 Ok(Err(HostError::InvalidJson))
             }
         }
@@ -408,7 +386,7 @@ impl self::wsprism::plugin::types::HostSession for HostState {
 impl self::wsprism::plugin::realtime::Host for HostState {
     fn reply(&mut self, ty: String, data: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
-        let data = match self.payload(Effecting::Reply, &ty, "", data)? {
+        let data = match self.payload(RealtimeImport::Reply, &ty, "", data)? {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
@@ -428,7 +406,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
         if let Err(e) = Self::room_arg(&room) {
             return Ok(Err(e));
         }
-        let data = match self.payload(Effecting::Anyone, &ty, &room, data)? {
+        let data = match self.payload(RealtimeImport::Publish, &ty, &room, data)? {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
@@ -458,7 +436,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
                 "user must not be empty".into(),
             )));
         }
-        let data = match self.payload(Effecting::Anyone, &ty, "", data)? {
+        let data = match self.payload(RealtimeImport::SendToUser, &ty, "", data)? {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
@@ -471,7 +449,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
     fn join(&mut self, room: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
         if let Err(e) = self
-            .realtime_allowed(Effecting::Membership)
+            .realtime_allowed(RealtimeImport::Join)
             .and_then(|()| Self::room_arg(&room))
         {
             return Ok(Err(e));
@@ -487,7 +465,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
     fn leave(&mut self, room: String) -> wasmtime::Result<Result<(), HostError>> {
         self.charge()?;
         if let Err(e) = self
-            .realtime_allowed(Effecting::Membership)
+            .realtime_allowed(RealtimeImport::Leave)
             .and_then(|()| Self::room_arg(&room))
         {
             return Ok(Err(e));

@@ -3,9 +3,10 @@
 //!
 //! Owns: store set-up (memory cap, epoch callback that yields every tick and
 //! ends the call when the CPU budget is spent), instantiation (+ `init`), the
-//! `on-message` / `on-disconnect` calls, and the classification of failures into
-//! [`PluginError`]. Whether an instance is reused is decided by `pool.rs`; this
-//! module only reports that an instance is poisoned (trap, timeout, budget kill).
+//! call of any entry point ([`Instance::call`], which picks the guest export),
+//! and the classification of failures into [`PluginError`]. Whether an
+//! instance is reused is decided by `pool.rs`; this module only reports that
+//! an instance is poisoned (trap, timeout, memory hit, budget kill).
 
 use std::sync::Arc;
 
@@ -17,28 +18,24 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::Env;
 use super::bindings::{
-    BudgetTrap, CallCtx, CallKind, CpuMeter, ExtLanePlugin, HostState, Message, Refusal,
-    SessionHandle,
+    BudgetTrap, CallCtx, CpuMeter, ExtLanePlugin, HostState, Message, Refusal, SessionHandle,
 };
+use super::call::EntryKind;
 use super::kv::{KvScope, KvStore};
-use super::legacy::{ClosedSession, ExtCall, RoomHook, RoomHookKind};
 use super::limits::{CallLimits, MAX_REFUSAL_CODE_BYTES, MAX_REFUSAL_MESSAGE_BYTES};
 use super::loader::PluginVersion;
 use crate::config::TenantConfig;
 use crate::error::PluginError;
 use crate::realtime::broker::Broker;
 use crate::services::{Effect, SessionInfo as GatewaySession};
+use crate::services::{Entry, PluginCall};
 
+/// `lifecycle.on-disconnect`.
+type OnDisconnect = TypedFunc<(Resource<SessionHandle>,), ()>;
 /// `lifecycle.on-join`.
 type OnJoin = TypedFunc<(Resource<SessionHandle>, String), (Result<(), Refusal>,)>;
 /// `lifecycle.on-leave`.
 type OnLeave = TypedFunc<(Resource<SessionHandle>, String), ()>;
-
-/// The room hook a call runs.
-enum RoomFn {
-    Join(OnJoin),
-    Leave(OnLeave),
-}
 
 /// A live instance of one plugin version for one tenant.
 pub(crate) struct Instance {
@@ -46,7 +43,7 @@ pub(crate) struct Instance {
     pub(crate) version: Arc<PluginVersion>,
     store: Store<HostState>,
     bindings: ExtLanePlugin,
-    on_disconnect: Option<TypedFunc<(Resource<SessionHandle>,), ()>>,
+    on_disconnect: Option<OnDisconnect>,
     on_join: Option<OnJoin>,
     on_leave: Option<OnLeave>,
     /// Calls served so far.
@@ -57,7 +54,8 @@ pub(crate) struct Instance {
 
 /// Who and what a guest call is about, for [`arm`].
 struct CallFor {
-    kind: CallKind,
+    /// `None` for instantiation and `init`.
+    entry: Option<EntryKind>,
     session: Option<GatewaySession>,
     tenant_cfg: Option<Arc<TenantConfig>>,
     broker: Option<Arc<dyn Broker>>,
@@ -68,7 +66,7 @@ struct CallFor {
 /// Resets the per-call state and arms the CPU budget.
 fn arm(store: &mut Store<HostState>, limits: &CallLimits, call: CallFor, deadline: Instant) {
     let CallFor {
-        kind,
+        entry,
         session,
         tenant_cfg,
         broker,
@@ -81,7 +79,7 @@ fn arm(store: &mut Store<HostState>, limits: &CallLimits, call: CallFor, deadlin
         exhausted: false,
     };
     data.call = CallCtx {
-        kind,
+        entry,
         session,
         tenant_cfg,
         broker,
@@ -96,14 +94,14 @@ fn arm(store: &mut Store<HostState>, limits: &CallLimits, call: CallFor, deadlin
 
 /// Maps a failed guest call to the error the caller sees.
 fn classify(state: &HostState, e: &wasmtime::Error) -> PluginError {
-    if state.cpu.exhausted || e.downcast_ref::<BudgetTrap>() == Some(&BudgetTrap::Cpu) {
+    if state.cpu.exhausted {
         return PluginError::Timeout;
     }
     if let Some(b) = e.downcast_ref::<BudgetTrap>() {
-        return PluginError::BadOutput(b.to_string());
+        return PluginError::from(*b);
     }
     if state.limiter.hit {
-        return PluginError::Trap("memory limit exceeded".into());
+        return PluginError::Memory;
     }
     if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
         return PluginError::Trap(t.to_string());
@@ -186,7 +184,7 @@ impl Instance {
             &mut store,
             limits,
             CallFor {
-                kind: CallKind::Lifecycle,
+                entry: None,
                 session: None,
                 tenant_cfg,
                 broker: None,
@@ -285,160 +283,97 @@ impl Instance {
         }
     }
 
-    /// Runs `on-message` and returns the effects to apply.
+    /// Runs `call`'s entry point and returns the effects to apply. A hook the
+    /// instance does not export answers as [`EntryKind::absent`] without
+    /// entering the guest.
     ///
     /// # Errors
-    /// The guest's refusal, a rule violation recorded by an import, or a
-    /// trap/timeout (which also marks the instance poisoned).
+    /// The guest's refusal (`on-message`, `on-join`), a rule violation
+    /// recorded by an import, or a trap/timeout/memory hit (which also marks
+    /// the instance poisoned).
     ///
     /// # Cancel safety
     /// Dropping the future mid-call leaves the store unusable; the caller drops
     /// the instance (the wall-clock timeout does exactly that).
-    pub(crate) async fn on_message(
+    pub(crate) async fn call(
         &mut self,
-        call: ExtCall,
+        call: PluginCall,
         limits: &CallLimits,
         deadline: Instant,
     ) -> Result<Vec<Effect>, PluginError> {
-        self.poisoned = true; // cleared below unless the call trapped or was cut
-        let ExtCall {
+        let PluginCall {
+            entry,
             session,
+            plugin,
             svc,
-            ty,
-            room,
-            seq,
-            data,
             tenant_cfg,
             broker,
-            ..
         } = call;
-        arm(
-            &mut self.store,
-            limits,
-            CallFor {
-                kind: CallKind::Message,
-                session: Some(session),
-                tenant_cfg: Some(tenant_cfg),
-                broker: Some(broker),
-                svc_len: svc.len(),
-            },
-            deadline,
-        );
-        // Everything is moved, not copied: `data` was validated by the Ext Lane
-        // decoder and goes to the guest as the same buffer.
-        let msg = Message {
-            svc,
-            type_: ty,
-            room,
-            seq,
-            data: String::from(Box::<str>::from(data)),
+        let kind = entry.kind();
+        let ctx = CallFor {
+            entry: Some(kind),
+            session: Some(session),
+            tenant_cfg: Some(tenant_cfg),
+            broker: Some(broker),
+            svc_len: svc.len(),
         };
-        let r = self
-            .bindings
-            .call_on_message(&mut self.store, SessionHandle::lend(), &msg)
-            .await;
+        let r = match entry {
+            Entry::Message {
+                ty,
+                room,
+                seq,
+                data,
+            } => {
+                self.begin(ctx, limits, deadline);
+                // Everything is moved, not copied: `data` was validated by the
+                // Ext Lane decoder and goes to the guest as the same buffer.
+                let msg = Message {
+                    svc,
+                    type_: ty,
+                    room,
+                    seq,
+                    data: String::from(Box::<str>::from(data)),
+                };
+                self.bindings
+                    .call_on_message(&mut self.store, SessionHandle::lend(), &msg)
+                    .await
+            }
+            Entry::Disconnect => {
+                let Some(f) = self.on_disconnect else {
+                    return kind.absent(&plugin);
+                };
+                self.begin(ctx, limits, deadline);
+                f.call_async(&mut self.store, (SessionHandle::lend(),))
+                    .await
+                    .map(|()| Ok(()))
+            }
+            Entry::Join { room } => {
+                let Some(f) = self.on_join else {
+                    return kind.absent(&plugin);
+                };
+                self.begin(ctx, limits, deadline);
+                f.call_async(&mut self.store, (SessionHandle::lend(), room))
+                    .await
+                    .map(|(r,)| r)
+            }
+            Entry::Leave { room } => {
+                let Some(f) = self.on_leave else {
+                    return kind.absent(&plugin);
+                };
+                self.begin(ctx, limits, deadline);
+                f.call_async(&mut self.store, (SessionHandle::lend(), room))
+                    .await
+                    .map(|()| Ok(()))
+            }
+        };
         self.settle(r)
     }
 
-    /// Runs `on-disconnect` when the plugin exports it and returns the effects
-    /// it queued (`publish`, `send-to-user`; the others answer `not-allowed`).
-    ///
-    /// # Errors
-    /// A rule violation recorded by an import, or a trap/timeout (the instance
-    /// is then poisoned).
-    ///
-    /// # Cancel safety
-    /// As [`Instance::on_message`].
-    pub(crate) async fn on_disconnect(
-        &mut self,
-        closed: ClosedSession,
-        limits: &CallLimits,
-        deadline: Instant,
-    ) -> Result<Vec<Effect>, PluginError> {
-        let Some(f) = self.on_disconnect else {
-            return Ok(Vec::new());
-        };
+    /// Starts a guest call: marks the instance poisoned (cleared by
+    /// [`Instance::settle`] unless the call traps or is cut) and arms the
+    /// per-call state and budget.
+    fn begin(&mut self, ctx: CallFor, limits: &CallLimits, deadline: Instant) {
         self.poisoned = true;
-        let ClosedSession {
-            session,
-            svc,
-            tenant_cfg,
-            broker,
-            ..
-        } = closed;
-        arm(
-            &mut self.store,
-            limits,
-            CallFor {
-                kind: CallKind::Disconnect,
-                session: Some(session),
-                tenant_cfg: Some(tenant_cfg),
-                broker: Some(broker),
-                svc_len: svc.len(),
-            },
-            deadline,
-        );
-        let r = f
-            .call_async(&mut self.store, (SessionHandle::lend(),))
-            .await;
-        self.settle(r.map(|()| Ok(())))
-    }
-
-    /// Runs `on-join` or `on-leave` (when exported) and returns the effects it
-    /// queued (`reply`, `publish`, `send-to-user`); `on-join`'s refusal is an
-    /// error.
-    ///
-    /// # Errors
-    /// The refusal, a rule violation recorded by an import, or a trap/timeout
-    /// (the instance is then poisoned).
-    ///
-    /// # Cancel safety
-    /// As [`Instance::on_message`].
-    pub(crate) async fn on_room_hook(
-        &mut self,
-        hook: RoomHook,
-        limits: &CallLimits,
-        deadline: Instant,
-    ) -> Result<Vec<Effect>, PluginError> {
-        let RoomHook {
-            kind,
-            session,
-            room,
-            svc,
-            tenant_cfg,
-            broker,
-            ..
-        } = hook;
-        let hook = match kind {
-            RoomHookKind::Join => self.on_join.map(RoomFn::Join),
-            RoomHookKind::Leave => self.on_leave.map(RoomFn::Leave),
-        };
-        let Some(hook) = hook else {
-            return Ok(Vec::new());
-        };
-        self.poisoned = true;
-        arm(
-            &mut self.store,
-            limits,
-            CallFor {
-                kind: CallKind::RoomHook,
-                session: Some(session),
-                tenant_cfg: Some(tenant_cfg),
-                broker: Some(broker),
-                svc_len: svc.len(),
-            },
-            deadline,
-        );
-        let r = match hook {
-            RoomFn::Join(f) => f
-                .call_async(&mut self.store, (SessionHandle::lend(), room))
-                .await
-                .map(|(r,)| r),
-            RoomFn::Leave(f) => f
-                .call_async(&mut self.store, (SessionHandle::lend(), room))
-                .await
-                .map(|()| Ok(())),
-        };
-        self.settle(r)
+        arm(&mut self.store, limits, ctx, deadline);
     }
 }

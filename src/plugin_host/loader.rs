@@ -22,6 +22,7 @@ use wasmtime::component::{Component, ComponentExportIndex};
 
 use super::Env;
 use super::bindings::ExtLanePluginPre;
+use super::call::EntryKind;
 use super::instance::Instance;
 use super::kv::{KvScope, MemoryKv};
 use super::limits::{CallLimits, MAX_PLUGIN_FILE_BYTES};
@@ -60,6 +61,20 @@ pub(crate) struct PluginVersion {
     pub(crate) pre: ExtLanePluginPre<super::bindings::HostState>,
     /// Optional lifecycle exports.
     pub(crate) lifecycle: Lifecycle,
+}
+
+impl PluginVersion {
+    /// Whether this version exports `entry` (`on-message` always; a hook when
+    /// its lifecycle export was found at load time).
+    pub(crate) fn exports(&self, entry: EntryKind) -> bool {
+        let hook = match entry {
+            EntryKind::Message => return true,
+            EntryKind::Disconnect => &self.lifecycle.on_disconnect,
+            EntryKind::Join => &self.lifecycle.on_join,
+            EntryKind::Leave => &self.lifecycle.on_leave,
+        };
+        hook.is_some()
+    }
 }
 
 impl std::fmt::Debug for PluginVersion {

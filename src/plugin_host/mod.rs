@@ -4,12 +4,14 @@
 //! Owns: the process's one wasmtime engine, the plugin registry loaded from
 //! `gateway.plugins.dir` (with hot reload), the instance lanes of every
 //! (tenant, plugin), and the [`ExtService`] implementation the Ext Lane calls.
-//! Input: an [`ExtCall`] routed by the tenant's `routes` (or a
-//! [`ClosedSession`] for `on-disconnect`); output: the [`Effect`]s the plugin
-//! queued, which the lane applies, or a [`PluginError`]. It never writes to a
-//! socket and never touches another tenant's state.
+//! Input: a [`PluginCall`] of one entry point (a message routed by the
+//! tenant's `routes`, a closed session, a join or leave) through
+//! [`PluginHost::run`]; output: the [`Effect`]s the plugin queued, which the
+//! lane applies, or a [`PluginError`]. It never writes to a socket and never
+//! touches another tenant's state.
 //!
-//! Layout: `engine.rs` (engine, epoch ticker), `bindings.rs` (WIT bindings and
+//! Layout: `call.rs` (the call record and the per-entry-point rules),
+//! `engine.rs` (engine, epoch ticker), `bindings.rs` (WIT bindings and
 //! host imports), `limits.rs` (budgets), `instance.rs` (one store, one call),
 //! `pool.rs` (lanes, routing, back-off, idle sweep), `loader.rs` (load, reload,
 //! watch), `kv.rs` (plugin key-value store), `backend.rs` (upstream HTTP
@@ -37,10 +39,10 @@
 
 mod backend;
 mod bindings;
+pub mod call;
 mod engine;
 mod instance;
 pub mod kv;
-mod legacy;
 mod limits;
 mod loader;
 mod output;
@@ -60,10 +62,10 @@ use wasmtime::component::Linker;
 use crate::config::PluginsConfig;
 use crate::error::PluginError;
 use crate::obs::metrics::Metrics;
-use crate::services::{BoxFuture, Effect, Entry, ExtService, PluginCall, PluginStatus};
+use crate::services::{BoxFuture, Effect, ExtService, PluginCall, PluginStatus};
 use bindings::HostState;
+pub use call::EntryKind;
 use kv::{KvStore, MemoryKv};
-use legacy::{ClosedSession, ExtCall, RoomHook, RoomHookKind};
 use pool::{Pool, PoolKey, Stats};
 
 /// A map keyed by names from the config (tenant, plugin), looked up on every
@@ -72,7 +74,8 @@ use pool::{Pool, PoolKey, Stats};
 /// cheaper per lookup.
 pub(crate) type NameMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 
-/// Shared state of the host, owned by [`PluginHost`] and borrowed by actors.
+/// Shared state of the host, owned by [`PluginHost`] and borrowed by the
+/// calls it runs and by its background tasks (watcher, idle sweeper).
 pub(crate) struct Env {
     engine: engine::EngineInfo,
     linker: Linker<HostState>,
@@ -141,7 +144,7 @@ impl Env {
 /// The WASM plugin host (implements [`ExtService`]).
 pub struct PluginHost {
     env: Arc<Env>,
-    /// Stops the ticker, watcher and actors when the host is dropped.
+    /// Stops the ticker, watcher and idle sweeper when the host is dropped.
     _stop_on_drop: DropGuard,
 }
 
@@ -293,6 +296,64 @@ impl PluginHost {
     pub fn plugins(&self) -> Vec<String> {
         self.env.serving()
     }
+
+    /// Runs one plugin call, whatever its entry point, and resolves to the
+    /// effects it queued. A plugin that is not loaded, or a hook its serving
+    /// version does not export, answers as [`EntryKind::absent`] says.
+    /// Messages are counted in the plugin metrics and the server API's
+    /// `calls`/`errors` ([`EntryKind::metered`]); hooks are not.
+    ///
+    /// # Errors
+    /// The plugin's refusal or failure as a [`PluginError`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future while the call waits for its lane is harmless;
+    /// dropping it mid-call cuts the call, and the instance is replaced before
+    /// the next one.
+    pub fn run(&self, call: PluginCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
+        let env = Arc::clone(&self.env);
+        Box::pin(async move {
+            let started = Instant::now();
+            let kind = call.entry.kind();
+            let key: PoolKey = (Arc::clone(&call.session.tenant), Arc::clone(&call.plugin));
+            let pool = env.pool(&key);
+            if kind.metered() {
+                pool.metrics.calls.inc();
+                pool.stats.calls.fetch_add(1, Ordering::Relaxed);
+            }
+            let r = match env.registry.current(&key.1) {
+                Some(version) if version.exports(kind) => {
+                    pool::dispatch(&env, &key, &pool, version, call).await
+                }
+                _ => kind.absent(&key.1),
+            };
+            // A hook's failure is logged by the join, leave or close it belongs to.
+            if kind.metered() {
+                pool.metrics
+                    .duration
+                    .observe(started.elapsed().as_secs_f64());
+                if let Err(e) = &r {
+                    pool.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    env.metrics
+                        .plugin_errors
+                        .with_label_values(&[&*key.0, &*key.1, e.label()])
+                        .inc();
+                    tracing::debug!(tenant = %key.0, plugin = %key.1, reason = e.label(), error = %e, "plugin call failed");
+                }
+            }
+            r
+        })
+    }
+
+    /// Whether `plugin`'s serving version exports `entry`: `false` when it is
+    /// not loaded. A call of an entry point it does not export has nothing to
+    /// run ([`EntryKind::absent`]).
+    pub fn exports(&self, plugin: &str, entry: EntryKind) -> bool {
+        self.env
+            .registry
+            .current(plugin)
+            .is_some_and(|v| v.exports(entry))
+    }
 }
 
 /// Starts the one task that drops idle instances (see `pool::sweep_idle`). It
@@ -331,96 +392,10 @@ impl Env {
 
 impl ExtService for PluginHost {
     fn call(&self, call: PluginCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
-        let PluginCall {
-            entry,
-            session,
-            plugin,
-            svc,
-            tenant_cfg,
-            broker,
-        } = call;
-        let kind = match entry {
-            Entry::Join { .. } => RoomHookKind::Join,
-            _ => RoomHookKind::Leave,
-        };
-        let hook = match entry {
-            Entry::Message {
-                ty,
-                room,
-                seq,
-                data,
-            } => {
-                return self.message(ExtCall {
-                    session,
-                    plugin,
-                    svc,
-                    ty,
-                    room,
-                    seq,
-                    data,
-                    tenant_cfg,
-                    broker,
-                });
-            }
-            Entry::Disconnect => self.session_closed(ClosedSession {
-                session,
-                plugin,
-                svc,
-                tenant_cfg,
-                broker,
-            }),
-            Entry::Join { room } | Entry::Leave { room } => self.room_hook(RoomHook {
-                kind,
-                session,
-                room,
-                plugin,
-                svc,
-                tenant_cfg,
-                broker,
-            }),
-        };
-        hook.unwrap_or_else(|| Box::pin(std::future::ready(Ok(Vec::new()))))
+        self.run(call)
     }
 
     fn status(&self, tenant: &str, plugin: &str) -> PluginStatus {
-        self.status_of(tenant, plugin)
-    }
-
-    fn config_changed(&self, cfg: &PluginsConfig) {
-        self.update_config(cfg);
-    }
-}
-
-impl PluginHost {
-    fn message(&self, call: ExtCall) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
-        let env = Arc::clone(&self.env);
-        let fut = async move {
-            let started = Instant::now();
-            let key: PoolKey = (Arc::clone(&call.session.tenant), Arc::clone(&call.plugin));
-            let pool = env.pool(&key);
-            pool.metrics.calls.inc();
-            pool.stats.calls.fetch_add(1, Ordering::Relaxed);
-            let r = match env.registry.current(&key.1) {
-                Some(version) => pool::dispatch(&env, &key, &pool, version, call).await,
-                None => Err(PluginError::Missing(key.1.to_string())),
-            };
-            pool.metrics
-                .duration
-                .observe(started.elapsed().as_secs_f64());
-            if let Err(e) = &r {
-                pool.stats.errors.fetch_add(1, Ordering::Relaxed);
-                env.metrics
-                    .plugin_errors
-                    .with_label_values(&[&*key.0, &*key.1, e.label()])
-                    .inc();
-                tracing::debug!(tenant = %key.0, plugin = %key.1, reason = e.label(), error = %e, "plugin call failed");
-            }
-            r
-        };
-        Box::pin(fut)
-    }
-
-    fn status_of(&self, tenant: &str, plugin: &str) -> PluginStatus {
         let env = &self.env;
         let slot = env.registry.get(plugin);
         let current = slot.as_ref().and_then(|s| s.current.load_full());
@@ -451,28 +426,7 @@ impl PluginHost {
         }
     }
 
-    fn session_closed(
-        &self,
-        closed: ClosedSession,
-    ) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
-        let version = self.env.registry.current(&closed.plugin)?;
-        version.lifecycle.on_disconnect.as_ref()?;
-        let key: PoolKey = (
-            Arc::clone(&closed.session.tenant),
-            Arc::clone(&closed.plugin),
-        );
-        let pool = self.env.pool(&key);
-        Some(pool::disconnect(&self.env, key, pool, version, closed))
-    }
-
-    fn room_hook(&self, hook: RoomHook) -> Option<BoxFuture<Result<Vec<Effect>, PluginError>>> {
-        let version = self.env.registry.current(&hook.plugin)?;
-        match hook.kind {
-            RoomHookKind::Join => version.lifecycle.on_join.as_ref()?,
-            RoomHookKind::Leave => version.lifecycle.on_leave.as_ref()?,
-        };
-        let key: PoolKey = (Arc::clone(&hook.session.tenant), Arc::clone(&hook.plugin));
-        let pool = self.env.pool(&key);
-        Some(pool::room_hook(&self.env, key, pool, version, hook))
+    fn config_changed(&self, cfg: &PluginsConfig) {
+        self.update_config(cfg);
     }
 }

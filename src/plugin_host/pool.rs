@@ -1,12 +1,12 @@
-//! Instance actors and call routing per (tenant, plugin).
+//! Instance lanes and call routing per (tenant, plugin).
 //!
 //! Owns: the `sharded` model (a few long-lived instances per (tenant, plugin),
 //! each behind one [`Lane`]; a room's messages, else a session's, always go to
 //! the same lane, which runs them one at a time in arrival order), the
 //! `per_message` model (a fresh instance per call behind a semaphore), recycling
 //! (new version, N calls, poisoned, idle) and crash back-off. Fed by
-//! `PluginHost::call` and `PluginHost::session_closed`; answers with effects or
-//! a [`PluginError`].
+//! `PluginHost::run` with a [`PluginCall`] of any entry point; answers with
+//! effects or a [`PluginError`].
 //!
 //! # Why lanes, not actor tasks
 //! A lane is a fair (FIFO) async mutex around an instance slot, and a call runs
@@ -32,9 +32,9 @@ use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
 use super::Env;
+use super::call::Shard;
 use super::instance::Instance;
 use super::kv::KvScope;
-use super::legacy::{ClosedSession, ExtCall, RoomHook};
 use super::limits::{
     BACKOFF_BASE, BACKOFF_MAX, CRASH_THRESHOLD, CRASH_WINDOW, CallLimits, MAILBOX_CAPACITY,
     MAX_CALLS_PER_INSTANCE, RECYCLE_MEMORY_PERCENT,
@@ -42,7 +42,8 @@ use super::limits::{
 use super::loader::PluginVersion;
 use crate::config::{Isolation, TenantConfig};
 use crate::error::PluginError;
-use crate::services::{BoxFuture, Effect};
+use crate::services::Effect;
+use crate::services::PluginCall;
 
 /// (tenant, plugin).
 pub(crate) type PoolKey = (Arc<str>, Arc<str>);
@@ -193,20 +194,13 @@ impl Lane {
     }
 }
 
-fn lane_of(shard: ShardKey<'_>, n: usize) -> usize {
+fn lane_of(shard: Shard<'_>, n: usize) -> usize {
     if n <= 1 {
         return 0;
     }
     let mut h = std::hash::DefaultHasher::new();
     shard.hash(&mut h);
     (h.finish() % n as u64) as usize
-}
-
-/// What keeps messages in order: the room, else the session.
-#[derive(Hash)]
-enum ShardKey<'a> {
-    Room(&'a str),
-    Session(u64),
 }
 
 impl Pool {
@@ -222,7 +216,7 @@ impl Pool {
     /// The lane of `shard` when there are `n` lanes. Resizing (a config reload
     /// of `instances_per_plugin`) starts a new set of lanes: calls in flight
     /// finish on the old ones, so ordering across a resize is only per lane.
-    fn lane(&self, n: usize, shard: ShardKey<'_>) -> Arc<Lane> {
+    fn lane(&self, n: usize, shard: Shard<'_>) -> Arc<Lane> {
         let n = n.max(1);
         let mut lanes = self.lanes.lock();
         if lanes.len() != n {
@@ -328,45 +322,21 @@ fn note_crash(key: &PoolKey, stats: &Stats, e: &PluginError) {
     }
 }
 
-/// What a lane runs: a message, a closed session's `on-disconnect`, or a
-/// room hook.
-enum Work {
-    Message(ExtCall),
-    Disconnect(ClosedSession),
-    Room(RoomHook),
-}
-
-impl Work {
-    fn tenant_cfg(&self) -> &Arc<TenantConfig> {
-        match self {
-            Work::Message(c) => &c.tenant_cfg,
-            Work::Disconnect(c) => &c.tenant_cfg,
-            Work::Room(h) => &h.tenant_cfg,
-        }
-    }
-}
-
-/// Runs one piece of work on the instance in `slot` (created when needed),
-/// under the per-call CPU budget and wall-clock bound.
+/// Runs one call on the instance in `slot` (created when needed), under the
+/// per-call CPU budget and wall-clock bound.
 async fn run(
     env: &Env,
     key: &PoolKey,
     stats: &Stats,
     slot: &mut Option<Instance>,
     version: &Arc<PluginVersion>,
-    work: Work,
+    call: PluginCall,
 ) -> Result<Vec<Effect>, PluginError> {
-    let instance = ready(env, key, stats, slot, version, work.tenant_cfg()).await?;
-    let limits = CallLimits::for_call(&env.cfg.load(), Some(&**work.tenant_cfg()));
+    let instance = ready(env, key, stats, slot, version, &call.tenant_cfg).await?;
+    let limits = CallLimits::for_call(&env.cfg.load(), Some(&*call.tenant_cfg));
     let deadline = Instant::now() + limits.wall;
     let r = {
-        let call = async {
-            match work {
-                Work::Message(call) => instance.on_message(call, &limits, deadline).await,
-                Work::Disconnect(closed) => instance.on_disconnect(closed, &limits, deadline).await,
-                Work::Room(hook) => instance.on_room_hook(hook, &limits, deadline).await,
-            }
-        };
+        let call = instance.call(call, &limits, deadline);
         // Boxed once here: the guest call's future (wasmtime's fiber plumbing)
         // is several KiB, and every enclosing future would otherwise grow by as
         // much and copy it on each call.
@@ -401,39 +371,31 @@ async fn run(
     r
 }
 
-/// Runs `work` in the lane of `shard` (sharded) or on a fresh instance
+/// Runs `call` in the lane of its shard (sharded) or on a fresh instance
 /// (per-message).
 async fn run_routed(
     env: &Env,
     key: &PoolKey,
     pool: &Pool,
     version: Arc<PluginVersion>,
-    work: Work,
+    call: PluginCall,
 ) -> Result<Vec<Effect>, PluginError> {
     let cfg = env.cfg.load();
     match cfg.isolation {
         Isolation::PerMessage => {
-            let limits = CallLimits::for_call(&cfg, Some(&**work.tenant_cfg()));
+            let limits = CallLimits::for_call(&cfg, Some(&*call.tenant_cfg));
             drop(cfg);
             let _permit = tokio::time::timeout(limits.wall, env.fresh.acquire())
                 .await
                 .map_err(|_| PluginError::Overloaded)?
                 .map_err(|_| PluginError::Overloaded)?;
             let mut slot = None;
-            run(env, key, &pool.stats, &mut slot, &version, work).await
+            run(env, key, &pool.stats, &mut slot, &version, call).await
         }
         Isolation::Sharded => {
             let n = cfg.instances_per_plugin;
             drop(cfg);
-            let shard = match &work {
-                Work::Message(call) => match call.room.as_deref() {
-                    Some(room) => ShardKey::Room(room),
-                    None => ShardKey::Session(call.session.sid.get()),
-                },
-                Work::Disconnect(closed) => ShardKey::Session(closed.session.sid.get()),
-                Work::Room(hook) => ShardKey::Room(&hook.room),
-            };
-            let lane = pool.lane(n, shard);
+            let lane = pool.lane(n, call.shard());
             let _queued = lane.enter()?;
             // `try_lock` cannot overtake a waiter: a released slot goes to the
             // first waiter directly, so FIFO order holds either way.
@@ -442,13 +404,17 @@ async fn run_routed(
                 Err(_) => lane.slot.lock().await,
             };
             slot.uses = slot.uses.wrapping_add(1);
-            run(env, key, &pool.stats, &mut slot.instance, &version, work).await
+            run(env, key, &pool.stats, &mut slot.instance, &version, call).await
         }
     }
 }
 
-/// Runs one call: in the lane of its room (else session) in `sharded` mode, on
-/// a fresh instance in `per_message` mode.
+/// Runs one call of any entry point: in the lane of its room (else session)
+/// in `sharded` mode, on a fresh instance in `per_message` mode. Refuses it
+/// while the host drains, and while the plugin backs off unless the entry
+/// point runs anyway ([`EntryKind::runs_while_backing_off`]).
+///
+/// [`EntryKind::runs_while_backing_off`]: super::call::EntryKind::runs_while_backing_off
 ///
 /// # Cancel safety
 /// Dropping the future while it waits for the lane is harmless; dropping it
@@ -458,66 +424,16 @@ pub(crate) async fn dispatch(
     key: &PoolKey,
     pool: &Pool,
     version: Arc<PluginVersion>,
-    call: ExtCall,
+    call: PluginCall,
 ) -> Result<Vec<Effect>, PluginError> {
     if env.stop.is_cancelled() {
-        // Draining: no new instances; the lane answers SERVICE_UNAVAILABLE.
+        // Draining: no new instances; the caller answers SERVICE_UNAVAILABLE.
         return Err(PluginError::Overloaded);
     }
-    if pool.stats.backing_off_now() {
+    if !call.entry.kind().runs_while_backing_off() && pool.stats.backing_off_now() {
         return Err(PluginError::BackingOff);
     }
-    run_routed(env, key, pool, version, Work::Message(call)).await
-}
-
-/// Runs `on-disconnect` for a closed session (in the session's lane when
-/// sharded); resolves to the effects it queued (`publish`, `send-to-user`).
-/// The caller has checked that the version exports it.
-pub(crate) fn disconnect(
-    env: &Arc<Env>,
-    key: PoolKey,
-    pool: Arc<Pool>,
-    version: Arc<PluginVersion>,
-    closed: ClosedSession,
-) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
-    hook_call(env, key, pool, version, Work::Disconnect(closed))
-}
-
-/// Runs `on-join` / `on-leave` for a live session (in the room's lane when
-/// sharded); resolves to the effects it queued or to the join's refusal. The
-/// caller has checked that the version exports the hook.
-pub(crate) fn room_hook(
-    env: &Arc<Env>,
-    key: PoolKey,
-    pool: Arc<Pool>,
-    version: Arc<PluginVersion>,
-    hook: RoomHook,
-) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
-    hook_call(env, key, pool, version, Work::Room(hook))
-}
-
-/// A lifecycle hook's call as an owned future.
-fn hook_call(
-    env: &Arc<Env>,
-    key: PoolKey,
-    pool: Arc<Pool>,
-    version: Arc<PluginVersion>,
-    work: Work,
-) -> BoxFuture<Result<Vec<Effect>, PluginError>> {
-    let env = Arc::clone(env);
-    Box::pin(async move {
-        if env.stop.is_cancelled() {
-            return Err(PluginError::Overloaded);
-        }
-        // Room hooks are asked even while the plugin backs off: every Rust
-        // plugin exports them (as no-ops by default), and a plugin whose
-        // `on-message` crash-loops must not lock the tenant's joins. A hook
-        // that fails by itself still refuses its join.
-        if !matches!(work, Work::Room(_)) && pool.stats.backing_off_now() {
-            return Err(PluginError::BackingOff);
-        }
-        run_routed(&env, &key, &pool, version, work).await
-    })
+    run_routed(env, key, pool, version, call).await
 }
 
 #[cfg(test)]
@@ -556,10 +472,7 @@ mod tests {
 
     #[test]
     fn shards_are_stable() {
-        assert_eq!(
-            lane_of(ShardKey::Room("r1"), 4),
-            lane_of(ShardKey::Room("r1"), 4)
-        );
-        assert!(lane_of(ShardKey::Session(7), 3) < 3);
+        assert_eq!(lane_of(Shard::Room("r1"), 4), lane_of(Shard::Room("r1"), 4));
+        assert!(lane_of(Shard::Session(crate::realtime::SessionId::new(7)), 3) < 3);
     }
 }

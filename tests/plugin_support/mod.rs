@@ -1,6 +1,6 @@
 //! Helpers for the plugin host tests: build the guest examples once per test
 //! binary, lay out plugin directories, start a `PluginHost`, register sessions
-//! in a real `LocalBroker` and build `PluginCall`s.
+//! in a real `LocalBroker` and build `ExtCall`s and `PluginCall`s.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -237,7 +237,7 @@ impl Tenant {
             rooms: Vec::new().into(),
             ..session.clone()
         };
-        self.entry(Entry::Disconnect, &closed, plugin)
+        self.plugin_call(Entry::Disconnect, &closed, plugin)
     }
 
     /// `session` joining or leaving `room`: what the gateway hands `plugin`'s
@@ -255,11 +255,12 @@ impl Tenant {
         } else {
             Entry::Leave { room }
         };
-        self.entry(entry, session, plugin)
+        self.plugin_call(entry, session, plugin)
     }
 
-    /// `entry` of `plugin` for `session` (routed as `svc` = `plugin`).
-    pub fn entry(&self, entry: Entry, session: &SessionInfo, plugin: &str) -> PluginCall {
+    /// A call of `plugin`'s `entry` for `session` (routed as `svc` = `plugin`),
+    /// for [`ExtService::call`].
+    pub fn plugin_call(&self, entry: Entry, session: &SessionInfo, plugin: &str) -> PluginCall {
         PluginCall {
             entry,
             session: session.clone(),
@@ -285,7 +286,7 @@ impl Tenant {
             seq: Some(1),
             data: RawValue::from_string(data.to_owned()).expect("valid json"),
         };
-        self.entry(entry, session, plugin)
+        self.plugin_call(entry, session, plugin)
     }
 }
 
