@@ -6,7 +6,9 @@
 //! codes ([`ClientCode`]), the server API's error codes ([`ApiCode`]) and the
 //! WebSocket close codes ([`CloseCode`]). Each entry carries what the client sees,
 //! when it happens and what to do; [`markdown_table`] renders them for README.md
-//! (a test keeps the two equal).
+//! (a test keeps the two equal). It also owns [`StartupError`], whose
+//! [`StartupError::exit_code`] is the one mapping from a failed start to the
+//! process exit code.
 //!
 //! Internal detail stays in the `Display` of the layer errors, which go to logs;
 //! clients get a code plus the safe message from the table or an explicitly safe
@@ -15,10 +17,14 @@
 //! Must not: format internal errors into client messages, or spell a wire code
 //! anywhere but here.
 
+use std::net::SocketAddr;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::config::ConfigError;
 
 /// The stable `sys.error` codes (SPEC §4). Adding a variant is a protocol change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -569,6 +575,56 @@ impl From<ClientCode> for ApiCode {
     }
 }
 
+/// Exit code for a config the gateway refuses (`EX_USAGE`-style; SPEC §1).
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code for any other startup or serve failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Why the gateway could not start. `wsprism check` and `wsprism start` map it
+/// through [`exit_code`](Self::exit_code), so the same bad config exits the same
+/// way from both.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The config is wrong: it does not parse or validate, or a tenant's keys or
+    /// secrets cannot be loaded. Every problem carries its YAML path.
+    #[error("invalid config:\n{0}")]
+    Config(#[from] ConfigError),
+    /// A listener cannot be bound (address in use, no permission).
+    #[error(
+        "cannot listen on {addr} ({field}): {source}; stop the process using it or change {field}"
+    )]
+    Bind {
+        /// The config field naming the address (`gateway.listen`, `gateway.admin_listen`).
+        field: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The WASM plugin host cannot start.
+    #[error("cannot start the plugin host: {0}")]
+    Plugins(String),
+    /// The async runtime cannot start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Serving failed after a successful bind.
+    #[error("the gateway failed while serving: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl StartupError {
+    /// The process exit code: [`EXIT_CONFIG`] (64) when the config is wrong,
+    /// [`EXIT_FAILURE`] (1) otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) => EXIT_CONFIG,
+            Self::Bind { .. } | Self::Plugins(_) | Self::Runtime(_) | Self::Serve(_) => {
+                EXIT_FAILURE
+            }
+        }
+    }
+}
+
 /// First line of the generated block in README.md.
 pub const TABLE_START: &str = "<!-- error-table:start -->";
 /// Last line of the generated block in README.md.
@@ -912,6 +968,20 @@ mod tests {
             resp.headers().get(header::SEC_WEBSOCKET_VERSION),
             Some(&HeaderValue::from_static("13"))
         );
+    }
+
+    #[test]
+    fn startup_exit_codes() {
+        let config = StartupError::from(ConfigError { issues: Vec::new() });
+        assert_eq!(config.exit_code(), 64);
+        let bind = StartupError::Bind {
+            field: "gateway.listen",
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(bind.exit_code(), 1);
+        assert!(bind.to_string().contains("gateway.listen"));
+        assert_eq!(StartupError::Plugins("x".into()).exit_code(), 1);
     }
 
     #[test]
