@@ -1,15 +1,19 @@
-//! Server API on the admin listener (SPEC §7): the backend publishes, sends,
+//! Server API on the admin listener (README "Server API"): the backend publishes, sends,
 //! disconnects and reads presence/stats/plugin state.
 //!
 //! Owns: bearer-key authorization per tenant (missing or unknown key → 401, a key
-//! of another tenant → 403) and the JSON shapes of each endpoint. Refusals use the
-//! same codes as the wire (`{"code","msg"}`) with matching HTTP statuses.
+//! of another tenant → 403) and the JSON shapes of each endpoint. Every refusal
+//! is an [`ApiError`] built from a code of the table in `crate::error`
+//! ([`ApiCode`]: the API's own `UNAUTHORIZED`/`FORBIDDEN`, or a `sys.error` code
+//! with its HTTP status), answered as `{"code","msg"}`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::error::{ClientCode, CloseCode};
+use crate::error::{ApiCode, ClientCode, CloseCode};
 use crate::gateway::Gateway;
 use crate::protocol::ext::{Outgoing, raw};
 use crate::realtime::outbox::Qos;
@@ -39,38 +43,45 @@ pub fn router() -> Router<Arc<Gateway>> {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
 }
 
-/// An API failure.
+/// An API failure: a code from the table in `crate::error` plus a safe message.
+/// Its status and body come from the code; nothing here spells either.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    msg: String,
+    code: ApiCode,
+    msg: Cow<'static, str>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Self {
+    /// The code with its generic message from the table.
+    fn new(code: impl Into<ApiCode>) -> Self {
+        let code = code.into();
         Self {
-            status,
             code,
+            msg: Cow::Borrowed(code.message()),
+        }
+    }
+
+    /// A `sys.error` code with a specific safe message.
+    fn client(code: ClientCode, msg: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code: ApiCode::Client(code),
             msg: msg.into(),
         }
     }
 
-    fn client(code: ClientCode, msg: impl Into<String>) -> Self {
-        let status =
-            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Self::new(status, code.as_str(), msg)
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (
-            self.status,
-            Json(json!({"code": self.code, "msg": self.msg})),
+            self.status(),
+            Json(json!({"code": self.code.as_str(), "msg": self.msg})),
         )
             .into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.code == ApiCode::Unauthorized {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
@@ -95,13 +106,7 @@ fn authorize(
     tenant_id: &str,
     headers: &HeaderMap,
 ) -> Result<(Arc<Tenant>, Arc<TenantRuntime>), ApiError> {
-    let unauthorized = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "missing or invalid API key; send Authorization: Bearer <key>",
-        )
-    };
+    let unauthorized = || ApiError::new(ApiCode::Unauthorized);
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -123,11 +128,7 @@ fn authorize(
             .is_some_and(|rt| rt.cfg.api_keys.iter().any(|k| same_key(k, key)))
     });
     if other_tenants_key {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-            "this API key belongs to another tenant",
-        ));
+        return Err(ApiError::new(ApiCode::Forbidden));
     }
     // An unknown tenant answers 401 like a wrong key, so tenant ids cannot be
     // probed without a valid key.
@@ -139,6 +140,19 @@ fn count(gw: &Gateway, endpoint: &'static str, status: StatusCode) {
         .api_requests
         .with_label_values(&[endpoint, status.as_str()])
         .inc();
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::client(
+                ClientCode::PayloadTooLarge,
+                format!("request body exceeds {MAX_API_BODY_BYTES} bytes"),
+            )
+        } else {
+            Self::client(ClientCode::BadRequest, "cannot read the request body")
+        }
+    }
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
@@ -175,7 +189,7 @@ fn too_large(len: usize, rt: &TenantRuntime) -> ApiError {
 fn status_of<T>(result: &Result<T, ApiError>) -> StatusCode {
     result
         .as_ref()
-        .map_or_else(|e| e.status, |_| StatusCode::OK)
+        .map_or_else(ApiError::status, |_| StatusCode::OK)
 }
 
 fn data_or_null(data: Option<Box<RawValue>>) -> Box<RawValue> {
@@ -198,11 +212,11 @@ async fn publish(
     State(gw): State<Arc<Gateway>>,
     Path(t): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let result = async {
         let (tenant, rt) = authorize(&gw, &t, &headers)?;
-        let b: PublishBody = parse(&body)?;
+        let b: PublishBody = parse(&body?)?;
         check_svc(&b.svc)?;
         let data = data_or_null(b.data);
         let d = crate::services::publish_to_room(
@@ -238,11 +252,11 @@ async fn send(
     State(gw): State<Arc<Gateway>>,
     Path((t, u)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let result = async {
         let (tenant, rt) = authorize(&gw, &t, &headers)?;
-        let b: SendBody = parse(&body)?;
+        let b: SendBody = parse(&body?)?;
         check_svc(&b.svc)?;
         let data = data_or_null(b.data);
         let msg = Outgoing::new(&b.svc, &b.ty)
@@ -267,10 +281,11 @@ async fn disconnect(
     State(gw): State<Arc<Gateway>>,
     Path((t, u)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let result = async {
         let (tenant, _rt) = authorize(&gw, &t, &headers)?;
+        let body = body?;
         let b: DisconnectBody = if body.iter().all(u8::is_ascii_whitespace) {
             DisconnectBody::default()
         } else {

@@ -1,13 +1,32 @@
-//! Error types per layer, the wire contract ([`ClientCode`], [`CloseCode`]) and the
-//! one mapping between them.
+//! Error types per layer, the client-facing error contract and the one mapping
+//! between them.
 //!
-//! Owns: every code a client can see. Internal detail stays in the `Display` of the
-//! layer errors, which go to logs; clients get [`ClientCode`] plus the safe message
-//! from [`ClientCode::message`] or an explicitly safe detail.
+//! Owns: every code a client can see, in one table: the handshake refusals
+//! ([`HandshakeRefusal`], a plain HTTP answer before the upgrade), the `sys.error`
+//! codes ([`ClientCode`]), the server API's error codes ([`ApiCode`]) and the
+//! WebSocket close codes ([`CloseCode`]). Each entry carries what the client sees,
+//! when it happens and what to do; [`markdown_table`] renders them for README.md
+//! (a test keeps the two equal). It also owns [`StartupError`], whose
+//! [`StartupError::exit_code`] is the one mapping from a failed start to the
+//! process exit code.
+//!
+//! Internal detail stays in the `Display` of the layer errors, which go to logs;
+//! clients get a code plus the safe message from the table or an explicitly safe
+//! detail.
+//!
+//! Must not: format internal errors into client messages, or spell a wire code
+//! anywhere but here.
 
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// The stable `sys.error` codes (SPEC §4). Adding a variant is a protocol change.
+use crate::config::ConfigError;
+
+/// The stable `sys.error` codes (README "Errors"). Adding a variant is a protocol change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ClientCode {
@@ -122,9 +141,63 @@ impl ClientCode {
             Self::Internal => "internal",
         }
     }
+
+    /// When a client gets the code (the README's "when" column).
+    pub fn when(self) -> &'static str {
+        match self {
+            Self::BadRequest => {
+                "not a valid envelope: bad JSON, missing/mistyped field, unknown `type` of a built-in service, `data` nested too deeply; on the server API, a body that is not the endpoint's JSON shape"
+            }
+            Self::UnsupportedVersion => "`v` is a number other than 1",
+            Self::NotAllowed => {
+                "the tenant's allowlist does not admit this `svc:type` (or Hot Lane `svc_id:opcode`); `svc: \"sys\"` on the server API"
+            }
+            Self::RateLimited => "the session's / user's / tenant's message budget is spent",
+            Self::PayloadTooLarge => {
+                "an outgoing payload (plugin publish, server API) would exceed `max_frame_bytes`"
+            }
+            Self::UnknownService => {
+                "no built-in service, route or Hot Lane service answers this `svc`"
+            }
+            Self::NotInRoom => "the room was not joined, or a Hot Lane frame needs an active room",
+            Self::RoomFull => "the room is at `max_users_per_room`",
+            Self::RoomLimit => "`max_rooms_total` or `max_rooms_per_user` reached",
+            Self::ServiceError => {
+                "the routed service refused the message; `msg` is its own `CODE: text`"
+            }
+            Self::ServiceUnavailable => "the routed service is missing, timed out or failed",
+            Self::Internal => "the gateway failed; details are in its logs",
+        }
+    }
+
+    /// What the client (or operator) should do about it.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Self::BadRequest => "fix the message; resending it unchanged fails again",
+            Self::UnsupportedVersion => "send `\"v\":1`",
+            Self::NotAllowed => {
+                "stop sending it, or add the pattern to the tenant's `policy.ext_allowlist` / `hot_allowlist`"
+            }
+            Self::RateLimited => {
+                "slow down, then retry; repeated refusals spend the error budget (close 1008)"
+            }
+            Self::PayloadTooLarge => "send less, or raise the tenant's `limits.max_frame_bytes`",
+            Self::UnknownService => {
+                "check the `svc` name, or route it (`routes`, `hot_services`) in the tenant's config"
+            }
+            Self::NotInRoom => "send `room.join` for that room first",
+            Self::RoomFull => "try another room, or later",
+            Self::RoomLimit => "leave a room first, or raise the limit",
+            Self::ServiceError => "branch on the service's code in `msg`; do not retry unchanged",
+            Self::ServiceUnavailable => {
+                "retry with backoff; operators: see `GET /v1/api/tenants/{t}/plugins` and the logs"
+            }
+            Self::Internal => "retry; operators: the gateway's logs name the cause",
+        }
+    }
 }
 
-/// WebSocket close codes the gateway sends (SPEC §4).
+/// WebSocket close codes the gateway sends (README "Errors").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCode {
     /// 1000: normal closure.
@@ -152,6 +225,21 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every code, for docs and tests.
+    pub const ALL: [CloseCode; 11] = [
+        Self::Normal,
+        Self::GoingAway,
+        Self::ProtocolError,
+        Self::InvalidPayload,
+        Self::Policy,
+        Self::TooBig,
+        Self::Internal,
+        Self::Replaced,
+        Self::SlowConsumer,
+        Self::IdleTimeout,
+        Self::Disconnected,
+    ];
+
     /// Numeric code.
     pub fn code(self) -> u16 {
         match self {
@@ -184,6 +272,468 @@ impl CloseCode {
             Self::IdleTimeout => "idle_timeout",
             Self::Disconnected => "disconnected",
         }
+    }
+
+    /// When the gateway closes with this code.
+    pub fn when(self) -> &'static str {
+        match self {
+            Self::Normal => "normal closure",
+            Self::GoingAway => "the gateway is draining, or the tenant was removed from the config",
+            Self::ProtocolError => "WebSocket protocol violation",
+            Self::InvalidPayload => "a text frame that is not UTF-8",
+            Self::Policy => "repeated abuse past the error budget, or `hot_error_mode: close`",
+            Self::TooBig => {
+                "a frame or message over `max_frame_bytes`, or more than twice that plus 64 KiB sent without completing a message"
+            }
+            Self::Internal => "internal failure",
+            Self::Replaced => "replaced by a newer session of the same user (`kick_oldest`)",
+            Self::SlowConsumer => "slow consumer: the reliable queue overflowed",
+            Self::IdleTimeout => "no inbound traffic (pongs included) for `idle_timeout_ms`",
+            Self::Disconnected => "disconnected through the server API",
+        }
+    }
+
+    /// What the client should do after this close.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Self::Normal => "nothing",
+            Self::GoingAway => "reconnect with backoff (another instance may serve you)",
+            Self::ProtocolError | Self::InvalidPayload => {
+                "fix the client's WebSocket framing; do not reconnect in a loop"
+            }
+            Self::Policy => "fix what the `sys.error` frames before it said, then reconnect",
+            Self::TooBig => "send smaller messages, then reconnect",
+            Self::Internal => "reconnect with backoff; operators: see the logs",
+            Self::Replaced => "do not reconnect automatically: the newer session is the live one",
+            Self::SlowConsumer => "read faster (or subscribe to less), then reconnect",
+            Self::IdleTimeout => "answer pings or send traffic within `idle_timeout_ms`",
+            Self::Disconnected => {
+                "the backend ended the session; reconnect only if your app allows it"
+            }
+        }
+    }
+}
+
+/// Why an upgrade of `GET /v1/ws` was refused before the 101 (README "Errors").
+///
+/// The client gets [`http_status`](Self::http_status) and
+/// `{"error": id, "msg": message}`; [`id`](Self::id) is also the `result` label
+/// of `wsprism_handshakes_total`. Several variants share a status and an id (three
+/// kinds of bad query are all `400 bad_request`); their messages differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    /// The gateway is draining.
+    Draining,
+    /// The global or per-IP handshake limiter is exhausted.
+    RateLimited {
+        /// Seconds until a token is available (`Retry-After`).
+        retry_after_secs: u64,
+    },
+    /// `tenant` or `ticket` appears twice in the query.
+    DuplicateParameter,
+    /// No (or an empty) `tenant` query parameter.
+    MissingTenant,
+    /// No configured tenant has that id.
+    UnknownTenant,
+    /// The request is not a WebSocket upgrade.
+    NotUpgrade,
+    /// `Sec-WebSocket-Version` other than 13.
+    UnsupportedWsVersion,
+    /// `Origin` present and not in the tenant's `allowed_origins`.
+    ForbiddenOrigin,
+    /// The tenant is at `max_sessions_total`.
+    TenantFull,
+    /// Neither `ticket=` nor `Authorization: Bearer`.
+    MissingTicket,
+    /// The ticket is invalid, expired, too long or refused by the auth webhook.
+    Unauthorized,
+    /// `on_exceed: deny` and the user is at `max_sessions_per_user`.
+    UserLimit,
+}
+
+impl HandshakeRefusal {
+    /// Every refusal in admission order, for docs and tests (`RateLimited` with a
+    /// placeholder delay).
+    pub const ALL: [HandshakeRefusal; 12] = [
+        Self::Draining,
+        Self::RateLimited {
+            retry_after_secs: 1,
+        },
+        Self::DuplicateParameter,
+        Self::MissingTenant,
+        Self::UnknownTenant,
+        Self::NotUpgrade,
+        Self::UnsupportedWsVersion,
+        Self::ForbiddenOrigin,
+        Self::TenantFull,
+        Self::MissingTicket,
+        Self::Unauthorized,
+        Self::UserLimit,
+    ];
+
+    /// The HTTP status of the refusal.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Draining | Self::TenantFull => 503,
+            Self::RateLimited { .. } => 429,
+            Self::DuplicateParameter | Self::MissingTenant | Self::NotUpgrade => 400,
+            Self::MissingTicket => 400,
+            Self::UnknownTenant => 404,
+            Self::UnsupportedWsVersion => 426,
+            Self::ForbiddenOrigin => 403,
+            Self::Unauthorized => 401,
+            Self::UserLimit => 409,
+        }
+    }
+
+    /// Stable machine-readable id: the body's `error` field and the metric label.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Draining => "draining",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::DuplicateParameter | Self::MissingTenant | Self::MissingTicket => "bad_request",
+            Self::UnknownTenant => "unknown_tenant",
+            Self::NotUpgrade | Self::UnsupportedWsVersion => "bad_upgrade",
+            Self::ForbiddenOrigin => "forbidden_origin",
+            Self::TenantFull => "tenant_full",
+            Self::Unauthorized => "unauthorized",
+            Self::UserLimit => "user_limit",
+        }
+    }
+
+    /// The safe message in the body's `msg` field.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Draining => "gateway is draining",
+            Self::RateLimited { .. } => "too many connection attempts",
+            Self::DuplicateParameter => "duplicate query parameter",
+            Self::MissingTenant => "missing tenant query parameter",
+            Self::UnknownTenant => "unknown tenant",
+            Self::NotUpgrade => "not a WebSocket upgrade request",
+            Self::UnsupportedWsVersion => "unsupported Sec-WebSocket-Version; use 13",
+            Self::ForbiddenOrigin => "origin not allowed",
+            Self::TenantFull => "tenant is at capacity",
+            Self::MissingTicket => "missing ticket",
+            Self::Unauthorized => "invalid ticket",
+            Self::UserLimit => "too many sessions for this user",
+        }
+    }
+
+    /// When a client gets this refusal.
+    pub fn when(self) -> &'static str {
+        match self {
+            Self::Draining => "the gateway is shutting down (SIGTERM/SIGINT)",
+            Self::RateLimited { .. } => {
+                "handshake rate limit (`gateway.handshake_limit`, global or per IP)"
+            }
+            Self::DuplicateParameter => "`tenant` or `ticket` given twice in the query",
+            Self::MissingTenant => "no `tenant` in the query",
+            Self::UnknownTenant => "no configured tenant has that id",
+            Self::NotUpgrade => {
+                "a plain HTTP request: no `Connection: upgrade` / `Upgrade: websocket`, or no valid `Sec-WebSocket-Key`"
+            }
+            Self::UnsupportedWsVersion => "`Sec-WebSocket-Version` other than 13",
+            Self::ForbiddenOrigin => {
+                "`Origin` present and not in the tenant's `allowed_origins` (exact match)"
+            }
+            Self::TenantFull => "the tenant is at `sessions.max_sessions_total`",
+            Self::MissingTicket => "neither `ticket=` nor `Authorization: Bearer <token>`",
+            Self::Unauthorized => {
+                "ticket invalid, expired, over 8 KiB or refused by the auth webhook"
+            }
+            Self::UserLimit => {
+                "`sessions.on_exceed: deny` and the user is at `max_sessions_per_user`"
+            }
+        }
+    }
+
+    /// What the client (or operator) should do about it.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Self::Draining => "reconnect with backoff; another instance may serve you",
+            Self::RateLimited { .. } => "wait `Retry-After` seconds, then retry",
+            Self::DuplicateParameter => "send each parameter once",
+            Self::MissingTenant => "add `tenant=<id>`",
+            Self::UnknownTenant => "check the tenant id; do not retry",
+            Self::NotUpgrade | Self::UnsupportedWsVersion => {
+                "connect with a WebSocket (RFC 6455, version 13) client"
+            }
+            Self::ForbiddenOrigin => {
+                "serve the page from an allowed origin, or add it to the config"
+            }
+            Self::TenantFull => "retry with backoff",
+            Self::MissingTicket => "send a ticket",
+            Self::Unauthorized => "get a fresh ticket from your backend; do not retry the same one",
+            Self::UserLimit => "close another session of this user first",
+        }
+    }
+}
+
+impl IntoResponse for HandshakeRefusal {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body {
+            error: &'static str,
+            msg: &'static str,
+        }
+        let status =
+            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (
+            status,
+            Json(Body {
+                error: self.id(),
+                msg: self.message(),
+            }),
+        )
+            .into_response();
+        match self {
+            Self::RateLimited { retry_after_secs } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::UnsupportedWsVersion => {
+                resp.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// The `code` of a server API error body `{"code","msg"}` (README "Server API"): the API's
+/// own key checks, or a `sys.error` code answered with
+/// [`ClientCode::http_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiCode {
+    /// Missing or wrong key. An unknown tenant answers the same, so tenant ids
+    /// cannot be probed without a valid key.
+    Unauthorized,
+    /// The key belongs to another tenant.
+    Forbidden,
+    /// A refusal spelled like the wire's.
+    Client(ClientCode),
+}
+
+impl ApiCode {
+    /// The API's own codes (the rest are [`ClientCode::ALL`]), for docs and tests.
+    pub const OWN: [ApiCode; 2] = [Self::Unauthorized, Self::Forbidden];
+
+    /// The HTTP status of the answer.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::Client(code) => code.http_status(),
+        }
+    }
+
+    /// The body's `code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::Client(code) => code.as_str(),
+        }
+    }
+
+    /// The generic, safe message for the code.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "missing or invalid API key; send Authorization: Bearer <key>",
+            Self::Forbidden => "this API key belongs to another tenant",
+            Self::Client(code) => code.message(),
+        }
+    }
+
+    /// When the API answers with the code.
+    pub fn when(self) -> &'static str {
+        match self {
+            Self::Unauthorized => {
+                "missing or wrong `Authorization: Bearer <key>`, or an unknown tenant (answered alike so tenant ids cannot be probed)"
+            }
+            Self::Forbidden => "the key is one of another tenant's `api_keys`",
+            Self::Client(code) => code.when(),
+        }
+    }
+
+    /// What the caller should do about it.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "send one of the tenant's `api_keys`; check the tenant id",
+            Self::Forbidden => "use the key of the tenant in the URL",
+            Self::Client(code) => code.remedy(),
+        }
+    }
+}
+
+impl From<ClientCode> for ApiCode {
+    fn from(code: ClientCode) -> Self {
+        Self::Client(code)
+    }
+}
+
+/// Exit code for a config the gateway refuses (`EX_USAGE`-style; README "Command line").
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code for any other startup or serve failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Why the gateway could not start. `wsprism check` and `wsprism start` map it
+/// through [`exit_code`](Self::exit_code), so the same bad config exits the same
+/// way from both.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The config is wrong: it does not parse or validate, or a tenant's keys or
+    /// secrets cannot be loaded. Every problem carries its YAML path.
+    #[error("invalid config:\n{0}")]
+    Config(#[from] ConfigError),
+    /// A listener cannot be bound (address in use, no permission).
+    #[error(
+        "cannot listen on {addr} ({field}): {source}; stop the process using it or change {field}"
+    )]
+    Bind {
+        /// The config field naming the address (`gateway.listen`, `gateway.admin_listen`).
+        field: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The WASM plugin host cannot start.
+    #[error("cannot start the plugin host: {0}")]
+    Plugins(String),
+    /// The async runtime cannot start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Serving failed after a successful bind.
+    #[error("the gateway failed while serving: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl StartupError {
+    /// The process exit code: [`EXIT_CONFIG`] (64) when the config is wrong,
+    /// [`EXIT_FAILURE`] (1) otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) => EXIT_CONFIG,
+            Self::Bind { .. } | Self::Plugins(_) | Self::Runtime(_) | Self::Serve(_) => {
+                EXIT_FAILURE
+            }
+        }
+    }
+}
+
+/// First line of the generated block in README.md.
+pub const TABLE_START: &str = "<!-- error-table:start -->";
+/// Last line of the generated block in README.md.
+pub const TABLE_END: &str = "<!-- error-table:end -->";
+
+/// Renders the client-facing error contract as the Markdown block README.md
+/// carries between [`TABLE_START`] and [`TABLE_END`] (markers included).
+pub fn markdown_table() -> String {
+    let mut md = format!(
+        "{TABLE_START}\n<!-- generated by wsprism::error::markdown_table() from src/error.rs: edit the code, then paste the block its failing test prints -->\n"
+    );
+    section(
+        &mut md,
+        "Handshake refusals",
+        "A refused upgrade gets a plain HTTP answer with the body \
+         `{\"error\":\"<id>\",\"msg\":\"...\"}`; the id is also the `result` label of \
+         `wsprism_handshakes_total`. Checked in this order.",
+        &["HTTP", "`error`", "`msg`", "when", "what to do"],
+        HandshakeRefusal::ALL.map(|r| {
+            let status = match r {
+                HandshakeRefusal::RateLimited { .. } => "429 + `Retry-After`".to_owned(),
+                HandshakeRefusal::UnsupportedWsVersion => {
+                    "426 + `Sec-WebSocket-Version: 13`".to_owned()
+                }
+                _ => r.http_status().to_string(),
+            };
+            [
+                status,
+                format!("`{}`", r.id()),
+                r.message().to_owned(),
+                r.when().to_owned(),
+                r.remedy().to_owned(),
+            ]
+        }),
+    );
+    section(
+        &mut md,
+        "`sys.error` codes",
+        "A refused message gets \
+         `{\"v\":1,\"svc\":\"sys\",\"type\":\"error\",\"seq\":7,\"data\":{\"code\":\"NOT_ALLOWED\",\"msg\":\"...\"}}` \
+         and the session stays open. The server API answers the same refusal with the \
+         HTTP status shown.",
+        &["code", "server API HTTP", "when", "what to do"],
+        ClientCode::ALL.map(|c| {
+            [
+                format!("`{}`", c.as_str()),
+                c.http_status().to_string(),
+                c.when().to_owned(),
+                c.remedy().to_owned(),
+            ]
+        }),
+    );
+    section(
+        &mut md,
+        "Server API errors",
+        "Errors are `{\"code\":\"...\",\"msg\":\"...\"}`: the codes below, or a \
+         `sys.error` code with its server API status from the table above.",
+        &["HTTP", "`code`", "when", "what to do"],
+        ApiCode::OWN.map(|c| {
+            [
+                c.http_status().to_string(),
+                format!("`{}`", c.as_str()),
+                c.when().to_owned(),
+                c.remedy().to_owned(),
+            ]
+        }),
+    );
+    section(
+        &mut md,
+        "Close codes",
+        "",
+        &["code", "when", "what to do"],
+        CloseCode::ALL.map(|c| {
+            [
+                c.code().to_string(),
+                c.when().to_owned(),
+                c.remedy().to_owned(),
+            ]
+        }),
+    );
+    md.push_str(TABLE_END);
+    md.push('\n');
+    md
+}
+
+/// Appends one `###` section with a Markdown table to `md`.
+fn section<const N: usize>(
+    md: &mut String,
+    title: &str,
+    intro: &str,
+    columns: &[&str; N],
+    rows: impl IntoIterator<Item = [String; N]>,
+) {
+    md.push_str("\n### ");
+    md.push_str(title);
+    md.push_str("\n\n");
+    if !intro.is_empty() {
+        md.push_str(intro);
+        md.push_str("\n\n");
+    }
+    md.push_str("| ");
+    md.push_str(&columns.join(" | "));
+    md.push_str(" |\n|");
+    md.push_str(&"---|".repeat(N));
+    md.push('\n');
+    for row in rows {
+        md.push_str("| ");
+        md.push_str(&row.join(" | "));
+        md.push_str(" |\n");
     }
 }
 
@@ -356,6 +906,104 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", code.as_str()));
             assert!(seen.insert(code.as_str()));
         }
+    }
+
+    /// README.md carries the table [`markdown_table`] renders; on a mismatch the
+    /// failure prints the block to paste.
+    #[test]
+    fn readme_error_table_is_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap_or_default();
+        let in_readme = readme.find(TABLE_START).and_then(|start| {
+            let len = readme[start..].find(TABLE_END)? + TABLE_END.len();
+            Some(&readme[start..start + len])
+        });
+        let expected = markdown_table();
+        assert!(
+            in_readme == Some(expected.trim_end()),
+            "README.md's error table and src/error.rs disagree; replace README.md's \
+             error-table block (start and end markers included) with:\n\n{expected}"
+        );
+    }
+
+    #[test]
+    fn table_cells_do_not_break_markdown() {
+        let mut cells = Vec::new();
+        for r in HandshakeRefusal::ALL {
+            cells.extend([r.message(), r.when(), r.remedy()]);
+        }
+        for c in ClientCode::ALL {
+            cells.extend([c.when(), c.remedy()]);
+        }
+        for c in ApiCode::OWN {
+            cells.extend([c.when(), c.remedy()]);
+        }
+        for c in CloseCode::ALL {
+            cells.extend([c.when(), c.remedy()]);
+        }
+        for cell in cells {
+            assert!(!cell.is_empty() && !cell.contains('|') && !cell.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn codes_are_unique_and_stable() {
+        let mut seen = std::collections::HashSet::new();
+        for r in HandshakeRefusal::ALL {
+            assert!(seen.insert((r.http_status(), r.id(), r.message())), "{r:?}");
+            assert!(r.id().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        let mut api = std::collections::HashSet::new();
+        for c in ApiCode::OWN
+            .into_iter()
+            .chain(ClientCode::ALL.map(ApiCode::Client))
+        {
+            assert!(api.insert(c.as_str()), "{c:?}");
+        }
+        let mut close = std::collections::HashSet::new();
+        for c in CloseCode::ALL {
+            assert!(close.insert(c.code()), "{c:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn handshake_refusal_response() {
+        let resp = HandshakeRefusal::RateLimited {
+            retry_after_secs: 7,
+        }
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static("7"))
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        assert_eq!(
+            &body[..],
+            br#"{"error":"rate_limited","msg":"too many connection attempts"}"#
+        );
+        let resp = HandshakeRefusal::UnsupportedWsVersion.into_response();
+        assert_eq!(resp.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(
+            resp.headers().get(header::SEC_WEBSOCKET_VERSION),
+            Some(&HeaderValue::from_static("13"))
+        );
+    }
+
+    #[test]
+    fn startup_exit_codes() {
+        let config = StartupError::from(ConfigError { issues: Vec::new() });
+        assert_eq!(config.exit_code(), 64);
+        let bind = StartupError::Bind {
+            field: "gateway.listen",
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(bind.exit_code(), 1);
+        assert!(bind.to_string().contains("gateway.listen"));
+        assert_eq!(StartupError::Plugins("x".into()).exit_code(), 1);
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! (health, readiness, metrics), `reload` (file watch, SIGHUP), `obs` (metrics,
 //! tracing), `error` (the wire codes and the one mapping to them).
 //!
-//! [`Server::bind`] binds both listeners and builds the state; [`Server::run`]
-//! serves until its token is cancelled, then drains.
+//! [`Server::bind`] binds both listeners and builds the state (its
+//! [`StartupError`] says how the binary exits); [`Server::run`] serves until its
+//! token is cancelled, then drains.
 
 pub mod api;
 pub mod auth;
@@ -41,7 +42,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -50,7 +50,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::BackendClient;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ConfigIssue};
+use crate::error::StartupError;
 use crate::gateway::Gateway;
 use crate::obs::metrics::Metrics;
 use crate::plugin_host::PluginHost;
@@ -85,16 +86,16 @@ impl Server {
     /// Builds the gateway state and binds both listeners.
     ///
     /// # Errors
-    /// A listener cannot be bound, or a tenant's keys cannot be loaded.
-    pub async fn bind(cfg: Config, opts: ServerOptions) -> anyhow::Result<Self> {
+    /// [`StartupError::Config`] when a tenant's keys or secrets cannot be loaded
+    /// (or a listen address does not parse), [`StartupError::Plugins`] when the
+    /// plugin host cannot start, [`StartupError::Bind`] when a listener cannot be
+    /// bound. [`StartupError::exit_code`] says how the binary exits.
+    pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Self, StartupError> {
         let (public_addr, admin_addr) = match opts.bind {
             Some(pair) => pair,
             None => (
-                cfg.gateway.listen.parse().context("gateway.listen")?,
-                cfg.gateway
-                    .admin_listen
-                    .parse()
-                    .context("gateway.admin_listen")?,
+                listen_addr("gateway.listen", &cfg.gateway.listen)?,
+                listen_addr("gateway.admin_listen", &cfg.gateway.admin_listen)?,
             ),
         };
         let base_dir = opts
@@ -124,20 +125,13 @@ impl Server {
                     tasks.clone(),
                 )
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot start the plugin host: {e}"))?
+                .map_err(StartupError::Plugins)?
             }
             None => Arc::new(NoPlugins),
         };
-        let gw = Gateway::new(cfg, base_dir, metrics, backend, ext, stop, tasks)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let public = TcpListener::bind(public_addr).await.with_context(|| {
-            format!("cannot listen on {public_addr} (gateway.listen); is another process using it?")
-        })?;
-        let admin = TcpListener::bind(admin_addr).await.with_context(|| {
-            format!(
-                "cannot listen on {admin_addr} (gateway.admin_listen); is another process using it?"
-            )
-        })?;
+        let gw = Gateway::new(cfg, base_dir, metrics, backend, ext, stop, tasks)?;
+        let public = listen("gateway.listen", public_addr).await?;
+        let admin = listen("gateway.admin_listen", admin_addr).await?;
         Ok(Self {
             gw,
             public,
@@ -173,8 +167,9 @@ impl Server {
     /// `drain_grace_ms` passed.
     ///
     /// # Errors
-    /// Never after a successful bind; reserved for fatal serve errors.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// The OS cannot report a bound listener's address; nothing fails once
+    /// serving.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let Self {
             gw,
             public,
@@ -251,6 +246,30 @@ impl Server {
         info!("gateway stopped");
         Ok(())
     }
+}
+
+/// Parses a listen address from the config (validation already checked it; this
+/// keeps a bad one a config error rather than a panic).
+fn listen_addr(field: &'static str, value: &str) -> Result<SocketAddr, StartupError> {
+    value.parse().map_err(|e| {
+        StartupError::Config(ConfigError {
+            issues: vec![ConfigIssue {
+                path: field.to_owned(),
+                message: format!("`{value}` is not an address ({e}); write it as `host:port`"),
+            }],
+        })
+    })
+}
+
+/// Binds one listener; the error names the config field to change.
+async fn listen(field: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            field,
+            addr,
+            source,
+        })
 }
 
 /// Periodic housekeeping: prunes idle entries of keyed rate limiters.

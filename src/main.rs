@@ -1,18 +1,23 @@
 //! The `wsprism` binary: CLI → load and validate config → tracing → serve.
 //!
-//! Exit codes: 0 clean stop, 64 invalid config, 1 any other startup failure.
+//! Exit codes, mapped once from [`StartupError::exit_code`] in `fail`:
+//! - 0: `check` found the config valid, or `start` stopped cleanly after
+//!   SIGTERM/SIGINT;
+//! - 64: the config is wrong: it does not parse or validate, or a tenant's keys
+//!   or secrets cannot be loaded. `check` and `start` exit 64 for the same file
+//!   and print every problem with its YAML path;
+//! - 1: anything else: a listen address in use, the plugin host or the async
+//!   runtime cannot start, serving failed. The message names what to change.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use wsprism::error::StartupError;
 use wsprism::obs::logging::LogFormat;
 use wsprism::{Server, ServerOptions, config, reload};
-
-/// Exit code for an invalid config.
-const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser, Debug)]
 #[command(name = "wsprism", version, about = "Realtime WebSocket gateway")]
@@ -29,7 +34,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the gateway (the default).
+    /// Run the gateway (the default). Exits 64 on a bad config, 1 on other
+    /// startup failures.
     Start,
     /// Validate a config file and exit: 0 when valid, 64 with every error otherwise.
     Check,
@@ -38,81 +44,57 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     wsprism::obs::logging::init(cli.log_format);
-    match cli.command.unwrap_or(Command::Start) {
+    let result = match cli.command.unwrap_or(Command::Start) {
         Command::Check => check(&cli.config),
-        Command::Start => start(cli.config),
+        Command::Start => start(cli.config.clone()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&cli.config, &e),
     }
 }
 
-fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
-    config::load(path).map_err(|e| {
-        eprintln!("{}: invalid config:", path.display());
-        for issue in &e.issues {
-            eprintln!("  {issue}");
+/// The one place a failed start becomes output and an exit code.
+fn fail(path: &Path, e: &StartupError) -> ExitCode {
+    match e {
+        StartupError::Config(c) => {
+            eprintln!("{}: invalid config:", path.display());
+            for issue in &c.issues {
+                eprintln!("  {issue}");
+            }
         }
-        ExitCode::from(EXIT_CONFIG)
-    })
+        other => error!("startup failed: {other}"),
+    }
+    ExitCode::from(e.exit_code())
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    let cfg = match load(path) {
-        Ok(cfg) => cfg,
-        Err(code) => return code,
-    };
-    let base = path
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
+/// `wsprism check`: everything `start` refuses a config for, without binding.
+fn check(path: &Path) -> Result<(), StartupError> {
+    let cfg = config::load(path)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let backend = wsprism::backend::BackendClient::new();
-    if let Err(e) = wsprism::gateway::Gateway::compile_tenants(&cfg, &base, &backend) {
-        eprintln!("{}: invalid config:", path.display());
-        for issue in &e.issues {
-            eprintln!("  {issue}");
-        }
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    wsprism::gateway::Gateway::compile_tenants(&cfg, &base, &backend)?;
     eprintln!("{}: ok ({} tenants)", path.display(), cfg.tenants.len());
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-fn start(path: PathBuf) -> ExitCode {
-    let cfg = match load(&path) {
-        Ok(cfg) => cfg,
-        Err(code) => return code,
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+fn start(path: PathBuf) -> Result<(), StartupError> {
+    let cfg = config::load(&path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(StartupError::Runtime)?;
     rt.block_on(async move {
         let opts = ServerOptions {
             config_path: Some(path.clone()),
             plugins: true,
             ..ServerOptions::default()
         };
-        let server = match Server::bind(cfg, opts).await {
-            Ok(s) => s,
-            Err(e) => {
-                error!("startup failed: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let server = Server::bind(cfg, opts).await?;
         let gw = server.gateway();
         let shutdown = CancellationToken::new();
         spawn_signal_handlers(shutdown.clone(), gw, path);
-        match server.run(shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!("gateway failed: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
+        server.run(shutdown).await.map_err(StartupError::Serve)
     })
 }
 

@@ -297,3 +297,118 @@ tenants:
     let sig = jwt.rsplit('.').next().expect("sig");
     assert!(!all.contains(sig));
 }
+
+/// Runs the binary to its exit and returns the exit code and stderr. A process
+/// still running after 60 s started serving instead of failing: it is killed
+/// and the test fails.
+fn exit_of(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    // 600 polls of 100 ms: a debug build starts the plugin host in a few seconds.
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (status.code(), reader.join().expect("stderr reader"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "wsprism {args:?} did not exit:\n{}",
+        reader.join().unwrap_or_default()
+    );
+}
+
+/// `check` and `start` exit with the same code for the same bad config: a key
+/// file that cannot be read (found when the tenant is compiled, after schema
+/// validation) and an unknown YAML key (found by the schema). Both are config
+/// errors: 64, with the YAML path in the report.
+#[test]
+fn bad_configs_exit_64_from_check_and_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let missing_key = dir.path().join("missing_key.yaml");
+    std::fs::write(
+        &missing_key,
+        r#"version: 1
+gateway:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+tenants:
+  - id: acme
+    auth:
+      mode: jwt
+      algorithm: RS256
+      public_key_file: missing.pem
+"#,
+    )
+    .expect("write");
+    let unknown_key = dir.path().join("unknown_key.yaml");
+    std::fs::write(
+        &unknown_key,
+        r#"version: 1
+gateway:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  lisen_backlog: 10
+tenants:
+  - id: acme
+    auth: { tickets: { dev: dev } }
+"#,
+    )
+    .expect("write");
+    for (file, path, what) in [
+        (&missing_key, "tenants[0].auth", "missing.pem"),
+        (&unknown_key, "gateway.lisen_backlog", "unknown field"),
+    ] {
+        for cmd in ["check", "start"] {
+            let (code, err) = exit_of(&[cmd.as_ref(), "--config".as_ref(), file.as_os_str()]);
+            assert_eq!(code, Some(64), "{cmd} {}:\n{err}", file.display());
+            assert!(
+                err.contains(path) && err.contains(what),
+                "{cmd} {}: no {path:?} / {what:?} in:\n{err}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// A listen address already in use is not the config's fault: exit 1, and the
+/// message names the field to change.
+#[test]
+fn listen_address_in_use_exits_1_naming_the_field() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("wsprism.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"version: 1
+gateway:
+  listen: "{addr}"
+  admin_listen: "127.0.0.1:0"
+tenants:
+  - id: acme
+    auth: {{ tickets: {{ dev: dev }} }}
+"#
+        ),
+    )
+    .expect("write");
+    let (code, err) = exit_of(&["start".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("gateway.listen") && err.contains(&addr.to_string()),
+        "the message must name the field and the address:\n{err}"
+    );
+    drop(taken);
+}

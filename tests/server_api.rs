@@ -183,6 +183,21 @@ async fn refusals() {
     )
     .await;
     assert_eq!(status, 403);
+    // A body over the API's 1 MiB limit is refused with a code from the same
+    // table, not the framework's plain-text rejection.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let (status, body) = call(
+        &gw,
+        "POST",
+        publish,
+        KEY,
+        Some(json!({"room":"r","svc":"a","type":"b","data":big})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("PAYLOAD_TOO_LARGE"))
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The WASM plugin host: Ext Lane services implemented as WebAssembly components
-//! (SPEC §8).
+//! (README "Writing a plugin").
 //!
 //! Owns: the process's one wasmtime engine, the plugin registry loaded from
 //! `gateway.plugins.dir` (with hot reload), the instance lanes of every

@@ -1,27 +1,47 @@
 //! `GET /v1/ws`: every admission decision, made before the upgrade so a refused
-//! client gets a plain HTTP answer (SPEC §3).
+//! client gets a plain HTTP answer (README "Connecting").
 //!
-//! Order: draining (503) → handshake limit (429) → query (400) → tenant (404) →
-//! WebSocket headers (400/426) → Origin (403) → tenant cap (503) → auth (401) →
-//! session policy (409/503) → upgrade with the tenant's frame limit applied to
-//! the socket. The session is registered before the 101 so `sys.authed` is the
-//! first frame, and unregistered by a guard if the upgrade never completes.
+//! Owns: the admission chain. `admit` runs these steps in this order; each is a
+//! small function that returns what the next one needs, or a
+//! [`HandshakeRefusal`] whose status, body and metric label come from
+//! `crate::error` (this module spells no status or message itself):
+//!
+//! 1. `not_draining` (503);
+//! 2. `within_handshake_limit` (429): counts every attempt *before* the query is
+//!    parsed, so floods of malformed requests are limited too (README "Connecting");
+//! 3. `parse_query` (400);
+//! 4. `find_tenant` (404);
+//! 5. `check_upgrade_headers` (400, 426);
+//! 6. `check_origin` (403);
+//! 7. `tenant_has_room` (503), before any auth work is spent;
+//! 8. `authenticate` (400 without a ticket, 401);
+//! 9. `open_session`: the session policy (409/503), registration, the kick of
+//!    the user's oldest session, the greeting and the spawn of the session task
+//!    with the tenant's frame limit applied to the socket. The session is
+//!    registered before the 101 so `sys.authed` is the first frame, and
+//!    unregistered by a guard if the upgrade never completes.
+//!
+//! Input: the HTTP request (`handle`). Output: a 101 and a spawned session
+//! (`super::session::run`), or the refusal; each outcome is counted in
+//! `wsprism_handshakes_total{tenant,result}`.
+//! Must not: write to the socket after the 101 (the session's writer does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde::Serialize;
 use tracing::{Instrument, debug, info_span};
 use tungstenite::protocol::WebSocketConfig;
 
 use super::session;
 use super::ws::{self, NotUpgrade, ReadBudget, Upgrade};
+use crate::error::HandshakeRefusal;
 use crate::realtime::broker::RegisterError;
 use crate::session::Hub;
+use crate::tenant::{Tenant, TenantRuntime};
 
 /// Longest ticket accepted from the query or header.
 const MAX_TICKET_BYTES: usize = 8 * 1024;
@@ -37,63 +57,13 @@ const UNFINISHED_MESSAGE_SLACK: u64 = 64 * 1024;
 /// Bytes buffered before a write reaches the socket; the writer flushes each batch.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
-/// A refusal before the upgrade.
-#[derive(Debug)]
-struct Refused {
-    status: StatusCode,
-    /// Metric label.
-    result: &'static str,
-    msg: &'static str,
-    retry_after: Option<u64>,
-}
-
-impl Refused {
-    fn new(status: StatusCode, result: &'static str, msg: &'static str) -> Self {
-        Self {
-            status,
-            result,
-            msg,
-            retry_after: None,
-        }
-    }
-}
-
-impl IntoResponse for Refused {
-    fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Body {
-            error: &'static str,
-            msg: &'static str,
-        }
-        let mut resp = (
-            self.status,
-            axum::Json(Body {
-                error: self.result,
-                msg: self.msg,
-            }),
-        )
-            .into_response();
-        if let Some(secs) = self.retry_after
-            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        if self.status == StatusCode::UPGRADE_REQUIRED {
-            resp.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-        }
-        resp
-    }
-}
-
 struct Query {
     tenant: String,
     ticket: Option<String>,
 }
 
-fn parse_query(raw: Option<&str>) -> Result<Query, &'static str> {
+/// Step 3: `tenant` is required, `ticket` may come from the header instead.
+fn parse_query(raw: Option<&str>) -> Result<Query, HandshakeRefusal> {
     let mut tenant = None;
     let mut ticket = None;
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
@@ -103,13 +73,13 @@ fn parse_query(raw: Option<&str>) -> Result<Query, &'static str> {
             _ => continue,
         };
         if slot.is_some() {
-            return Err("duplicate query parameter");
+            return Err(HandshakeRefusal::DuplicateParameter);
         }
         *slot = Some(v.into_owned());
     }
     let tenant = tenant
         .filter(|t| !t.is_empty())
-        .ok_or("missing tenant query parameter")?;
+        .ok_or(HandshakeRefusal::MissingTenant)?;
     Ok(Query {
         tenant,
         ticket: ticket.filter(|t| !t.is_empty()),
@@ -135,128 +105,136 @@ pub(crate) async fn handle(
     let upgrade = ws::prepare(&mut req);
     match admit(&gw, remote, query.as_deref(), req.headers(), upgrade).await {
         Ok(resp) => resp,
-        Err((tenant, refused)) => {
+        Err(Refused { tenant, refusal }) => {
             gw.metrics
                 .handshakes
-                .with_label_values(&[tenant.as_deref().unwrap_or("_"), refused.result])
+                .with_label_values(&[tenant.as_deref().unwrap_or("_"), refusal.id()])
                 .inc();
-            debug!(remote.addr = %remote, result = refused.result, "upgrade refused");
-            refused.into_response()
+            debug!(remote.addr = %remote, result = refusal.id(), "upgrade refused");
+            refusal.into_response()
         }
     }
 }
 
-type AdmitError = (Option<String>, Refused);
+/// A refusal and the tenant it is counted against (`None` until the tenant is
+/// known).
+struct Refused {
+    tenant: Option<Arc<str>>,
+    refusal: HandshakeRefusal,
+}
 
+/// The admission chain, in the order of the module doc.
 async fn admit(
     gw: &Arc<Hub>,
     remote: SocketAddr,
     query: Option<&str>,
     headers: &HeaderMap,
     upgrade: Result<Upgrade, NotUpgrade>,
-) -> Result<Response, AdmitError> {
-    let fail = |tenant: Option<&str>, r: Refused| (tenant.map(str::to_owned), r);
+) -> Result<Response, Refused> {
+    let anonymous = |refusal| Refused {
+        tenant: None,
+        refusal,
+    };
+    not_draining(gw).map_err(anonymous)?;
+    within_handshake_limit(gw, remote).map_err(anonymous)?;
+    let query = parse_query(query).map_err(anonymous)?;
+    let (tenant, rt) = find_tenant(gw, &query.tenant).map_err(anonymous)?;
+    let of_tenant = |refusal| Refused {
+        tenant: Some(Arc::clone(&tenant.id)),
+        refusal,
+    };
+    let upgrade = check_upgrade_headers(upgrade).map_err(of_tenant)?;
+    check_origin(&rt, headers).map_err(of_tenant)?;
+    tenant_has_room(&tenant, &rt).map_err(of_tenant)?;
+    let user = authenticate(gw, &tenant, &rt, query.ticket, headers, remote)
+        .await
+        .map_err(of_tenant)?;
+    open_session(gw, &tenant, &rt, user, upgrade, remote).map_err(of_tenant)
+}
+
+/// Step 1: a draining gateway takes no new sessions.
+fn not_draining(gw: &Hub) -> Result<(), HandshakeRefusal> {
     if gw.is_draining() {
-        return Err(fail(
-            None,
-            Refused::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                "gateway is draining",
-            ),
-        ));
+        Err(HandshakeRefusal::Draining)
+    } else {
+        Ok(())
     }
-    if let Err(t) = gw.handshake_limiter().check(remote.ip()) {
-        let mut r = Refused::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many connection attempts",
-        );
-        r.retry_after = Some(t.retry_after_secs);
-        return Err(fail(None, r));
-    }
-    let q = parse_query(query).map_err(|msg| {
-        fail(
-            None,
-            Refused::new(StatusCode::BAD_REQUEST, "bad_request", msg),
-        )
-    })?;
-    let Some(tenant) = gw.tenant(&q.tenant) else {
-        return Err(fail(
-            None,
-            Refused::new(StatusCode::NOT_FOUND, "unknown_tenant", "unknown tenant"),
-        ));
-    };
-    let tid = Some(&*tenant.id);
-    let Some(rt) = tenant.runtime() else {
-        return Err(fail(
-            None,
-            Refused::new(StatusCode::NOT_FOUND, "unknown_tenant", "unknown tenant"),
-        ));
-    };
-    let upgrade = upgrade.map_err(|e| match e {
-        NotUpgrade::Version => fail(
-            tid,
-            Refused::new(
-                StatusCode::UPGRADE_REQUIRED,
-                "bad_upgrade",
-                "unsupported Sec-WebSocket-Version; use 13",
-            ),
-        ),
-        NotUpgrade::Headers => fail(
-            tid,
-            Refused::new(
-                StatusCode::BAD_REQUEST,
-                "bad_upgrade",
-                "not a WebSocket upgrade request",
-            ),
-        ),
-    })?;
-    if !rt.cfg.allowed_origins.is_empty()
-        && let Some(origin) = headers.get(header::ORIGIN)
-    {
-        let ok = origin
-            .to_str()
-            .is_ok_and(|o| rt.cfg.allowed_origins.iter().any(|a| a == o));
-        if !ok {
-            return Err(fail(
-                tid,
-                Refused::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden_origin",
-                    "origin not allowed",
-                ),
-            ));
+}
+
+/// Step 2: the global and per-IP handshake limiter.
+fn within_handshake_limit(gw: &Hub, remote: SocketAddr) -> Result<(), HandshakeRefusal> {
+    gw.handshake_limiter()
+        .check(remote.ip())
+        .map_err(|t| HandshakeRefusal::RateLimited {
+            retry_after_secs: t.retry_after_secs,
+        })
+}
+
+/// Step 4: a configured tenant whose config is still in force (a tenant removed
+/// by a reload keeps its entry only until its sessions are gone).
+fn find_tenant(gw: &Hub, id: &str) -> Result<(Arc<Tenant>, Arc<TenantRuntime>), HandshakeRefusal> {
+    let tenant = gw.tenant(id).ok_or(HandshakeRefusal::UnknownTenant)?;
+    let rt = tenant.runtime().ok_or(HandshakeRefusal::UnknownTenant)?;
+    Ok((tenant, rt))
+}
+
+/// Step 5: a WebSocket upgrade, version 13.
+fn check_upgrade_headers(
+    upgrade: Result<Upgrade, NotUpgrade>,
+) -> Result<Upgrade, HandshakeRefusal> {
+    upgrade.map_err(|e| match e {
+        NotUpgrade::Version => HandshakeRefusal::UnsupportedWsVersion,
+        NotUpgrade::Headers => HandshakeRefusal::NotUpgrade,
+    })
+}
+
+/// Step 6: an `Origin`, when sent, must be one of the tenant's `allowed_origins`
+/// (exact match); an empty list admits any.
+fn check_origin(rt: &TenantRuntime, headers: &HeaderMap) -> Result<(), HandshakeRefusal> {
+    let allowed = &rt.cfg.allowed_origins;
+    match headers.get(header::ORIGIN) {
+        Some(origin)
+            if !allowed.is_empty()
+                && !origin
+                    .to_str()
+                    .is_ok_and(|o| allowed.iter().any(|a| a == o)) =>
+        {
+            Err(HandshakeRefusal::ForbiddenOrigin)
         }
+        _ => Ok(()),
     }
+}
+
+/// Step 7: a tenant at `max_sessions_total` refuses before spending auth work
+/// (unless `kick_oldest` makes room when the session registers).
+fn tenant_has_room(tenant: &Tenant, rt: &TenantRuntime) -> Result<(), HandshakeRefusal> {
     let limits = rt.policy.session_limits;
     if limits.max_sessions_total > 0
         && tenant.broker.stats().sessions as u64 >= limits.max_sessions_total
         && !limits.kick_oldest
     {
-        return Err(fail(
-            tid,
-            Refused::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tenant_full",
-                "tenant is at capacity",
-            ),
-        ));
+        return Err(HandshakeRefusal::TenantFull);
     }
-    let ticket = q.ticket.or_else(|| bearer(headers)).ok_or_else(|| {
-        fail(
-            tid,
-            Refused::new(StatusCode::BAD_REQUEST, "bad_request", "missing ticket"),
-        )
-    })?;
+    Ok(())
+}
+
+/// Step 8: the ticket from the query, else from `Authorization: Bearer`, checked
+/// by the tenant's authenticator. Returns the user id.
+async fn authenticate(
+    gw: &Hub,
+    tenant: &Tenant,
+    rt: &TenantRuntime,
+    query_ticket: Option<String>,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<Arc<str>, HandshakeRefusal> {
+    let ticket = query_ticket
+        .or_else(|| bearer(headers))
+        .ok_or(HandshakeRefusal::MissingTicket)?;
     if ticket.len() > MAX_TICKET_BYTES {
-        return Err(fail(
-            tid,
-            Refused::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid ticket"),
-        ));
+        return Err(HandshakeRefusal::Unauthorized);
     }
-    let user = rt
-        .auth
+    rt.auth
         .authenticate(&ticket, remote.ip())
         .await
         .map_err(|e| {
@@ -264,33 +242,27 @@ async fn admit(
                 .backend_calls
                 .with_label_values(&[&tenant.id, "auth", e.label()])
                 .inc();
-            fail(
-                tid,
-                Refused::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid ticket"),
-            )
-        })?;
-    drop(ticket);
+            HandshakeRefusal::Unauthorized
+        })
+}
 
-    let opened = crate::session::open(gw, &tenant, &rt, user).map_err(|e| match e {
-        RegisterError::UserLimit => fail(
-            tid,
-            Refused::new(
-                StatusCode::CONFLICT,
-                "user_limit",
-                "too many sessions for this user",
-            ),
-        ),
-        RegisterError::TenantFull => fail(
-            tid,
-            Refused::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tenant_full",
-                "tenant is at capacity",
-            ),
-        ),
-    })?;
+/// Step 9: opens the session (`crate::session::open`: registration under the
+/// session policy, kicking the user's oldest session when the policy says so,
+/// the greeting) and spawns the session task that completes the upgrade.
+fn open_session(
+    gw: &Arc<Hub>,
+    tenant: &Arc<Tenant>,
+    rt: &TenantRuntime,
+    user: Arc<str>,
+    upgrade: Upgrade,
+    remote: SocketAddr,
+) -> Result<Response, HandshakeRefusal> {
+    let crate::session::Opened { guard, greeting } = crate::session::open(gw, tenant, rt, user)
+        .map_err(|e| match e {
+            RegisterError::UserLimit => HandshakeRefusal::UserLimit,
+            RegisterError::TenantFull => HandshakeRefusal::TenantFull,
+        })?;
     // From here on the guard closes the session whatever happens.
-    let crate::session::Opened { guard, greeting } = opened;
     let sid = guard.entry().sid;
     gw.metrics
         .handshakes
@@ -330,6 +302,8 @@ async fn admit(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -337,10 +311,20 @@ mod tests {
         let q = parse_query(Some("tenant=acme&ticket=a%20b&x=1")).expect("valid");
         assert_eq!(q.tenant, "acme");
         assert_eq!(q.ticket.as_deref(), Some("a b"));
-        assert!(parse_query(Some("ticket=x")).is_err());
-        assert!(parse_query(None).is_err());
-        assert!(parse_query(Some("tenant=a&tenant=b&ticket=x")).is_err());
-        assert!(parse_query(Some("tenant=a&ticket=x&ticket=y")).is_err());
+        let refusal = |q| parse_query(q).err();
+        assert_eq!(
+            refusal(Some("ticket=x")),
+            Some(HandshakeRefusal::MissingTenant)
+        );
+        assert_eq!(refusal(None), Some(HandshakeRefusal::MissingTenant));
+        assert_eq!(
+            refusal(Some("tenant=a&tenant=b&ticket=x")),
+            Some(HandshakeRefusal::DuplicateParameter)
+        );
+        assert_eq!(
+            refusal(Some("tenant=a&ticket=x&ticket=y")),
+            Some(HandshakeRefusal::DuplicateParameter)
+        );
         assert!(
             parse_query(Some("tenant=a"))
                 .expect("header ticket later")

@@ -28,7 +28,7 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     pub gw: Arc<Gateway>,
     pub shutdown: CancellationToken,
-    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+    pub task: Option<JoinHandle<std::io::Result<()>>>,
     /// Keeps the config dir alive for reload tests.
     pub dir: Option<tempfile::TempDir>,
     pub config_path: Option<PathBuf>,
