@@ -4,14 +4,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::routing::post;
-use common::TestGateway;
+use common::{TestConfig, TestGateway, eventually};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use wsprism::config::{AuthMode, JwtAlgorithm, UpstreamConfig};
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -32,29 +32,21 @@ fn token(alg: Algorithm, key: &EncodingKey, claims: Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), &claims, key).expect("sign")
 }
 
-fn jwt_cfg() -> String {
-    format!(
-        r#"version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-tenants:
-  - id: acme
-    auth:
-      mode: jwt
-      algorithm: RS256
-      public_key_file: {}
-      issuer: "https://issuer.test"
-      audience: wsprism
-    policy:
-      ext_allowlist: ["room:*"]
-"#,
-        fixture("rsa_a.pub.pem")
-    )
+fn jwt_cfg() -> TestConfig {
+    TestConfig::tenant("acme")
+        .auth(|a| {
+            a.mode = AuthMode::Jwt;
+            a.algorithm = Some(JwtAlgorithm::RS256);
+            a.public_key_file = Some(fixture("rsa_a.pub.pem"));
+            a.issuer = Some("https://issuer.test".into());
+            a.audience = Some("wsprism".into());
+        })
+        .ext_allow(&["room:*"])
 }
 
 #[tokio::test]
 async fn jwt_matrix_at_the_handshake() {
-    let gw = TestGateway::start(&jwt_cfg()).await;
+    let gw = TestGateway::start(jwt_cfg()).await;
     let good = json!({"sub":"alice","exp":now()+600,"iss":"https://issuer.test","aud":"wsprism"});
     let valid = token(Algorithm::RS256, &rsa("rsa_a.pem"), good.clone());
     let mut c = gw
@@ -157,37 +149,39 @@ async fn start_backend(
     (addr, seen)
 }
 
-fn webhook_cfg(backend: std::net::SocketAddr) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-tenants:
-  - id: acme
-    auth: {{ mode: webhook, upstream: main, path: /auth }}
-    policy:
-      ext_allowlist: ["room:*"]
-    backend:
-      upstreams:
-        main: {{ url: "http://{backend}", timeout_ms: 1000 }}
-        hooks: {{ url: "http://{backend}/events", timeout_ms: 1000 }}
-      events: {{ connect: hooks, disconnect: hooks }}
-"#
-    )
+fn webhook_cfg(backend: std::net::SocketAddr) -> TestConfig {
+    let upstream = |url: String| UpstreamConfig {
+        url,
+        timeout_ms: 1000,
+    };
+    TestConfig::tenant("acme")
+        .auth(|a| {
+            a.mode = AuthMode::Webhook;
+            a.upstream = Some("main".into());
+            a.path = Some("/auth".into());
+        })
+        .ext_allow(&["room:*"])
+        .backend(|b| {
+            b.upstreams
+                .insert("main".into(), upstream(format!("http://{backend}")));
+            b.upstreams
+                .insert("hooks".into(), upstream(format!("http://{backend}/events")));
+            b.events.connect = Some("hooks".into());
+            b.events.disconnect = Some("hooks".into());
+        })
 }
 
 #[tokio::test]
 async fn webhook_admits_and_events_are_posted() {
     let (backend, seen) = start_backend(200, json!({"user":"hooked"})).await;
-    let gw = TestGateway::start(&webhook_cfg(backend)).await;
+    let gw = TestGateway::start(webhook_cfg(backend)).await;
     let mut c = gw.connect("acme", "opaque-ticket").await.expect("connect");
     let authed = c.recv_json().await;
     assert_eq!(authed["data"]["user"], "hooked");
     let sid = authed["data"]["sid"].clone();
     drop(c);
-    let mut events = Vec::new();
-    for _ in 0..100 {
-        events = seen
+    let events: Vec<Value> = eventually("the connect and disconnect events", || async {
+        let events: Vec<Value> = seen
             .lock()
             .await
             .iter()
@@ -195,10 +189,12 @@ async fn webhook_admits_and_events_are_posted() {
             .map(|(_, v)| v.clone())
             .collect();
         if events.len() >= 2 {
-            break;
+            Ok(events)
+        } else {
+            Err(events)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(
         events[0],
@@ -220,7 +216,7 @@ async fn webhook_admits_and_events_are_posted() {
 #[tokio::test]
 async fn webhook_refusal_and_outage_are_401() {
     let (backend, _) = start_backend(403, json!({"error":"no"})).await;
-    let gw = TestGateway::start(&webhook_cfg(backend)).await;
+    let gw = TestGateway::start(webhook_cfg(backend)).await;
     assert_eq!(
         gw.upgrade_status("/v1/ws?tenant=acme&ticket=x", &[])
             .await
@@ -233,7 +229,7 @@ async fn webhook_refusal_and_outage_are_401() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    let gw = TestGateway::start(&webhook_cfg(dead)).await;
+    let gw = TestGateway::start(webhook_cfg(dead)).await;
     assert_eq!(
         gw.upgrade_status("/v1/ws?tenant=acme&ticket=x", &[])
             .await

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::TestConfig;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
+use wsprism::config::{AuthMode, JwtAlgorithm};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsprism");
 
@@ -171,28 +174,23 @@ async fn secrets_and_payloads_never_reach_the_logs_and_signals_work() {
     const PAYLOAD: &str = "payload-marker-do-not-log";
     let dir = tempfile::tempdir().expect("tmp");
     let config = dir.path().join("wsprism.yaml");
-    let yaml = format!(
-        r#"version: 1
-gateway:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  drain_grace_ms: 2000
-tenants:
-  - id: acme
-    api_keys: ["{API_KEY}"]
-    auth:
-      mode: jwt
-      algorithm: HS256
-      secret_env: WSPRISM_TEST_JWT_SECRET
-    policy:
-      ext_allowlist: ["room:*", "chat:*"]
-  - id: dev
-    auth:
-      tickets: {{ {STATIC_TICKET}: devuser }}
-    policy:
-      ext_allowlist: ["room:*"]
-"#
-    );
+    let yaml = TestConfig::tenant("acme")
+        .gateway(|g| {
+            g.listen = "127.0.0.1:0".into();
+            g.admin_listen = "127.0.0.1:0".into();
+            g.drain_grace_ms = 2000;
+        })
+        .api_key(API_KEY)
+        .auth(|a| {
+            a.mode = AuthMode::Jwt;
+            a.algorithm = Some(JwtAlgorithm::HS256);
+            a.secret_env = Some("WSPRISM_TEST_JWT_SECRET".into());
+        })
+        .ext_allow(&["room:*", "chat:*"])
+        .and_tenant("dev")
+        .tickets(&[(STATIC_TICKET, "devuser")])
+        .ext_allow(&["room:*"])
+        .build();
     std::fs::write(&config, &yaml).expect("write");
     let mut p = spawn(&config, &[("WSPRISM_TEST_JWT_SECRET", SECRET)]);
     let line = p.wait_line("wsPrism gateway active at");

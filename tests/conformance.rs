@@ -10,23 +10,17 @@ mod raw_ws;
 
 use std::time::Duration;
 
-use common::TestGateway;
+use common::{TestConfig, TestGateway, eventually};
 use raw_ws::{BINARY, CLOSE, CONT, Eof, PING, PONG, RawWs, TEXT, close_payload, frame, masked};
 
-const CFG: &str = r#"version: 1
-gateway:
-  handshake_limit: { enabled: false }
-  diagnostics: { echo: true }
-tenants:
-  - id: acme
-    auth:
-      tickets: { t1: u1 }
-    policy:
-      ext_allowlist: ["room:*"]
-      rate_limit_rps: 10000
-      rate_limit_burst: 10000
-      sessions: { max_sessions_per_user: 1000 }
-"#;
+fn cfg() -> TestConfig {
+    TestConfig::tenant("acme")
+        .gateway(|g| g.diagnostics.echo = true)
+        .tickets(&[("t1", "u1")])
+        .ext_allow(&["room:*"])
+        .rate_limit(10_000, 10_000)
+        .policy(|p| p.sessions.max_sessions_per_user = 1000)
+}
 
 /// How long the server has to end the TCP connection after the close handshake.
 const EOF_WAIT: Duration = Duration::from_secs(5);
@@ -92,7 +86,7 @@ async fn expect_fail(gw: &TestGateway, ep: Endpoint, what: &str, bytes: &[u8], c
 
 #[tokio::test]
 async fn unmasked_client_frames_close_with_1002() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         let text = probe_text(ep, "r");
         expect_fail(
@@ -116,7 +110,7 @@ async fn unmasked_client_frames_close_with_1002() {
 
 #[tokio::test]
 async fn reserved_bits_close_with_1002() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         for rsv in 1..=7u8 {
             let f = frame(true, rsv, TEXT, b"{}", key());
@@ -135,7 +129,7 @@ async fn reserved_bits_close_with_1002() {
 
 #[tokio::test]
 async fn reserved_opcodes_close_with_1002() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         for op in (0x3..=0x7).chain(0xB..=0xF) {
             let f = frame(true, 0, op, b"x", key());
@@ -146,7 +140,7 @@ async fn reserved_opcodes_close_with_1002() {
 
 #[tokio::test]
 async fn control_frames_over_125_bytes_or_fragmented_close_with_1002() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         expect_fail(&gw, ep, "ping 126 B", &masked(PING, &[b'p'; 126]), 1002).await;
         expect_fail(&gw, ep, "pong 126 B", &masked(PONG, &[b'p'; 126]), 1002).await;
@@ -174,7 +168,7 @@ async fn control_frames_over_125_bytes_or_fragmented_close_with_1002() {
 
 #[tokio::test]
 async fn continuation_without_start_and_interleaved_messages_close_with_1002() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         expect_fail(
             &gw,
@@ -210,7 +204,7 @@ async fn continuation_without_start_and_interleaved_messages_close_with_1002() {
 
 #[tokio::test]
 async fn invalid_utf8_text_closes_with_1007() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     let cases: [(&str, &[u8]); 5] = [
         ("lone continuation byte", b"a\x80b"),
         ("overlong encoding", b"\xc0\xaf"),
@@ -227,7 +221,7 @@ async fn invalid_utf8_text_closes_with_1007() {
 
 #[tokio::test]
 async fn invalid_utf8_split_across_fragments_closes_with_1007() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         // Each fragment alone could be a prefix of valid UTF-8; together they are not.
         let mut split = frame(false, 0, TEXT, b"ab\xce", key());
@@ -258,7 +252,7 @@ async fn invalid_utf8_split_across_fragments_closes_with_1007() {
 
 #[tokio::test]
 async fn valid_utf8_split_inside_a_code_point_with_a_ping_between_fragments_is_accepted() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         let mut ws = open(&gw, ep).await;
         let room = "caf\u{e9}-\u{1F600}";
@@ -291,7 +285,7 @@ async fn valid_utf8_split_inside_a_code_point_with_a_ping_between_fragments_is_a
 
 #[tokio::test]
 async fn pings_get_pongs_with_the_same_payload() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         let mut ws = open(&gw, ep).await;
         for payload in [&b""[..], b"x", &[0xffu8; 125]] {
@@ -310,7 +304,7 @@ async fn pings_get_pongs_with_the_same_payload() {
 
 #[tokio::test]
 async fn valid_close_codes_are_answered_with_the_same_code() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         for code in [
             1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
@@ -330,7 +324,7 @@ async fn valid_close_codes_are_answered_with_the_same_code() {
 
 #[tokio::test]
 async fn invalid_close_codes_and_payloads_are_answered_with_1002() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         // 1005 and 1006 must never be sent on the wire; 1004 and 1015 are reserved.
         for code in [
@@ -357,7 +351,7 @@ async fn invalid_close_codes_and_payloads_are_answered_with_1002() {
 
 #[tokio::test]
 async fn client_initiated_close_is_clean_and_nothing_is_answered_after_it() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         let mut ws = open(&gw, ep).await;
         let mut bytes = masked(CLOSE, &close_payload(1000, b"done"));
@@ -373,18 +367,21 @@ async fn client_initiated_close_is_clean_and_nothing_is_answered_after_it() {
         assert_ne!(ws.wait_eof(EOF_WAIT).await, Eof::Open, "{ep:?}");
     }
     // The session left the broker.
-    for _ in 0..100 {
-        if gw.gw.tenant("acme").map(|t| t.broker.stats().sessions) == Some(0) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("session not unregistered after a clean close");
+    eventually(
+        "the session to be unregistered after a clean close",
+        || async {
+            match gw.gw.tenant("acme").map(|t| t.broker.stats().sessions) {
+                Some(0) => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn server_initiated_close_is_clean_in_both_cases() {
-    let gw = TestGateway::start(CFG).await;
+    let gw = TestGateway::start(cfg()).await;
     for ep in BOTH {
         // Failing the connection (RFC 6455 §7.1.7): a Close frame with the
         // reason, then the server ends TCP without waiting for a reply.

@@ -5,33 +5,27 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, metric};
+use common::{TestConfig, TestGateway, metric};
 use serde_json::json;
+use wsprism::config::RateLimitScope;
 
-fn cfg(policy: &str, limits: &str, rooms: &str, routes: &str) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-tenants:
-  - id: acme
-    auth:
-      tickets: {{ t1: u1, t2: u2, t3: u3 }}
-    limits: {limits}
-    policy: {policy}
-    rooms: {rooms}
-    routes: {routes}
-"#
-    )
+/// Tenant `acme` with users u1..u3 (tickets t1..t3).
+fn acme() -> TestConfig {
+    TestConfig::tenant("acme").tickets(&[("t1", "u1"), ("t2", "u2"), ("t3", "u3")])
 }
 
-fn open() -> String {
-    cfg(
-        r#"{ ext_allowlist: ["room:*", "chat:send", "echo:*", "ghost:*"] }"#,
-        "{}",
-        "{ presence_events: true }",
-        "[ { svc: echo, plugin: echo } ]",
-    )
+/// [`acme`] allowing rooms only.
+fn rooms_only() -> TestConfig {
+    acme().ext_allow(&["room:*"])
+}
+
+/// [`acme`] with rooms, `chat:send`, an `echo` route to a plugin (not loaded:
+/// no plugin host) and an unrouted `ghost`.
+fn open() -> TestConfig {
+    acme()
+        .ext_allow(&["room:*", "chat:send", "echo:*", "ghost:*"])
+        .rooms(|r| r.presence_events = true)
+        .route("echo", "echo")
 }
 
 async fn expect_error(c: &mut common::Client, code: &str, seq: Option<u64>) {
@@ -47,7 +41,7 @@ async fn expect_error(c: &mut common::Client, code: &str, seq: Option<u64>) {
 
 #[tokio::test]
 async fn malformed_envelopes_get_errors_and_the_session_survives() {
-    let gw = TestGateway::start(&open()).await;
+    let gw = TestGateway::start(open()).await;
     let mut c = gw.client("acme", "t1").await;
     c.send_text("not json").await;
     expect_error(&mut c, "BAD_REQUEST", None).await;
@@ -78,7 +72,7 @@ async fn malformed_envelopes_get_errors_and_the_session_survives() {
 
 #[tokio::test]
 async fn allowlist_is_deny_by_default_and_matches_patterns() {
-    let gw = TestGateway::start(&open()).await;
+    let gw = TestGateway::start(open()).await;
     let mut c = gw.client("acme", "t1").await;
     c.join("r").await;
     // chat:send allowed; chat:edit is not.
@@ -95,7 +89,7 @@ async fn allowlist_is_deny_by_default_and_matches_patterns() {
     assert_eq!(c.recv_type("ack").await["seq"], 3);
 
     // An empty allowlist admits nothing, not even room.
-    let gw2 = TestGateway::start(&cfg("{}", "{}", "{}", "[]")).await;
+    let gw2 = TestGateway::start(acme()).await;
     let mut d = gw2.client("acme", "t1").await;
     d.send_json(json!({"v":1,"svc":"room","type":"join","room":"r","seq":1}))
         .await;
@@ -112,7 +106,7 @@ async fn allowlist_is_deny_by_default_and_matches_patterns() {
 
 #[tokio::test]
 async fn unrouted_and_unloaded_services() {
-    let gw = TestGateway::start(&open()).await;
+    let gw = TestGateway::start(open()).await;
     let mut c = gw.client("acme", "t1").await;
     // Allowed but not routed anywhere.
     c.send_json(json!({"v":1,"svc":"ghost","type":"x","seq":1}))
@@ -126,12 +120,11 @@ async fn unrouted_and_unloaded_services() {
 
 #[tokio::test]
 async fn rate_limit_counts_messages_and_refuses_the_excess() {
-    let gw = TestGateway::start(&cfg(
-        r#"{ ext_allowlist: ["room:*"], rate_limit_rps: 1, rate_limit_burst: 5, error_budget: { max_errors: 0 } }"#,
-        "{}",
-        "{}",
-        "[]",
-    ))
+    let gw = TestGateway::start(
+        rooms_only()
+            .rate_limit(1, 5)
+            .policy(|p| p.error_budget.max_errors = 0),
+    )
     .await;
     let mut c = gw.client("acme", "t1").await;
     for i in 0..8u64 {
@@ -157,12 +150,10 @@ async fn rate_limit_counts_messages_and_refuses_the_excess() {
 
 #[tokio::test]
 async fn user_scope_shares_one_bucket_across_sessions() {
-    let gw = TestGateway::start(&cfg(
-        r#"{ ext_allowlist: ["room:*"], rate_limit_rps: 1, rate_limit_burst: 3, rate_limit_scope: user, error_budget: { max_errors: 0 } }"#,
-        "{}",
-        "{}",
-        "[]",
-    ))
+    let gw = TestGateway::start(rooms_only().rate_limit(1, 3).policy(|p| {
+        p.rate_limit_scope = RateLimitScope::User;
+        p.error_budget.max_errors = 0;
+    }))
     .await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t1").await;
@@ -180,12 +171,10 @@ async fn user_scope_shares_one_bucket_across_sessions() {
 
 #[tokio::test]
 async fn repeated_abuse_closes_with_1008() {
-    let gw = TestGateway::start(&cfg(
-        r#"{ ext_allowlist: ["room:*"], error_budget: { max_errors: 5, window_ms: 60000 } }"#,
-        "{}",
-        "{}",
-        "[]",
-    ))
+    let gw = TestGateway::start(rooms_only().policy(|p| {
+        p.error_budget.max_errors = 5;
+        p.error_budget.window_ms = 60_000;
+    }))
     .await;
     let mut c = gw.client("acme", "t1").await;
     let mut bystander = gw.client("acme", "t2").await;
@@ -198,13 +187,7 @@ async fn repeated_abuse_closes_with_1008() {
 
 #[tokio::test]
 async fn oversize_frames_close_with_1009() {
-    let gw = TestGateway::start(&cfg(
-        r#"{ ext_allowlist: ["room:*"] }"#,
-        "{ max_frame_bytes: 1024 }",
-        "{}",
-        "[]",
-    ))
-    .await;
+    let gw = TestGateway::start(rooms_only().limits(|l| l.max_frame_bytes = 1024)).await;
     let mut c = gw.client("acme", "t1").await;
     c.send_text(&format!(
         r#"{{"v":1,"svc":"room","type":"join","room":"{}"}}"#,
@@ -220,7 +203,7 @@ async fn oversize_frames_close_with_1009() {
 
 #[tokio::test]
 async fn rooms_join_leave_presence_and_member_events() {
-    let gw = TestGateway::start(&open()).await;
+    let gw = TestGateway::start(open()).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     let ja = a.join("match:1").await;
@@ -266,12 +249,11 @@ async fn rooms_join_leave_presence_and_member_events() {
 
 #[tokio::test]
 async fn room_caps() {
-    let gw = TestGateway::start(&cfg(
-        r#"{ ext_allowlist: ["room:*"] }"#,
-        "{ max_rooms_total: 2, max_users_per_room: 2, max_rooms_per_user: 2 }",
-        "{}",
-        "[]",
-    ))
+    let gw = TestGateway::start(rooms_only().limits(|l| {
+        l.max_rooms_total = 2;
+        l.max_users_per_room = 2;
+        l.max_rooms_per_user = 2;
+    }))
     .await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
@@ -292,7 +274,7 @@ async fn room_caps() {
 
 #[tokio::test]
 async fn chat_reaches_every_member_and_needs_membership() {
-    let gw = TestGateway::start(&open()).await;
+    let gw = TestGateway::start(open()).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     let mut outsider = gw.client("acme", "t3").await;
@@ -319,12 +301,10 @@ async fn chat_reaches_every_member_and_needs_membership() {
 
 #[tokio::test]
 async fn tenant_scope_shares_one_bucket_across_users() {
-    let gw = TestGateway::start(&cfg(
-        r#"{ ext_allowlist: ["room:*"], rate_limit_rps: 1, rate_limit_burst: 2, rate_limit_scope: tenant, error_budget: { max_errors: 0 } }"#,
-        "{}",
-        "{}",
-        "[]",
-    ))
+    let gw = TestGateway::start(rooms_only().rate_limit(1, 2).policy(|p| {
+        p.rate_limit_scope = RateLimitScope::Tenant;
+        p.error_budget.max_errors = 0;
+    }))
     .await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;

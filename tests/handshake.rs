@@ -3,39 +3,29 @@
 
 mod common;
 
-use common::{TestGateway, metric};
+use common::{FrozenClock, TestConfig, TestGateway, WAIT, eventually, metric};
 use serde_json::json;
 use std::time::Duration;
+use wsprism::config::{OnExceed, SessionMode, TenantConfig};
 
-fn cfg(extra_gateway: &str, tenant_limits: &str, sessions: &str, origins: &str) -> String {
-    format!(
-        r#"version: 1
-gateway:
-{extra_gateway}
-  drain_grace_ms: 2000
-tenants:
-  - id: acme
-    allowed_origins: {origins}
-    auth:
-      tickets: {{ t1: u1, t2: u2, t3: u3 }}
-    limits: {tenant_limits}
-    policy:
-      sessions: {sessions}
-      ext_allowlist: ["room:*"]
-  - id: other
-    auth:
-      tickets: {{ x: ux }}
-"#
-    )
+/// Tenant `acme` (users u1..u3, rooms allowed), edited by `edit`, and tenant
+/// `other` (user ux).
+fn acme(edit: impl FnOnce(&mut TenantConfig)) -> TestConfig {
+    TestConfig::tenant("acme")
+        .tickets(&[("t1", "u1"), ("t2", "u2"), ("t3", "u3")])
+        .ext_allow(&["room:*"])
+        .with_tenant(edit)
+        .and_tenant("other")
+        .tickets(&[("x", "ux")])
 }
 
-fn plain() -> String {
-    cfg("  handshake_limit: { enabled: false }", "{}", "{}", "[]")
+fn plain() -> TestConfig {
+    acme(|_| {})
 }
 
 #[tokio::test]
 async fn authed_is_the_first_frame() {
-    let gw = TestGateway::start(&plain()).await;
+    let gw = TestGateway::start(plain()).await;
     let mut c = gw.connect("acme", "t1").await.expect("connect");
     let v = c.recv_json().await;
     assert_eq!(v["v"], 1);
@@ -49,7 +39,7 @@ async fn authed_is_the_first_frame() {
 
 #[tokio::test]
 async fn bearer_header_works_for_non_browser_clients() {
-    let gw = TestGateway::start(&plain()).await;
+    let gw = TestGateway::start(plain()).await;
     let mut req = common::request(&format!("ws://{}/v1/ws?tenant=acme", gw.addr));
     req.headers_mut()
         .insert("Authorization", "Bearer t2".parse().expect("header"));
@@ -73,7 +63,7 @@ async fn bearer_header_works_for_non_browser_clients() {
 
 #[tokio::test]
 async fn refusals_have_spec_statuses() {
-    let gw = TestGateway::start(&plain()).await;
+    let gw = TestGateway::start(plain()).await;
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
     let cases: &[Case<'_>] = &[
         ("/v1/ws", &[], 400),
@@ -125,12 +115,9 @@ async fn refusals_have_spec_statuses() {
 
 #[tokio::test]
 async fn origin_allowlist_is_exact() {
-    let gw = TestGateway::start(&cfg(
-        "  handshake_limit: { enabled: false }",
-        "{}",
-        "{}",
-        r#"["https://good.example"]"#,
-    ))
+    let gw = TestGateway::start(acme(|t| {
+        t.allowed_origins = vec!["https://good.example".into()]
+    }))
     .await;
     let path = "/v1/ws?tenant=acme&ticket=t1";
     for (origin, want) in [
@@ -149,12 +136,13 @@ async fn origin_allowlist_is_exact() {
 
 #[tokio::test]
 async fn handshake_rate_limit_answers_429_with_retry_after() {
-    let gw = TestGateway::start(&cfg(
-        "  handshake_limit: { enabled: true, per_ip_rps: 1, per_ip_burst: 2, global_rps: 1000, global_burst: 1000 }",
-        "{}",
-        "{}",
-        "[]",
-    ))
+    let gw = TestGateway::start(plain().gateway(|g| {
+        g.handshake_limit.enabled = true;
+        g.handshake_limit.per_ip_rps = 1;
+        g.handshake_limit.per_ip_burst = 2;
+        g.handshake_limit.global_rps = 1000;
+        g.handshake_limit.global_burst = 1000;
+    }))
     .await;
     let path = "/v1/ws?tenant=acme&ticket=t1";
     assert_eq!(gw.upgrade_status(path, &[]).await.0, 101);
@@ -171,13 +159,7 @@ async fn handshake_rate_limit_answers_429_with_retry_after() {
 
 #[tokio::test]
 async fn tenant_session_cap_answers_503() {
-    let gw = TestGateway::start(&cfg(
-        "  handshake_limit: { enabled: false }",
-        "{ max_sessions_total: 2 }",
-        "{}",
-        "[]",
-    ))
-    .await;
+    let gw = TestGateway::start(acme(|t| t.limits.max_sessions_total = 2)).await;
     let _a = gw.client("acme", "t1").await;
     let _b = gw.client("acme", "t2").await;
     let (status, _) = gw.upgrade_status("/v1/ws?tenant=acme&ticket=t3", &[]).await;
@@ -186,30 +168,24 @@ async fn tenant_session_cap_answers_503() {
     let _c = gw.client("other", "x").await;
     drop(_a);
     // The slot frees once the session ends.
-    let mut ok = false;
-    for _ in 0..50 {
-        if gw
+    eventually("the ended session's slot to admit t3 (101)", || async {
+        let status = gw
             .upgrade_status("/v1/ws?tenant=acme&ticket=t3", &[])
             .await
-            .0
-            == 101
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok, "slot was not released");
+            .0;
+        if status == 101 { Ok(()) } else { Err(status) }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn session_policy_deny_answers_409() {
-    let gw = TestGateway::start(&cfg(
-        "  handshake_limit: { enabled: false }",
-        "{}",
-        "{ mode: multi, max_sessions_per_user: 2, on_exceed: deny }",
-        "[]",
-    ))
+    let gw = TestGateway::start(acme(|t| {
+        let s = &mut t.policy.sessions;
+        s.mode = SessionMode::Multi;
+        s.max_sessions_per_user = 2;
+        s.on_exceed = OnExceed::Deny;
+    }))
     .await;
     let _a = gw.client("acme", "t1").await;
     let _b = gw.client("acme", "t1").await;
@@ -225,12 +201,10 @@ async fn session_policy_deny_answers_409() {
 
 #[tokio::test]
 async fn session_policy_kick_oldest_sends_kicked_and_4001() {
-    let gw = TestGateway::start(&cfg(
-        "  handshake_limit: { enabled: false }",
-        "{}",
-        "{ mode: single, on_exceed: kick_oldest }",
-        "[]",
-    ))
+    let gw = TestGateway::start(acme(|t| {
+        t.policy.sessions.mode = SessionMode::Single;
+        t.policy.sessions.on_exceed = OnExceed::KickOldest;
+    }))
     .await;
     let mut old = gw.client("acme", "t1").await;
     let mut new = gw.client("acme", "t1").await;
@@ -244,7 +218,7 @@ async fn session_policy_kick_oldest_sends_kicked_and_4001() {
 
 #[tokio::test]
 async fn draining_gateway_refuses_upgrades_with_503() {
-    let gw = TestGateway::start(&plain()).await;
+    let gw = TestGateway::start(plain()).await;
     gw.gw.start_drain();
     assert_eq!(
         gw.upgrade_status("/v1/ws?tenant=acme&ticket=t1", &[])
@@ -258,28 +232,37 @@ async fn draining_gateway_refuses_upgrades_with_503() {
     assert_eq!(ready.status().as_u16(), 503);
 }
 
+/// A request head never finished is cut at the 10 s head timeout, not before
+/// (frozen clock: the gateway's timer runs in this runtime).
 #[tokio::test]
 async fn slow_request_heads_are_cut() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = TestGateway::start(&plain()).await;
+    let gw = TestGateway::start(plain()).await;
+    let clock = FrozenClock::freeze();
     let mut s = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
     s.write_all(b"GET /v1/ws?tenant=acme&ticket=t1 HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
-    // Never finish the head; the server must close within ~10 s.
     let mut buf = [0u8; 256];
-    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+    let mut until_closed = async |s: &mut tokio::net::TcpStream| {
         loop {
             match s.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => continue,
             }
         }
-    })
-    .await;
-    assert!(closed.is_ok(), "slow request head kept the connection open");
-    // Healthy clients are unaffected meanwhile.
-    let _c = gw.client("acme", "t1").await;
+    };
+    clock.advance(Duration::from_millis(9_900)).await;
+    let early = clock
+        .real_timeout(Duration::from_millis(200), until_closed(&mut s))
+        .await;
+    assert!(early.is_none(), "cut before the 10 s head timeout");
+    clock.advance(Duration::from_millis(200)).await;
+    let cut = clock.real_timeout(WAIT, until_closed(&mut s)).await;
+    assert!(cut.is_some(), "slow request head kept the connection open");
+    // Healthy clients are unaffected.
+    let c = clock.real_timeout(WAIT, gw.client("acme", "t1")).await;
+    assert!(c.is_some(), "a healthy client got no answer");
 }

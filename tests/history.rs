@@ -2,25 +2,19 @@
 
 mod common;
 
-use common::TestGateway;
+use common::{TestConfig, TestGateway};
 use serde_json::{Value, json};
 
-fn cfg(history_size: usize) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-tenants:
-  - id: acme
-    api_keys: ["acme-key-0123456789"]
-    auth:
-      tickets: {{ t1: u1, t2: u2, t3: u3 }}
-    policy:
-      ext_allowlist: ["room:*", "chat:*"]
-      rate_limit_burst: 1000
-    rooms: {{ history_size: {history_size}, history_ttl_ms: 600000 }}
-"#
-    )
+fn cfg(history_size: usize) -> TestConfig {
+    TestConfig::tenant("acme")
+        .api_key("acme-key-0123456789")
+        .tickets(&[("t1", "u1"), ("t2", "u2"), ("t3", "u3")])
+        .ext_allow(&["room:*", "chat:*"])
+        .policy(|p| p.rate_limit_burst = 1000)
+        .rooms(|r| {
+            r.history_size = history_size;
+            r.history_ttl_ms = 600_000;
+        })
 }
 
 async fn say(c: &mut common::Client, text: &str) {
@@ -44,7 +38,7 @@ async fn join_since(c: &mut common::Client, since: Value) -> Vec<Value> {
 
 #[tokio::test]
 async fn reliable_publications_carry_offsets_and_recover_after_a_gap() {
-    let gw = TestGateway::start(&cfg(5)).await;
+    let gw = TestGateway::start(cfg(5)).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     let ja = a.join("r").await;
@@ -99,7 +93,7 @@ async fn reliable_publications_carry_offsets_and_recover_after_a_gap() {
 
 #[tokio::test]
 async fn gaps_that_cannot_be_filled_report_recovered_false() {
-    let gw = TestGateway::start(&cfg(3)).await;
+    let gw = TestGateway::start(cfg(3)).await;
     let mut a = gw.client("acme", "t1").await;
     let epoch = a.join("r").await["data"]["epoch"]
         .as_str()
@@ -131,7 +125,7 @@ async fn gaps_that_cannot_be_filled_report_recovered_false() {
 
 #[tokio::test]
 async fn without_history_nothing_is_recorded_or_recovered() {
-    let gw = TestGateway::start(&cfg(0)).await;
+    let gw = TestGateway::start(cfg(0)).await;
     let mut a = gw.client("acme", "t1").await;
     let j = a.join("r").await;
     assert!(j["data"].get("epoch").is_none());

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TestGateway, metric};
+use common::{TestConfig, TestGateway, eventually, metric};
 use futures_util::{SinkExt, StreamExt};
 use hostile_support::bystander_answers;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
+use wsprism::config::GatewayConfig;
 
+/// Literal YAML on purpose: the broken variants below are edits of its text.
 const VALID: &str = r#"version: 1
 gateway:
   handshake_limit: { enabled: false }
@@ -136,22 +138,11 @@ async fn broken_config_files_are_refused_on_reload_and_the_old_config_serves() {
         "wsprism_config_reloads_total{result=\"error\"}",
     );
     std::fs::write(&path, "version: 1\ntenants: [").expect("write");
-    for _ in 0..100 {
-        if metric(
-            &gw.metrics().await,
-            "wsprism_config_reloads_total{result=\"error\"}",
-        ) > errors
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        metric(
-            &gw.metrics().await,
-            "wsprism_config_reloads_total{result=\"error\"}"
-        ) > errors
-    );
+    gw.metric_at_least(
+        "wsprism_config_reloads_total{result=\"error\"}",
+        errors + 1.0,
+    )
+    .await;
     bystander_answers(&mut bystander, 999, Duration::from_secs(5)).await;
     // And a valid file still applies afterwards.
     std::fs::write(
@@ -159,15 +150,10 @@ async fn broken_config_files_are_refused_on_reload_and_the_old_config_serves() {
         VALID.replace("by: bystander", "by: bystander, t9: u9"),
     )
     .expect("write");
-    let mut joined = None;
-    for _ in 0..100 {
-        if let Ok(c) = gw.connect("acme", "t9").await {
-            joined = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(joined.is_some(), "the valid config never applied");
+    eventually("the valid config to apply (t9 admitted)", || async {
+        gw.connect("acme", "t9").await.map(drop)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,15 +199,10 @@ async fn a_reload_storm_keeps_the_gateway_responsive() {
         VALID.replace("by: bystander", "by: bystander, t9: u9"),
     )
     .expect("write");
-    let mut admitted = false;
-    for _ in 0..100 {
-        if gw.connect("acme", "t9").await.is_ok() {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(admitted, "the final config never applied");
+    eventually("the final config to apply (t9 admitted)", || async {
+        gw.connect("acme", "t9").await.map(drop)
+    })
+    .await;
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsprism");
@@ -303,25 +284,21 @@ impl Drop for Proc {
     }
 }
 
-fn binary_cfg(gateway: &str) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  handshake_limit: {{ enabled: false }}
-{gateway}
-  plugins: {{ dir: plugins, watch: false }}
-tenants:
-  - id: acme
-    api_keys: ["acme-key-0123456789"]
-    auth:
-      tickets: {{ t1: u1 }}
-    policy:
-      ext_allowlist: ["room:*", "chat:*"]
-      sessions: {{ max_sessions_per_user: 5000 }}
-"#
-    )
+/// Tenant `acme` (user u1, 5,000 sessions, API key) on ephemeral ports, no
+/// plugin watching, with a gateway edit.
+fn binary_cfg(gateway: impl FnOnce(&mut GatewayConfig)) -> String {
+    TestConfig::tenant("acme")
+        .gateway(|g| {
+            g.listen = "127.0.0.1:0".into();
+            g.admin_listen = "127.0.0.1:0".into();
+            g.plugins.watch = false;
+            gateway(g);
+        })
+        .api_key("acme-key-0123456789")
+        .tickets(&[("t1", "u1")])
+        .ext_allow(&["room:*", "chat:*"])
+        .policy(|p| p.sessions.max_sessions_per_user = 5000)
+        .build()
 }
 
 async fn publish(admin: &str, room: &str, data: serde_json::Value) {
@@ -340,7 +317,7 @@ async fn sigterm_with_1000_sessions_delivers_then_closes_1001() {
     const SESSIONS: usize = 1000;
     const ROOMS: usize = 10;
     let dir = tempfile::tempdir().expect("tmp");
-    let (mut p, addr, admin) = Proc::spawn(dir.path(), &binary_cfg("  drain_grace_ms: 10000"));
+    let (mut p, addr, admin) = Proc::spawn(dir.path(), &binary_cfg(|g| g.drain_grace_ms = 10_000));
     let url = format!("ws://{addr}/v1/ws?tenant=acme&ticket=t1");
     let traffic = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::with_capacity(SESSIONS);
@@ -415,8 +392,10 @@ async fn sigterm_with_1000_sessions_delivers_then_closes_1001() {
             (saw_final, code)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(traffic.load(Ordering::Relaxed) > 0, "no traffic flowed");
+    eventually("chat traffic to flow", || async {
+        traffic.load(Ordering::Relaxed) > 0
+    })
+    .await;
     // Reliable messages accepted before the signal must arrive before 1001.
     for r in 0..ROOMS {
         publish(&admin, &format!("r{r}"), json!({"room": r})).await;
@@ -456,7 +435,10 @@ async fn a_second_sigterm_forces_the_exit() {
     // the drain open.
     let (mut p, addr, admin) = Proc::spawn(
         dir.path(),
-        &binary_cfg("  drain_grace_ms: 60000\n  writer_send_timeout_ms: 60000"),
+        &binary_cfg(|g| {
+            g.drain_grace_ms = 60_000;
+            g.writer_send_timeout_ms = 60_000;
+        }),
     );
     let (mut stuck, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?tenant=acme&ticket=t1"))
@@ -468,7 +450,17 @@ async fn a_second_sigterm_forces_the_exit() {
         ))
         .await
         .expect("join");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The join is done before the flood (read up to `joined`; nothing after).
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = stuck.next().await {
+            if m.to_text().is_ok_and(|t| t.contains("\"joined\"")) {
+                return;
+            }
+        }
+        panic!("the stream ended before `joined`");
+    })
+    .await
+    .expect("joined in time");
     // Fill the socket buffers towards the client, which never reads.
     let big = "z".repeat(60_000);
     for _ in 0..200 {

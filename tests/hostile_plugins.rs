@@ -10,42 +10,40 @@ mod plugin_support;
 
 use std::time::Duration;
 
-use common::{Client, TestGateway, metric};
+use common::{Client, TestConfig, TestGateway, eventually_within, metric};
 use hostile_support::{assert_rss_growth_below, vm_rss_kib};
 use plugin_support::{deploy, guest, plugin_dir};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-fn cfg(dir: &std::path::Path) -> String {
-    let tenant = |id: &str| {
-        format!(
-            r#"  - id: {id}
-    auth:
-      tickets: {{ t1: u1, t2: u2, b1: by1, b2: by2, b3: by3 }}
-    policy:
-      ext_allowlist: ["room:*", "echo:*", "vote:*", "faults:*"]
-      rate_limit_rps: 10000
-      rate_limit_burst: 10000
-      error_budget: {{ max_errors: 1000, window_ms: 60000 }}
-    routes:
-      - {{ svc: echo, plugin: echo }}
-      - {{ svc: vote, plugin: vote }}
-      - {{ svc: faults, plugin: faults }}
-"#
-        )
+/// Tenants `acme` and `other`, each routing `echo`, `vote` and `faults` with
+/// users u1, u2 and bystanders by1..by3; tight plugin limits, files watched.
+fn cfg(dir: &std::path::Path) -> TestConfig {
+    let tenant = |cfg: TestConfig| {
+        cfg.tickets(&[
+            ("t1", "u1"),
+            ("t2", "u2"),
+            ("b1", "by1"),
+            ("b2", "by2"),
+            ("b3", "by3"),
+        ])
+        .ext_allow(&["room:*", "echo:*", "vote:*", "faults:*"])
+        .rate_limit(10_000, 10_000)
+        .policy(|p| {
+            p.error_budget.max_errors = 1000;
+            p.error_budget.window_ms = 60_000;
+        })
+        .route("echo", "echo")
+        .route("vote", "vote")
+        .route("faults", "faults")
     };
-    format!(
-        r#"# test: start plugin host
-version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-  plugins: {{ dir: "{}", watch: true, call_timeout_ms: 100, max_memory_bytes: 16777216 }}
-tenants:
-{}{}"#,
-        dir.display(),
-        tenant("acme"),
-        tenant("other")
-    )
+    let cfg = tenant(TestConfig::tenant("acme"))
+        .plugin_host(dir)
+        .gateway(|g| {
+            g.plugins.call_timeout_ms = 100;
+            g.plugins.max_memory_bytes = 16 << 20;
+        });
+    tenant(cfg.and_tenant("other"))
 }
 
 async fn echo_roundtrip(c: &mut Client, seq: u64) {
@@ -84,7 +82,7 @@ fn spawn_echo_bystanders(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_plugin_fault_fails_only_its_own_call_and_bystanders_keep_answers() {
     let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote"), ("faults", "faults")]);
-    let gw = TestGateway::start(&cfg(dir.path())).await;
+    let gw = TestGateway::start(cfg(dir.path())).await;
     let mut bad = gw.client("acme", "t1").await;
     bad.join("r").await;
     let mut bystanders = Vec::new();
@@ -146,7 +144,7 @@ async fn load_errors(gw: &TestGateway, plugin: &str) -> f64 {
 async fn broken_truncated_wrong_wit_and_huge_wasm_files_leave_the_old_version_serving() {
     let _serial = hostile_support::MEMORY.lock().await;
     let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote"), ("faults", "faults")]);
-    let gw = TestGateway::start(&cfg(dir.path())).await;
+    let gw = TestGateway::start(cfg(dir.path())).await;
     let stop = CancellationToken::new();
     let mut clients = Vec::new();
     for t in ["b1", "b2"] {
@@ -202,16 +200,12 @@ async fn broken_truncated_wrong_wit_and_huge_wasm_files_leave_the_old_version_se
         let before = load_errors(&gw, "echo").await;
         let start = tokio::time::Instant::now();
         drop_file();
-        loop {
-            if load_errors(&gw, "echo").await > before {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{what}: the load failure was never reported"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        eventually_within(
+            Duration::from_secs(20),
+            &format!("{what}: the load failure to be reported"),
+            || async { load_errors(&gw, "echo").await > before },
+        )
+        .await;
         let took = start.elapsed();
         eprintln!("{what}: refused after {took:?}");
         if what.contains("MiB") {
@@ -244,7 +238,7 @@ async fn broken_truncated_wrong_wit_and_huge_wasm_files_leave_the_old_version_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vote_kv_is_isolated_between_tenants_with_the_same_rooms_and_users() {
     let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote"), ("faults", "faults")]);
-    let gw = TestGateway::start(&cfg(dir.path())).await;
+    let gw = TestGateway::start(cfg(dir.path())).await;
     let mut a1 = gw.client("acme", "t1").await;
     let mut a2 = gw.client("acme", "t2").await;
     let mut o1 = gw.client("other", "t1").await;

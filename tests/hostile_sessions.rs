@@ -8,11 +8,12 @@ mod hostile_support;
 
 use std::time::Duration;
 
-use common::{Client, TestGateway, metric};
+use common::{Client, TestConfig, TestGateway, metric};
 use futures_util::{SinkExt, StreamExt};
 use hostile_support::bystander_answers;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use wsprism::config::HotErrorMode;
 
 async fn expect_error_code(c: &mut Client, what: &str, codes: &[&str]) {
     let e = tokio::time::timeout(Duration::from_secs(5), c.recv_type("error"))
@@ -24,21 +25,19 @@ async fn expect_error_code(c: &mut Client, what: &str, codes: &[&str]) {
 
 #[tokio::test]
 async fn malformed_envelopes_get_errors_the_session_survives_and_abuse_is_cut_with_1008() {
-    let yaml = r#"version: 1
-gateway:
-  handshake_limit: { enabled: false }
-tenants:
-  - id: acme
-    auth:
-      tickets: { t1: u1, t2: u2, by: bystander }
-    policy:
-      ext_allowlist: ["room:*", "chat:*"]
-      hot_error_mode: error
-      rate_limit_rps: 10000
-      rate_limit_burst: 10000
-      error_budget: { max_errors: 60, window_ms: 60000 }
-"#;
-    let gw = TestGateway::start(yaml).await;
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .tickets(&[("t1", "u1"), ("t2", "u2"), ("by", "bystander")])
+            .ext_allow(&["room:*", "chat:*"])
+            .policy(|p| {
+                p.hot_error_mode = HotErrorMode::Error;
+                p.rate_limit_rps = 10_000;
+                p.rate_limit_burst = 10_000;
+                p.error_budget.max_errors = 60;
+                p.error_budget.window_ms = 60_000;
+            }),
+    )
+    .await;
     let mut c = gw.client("acme", "t1").await;
     let mut bystander = gw.client("acme", "by").await;
     let deep_data = format!(
@@ -220,23 +219,16 @@ tenants:
 
 #[tokio::test]
 async fn foreign_tickets_and_look_alike_origins_are_refused() {
-    let yaml = r#"version: 1
-gateway:
-  handshake_limit: { enabled: false }
-tenants:
-  - id: acme
-    auth:
-      tickets: { acme-ticket: u1 }
-    policy:
-      ext_allowlist: ["room:*"]
-  - id: other
-    allowed_origins: ["https://good.example"]
-    auth:
-      tickets: { other-ticket: u1 }
-    policy:
-      ext_allowlist: ["room:*"]
-"#;
-    let gw = TestGateway::start(yaml).await;
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .tickets(&[("acme-ticket", "u1")])
+            .ext_allow(&["room:*"])
+            .and_tenant("other")
+            .with_tenant(|t| t.allowed_origins = vec!["https://good.example".into()])
+            .tickets(&[("other-ticket", "u1")])
+            .ext_allow(&["room:*"]),
+    )
+    .await;
     let mut bystander = gw.client("acme", "acme-ticket").await;
     type Headers<'a> = Vec<(&'a str, &'a str)>;
     let cases: Vec<(&str, &str, Headers<'_>, u16)> = vec![
@@ -333,27 +325,16 @@ tenants:
 
 #[tokio::test]
 async fn tenants_with_the_same_rooms_and_users_never_see_each_other() {
-    let tenant = |id: &str| {
-        format!(
-            r#"  - id: {id}
-    api_keys: ["{id}-key-0123456789"]
-    auth:
-      tickets: {{ {id}-1: u1, {id}-2: u2 }}
-    policy:
-      ext_allowlist: ["room:*", "chat:*"]
-      hot_allowlist: ["1:*"]
-    rooms: {{ presence_events: true }}
-    hot_services:
-      - {{ id: 1, kind: relay }}
-"#
-        )
+    let tenant = |cfg: TestConfig, id: &str| {
+        cfg.api_key(&format!("{id}-key-0123456789"))
+            .tickets(&[(&format!("{id}-1"), "u1"), (&format!("{id}-2"), "u2")])
+            .ext_allow(&["room:*", "chat:*"])
+            .hot_allow(&["1:*"])
+            .rooms(|r| r.presence_events = true)
+            .hot_relay(1)
     };
-    let yaml = format!(
-        "version: 1\ngateway:\n  handshake_limit: {{ enabled: false }}\ntenants:\n{}{}",
-        tenant("acme"),
-        tenant("other")
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let cfg = tenant(TestConfig::tenant("acme"), "acme");
+    let gw = TestGateway::start(tenant(cfg.and_tenant("other"), "other")).await;
     let mut a1 = gw.client("acme", "acme-1").await;
     let mut a2 = gw.client("acme", "acme-2").await;
     let mut o1 = gw.client("other", "other-1").await;
@@ -457,24 +438,28 @@ async fn tenants_with_the_same_rooms_and_users_never_see_each_other() {
 /// frames: lossy frames queue behind reliable ones and may be dropped, counted).
 #[tokio::test]
 async fn slow_consumer_in_a_busy_room_is_cut_and_the_others_get_everything() {
-    let yaml = r#"version: 1
-gateway:
-  handshake_limit: { enabled: false }
-  writer_send_timeout_ms: 60000
-  queues: { reliable_capacity: 64, lossy_capacity: 32 }
-tenants:
-  - id: acme
-    auth:
-      tickets: { s1: s1, s2: s2, f1: f1, f2: f2, f3: f3, f4: f4, slow: slow }
-    policy:
-      ext_allowlist: ["room:*", "chat:*"]
-      hot_allowlist: ["1:*"]
-      rate_limit_rps: 100000
-      rate_limit_burst: 100000
-    hot_services:
-      - { id: 1, kind: relay }
-"#;
-    let gw = TestGateway::start(yaml).await;
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .gateway(|g| {
+                g.writer_send_timeout_ms = 60_000;
+                g.queues.reliable_capacity = 64;
+                g.queues.lossy_capacity = 32;
+            })
+            .tickets(&[
+                ("s1", "s1"),
+                ("s2", "s2"),
+                ("f1", "f1"),
+                ("f2", "f2"),
+                ("f3", "f3"),
+                ("f4", "f4"),
+                ("slow", "slow"),
+            ])
+            .ext_allow(&["room:*", "chat:*"])
+            .hot_allow(&["1:*"])
+            .rate_limit(100_000, 100_000)
+            .hot_relay(1),
+    )
+    .await;
     const PER_SENDER: usize = 150;
     let senders = ["s1", "s2"];
     let text = "x".repeat(30 * 1024);

@@ -4,37 +4,41 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, metric};
+use common::{TestConfig, TestGateway, eventually, metric};
 use serde_json::json;
+use wsprism::config::{HotErrorMode, HotServiceConfig, HotServiceKind};
 
-fn cfg(policy: &str, hot_services: &str, gateway: &str) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-{gateway}
-tenants:
-  - id: acme
-    api_keys: ["acme-key-0123456789"]
-    auth:
-      tickets: {{ t1: u1, t2: u2, t3: u3 }}
-    policy: {policy}
-    hot_services: {hot_services}
-"#
-    )
+/// Tenant `acme` (users u1..u3) with Hot Lane services 1 (relay), 2 (echo) and
+/// 3 (relay, stamped, sender included), allowing `1:*`, `2:*` and `3:7`.
+fn cfg() -> TestConfig {
+    TestConfig::tenant("acme")
+        .tickets(&[("t1", "u1"), ("t2", "u2"), ("t3", "u3")])
+        .ext_allow(&["room:*", "chat:*"])
+        .hot_allow(&["1:*", "2:*", "3:7"])
+        .hot_relay(1)
+        .hot_echo(2)
+        .with_tenant(|t| {
+            t.hot_services.push(HotServiceConfig {
+                id: 3,
+                kind: HotServiceKind::Relay,
+                include_sender: true,
+                stamp_sender: true,
+            });
+        })
 }
 
-const SERVICES: &str = "[ { id: 1, kind: relay }, { id: 2, kind: echo }, { id: 3, kind: relay, stamp_sender: true, include_sender: true } ]";
-
-fn policy(extra: &str) -> String {
-    format!(
-        r#"{{ ext_allowlist: ["room:*", "chat:*"], hot_allowlist: ["1:*", "2:*", "3:7"] {extra} }}"#
-    )
+/// [`cfg`] without rate limits, with queues and writer timeout as given.
+fn flood(writer_send_timeout_ms: u64, reliable: usize, lossy: usize) -> TestConfig {
+    cfg().rate_limit(100_000, 100_000).gateway(|g| {
+        g.writer_send_timeout_ms = writer_send_timeout_ms;
+        g.queues.reliable_capacity = reliable;
+        g.queues.lossy_capacity = lossy;
+    })
 }
 
 #[tokio::test]
 async fn relay_forwards_bytes_to_the_other_members() {
-    let gw = TestGateway::start(&cfg(&policy(""), SERVICES, "")).await;
+    let gw = TestGateway::start(cfg()).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     let mut c = gw.client("acme", "t3").await;
@@ -50,7 +54,7 @@ async fn relay_forwards_bytes_to_the_other_members() {
 
 #[tokio::test]
 async fn relay_with_stamping_and_include_sender() {
-    let gw = TestGateway::start(&cfg(&policy(""), SERVICES, "")).await;
+    let gw = TestGateway::start(cfg()).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     let pa = a.join("m").await["data"]["peer"].as_u64().expect("peer");
@@ -69,7 +73,7 @@ async fn relay_with_stamping_and_include_sender() {
 
 #[tokio::test]
 async fn echo_and_active_room_requirement() {
-    let gw = TestGateway::start(&cfg(&policy(", hot_error_mode: error"), SERVICES, "")).await;
+    let gw = TestGateway::start(cfg().policy(|p| p.hot_error_mode = HotErrorMode::Error)).await;
     let mut a = gw.client("acme", "t1").await;
     a.send_bin(&[2, 1, 0, 42]).await;
     let e = a.recv_type("error").await;
@@ -88,7 +92,7 @@ async fn echo_and_active_room_requirement() {
 #[tokio::test]
 async fn hot_error_modes() {
     // error: a sys.error text frame per refusal.
-    let gw = TestGateway::start(&cfg(&policy(", hot_error_mode: error"), SERVICES, "")).await;
+    let gw = TestGateway::start(cfg().policy(|p| p.hot_error_mode = HotErrorMode::Error)).await;
     let mut a = gw.client("acme", "t1").await;
     a.join("r").await;
     a.send_bin(&[9, 1, 0]).await;
@@ -103,7 +107,7 @@ async fn hot_error_modes() {
     assert_eq!(a.recv_type("error").await["data"]["code"], "BAD_REQUEST");
 
     // silent: dropped and counted.
-    let gw = TestGateway::start(&cfg(&policy(""), SERVICES, "")).await;
+    let gw = TestGateway::start(cfg()).await;
     let mut a = gw.client("acme", "t1").await;
     a.join("r").await;
     a.send_bin(&[9, 1, 0]).await;
@@ -118,7 +122,7 @@ async fn hot_error_modes() {
     );
 
     // close: 1008.
-    let gw = TestGateway::start(&cfg(&policy(", hot_error_mode: close"), SERVICES, "")).await;
+    let gw = TestGateway::start(cfg().policy(|p| p.hot_error_mode = HotErrorMode::Close)).await;
     let mut a = gw.client("acme", "t1").await;
     a.join("r").await;
     a.send_bin(&[9, 1, 0]).await;
@@ -127,11 +131,14 @@ async fn hot_error_modes() {
 
 #[tokio::test]
 async fn allowlisted_svc_without_a_native_service_is_unknown() {
-    let gw = TestGateway::start(&cfg(
-        r#"{ ext_allowlist: ["room:*"], hot_allowlist: ["*"], hot_error_mode: error }"#,
-        "[ { id: 1, kind: relay } ]",
-        "",
-    ))
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .tickets(&[("t1", "u1")])
+            .ext_allow(&["room:*"])
+            .hot_allow(&["*"])
+            .policy(|p| p.hot_error_mode = HotErrorMode::Error)
+            .hot_relay(1),
+    )
     .await;
     let mut a = gw.client("acme", "t1").await;
     a.join("r").await;
@@ -144,12 +151,7 @@ async fn allowlisted_svc_without_a_native_service_is_unknown() {
 
 #[tokio::test]
 async fn lossy_overflow_drops_oldest_and_keeps_the_session() {
-    let gw = TestGateway::start(&cfg(
-        &policy(", rate_limit_rps: 100000, rate_limit_burst: 100000"),
-        SERVICES,
-        "  writer_send_timeout_ms: 60000\n  queues: { reliable_capacity: 64, lossy_capacity: 4 }",
-    ))
-    .await;
+    let gw = TestGateway::start(flood(60_000, 64, 4)).await;
     let mut sender = gw.client("acme", "t1").await;
     let mut sink = gw.client("acme", "t2").await;
     sender.join("r").await;
@@ -161,19 +163,11 @@ async fn lossy_overflow_drops_oldest_and_keeps_the_session() {
     for _ in 0..400 {
         sender.send_bin(&frame).await;
     }
-    let mut dropped = 0.0;
-    for _ in 0..100 {
-        let m = gw.metrics().await;
-        dropped = metric(
-            &m,
-            "wsprism_drops_total{reason=\"lossy_overflow\",tenant=\"acme\"}",
-        );
-        if dropped > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(dropped > 0.0, "no lossy drops were counted");
+    gw.metric_at_least(
+        "wsprism_drops_total{reason=\"lossy_overflow\",tenant=\"acme\"}",
+        1.0,
+    )
+    .await;
     // The session is still alive and receives frames.
     let mut got = 0;
     while let Some(m) = sink.try_recv(Duration::from_millis(500)).await {
@@ -192,12 +186,7 @@ async fn lossy_overflow_drops_oldest_and_keeps_the_session() {
 
 #[tokio::test]
 async fn reliable_overflow_closes_the_slow_consumer_with_4002() {
-    let gw = TestGateway::start(&cfg(
-        &policy(", rate_limit_rps: 100000, rate_limit_burst: 100000"),
-        SERVICES,
-        "  writer_send_timeout_ms: 60000\n  queues: { reliable_capacity: 64, lossy_capacity: 8 }",
-    ))
-    .await;
+    let gw = TestGateway::start(flood(60_000, 64, 8)).await;
     let mut sender = gw.client("acme", "t1").await;
     let mut slow = gw.client("acme", "t2").await;
     let mut fast = gw.client("acme", "t3").await;
@@ -252,17 +241,12 @@ async fn reliable_overflow_closes_the_slow_consumer_with_4002() {
     );
     // The session ends once the client answers the close or the close handshake
     // times out (2 s); `slow` is not read any more, so allow for the timeout.
-    let mut closed = 0.0;
-    for _ in 0..250 {
-        closed = metric(
-            &gw.metrics().await,
+    let closed = gw
+        .metric_at_least(
             "wsprism_sessions_closed_total{reason=\"slow_consumer\",tenant=\"acme\"}",
-        );
-        if closed > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            1.0,
+        )
+        .await;
     let all = gw.metrics().await;
     let lines: Vec<&str> = all
         .lines()
@@ -276,12 +260,7 @@ async fn reliable_overflow_closes_the_slow_consumer_with_4002() {
 
 #[tokio::test]
 async fn a_blocked_socket_write_ends_the_session_after_writer_send_timeout() {
-    let gw = TestGateway::start(&cfg(
-        &policy(", rate_limit_rps: 100000, rate_limit_burst: 100000"),
-        SERVICES,
-        "  writer_send_timeout_ms: 300\n  queues: { reliable_capacity: 100000, lossy_capacity: 100000 }",
-    ))
-    .await;
+    let gw = TestGateway::start(flood(300, 100_000, 100_000)).await;
     let mut sender = gw.client("acme", "t1").await;
     let mut stuck = gw.client("acme", "t2").await;
     sender.join("r").await;
@@ -294,15 +273,16 @@ async fn a_blocked_socket_write_ends_the_session_after_writer_send_timeout() {
     // `stuck` never reads: its socket buffers fill, a write blocks past the bound
     // and the gateway drops the session.
     let tenant = gw.gw.tenant("acme").expect("tenant");
-    let mut gone = false;
-    for _ in 0..100 {
-        if tenant.broker.stats().sessions == 1 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gone, "the stuck session is still registered");
+    eventually(
+        "the stuck session to be dropped (1 session left)",
+        || async {
+            match tenant.broker.stats().sessions {
+                1 => Ok(()),
+                n => Err(format!("{n} sessions")),
+            }
+        },
+    )
+    .await;
     drop(stuck);
     sender
         .send_json(json!({"v":1,"svc":"room","type":"presence","room":"r"}))

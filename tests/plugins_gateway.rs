@@ -6,33 +6,25 @@ mod plugin_support;
 
 use std::time::Duration;
 
-use common::{Client, TestGateway};
+use common::{Client, TestConfig, TestGateway, eventually, eventually_within};
 use plugin_support::{deploy, guest, plugin_dir, variant};
 use serde_json::{Value, json};
 
-fn cfg(dir: &std::path::Path, extra_routes: &str) -> String {
-    format!(
-        r#"# test: start plugin host
-version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-  plugins: {{ dir: "{}", watch: true, call_timeout_ms: 100, max_memory_bytes: 16777216 }}
-tenants:
-  - id: acme
-    api_keys: ["acme-key-0123456789"]
-    auth:
-      tickets: {{ t1: u1, t2: u2, t3: u3 }}
-    policy:
-      ext_allowlist: ["room:*", "echo:*", "vote:*", "faults:*"]
-      rate_limit_rps: 10000
-      rate_limit_burst: 10000
-    routes:
-      - {{ svc: echo, plugin: echo }}
-      - {{ svc: vote, plugin: vote }}
-{extra_routes}
-"#,
-        dir.display()
-    )
+/// Tenant `acme` (users u1..u3) routing `echo` and `vote` to their plugins, with
+/// tight plugin limits and the directory watched.
+fn cfg(dir: &std::path::Path) -> TestConfig {
+    TestConfig::tenant("acme")
+        .plugin_host(dir)
+        .gateway(|g| {
+            g.plugins.call_timeout_ms = 100;
+            g.plugins.max_memory_bytes = 16 << 20;
+        })
+        .api_key("acme-key-0123456789")
+        .tickets(&[("t1", "u1"), ("t2", "u2"), ("t3", "u3")])
+        .ext_allow(&["room:*", "echo:*", "vote:*", "faults:*"])
+        .rate_limit(10_000, 10_000)
+        .route("echo", "echo")
+        .route("vote", "vote")
 }
 
 async fn plugins_status(gw: &TestGateway) -> Value {
@@ -63,7 +55,7 @@ async fn echo_roundtrip(c: &mut Client, seq: u64) {
 #[tokio::test]
 async fn echo_plugin_answers_and_broadcasts_through_websocket() {
     let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote")]);
-    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let gw = TestGateway::start(cfg(dir.path())).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     a.send_json(json!({"v":1,"svc":"echo","type":"hello","data":{"x":[1,2]}}))
@@ -87,7 +79,7 @@ async fn echo_plugin_answers_and_broadcasts_through_websocket() {
 #[tokio::test]
 async fn vote_plugin_keeps_state_in_kv_and_refusals_are_service_errors() {
     let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote")]);
-    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let gw = TestGateway::start(cfg(dir.path())).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     a.join("poll").await;
@@ -115,7 +107,7 @@ async fn vote_plugin_keeps_state_in_kv_and_refusals_are_service_errors() {
 #[tokio::test]
 async fn hot_reload_under_traffic_drops_nothing() {
     let dir = plugin_dir(&[("echo", "echo")]);
-    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let gw = TestGateway::start(cfg(dir.path())).await;
     let before = plugins_status(&gw).await["plugins"][0]["sha256"].clone();
     let mut clients = Vec::new();
     for t in ["t1", "t2", "t3"] {
@@ -146,57 +138,56 @@ async fn hot_reload_under_traffic_drops_nothing() {
             .expect("client task: a reply was lost or the session dropped");
         echo_roundtrip(&mut c, 999).await;
     }
-    let mut after = before.clone();
     // Compiling a new version can take seconds on a loaded machine.
-    for _ in 0..600 {
-        after = plugins_status(&gw).await["plugins"][0]["sha256"].clone();
-        if after != before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_ne!(after, before, "the new version never served");
+    eventually_within(
+        Duration::from_secs(30),
+        "a new plugin version to serve (sha256 changes)",
+        || async { plugins_status(&gw).await["plugins"][0]["sha256"] != before },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn broken_and_deleted_plugins() {
     let dir = plugin_dir(&[("echo", "echo")]);
-    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let gw = TestGateway::start(cfg(dir.path())).await;
     let mut c = gw.client("acme", "t1").await;
     echo_roundtrip(&mut c, 1).await;
     // A file that is not a component leaves the old version serving.
     deploy(dir.path(), "echo.wasm", b"\0asm garbage");
-    let mut state = Value::Null;
-    for _ in 0..100 {
-        state = plugins_status(&gw).await["plugins"][0].clone();
-        if state["state"] == "failed to load" || state["last_error"].is_string() {
-            break;
+    eventually("the garbage file's load error to be reported", || async {
+        let state = plugins_status(&gw).await["plugins"][0].clone();
+        if state["last_error"].is_string() {
+            Ok(())
+        } else {
+            Err(state)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(state["last_error"].is_string(), "{state}");
+    })
+    .await;
     echo_roundtrip(&mut c, 2).await;
     // Deleting the file takes the route down: SERVICE_UNAVAILABLE.
     std::fs::remove_file(dir.path().join("echo.wasm")).expect("rm");
-    let mut code = Value::Null;
-    for seq in 10..200u64 {
-        c.send_json(json!({"v":1,"svc":"echo","type":"x","seq":seq}))
+    let session = tokio::sync::Mutex::new((c, 10u64));
+    let code = eventually("a call to the deleted plugin to be refused", || async {
+        let (c, seq) = &mut *session.lock().await;
+        *seq += 1;
+        c.send_json(json!({"v":1,"svc":"echo","type":"x","seq":*seq}))
             .await;
         let v = c.recv_json().await;
         if v["type"] == "error" {
-            code = v["data"]["code"].clone();
-            break;
+            return Ok(v["data"]["code"].clone());
         }
         c.recv_type("ack").await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(v)
+    })
+    .await;
     assert_eq!(code, "SERVICE_UNAVAILABLE");
 }
 
 #[tokio::test]
 async fn a_faulting_plugin_fails_only_its_own_calls() {
     let dir = plugin_dir(&[("echo", "echo"), ("faults", "faults")]);
-    let gw = TestGateway::start(&cfg(dir.path(), "      - { svc: faults, plugin: faults }")).await;
+    let gw = TestGateway::start(cfg(dir.path()).route("faults", "faults")).await;
     let mut bad = gw.client("acme", "t1").await;
     let mut good = gw.client("acme", "t2").await;
     for (seq, ty) in ["loop", "oom", "recurse", "panic"].into_iter().enumerate() {
@@ -234,25 +225,20 @@ async fn javascript_and_python_plugins_answer_through_websocket() {
             deploy(&dir, name, &bytes);
         }
     }
-    let yaml = format!(
-        r#"# test: start plugin host
-version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-  plugins: {{ dir: "{}", watch: false, call_timeout_ms: 2000, max_memory_bytes: 268435456 }}
-tenants:
-  - id: acme
-    auth:
-      tickets: {{ t1: u1, t2: u2 }}
-    policy:
-      ext_allowlist: ["room:*", "counter:*", "counter_py:*"]
-    routes:
-      - {{ svc: counter, plugin: counter_js }}
-      - {{ svc: counter_py, plugin: counter_py }}
-"#,
-        dir.display()
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .plugin_host(&dir)
+            .gateway(|g| {
+                g.plugins.watch = false;
+                g.plugins.call_timeout_ms = 2000;
+                g.plugins.max_memory_bytes = 256 << 20;
+            })
+            .tickets(&[("t1", "u1"), ("t2", "u2")])
+            .ext_allow(&["room:*", "counter:*", "counter_py:*"])
+            .route("counter", "counter_js")
+            .route("counter_py", "counter_py"),
+    )
+    .await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     a.join("r").await;
@@ -280,7 +266,7 @@ tenants:
 #[tokio::test]
 async fn on_disconnect_publishes_to_the_room() {
     let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote")]);
-    let gw = TestGateway::start(&cfg(dir.path(), "")).await;
+    let gw = TestGateway::start(cfg(dir.path())).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     a.join("r").await;
@@ -311,7 +297,7 @@ async fn on_disconnect_publishes_to_the_room() {
 #[tokio::test]
 async fn room_hooks_gate_joins_and_hear_leaves() {
     let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote"), ("faults", "faults")]);
-    let gw = TestGateway::start(&cfg(dir.path(), "      - { svc: faults, plugin: faults }")).await;
+    let gw = TestGateway::start(cfg(dir.path()).route("faults", "faults")).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
 

@@ -5,32 +5,23 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestGateway;
+use common::{TestConfig, TestGateway, eventually};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
-fn cfg(echo: bool) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-  diagnostics: {{ echo: {echo} }}
-tenants:
-  - id: acme
-    auth:
-      tickets: {{ t1: u1 }}
-    policy:
-      ext_allowlist: ["room:*"]
-"#
-    )
+fn cfg(echo: bool) -> TestConfig {
+    TestConfig::tenant("acme")
+        .tickets(&[("t1", "u1")])
+        .ext_allow(&["room:*"])
+        .gateway(|g| g.diagnostics.echo = echo)
 }
 
 #[tokio::test]
 async fn invalid_utf8_text_closes_with_1007() {
-    let gw = TestGateway::start(&cfg(false)).await;
+    let gw = TestGateway::start(cfg(false)).await;
     let mut c = gw.client("acme", "t1").await;
     let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     c.ws.send(Message::Frame(frame)).await.expect("send");
@@ -39,7 +30,7 @@ async fn invalid_utf8_text_closes_with_1007() {
 
 #[tokio::test]
 async fn client_close_gets_a_close_reply() {
-    let gw = TestGateway::start(&cfg(false)).await;
+    let gw = TestGateway::start(cfg(false)).await;
     let mut c = gw.client("acme", "t1").await;
     c.ws.send(Message::Close(Some(CloseFrame {
         code: CloseCode::Normal,
@@ -60,18 +51,18 @@ async fn client_close_gets_a_close_reply() {
     }
     assert!(got_close);
     // The session is gone from the broker.
-    for _ in 0..50 {
-        if gw.gw.tenant("acme").map(|t| t.broker.stats().sessions) == Some(0) {
-            return;
+    eventually("the closed session to be unregistered", || async {
+        match gw.gw.tenant("acme").map(|t| t.broker.stats().sessions) {
+            Some(0) => Ok(()),
+            other => Err(other),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("session not unregistered");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn gateway_close_waits_for_the_client_reply() {
-    let gw = TestGateway::start(&cfg(false)).await;
+    let gw = TestGateway::start(cfg(false)).await;
     let mut c = gw.client("acme", "t1").await;
     gw.gw.start_drain();
     // tokio-tungstenite answers the close automatically; the stream then ends
@@ -91,14 +82,14 @@ async fn gateway_close_waits_for_the_client_reply() {
 
 #[tokio::test]
 async fn diagnostics_echo_exists_only_when_enabled() {
-    let off = TestGateway::start(&cfg(false)).await;
+    let off = TestGateway::start(cfg(false)).await;
     let status = reqwest::get(format!("http://{}/v1/echo", off.addr))
         .await
         .expect("get")
         .status();
     assert_eq!(status.as_u16(), 404);
 
-    let on = TestGateway::start(&cfg(true)).await;
+    let on = TestGateway::start(cfg(true)).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/echo", on.addr))
         .await
         .expect("connect");
@@ -116,7 +107,7 @@ async fn diagnostics_echo_exists_only_when_enabled() {
 
 #[tokio::test]
 async fn reserved_bits_close_with_1002() {
-    let gw = TestGateway::start(&cfg(false)).await;
+    let gw = TestGateway::start(cfg(false)).await;
     let mut c = gw.client("acme", "t1").await;
     let mut frame = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
     frame.header_mut().rsv1 = true;
@@ -126,20 +117,17 @@ async fn reserved_bits_close_with_1002() {
 
 #[tokio::test]
 async fn ping_floods_are_rate_limited_and_cut() {
-    let yaml = r#"version: 1
-gateway:
-  handshake_limit: { enabled: false }
-tenants:
-  - id: acme
-    auth:
-      tickets: { t1: u1, t2: u2 }
-    policy:
-      rate_limit_rps: 5
-      rate_limit_burst: 10
-      error_budget: { max_errors: 20, window_ms: 60000 }
-      ext_allowlist: ["room:*"]
-"#;
-    let gw = TestGateway::start(yaml).await;
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .tickets(&[("t1", "u1"), ("t2", "u2")])
+            .ext_allow(&["room:*"])
+            .rate_limit(5, 10)
+            .policy(|p| {
+                p.error_budget.max_errors = 20;
+                p.error_budget.window_ms = 60_000;
+            }),
+    )
+    .await;
     let mut flooder = gw.client("acme", "t1").await;
     let mut bystander = gw.client("acme", "t2").await;
     for _ in 0..200 {

@@ -3,41 +3,29 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{TestGateway, metric};
+use common::{TestConfig, TestGateway, metric};
 use serde_json::json;
+use wsprism::config::{AuthMode, JwtAlgorithm};
 
-fn cfg(allow: &str, max_frame: usize, tickets: &str) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-tenants:
-  - id: acme
-    auth:
-      tickets: {tickets}
-    limits: {{ max_frame_bytes: {max_frame} }}
-    policy:
-      ext_allowlist: {allow}
-"#
-    )
+/// Tenant `acme` allowing `allow`, with a frame limit and users (`ticket -> user`).
+fn cfg(allow: &[&str], max_frame_bytes: usize, tickets: &[(&str, &str)]) -> TestConfig {
+    TestConfig::tenant("acme")
+        .tickets(tickets)
+        .limits(|l| l.max_frame_bytes = max_frame_bytes)
+        .ext_allow(allow)
 }
 
 async fn wait_for_reloads(gw: &TestGateway, result: &str, at_least: f64) {
-    let key = format!("wsprism_config_reloads_total{{result=\"{result}\"}}");
-    for _ in 0..100 {
-        if metric(&gw.metrics().await, &key) >= at_least {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no {result} reload observed");
+    gw.metric_at_least(
+        &format!("wsprism_config_reloads_total{{result=\"{result}\"}}"),
+        at_least,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn file_change_applies_to_existing_sessions_and_bad_files_are_refused() {
-    let gw = TestGateway::start_with_file(&cfg(r#"["room:*"]"#, 65536, "{ t1: u1 }")).await;
+    let gw = TestGateway::start_with_file(cfg(&["room:*"], 65536, &[("t1", "u1")])).await;
     let path = gw.config_path.clone().expect("config path");
     let mut c = gw.client("acme", "t1").await;
     c.join("r").await;
@@ -48,7 +36,7 @@ async fn file_change_applies_to_existing_sessions_and_bad_files_are_refused() {
     // Allow chat and add a ticket: the existing session may chat at once.
     std::fs::write(
         &path,
-        cfg(r#"["room:*", "chat:*"]"#, 65536, "{ t1: u1, t2: u2 }"),
+        cfg(&["room:*", "chat:*"], 65536, &[("t1", "u1"), ("t2", "u2")]).build(),
     )
     .expect("write");
     wait_for_reloads(&gw, "ok", 1.0).await;
@@ -75,10 +63,10 @@ async fn file_change_applies_to_existing_sessions_and_bad_files_are_refused() {
 
 #[tokio::test]
 async fn explicit_reload_changes_limits_and_removes_tenants() {
-    let gw = TestGateway::start_with_file(&cfg(r#"["room:*"]"#, 65536, "{ t1: u1 }")).await;
+    let gw = TestGateway::start_with_file(cfg(&["room:*"], 65536, &[("t1", "u1")])).await;
     let path = gw.config_path.clone().expect("path");
     let mut c = gw.client("acme", "t1").await;
-    std::fs::write(&path, cfg(r#"["room:*"]"#, 256, "{ t1: u1 }")).expect("write");
+    std::fs::write(&path, cfg(&["room:*"], 256, &[("t1", "u1")]).build()).expect("write");
     assert!(wsprism::reload::reload(&gw.gw, &path));
     // The new frame limit applies to the existing session's next message.
     c.send_text(&format!(
@@ -92,7 +80,7 @@ async fn explicit_reload_changes_limits_and_removes_tenants() {
     let mut d = gw.client("acme", "t1").await;
     std::fs::write(
         &path,
-        "version: 1\ngateway:\n  handshake_limit: { enabled: false }\ntenants:\n  - id: beta\n    auth: { tickets: { b: ub } }\n",
+        TestConfig::tenant("beta").tickets(&[("b", "ub")]).build(),
     )
     .expect("write");
     assert!(wsprism::reload::reload(&gw.gw, &path));
@@ -108,18 +96,18 @@ async fn explicit_reload_changes_limits_and_removes_tenants() {
 
 #[tokio::test]
 async fn a_tenant_that_fails_to_compile_refuses_the_whole_reload() {
-    let gw = TestGateway::start_with_file(&cfg(r#"["room:*"]"#, 65536, "{ t1: u1 }")).await;
+    let gw = TestGateway::start_with_file(cfg(&["room:*"], 65536, &[("t1", "u1")])).await;
     let path = gw.config_path.clone().expect("path");
     // Valid YAML, but the JWT secret variable does not exist: refused at compile.
-    let text = r#"version: 1
-gateway:
-  handshake_limit: { enabled: false }
-tenants:
-  - id: acme
-    auth: { tickets: { t1: u1, t9: u9 } }
-  - id: jwty
-    auth: { mode: jwt, algorithm: HS256, secret_env: WSPRISM_TEST_SURELY_UNSET_VAR }
-"#;
+    let text = TestConfig::tenant("acme")
+        .tickets(&[("t1", "u1"), ("t9", "u9")])
+        .and_tenant("jwty")
+        .auth(|a| {
+            a.mode = AuthMode::Jwt;
+            a.algorithm = Some(JwtAlgorithm::HS256);
+            a.secret_env = Some("WSPRISM_TEST_SURELY_UNSET_VAR".into());
+        })
+        .build();
     std::fs::write(&path, text).expect("write");
     assert!(!wsprism::reload::reload(&gw.gw, &path));
     // t9 was not added: nothing of the refused file applies.

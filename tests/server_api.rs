@@ -2,31 +2,20 @@
 
 mod common;
 
-use common::TestGateway;
+use common::{TestConfig, TestGateway};
 use serde_json::{Value, json};
 
-fn cfg() -> String {
-    r#"version: 1
-gateway:
-  handshake_limit: { enabled: false }
-tenants:
-  - id: acme
-    api_keys: ["acme-key-0123456789"]
-    auth:
-      tickets: { t1: u1, t2: u2 }
-    limits: { max_frame_bytes: 1024 }
-    policy:
-      ext_allowlist: ["room:*"]
-    routes:
-      - { svc: echo, plugin: echo }
-  - id: other
-    api_keys: ["other-key-0123456789"]
-    auth:
-      tickets: { t1: u1 }
-    policy:
-      ext_allowlist: ["room:*"]
-"#
-    .to_owned()
+fn cfg() -> TestConfig {
+    TestConfig::tenant("acme")
+        .api_key("acme-key-0123456789")
+        .tickets(&[("t1", "u1"), ("t2", "u2")])
+        .limits(|l| l.max_frame_bytes = 1024)
+        .ext_allow(&["room:*"])
+        .route("echo", "echo")
+        .and_tenant("other")
+        .api_key("other-key-0123456789")
+        .tickets(&[("t1", "u1")])
+        .ext_allow(&["room:*"])
 }
 
 async fn call(
@@ -58,7 +47,7 @@ const KEY: Option<&str> = Some("acme-key-0123456789");
 
 #[tokio::test]
 async fn auth_401_403() {
-    let gw = TestGateway::start(&cfg()).await;
+    let gw = TestGateway::start(cfg()).await;
     let p = "/v1/api/tenants/acme/stats";
     assert_eq!(call(&gw, "GET", p, None, None).await.0, 401);
     assert_eq!(
@@ -80,7 +69,7 @@ async fn auth_401_403() {
 
 #[tokio::test]
 async fn publish_send_presence_stats() {
-    let gw = TestGateway::start(&cfg()).await;
+    let gw = TestGateway::start(cfg()).await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     let mut foreign = gw.client("other", "t1").await;
@@ -148,7 +137,7 @@ async fn publish_send_presence_stats() {
 
 #[tokio::test]
 async fn refusals() {
-    let gw = TestGateway::start(&cfg()).await;
+    let gw = TestGateway::start(cfg()).await;
     let publish = "/v1/api/tenants/acme/publish";
     let (status, body) = call(
         &gw,
@@ -202,7 +191,7 @@ async fn refusals() {
 
 #[tokio::test]
 async fn disconnect_closes_with_4004() {
-    let gw = TestGateway::start(&cfg()).await;
+    let gw = TestGateway::start(cfg()).await;
     let mut a1 = gw.client("acme", "t1").await;
     let mut a2 = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
@@ -234,7 +223,7 @@ async fn disconnect_closes_with_4004() {
 
 #[tokio::test]
 async fn metrics_are_only_on_the_admin_listener() {
-    let gw = TestGateway::start(&cfg()).await;
+    let gw = TestGateway::start(cfg()).await;
     let _a = gw.client("acme", "t1").await;
     let text = gw.metrics().await;
     assert!(

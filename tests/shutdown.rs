@@ -1,33 +1,36 @@
 //! Graceful drain (SPEC §1), heartbeats and idle timeout (SPEC §6).
 
 mod common;
+mod raw_ws;
 
 use std::time::Duration;
 
-use common::TestGateway;
+use common::{FrozenClock, TestConfig, TestGateway, WAIT};
+use raw_ws::{PING, RawWs};
 use serde_json::json;
+use wsprism::config::GatewayConfig;
 
-fn cfg(gateway: &str) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  handshake_limit: {{ enabled: false }}
-{gateway}
-tenants:
-  - id: acme
-    api_keys: ["acme-key-0123456789"]
-    auth:
-      tickets: {{ t1: u1, t2: u2 }}
-    policy:
-      ext_allowlist: ["room:*", "chat:*"]
-      sessions: {{ max_sessions_per_user: 100 }}
-"#
-    )
+/// Tenant `acme` (users u1, u2, 100 sessions each) with a gateway edit.
+fn cfg(gateway: impl FnOnce(&mut GatewayConfig)) -> TestConfig {
+    TestConfig::tenant("acme")
+        .api_key("acme-key-0123456789")
+        .tickets(&[("t1", "u1"), ("t2", "u2")])
+        .ext_allow(&["room:*", "chat:*"])
+        .policy(|p| p.sessions.max_sessions_per_user = 100)
+        .gateway(gateway)
+}
+
+/// Pings every 200 ms, idle timeout 600 ms.
+fn heartbeat() -> TestConfig {
+    cfg(|g| {
+        g.ping_interval_ms = 200;
+        g.idle_timeout_ms = 600;
+    })
 }
 
 #[tokio::test]
 async fn drain_flushes_reliable_then_closes_1001_and_returns_within_grace() {
-    let mut gw = TestGateway::start(&cfg("  drain_grace_ms: 3000")).await;
+    let mut gw = TestGateway::start(cfg(|g| g.drain_grace_ms = 3000)).await;
     let mut clients = Vec::new();
     for i in 0..20 {
         let mut c = gw
@@ -84,7 +87,7 @@ async fn drain_flushes_reliable_then_closes_1001_and_returns_within_grace() {
 
 #[tokio::test]
 async fn drain_gives_up_after_the_grace_period() {
-    let mut gw = TestGateway::start(&cfg("  drain_grace_ms: 500")).await;
+    let mut gw = TestGateway::start(cfg(|g| g.drain_grace_ms = 500)).await;
     // A client that never reads and never answers the close handshake.
     let _stuck = gw.client("acme", "t1").await;
     let readyz = format!("http://{}/readyz", gw.addr);
@@ -100,12 +103,14 @@ async fn drain_gives_up_after_the_grace_period() {
     assert!(took < Duration::from_secs(4), "run returned after {took:?}");
 }
 
+/// A client that reads gets pings and its pongs keep it alive. Real time: the
+/// gateway must see each pong before the idle deadline, which a frozen clock
+/// cannot wait for (the gateway's receipt of a pong is not observable).
 #[tokio::test]
-async fn idle_sessions_are_closed_with_4003() {
-    let gw = TestGateway::start(&cfg("  ping_interval_ms: 200\n  idle_timeout_ms: 600")).await;
+async fn clients_answering_pings_stay_connected() {
+    let gw = TestGateway::start(heartbeat()).await;
     let mut c = gw.client("acme", "t1").await;
-    // The client library answers pings automatically only while it reads; a
-    // client that reads gets pings and its pongs keep it alive.
+    // The client library answers pings automatically only while it reads.
     let start = tokio::time::Instant::now();
     let mut pings = 0;
     use futures_util::StreamExt;
@@ -119,8 +124,35 @@ async fn idle_sessions_are_closed_with_4003() {
         }
     }
     assert!(pings >= 3, "got {pings} pings");
-    // A silent client (reads nothing, so sends no pongs) is cut with 4003.
-    let mut silent = gw.client("acme", "t2").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(silent.recv_close().await, Some(4003));
+}
+
+/// A silent client (reads pings, never answers) is cut with 4003 at the idle
+/// timeout, not before.
+#[tokio::test]
+async fn silent_sessions_are_closed_with_4003_at_the_idle_timeout() {
+    let gw = TestGateway::start(heartbeat()).await;
+    let clock = FrozenClock::freeze();
+    // A raw client: it reads frames without answering pings.
+    let mut silent = RawWs::connect(gw.addr, "/v1/ws?tenant=acme&ticket=t2").await;
+    clock
+        .real_timeout(WAIT, silent.read_data())
+        .await
+        .expect("sys.authed");
+    clock.advance(Duration::from_millis(550)).await;
+    let mut pings = 0;
+    while let Some(f) = clock
+        .real_timeout(Duration::from_millis(200), silent.read_frame())
+        .await
+    {
+        let f = f.expect("the session is open before the idle timeout");
+        assert_eq!(f.opcode, PING, "only pings before the idle timeout: {f:?}");
+        pings += 1;
+    }
+    assert_eq!(pings, 2, "pings at 200 and 400 ms");
+    clock.advance(Duration::from_millis(100)).await;
+    let code = clock
+        .real_timeout(WAIT, silent.close_code())
+        .await
+        .expect("a close frame after the idle timeout");
+    assert_eq!(code, Some(Some(4003)));
 }

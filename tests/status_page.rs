@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::TestGateway;
+use common::{TestConfig, TestGateway};
 
 fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser", "google-chrome"]
@@ -24,20 +24,14 @@ async fn status_page_shows_live_sessions_rooms_and_plugins() {
         eprintln!("SKIPPED: no Chromium on this machine (scripts/test.sh installs it)");
         return;
     };
-    let yaml = r#"version: 1
-gateway:
-  handshake_limit: { enabled: false }
-tenants:
-  - id: acme
-    api_keys: ["acme-key-0123456789"]
-    auth:
-      tickets: { t1: u1, t2: u2 }
-    policy:
-      ext_allowlist: ["room:*"]
-    routes:
-      - { svc: echo, plugin: echo }
-"#;
-    let gw = TestGateway::start(yaml).await;
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .api_key("acme-key-0123456789")
+            .tickets(&[("t1", "u1"), ("t2", "u2")])
+            .ext_allow(&["room:*"])
+            .route("echo", "echo"),
+    )
+    .await;
     let mut a = gw.client("acme", "t1").await;
     let mut b = gw.client("acme", "t2").await;
     a.join("lobby").await;

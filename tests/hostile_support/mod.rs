@@ -69,18 +69,3 @@ pub fn spawn_bystander(
         }
     })
 }
-
-/// Polls `/metrics` until `sample` (`name{labels}`) reaches `at_least` (up to
-/// 5 s: sessions are counted once their close handshake is over); returns the
-/// last value.
-pub async fn wait_metric(gw: &crate::common::TestGateway, sample: &str, at_least: f64) -> f64 {
-    let mut v = 0.0;
-    for _ in 0..100 {
-        v = crate::common::metric(&gw.metrics().await, sample);
-        if v >= at_least {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    v
-}
