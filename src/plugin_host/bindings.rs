@@ -65,6 +65,13 @@ impl SessionHandle {
 
 pub(crate) use self::wsprism::plugin::types::HostError;
 
+/// The generated WIT types the rest of the host uses, under one prefix:
+/// `wit::Refusal` is a guest's refusal (not `crate::error::Refusal`),
+/// `wit::Message` the message a guest gets (not a WebSocket message).
+pub(crate) mod wit {
+    pub(crate) use super::{ExtLanePlugin, ExtLanePluginPre, Message, Refusal};
+}
+
 /// Why the host ended a guest call from inside an import or the epoch callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum BudgetTrap {

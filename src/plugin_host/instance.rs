@@ -16,10 +16,8 @@ use wasmtime::component::{
 };
 use wasmtime::{Store, UpdateDeadline};
 
-use super::Env;
-use super::bindings::{
-    BudgetTrap, CallCtx, CpuMeter, ExtLanePlugin, HostState, Message, Refusal, SessionHandle,
-};
+use super::HostCore;
+use super::bindings::{BudgetTrap, CallCtx, CpuMeter, HostState, SessionHandle, wit};
 use super::call::EntryKind;
 use super::kv::{KvScope, KvStore};
 use super::limits::{CallLimits, MAX_REFUSAL_CODE_BYTES, MAX_REFUSAL_MESSAGE_BYTES};
@@ -33,7 +31,7 @@ use crate::services::{Entry, PluginCall};
 /// `lifecycle.on-disconnect`.
 type OnDisconnect = TypedFunc<(Resource<SessionHandle>,), ()>;
 /// `lifecycle.on-join`.
-type OnJoin = TypedFunc<(Resource<SessionHandle>, String), (Result<(), Refusal>,)>;
+type OnJoin = TypedFunc<(Resource<SessionHandle>, String), (Result<(), wit::Refusal>,)>;
 /// `lifecycle.on-leave`.
 type OnLeave = TypedFunc<(Resource<SessionHandle>, String), ()>;
 
@@ -42,7 +40,7 @@ pub(crate) struct Instance {
     /// The version it was instantiated from; a newer version replaces it.
     pub(crate) version: Arc<PluginVersion>,
     store: Store<HostState>,
-    bindings: ExtLanePlugin,
+    bindings: wit::ExtLanePlugin,
     on_disconnect: Option<OnDisconnect>,
     on_join: Option<OnJoin>,
     on_leave: Option<OnLeave>,
@@ -152,7 +150,7 @@ impl Instance {
     /// `Timeout`/`Trap` when start-up code or `init` fails, `Overloaded` when the
     /// instance pool is exhausted.
     pub(crate) async fn new(
-        env: &Env,
+        env: &HostCore,
         version: Arc<PluginVersion>,
         scope: KvScope,
         kv: Arc<dyn KvStore>,
@@ -209,7 +207,7 @@ impl Instance {
                 return Err(classify(store.data(), &e));
             }
         };
-        let bindings = ExtLanePlugin::new(&mut store, &instance)
+        let bindings = wit::ExtLanePlugin::new(&mut store, &instance)
             .map_err(|e| PluginError::Trap(format!("exports: {e}")))?;
         if let Some(idx) = &version.lifecycle.init {
             let init = instance
@@ -260,7 +258,7 @@ impl Instance {
     /// `poisoned` unless the call trapped or was cut.
     fn settle(
         &mut self,
-        r: wasmtime::Result<Result<(), Refusal>>,
+        r: wasmtime::Result<Result<(), wit::Refusal>>,
     ) -> Result<Vec<Effect>, PluginError> {
         self.calls += 1;
         self.store.data().output.end_call();
@@ -327,7 +325,7 @@ impl Instance {
                 self.begin(ctx, limits, deadline);
                 // Everything is moved, not copied: `data` was validated by the
                 // Ext Lane decoder and goes to the guest as the same buffer.
-                let msg = Message {
+                let msg = wit::Message {
                     svc,
                     type_: ty,
                     room,

@@ -4,7 +4,7 @@
 //! Owns: the load pipeline (read → sha256, unchanged skips → compile on a
 //! blocking thread → `instantiate_pre`, which type-checks every import so a
 //! plugin built against another WIT fails here → smoke instantiation (+ `init`)
-//! → swap), the per-plugin [`Slot`] (`ArcSwap` of the serving
+//! → swap), the per-plugin [`Registered`] (`ArcSwap` of the serving
 //! [`PluginVersion`] plus the last load failure), and the debounced directory
 //! watcher. A failed load never replaces what serves; in-flight calls keep their
 //! `Arc<PluginVersion>` and finish on it.
@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex};
 
-use super::Env;
-use super::bindings::ExtLanePluginPre;
+use super::HostCore;
+use super::bindings::wit;
 use super::call::EntryKind;
 use super::instance::Instance;
 use super::kv::{KvScope, MemoryKv};
@@ -58,7 +58,7 @@ pub(crate) struct PluginVersion {
     /// recycled on their next call.
     pub(crate) generation: u64,
     /// Linked, type-checked instantiation template.
-    pub(crate) pre: ExtLanePluginPre<super::bindings::HostState>,
+    pub(crate) pre: wit::ExtLanePluginPre<super::bindings::HostState>,
     /// Optional lifecycle exports.
     pub(crate) lifecycle: Lifecycle,
 }
@@ -99,7 +99,7 @@ pub(crate) struct LoadFailure {
 
 /// What the registry knows about one plugin name.
 #[derive(Debug, Default)]
-pub(crate) struct Slot {
+pub(crate) struct Registered {
     /// The serving version; `None` = missing (never loaded or deleted).
     pub(crate) current: ArcSwapOption<PluginVersion>,
     /// Set while the newest file failed to load.
@@ -109,13 +109,13 @@ pub(crate) struct Slot {
 /// Every plugin name seen in the directory.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    slots: super::NameMap<String, Arc<Slot>>,
+    slots: super::NameMap<String, Arc<Registered>>,
     generation: AtomicU64,
 }
 
 impl Registry {
     /// The slot of `name`, if the name was ever seen.
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<Slot>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Registered>> {
         self.slots.get(name).map(|s| Arc::clone(s.value()))
     }
 
@@ -124,7 +124,7 @@ impl Registry {
         self.get(name).and_then(|s| s.current.load_full())
     }
 
-    fn slot(&self, name: &str) -> Arc<Slot> {
+    fn slot(&self, name: &str) -> Arc<Registered> {
         Arc::clone(self.slots.entry(name.to_owned()).or_default().value())
     }
 
@@ -202,7 +202,7 @@ async fn list(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
 
 /// Loads every new or changed file and retires deleted ones. Rescans are
 /// serialized, so two bursts of events never race on one slot.
-pub(crate) async fn rescan(env: &Arc<Env>) {
+pub(crate) async fn rescan(env: &Arc<HostCore>) {
     let _one_at_a_time = env.reload_lock.lock().await;
     let files = match list(&env.dir).await {
         Ok(f) => f,
@@ -223,7 +223,7 @@ pub(crate) async fn rescan(env: &Arc<Env>) {
 }
 
 /// A plugin file is gone: its routes answer `SERVICE_UNAVAILABLE` from now on.
-fn retire(env: &Env, name: &str) {
+fn retire(env: &HostCore, name: &str) {
     let Some(slot) = env.registry.get(name) else {
         return;
     };
@@ -236,7 +236,7 @@ fn retire(env: &Env, name: &str) {
 }
 
 /// Loads one file if its bytes changed.
-async fn load(env: &Arc<Env>, name: &str, path: &Path) {
+async fn load(env: &Arc<HostCore>, name: &str, path: &Path) {
     let slot = env.registry.slot(name);
     let bytes = match read_capped(path).await {
         Ok(b) => b,
@@ -280,7 +280,7 @@ async fn load(env: &Arc<Env>, name: &str, path: &Path) {
     }
 }
 
-fn fail(env: &Env, name: &str, slot: &Slot, sha256: Option<String>, error: String) {
+fn fail(env: &HostCore, name: &str, slot: &Registered, sha256: Option<String>, error: String) {
     env.metrics
         .plugin_loads
         .with_label_values(&[name, "error"])
@@ -332,7 +332,7 @@ async fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
 
 /// Compile → link → detect lifecycle → smoke-instantiate.
 async fn build(
-    env: &Arc<Env>,
+    env: &Arc<HostCore>,
     name: &str,
     bytes: Vec<u8>,
     sha256: String,
@@ -346,7 +346,7 @@ async fn build(
         .linker
         .instantiate_pre(&component)
         .map_err(|e| format!("imports do not match wsprism:plugin@0.2.0: {e:#}"))?;
-    let pre = ExtLanePluginPre::new(pre)
+    let pre = wit::ExtLanePluginPre::new(pre)
         .map_err(|e| format!("exports do not match world ext-lane-plugin: {e:#}"))?;
     let lifecycle = match component.get_export_index(None, LIFECYCLE_EXPORT) {
         Some(iface) => Lifecycle {
@@ -390,7 +390,7 @@ async fn build(
 ///
 /// # Errors
 /// The watcher cannot be created or the directory cannot be watched.
-pub(crate) fn watch(env: &Arc<Env>) -> Result<(), String> {
+pub(crate) fn watch(env: &Arc<HostCore>) -> Result<(), String> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {

@@ -76,7 +76,7 @@ pub(crate) type NameMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 
 /// Shared state of the host, owned by [`PluginHost`] and borrowed by the
 /// calls it runs and by its background tasks (watcher, idle sweeper).
-pub(crate) struct Env {
+pub(crate) struct HostCore {
     engine: engine::EngineInfo,
     linker: Linker<HostState>,
     cfg: ArcSwap<PluginsConfig>,
@@ -95,7 +95,7 @@ pub(crate) struct Env {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
-impl Env {
+impl HostCore {
     /// The pool of (tenant, plugin), created on first use with its stats and
     /// resolved metric handles.
     fn pool(&self, key: &PoolKey) -> Arc<Pool> {
@@ -143,7 +143,7 @@ impl Env {
 
 /// The WASM plugin host (implements [`ExtService`]).
 pub struct PluginHost {
-    env: Arc<Env>,
+    env: Arc<HostCore>,
     /// Stops the ticker, watcher and idle sweeper when the host is dropped.
     _stop_on_drop: DropGuard,
 }
@@ -227,7 +227,7 @@ impl PluginHost {
             .unwrap_or(http);
         let stop = shutdown.child_token();
         engine::start_ticker(engine.engine.clone(), stop.clone())?;
-        let env = Arc::new(Env {
+        let env = Arc::new(HostCore {
             engine,
             linker,
             cfg: ArcSwap::from_pointee(cfg.clone()),
@@ -358,7 +358,7 @@ impl PluginHost {
 
 /// Starts the one task that drops idle instances (see `pool::sweep_idle`). It
 /// holds the host weakly and stops with it.
-fn spawn_idle_sweeper(env: &Arc<Env>) {
+fn spawn_idle_sweeper(env: &Arc<HostCore>) {
     let weak = Arc::downgrade(env);
     let stop = env.stop.clone();
     env.tracker.spawn(async move {
@@ -376,7 +376,7 @@ fn spawn_idle_sweeper(env: &Arc<Env>) {
     });
 }
 
-impl Env {
+impl HostCore {
     /// Names of the plugins with a serving version, sorted.
     fn serving(&self) -> Vec<String> {
         let mut names: Vec<String> = self

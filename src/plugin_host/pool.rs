@@ -1,7 +1,7 @@
 //! Instance lanes and call routing per (tenant, plugin).
 //!
 //! Owns: the `sharded` model (a few long-lived instances per (tenant, plugin),
-//! each behind one [`Lane`]; a room's messages, else a session's, always go to
+//! each behind one [`InstanceLane`]; a room's messages, else a session's, always go to
 //! the same lane, which runs them one at a time in arrival order), the
 //! `per_message` model (a fresh instance per call behind a semaphore), recycling
 //! (new version, N calls, poisoned, idle) and crash back-off. Fed by
@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
-use super::Env;
+use super::HostCore;
 use super::call::Shard;
 use super::instance::Instance;
 use super::kv::KvScope;
@@ -144,30 +144,30 @@ pub(crate) struct Pool {
     pub(crate) stats: Arc<Stats>,
     /// Metric handles.
     pub(crate) metrics: CallMetrics,
-    lanes: Mutex<Vec<Arc<Lane>>>,
+    lanes: Mutex<Vec<Arc<InstanceLane>>>,
 }
 
 /// One instance slot, taken by one call at a time.
 #[derive(Debug, Default)]
-pub(crate) struct Lane {
+pub(crate) struct InstanceLane {
     /// `tokio::sync::Mutex` is fair: calls get the slot in the order they
     /// asked for it, which is the order of the shard's messages.
-    slot: tokio::sync::Mutex<Slot>,
+    slot: tokio::sync::Mutex<Occupant>,
     /// Calls holding or waiting for `slot` (the bounded "mailbox").
     queued: AtomicUsize,
 }
 
 #[derive(Default)]
-struct Slot {
+struct Occupant {
     instance: Option<Instance>,
     /// Calls run in this lane so far, and the value the idle sweeper saw last.
     uses: u64,
     swept_at: u64,
 }
 
-impl std::fmt::Debug for Slot {
+impl std::fmt::Debug for Occupant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot")
+        f.debug_struct("Occupant")
             .field("live", &self.instance.is_some())
             .field("uses", &self.uses)
             .finish()
@@ -183,7 +183,7 @@ impl Drop for QueueGuard<'_> {
     }
 }
 
-impl Lane {
+impl InstanceLane {
     /// Takes a place in the queue, or `Overloaded` past [`MAILBOX_CAPACITY`].
     fn enter(&self) -> Result<QueueGuard<'_>, PluginError> {
         let guard = QueueGuard(&self.queued);
@@ -216,11 +216,11 @@ impl Pool {
     /// The lane of `shard` when there are `n` lanes. Resizing (a config reload
     /// of `instances_per_plugin`) starts a new set of lanes: calls in flight
     /// finish on the old ones, so ordering across a resize is only per lane.
-    fn lane(&self, n: usize, shard: Shard<'_>) -> Arc<Lane> {
+    fn lane(&self, n: usize, shard: Shard<'_>) -> Arc<InstanceLane> {
         let n = n.max(1);
         let mut lanes = self.lanes.lock();
         if lanes.len() != n {
-            *lanes = (0..n).map(|_| Arc::new(Lane::default())).collect();
+            *lanes = (0..n).map(|_| Arc::new(InstanceLane::default())).collect();
         }
         Arc::clone(&lanes[lane_of(shard, n)])
     }
@@ -228,7 +228,7 @@ impl Pool {
     /// Drops the instance of every lane that ran no call since the previous
     /// sweep. Busy lanes are skipped.
     fn sweep_idle(&self) -> usize {
-        let lanes: Vec<Arc<Lane>> = self.lanes.lock().clone();
+        let lanes: Vec<Arc<InstanceLane>> = self.lanes.lock().clone();
         let mut dropped = 0;
         for lane in lanes {
             if let Ok(mut slot) = lane.slot.try_lock() {
@@ -245,7 +245,7 @@ impl Pool {
 /// One pass of the idle sweeper: an instance that served no call for a whole
 /// period (`INSTANCE_IDLE_TTL`) gives its linear memory back; state lives in
 /// kv, and the next message instantiates again from the cached `InstancePre`.
-pub(crate) fn sweep_idle(env: &Env) {
+pub(crate) fn sweep_idle(env: &HostCore) {
     let pools: Vec<(PoolKey, Arc<Pool>)> = env
         .pools
         .iter()
@@ -261,7 +261,7 @@ pub(crate) fn sweep_idle(env: &Env) {
 
 /// Makes sure `slot` holds a usable instance of `version`.
 async fn ready<'a>(
-    env: &Env,
+    env: &HostCore,
     key: &PoolKey,
     stats: &Stats,
     slot: &'a mut Option<Instance>,
@@ -325,7 +325,7 @@ fn note_crash(key: &PoolKey, stats: &Stats, e: &PluginError) {
 /// Runs one call on the instance in `slot` (created when needed), under the
 /// per-call CPU budget and wall-clock bound.
 async fn run(
-    env: &Env,
+    env: &HostCore,
     key: &PoolKey,
     stats: &Stats,
     slot: &mut Option<Instance>,
@@ -374,7 +374,7 @@ async fn run(
 /// Runs `call` in the lane of its shard (sharded) or on a fresh instance
 /// (per-message).
 async fn run_routed(
-    env: &Env,
+    env: &HostCore,
     key: &PoolKey,
     pool: &Pool,
     version: Arc<PluginVersion>,
@@ -420,7 +420,7 @@ async fn run_routed(
 /// Dropping the future while it waits for the lane is harmless; dropping it
 /// mid-call cuts the call and the instance is replaced on the next one.
 pub(crate) async fn dispatch(
-    env: &Env,
+    env: &HostCore,
     key: &PoolKey,
     pool: &Pool,
     version: Arc<PluginVersion>,
