@@ -2,18 +2,51 @@
 //! against an in-process gateway, and against the raw baseline server, and its
 //! counts add up. No timing is asserted: this keeps the load generator working,
 //! the numbers themselves come from `scripts/bench.sh` on a release build.
+//!
+//! The gateway comes from the `wsprism` library (a dev-dependency of this
+//! crate); the binary under test is this crate's own, so Cargo builds it before
+//! the test and names it in `CARGO_BIN_EXE_wsprism-bench`.
 
-mod common;
-
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::TestGateway;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use wsprism::{Server, ServerOptions, config};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_wsprism-bench");
+
+/// A gateway serving on `127.0.0.1:0` in this process until dropped.
+struct TestGateway {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl TestGateway {
+    /// Parses `yaml` (panicking with the validation errors) and starts serving.
+    async fn start(yaml: &str) -> Self {
+        let cfg = config::parse(yaml).unwrap_or_else(|e| panic!("test config refused:\n{e}"));
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let opts = ServerOptions {
+            bind: Some((loopback, loopback)),
+            ..ServerOptions::default()
+        };
+        let server = Server::bind(cfg, opts).await.expect("bind the gateway");
+        let addr = server.local_addr().expect("gateway address");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(server.run(shutdown.clone()));
+        Self { addr, shutdown }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
 
 /// Limits raised like `bench/wsprism-bench.yaml`. The `jwt` tenant takes its
 /// HS256 secret from `PATH`: tests cannot set environment variables (unsafe
