@@ -58,8 +58,8 @@ echo "== open files limit: $(ulimit -n)"
 ours() { grep -qaF "$PWD" "$1"; }
 if [ "$SKIP_BUILD" != 1 ] || [ ! -x "$BIN/wsprism" ] || [ ! -x "$BIN/wsprism-bench" ]; then
   for attempt in 1 2 3; do
-    echo "== cargo build --release --bin wsprism --bin wsprism-bench"
-    cargo build --release --bin wsprism --bin wsprism-bench
+    echo "== cargo build --release -p wsprism -p wsprism-bench --bins"
+    cargo build --release -p wsprism -p wsprism-bench --bins
     cp "$TARGET_DIR/release/wsprism" "$TARGET_DIR/release/wsprism-bench" "$BIN/"
     if ours "$BIN/wsprism" && ours "$BIN/wsprism-bench"; then break; fi
     echo "   $TARGET_DIR/release held another checkout's binaries; building again" >&2

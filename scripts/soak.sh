@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Soak (not in CI; several minutes): a release build of the gateway with
 # thousands of benign sessions chatting in rooms, first alone, then while the
-# hostile-input attacks run together (examples/soak.rs). Prints benign chat
+# hostile-input attacks run together (wsprism-soak,
+# tools/wsprism-bench/src/bin/wsprism-soak.rs). Prints benign chat
 # round-trip p50/p99 before and during the attacks, benign disconnects and the
 # gateway's peak RSS. Exits 1 when a benign session was disconnected.
 #
@@ -26,12 +27,12 @@ fi
 
 cd "$ROOT"
 echo "== building (release): gateway, soak driver, test plugins"
-cargo build --release --bin wsprism --example soak
+cargo build --release -p wsprism -p wsprism-bench --bin wsprism --bin wsprism-soak
 PLUGINS=""
 if rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2; then
   (cd sdk/examples && env -u CARGO_TARGET_DIR cargo build -q --release --target wasm32-wasip2 \
     --target-dir "$ROOT/target/wasm-examples") && PLUGINS="$ROOT/target/wasm-examples/wasm32-wasip2/release"
 fi
 echo "== soak: $SESSIONS sessions, $PHASE_SECS s baseline + $PHASE_SECS s under attack"
-exec "$TARGET_DIR/release/examples/soak" --gateway-bin "$TARGET_DIR/release/wsprism" \
+exec "$TARGET_DIR/release/wsprism-soak" --gateway-bin "$TARGET_DIR/release/wsprism" \
   --sessions "$SESSIONS" --phase-secs "$PHASE_SECS" ${PLUGINS:+--plugins "$PLUGINS"}

@@ -18,10 +18,12 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 echo "== format"
-cargo fmt --check
+cargo fmt --all --check
 
 echo "== lint"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
+# --workspace: the gateway and the tools under tools/ (the load generator's
+# smoke test runs every bench mode against an in-process gateway).
 echo "== tests"
-cargo test --all-targets
+cargo test --workspace --all-targets

@@ -17,9 +17,11 @@ use wsprism::config::{AuthMode, JwtAlgorithm};
 const BIN: &str = env!("CARGO_BIN_EXE_wsprism");
 
 /// The README's run command is `cargo run --release -- --config wsprism.yaml`:
-/// with two binaries in the package, `cargo run` must pick the gateway
-/// (`default-run`). Checked in the test profile (same selection, no release
-/// build), with `check` so nothing keeps running.
+/// run from the repository root of a workspace whose members add more binaries
+/// (`wsprism-bench`, `wsprism-soak`), `cargo run` must still pick the gateway
+/// (the root package is the default member and has one binary). Checked in the
+/// test profile (same selection, no release build), with `check` so nothing
+/// keeps running.
 #[test]
 fn cargo_run_starts_the_gateway() {
     let out = Command::new(env!("CARGO"))

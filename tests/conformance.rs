@@ -6,7 +6,6 @@
 //! `/v1/echo` (the raw diagnostics echo) and `/v1/ws` (the gateway proper).
 
 mod common;
-mod raw_ws;
 
 use std::time::Duration;
 

@@ -6,7 +6,6 @@
 
 mod common;
 mod hostile_support;
-mod raw_ws;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

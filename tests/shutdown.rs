@@ -1,7 +1,6 @@
 //! Graceful drain (SPEC §1), heartbeats and idle timeout (SPEC §6).
 
 mod common;
-mod raw_ws;
 
 use std::time::Duration;
 

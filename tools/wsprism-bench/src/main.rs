@@ -24,6 +24,12 @@
 //! `client` (URL, auth, source addresses, handshake) → one module per mode →
 //! `report` (histograms, `/proc` probes, progress line, summary output) →
 //! `results` (aggregation over runs).
+//!
+//! The crate (`tools/wsprism-bench`) does not link the gateway: it measures a
+//! running one over sockets, like any client. Build it with
+//! `cargo build --release -p wsprism-bench`; `tests/bench_smoke.rs` runs every
+//! mode against an in-process gateway. The soak driver (`src/bin/wsprism-soak.rs`)
+//! is the crate's other binary.
 #![allow(clippy::print_stdout)]
 
 mod baseline;

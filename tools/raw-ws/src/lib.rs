@@ -2,7 +2,19 @@
 //! not, any opcode, reserved bits, declared lengths that lie) and a minimal
 //! frame reader, for conformance and hostile-input tests that a well-behaved
 //! client library refuses to produce.
-#![allow(dead_code, unreachable_pub)]
+//!
+//! Owns: frame encoding ([`frame`], [`header`], [`masked`]), the upgrade
+//! request ([`upgrade_request`], [`http_exchange`]) and one connection
+//! ([`RawWs`]) that reads server frames back.
+//! Used by: the gateway's `tests/conformance.rs` and `tests/hostile_transport.rs`
+//! (a dev-dependency) and the soak driver's attackers (`wsprism-soak`).
+//! Must not: know the gateway's protocol above the frame layer; this is a
+//! WebSocket client, any server will do.
+//!
+//! # Panics
+//! This is test equipment: a failed connect, write or read that the caller did
+//! not ask to tolerate panics with the reason, which fails the test (or, in the
+//! soak driver, ends that one attack attempt).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,12 +22,17 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Opcodes.
+/// Opcode: continuation frame.
 pub const CONT: u8 = 0x0;
+/// Opcode: text frame.
 pub const TEXT: u8 = 0x1;
+/// Opcode: binary frame.
 pub const BINARY: u8 = 0x2;
+/// Opcode: close frame.
 pub const CLOSE: u8 = 0x8;
+/// Opcode: ping frame.
 pub const PING: u8 = 0x9;
+/// Opcode: pong frame.
 pub const PONG: u8 = 0xA;
 
 /// How long a read waits before the test gives up.
@@ -67,10 +84,15 @@ pub fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
 /// One frame from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// The FIN bit: last frame of a message.
     pub fin: bool,
+    /// The three reserved bits (0..=7); a server without extensions sends 0.
     pub rsv: u8,
+    /// The opcode ([`TEXT`], [`CLOSE`], ...).
     pub opcode: u8,
+    /// Whether the frame was masked (server frames must not be).
     pub masked: bool,
+    /// The payload, unmasked.
     pub payload: Vec<u8>,
 }
 
@@ -80,6 +102,7 @@ impl Frame {
         (self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 
+    /// The payload as text (invalid UTF-8 replaced).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
@@ -98,7 +121,9 @@ pub enum Eof {
 
 /// A raw client connection after a successful (101) upgrade.
 pub struct RawWs {
+    /// The socket, for tests that write or shut it down directly.
     pub stream: TcpStream,
+    /// Bytes read but not yet returned as a frame.
     buf: Vec<u8>,
 }
 
@@ -152,6 +177,7 @@ impl RawWs {
         Self { stream, buf: rest }
     }
 
+    /// Writes raw bytes (one or more frames, or any garbage).
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write frame");
     }
@@ -161,6 +187,7 @@ impl RawWs {
         self.stream.write_all(bytes).await.is_ok()
     }
 
+    /// Reads until `want` bytes are buffered; `false` on EOF, error or timeout.
     async fn fill(&mut self, want: usize, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         let mut chunk = vec![0u8; 64 * 1024];
@@ -233,6 +260,7 @@ impl RawWs {
         })
     }
 
+    /// The next frame within [`READ_WAIT`], or `None` when the connection ended.
     pub async fn read_frame(&mut self) -> Option<Frame> {
         self.read_frame_within(READ_WAIT).await
     }

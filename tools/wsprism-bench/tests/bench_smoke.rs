@@ -2,46 +2,82 @@
 //! against an in-process gateway, and against the raw baseline server, and its
 //! counts add up. No timing is asserted: this keeps the load generator working,
 //! the numbers themselves come from `scripts/bench.sh` on a release build.
+//!
+//! The gateway comes from the `wsprism` library (a dev-dependency of this
+//! crate); the binary under test is this crate's own, so Cargo builds it before
+//! the test and names it in `CARGO_BIN_EXE_wsprism-bench`.
 
-mod common;
-
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestConfig, TestGateway};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use wsprism::config::{AuthMode, JwtAlgorithm};
+use tokio_util::sync::CancellationToken;
+use wsprism::{Server, ServerOptions, config};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_wsprism-bench");
+
+/// A gateway serving on `127.0.0.1:0` in this process until dropped.
+struct TestGateway {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl TestGateway {
+    /// Parses `yaml` (panicking with the validation errors) and starts serving.
+    async fn start(yaml: &str) -> Self {
+        let cfg = config::parse(yaml).unwrap_or_else(|e| panic!("test config refused:\n{e}"));
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let opts = ServerOptions {
+            bind: Some((loopback, loopback)),
+            ..ServerOptions::default()
+        };
+        let server = Server::bind(cfg, opts).await.expect("bind the gateway");
+        let addr = server.local_addr().expect("gateway address");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(server.run(shutdown.clone()));
+        Self { addr, shutdown }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
 
 /// Limits raised like `bench/wsprism-bench.yaml`. The `jwt` tenant takes its
 /// HS256 secret from `PATH`: tests cannot set environment variables (unsafe
 /// code is forbidden), and `PATH` is always set and readable by the bench.
-fn config() -> TestConfig {
-    TestConfig::tenant("acme")
-        .gateway(|g| g.drain_grace_ms = 1000)
-        .tickets(&[("dev", "user:dev")])
-        .rate_limit(1_000_000, 1_000_000)
-        .policy(|p| {
-            p.sessions.max_sessions_per_user = 100_000;
-            p.error_budget.max_errors = 0;
-            p.ext_allowlist = vec!["*".into()];
-            p.hot_allowlist = vec!["*".into()];
-        })
-        .rooms(|r| r.presence_events = false)
-        .route("echo", "echo")
-        .hot_relay(1)
-        .hot_echo(2)
-        .and_tenant("jwt")
-        .auth(|a| {
-            a.mode = AuthMode::Jwt;
-            a.algorithm = Some(JwtAlgorithm::HS256);
-            a.secret_env = Some("PATH".into());
-        })
-        .rate_limit(1_000_000, 1_000_000)
-}
+const CONFIG: &str = r#"version: 1
+gateway:
+  handshake_limit: { enabled: false }
+  drain_grace_ms: 1000
+tenants:
+  - id: acme
+    auth:
+      tickets: { dev: "user:dev" }
+    policy:
+      rate_limit_rps: 1000000
+      rate_limit_burst: 1000000
+      sessions: { max_sessions_per_user: 100000 }
+      error_budget: { max_errors: 0 }
+      ext_allowlist: ["*"]
+      hot_allowlist: ["*"]
+    rooms: { presence_events: false }
+    routes:
+      - { svc: echo, plugin: echo }
+    hot_services:
+      - { id: 1, kind: relay }
+      - { id: 2, kind: echo }
+  - id: jwt
+    auth: { mode: jwt, algorithm: HS256, secret_env: PATH }
+    policy:
+      rate_limit_rps: 1000000
+      rate_limit_burst: 1000000
+"#;
 
 /// Runs the bench with `--json --quiet` and returns its summary.
 async fn bench(args: &[&str]) -> Value {
@@ -134,7 +170,7 @@ async fn echo(url: &str, lane: &str, extra: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_runs_against_the_gateway() {
-    let gw = TestGateway::start(config()).await;
+    let gw = TestGateway::start(CONFIG).await;
     let url = format!("ws://{}", gw.addr);
     let pid = std::process::id().to_string();
 

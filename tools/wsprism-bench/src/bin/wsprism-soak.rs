@@ -1,11 +1,17 @@
-//! Soak: thousands of benign sessions chatting in rooms while the hostile-input
-//! attacks run together against a release build of the gateway. Driven by
-//! `scripts/soak.sh`; not part of CI.
+//! `wsprism-soak`: thousands of benign sessions chatting in rooms while the
+//! hostile-input attacks run together against a release build of the gateway.
+//! Driven by `scripts/soak.sh`; not part of CI.
 //!
 //! ```text
-//! cargo run --release --example soak -- --gateway-bin target/release/wsprism \
+//! cargo build --release -p wsprism -p wsprism-bench
+//! target/release/wsprism-soak --gateway-bin target/release/wsprism \
 //!     [--sessions 10000] [--phase-secs 60] [--plugins DIR]
 //! ```
+//!
+//! Owns: the gateway child process (started with a generated config in a temp
+//! dir, killed on exit), the benign sessions, the attackers and the report.
+//! The attackers' hand-made frames come from the `raw_ws` crate
+//! (`tools/raw-ws`), the same client the gateway's hostile-transport tests use.
 //!
 //! Phases: connect every benign session (rooms of 10) → baseline (steady chat,
 //! 100 probe sessions measure the round trip of their own chat message) →
@@ -14,10 +20,10 @@
 //! spray, slow consumers, a reload storm and, with `--plugins`, plugin faults).
 //! Prints benign p50/p99 per phase, benign disconnects, and the gateway's peak
 //! RSS (VmHWM).
-#![allow(missing_docs, clippy::print_stdout, clippy::unwrap_used)]
-
-#[path = "../tests/raw_ws/mod.rs"]
-mod raw_ws;
+//!
+//! A refused or failed step panics: in the driver that ends the soak with the
+//! reason, in an attack task only that attempt (see `main`'s panic hook).
+#![allow(clippy::print_stdout)] // The report is the program's output.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -38,6 +44,14 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+const USAGE: &str = "usage: wsprism-soak [--gateway-bin target/release/wsprism] \
+    [--sessions 10000] [--phase-secs 60] [--plugins DIR]\n\n\
+    Starts the gateway binary with a generated config, connects the benign \
+    sessions, runs a baseline phase and then an attack phase of --phase-secs \
+    each, and prints the report. --plugins: a directory holding faults.wasm \
+    (sdk/examples) to add plugin faults to the attacks. See scripts/soak.sh.";
+
+/// Command line (see [`USAGE`]).
 struct Args {
     gateway_bin: PathBuf,
     sessions: usize,
@@ -54,13 +68,17 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--help" || k == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let v = it.next().unwrap_or_default();
         match k.as_str() {
             "--gateway-bin" => a.gateway_bin = v.into(),
             "--sessions" => a.sessions = v.parse().expect("--sessions N"),
             "--phase-secs" => a.phase_secs = v.parse().expect("--phase-secs N"),
             "--plugins" => a.plugins = Some(v.into()),
-            other => panic!("unknown argument {other}"),
+            other => panic!("unknown argument {other}\n{USAGE}"),
         }
     }
     a
@@ -107,7 +125,7 @@ struct Gateway {
 impl Gateway {
     fn start(bin: &Path, dir: &Path, yaml: &str) -> Self {
         let config = dir.join("wsprism.yaml");
-        std::fs::write(&config, yaml).unwrap();
+        std::fs::write(&config, yaml).expect("write the gateway config");
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(&config)
@@ -116,7 +134,7 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the gateway");
-        let stderr = child.stderr.take().unwrap();
+        let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -137,7 +155,7 @@ impl Gateway {
                     .chars()
                     .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                     .collect();
-                break a.parse().unwrap();
+                break a.parse().expect("the start line names the listen address");
             }
         };
         // Keep draining stderr so the gateway never blocks on it.
@@ -548,19 +566,19 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .expect("start the tokio runtime");
     rt.block_on(run(a));
 }
 
 async fn run(a: Args) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("create a temp dir");
     let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(&plugins).expect("create the plugins dir");
     let mut faults = false;
     if let Some(src) = &a.plugins {
         let f = src.join("faults.wasm");
         if f.exists() {
-            std::fs::copy(&f, plugins.join("faults.wasm")).unwrap();
+            std::fs::copy(&f, plugins.join("faults.wasm")).expect("copy faults.wasm");
             faults = true;
         }
     }
