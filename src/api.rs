@@ -32,7 +32,7 @@ use crate::tenant::{Tenant, TenantRuntime};
 const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 
 /// The server API routes (mounted on the admin router).
-pub fn router() -> Router<Arc<Gateway>> {
+pub(crate) fn router() -> Router<Arc<Gateway>> {
     Router::new()
         .route("/v1/api/tenants/{t}/publish", post(publish))
         .route("/v1/api/tenants/{t}/users/{u}/send", post(send))
@@ -46,7 +46,7 @@ pub fn router() -> Router<Arc<Gateway>> {
 /// An API failure: a code from the table in `crate::error` plus a safe message.
 /// Its status and body come from the code; nothing here spells either.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     code: ApiCode,
     msg: Cow<'static, str>,
 }

@@ -18,7 +18,7 @@
 //! [`StartupError`] says how the binary exits); [`Server::run`] serves until its
 //! token is cancelled, then drains.
 
-pub mod api;
+pub(crate) mod api;
 pub mod auth;
 pub mod backend;
 pub mod config;
@@ -26,7 +26,7 @@ pub mod error;
 pub mod gateway;
 pub mod lanes;
 pub mod obs;
-pub mod ops;
+pub(crate) mod ops;
 pub mod plugin_host;
 pub mod policy;
 pub mod protocol;
@@ -35,7 +35,7 @@ pub mod reload;
 pub mod services;
 pub mod session;
 pub mod tenant;
-pub mod transport;
+pub(crate) mod transport;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -14,7 +14,7 @@ use crate::realtime::outbox::Qos;
 /// # Errors
 /// `BAD_REQUEST` for a missing room or `msg`, `NOT_IN_ROOM` for a room the sender
 /// has not joined.
-pub fn handle(caller: Caller<'_>, env: &Envelope) -> Result<Vec<Effect>, Refusal> {
+pub(crate) fn handle(caller: Caller<'_>, env: &Envelope) -> Result<Vec<Effect>, Refusal> {
     if env.ty != "send" {
         return Err(Refusal::with_msg(
             ClientCode::BadRequest,

@@ -24,7 +24,7 @@ use crate::realtime::outbox::Qos;
 
 /// Where effects land.
 #[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// The tenant's sessions and rooms.
     pub broker: &'a dyn Broker,
     /// The tenant's policy in force (frame limit, room caps, history,
@@ -43,7 +43,7 @@ pub struct Target<'a> {
 /// (`ROOM_FULL` / `ROOM_LIMIT`), a leave of a room the session is not in
 /// (`NOT_IN_ROOM`). Effects that need a live caller are dropped (and logged)
 /// when there is none.
-pub fn apply(target: Target<'_>, svc: &str, effects: Vec<Effect>) -> Result<(), Refusal> {
+pub(crate) fn apply(target: Target<'_>, svc: &str, effects: Vec<Effect>) -> Result<(), Refusal> {
     let limits = target.policy.publish;
     for effect in effects {
         match effect {
@@ -130,7 +130,7 @@ fn wrap(limits: PublishLimits, svc: &str, ty: &str, data: &RawValue) -> Result<M
 ///
 /// # Errors
 /// The encoded size when the frame would exceed `max_frame_bytes`.
-pub fn publish_to_room(
+pub(crate) fn publish_to_room(
     broker: &dyn Broker,
     limits: PublishLimits,
     p: RoomPublication<'_>,
@@ -280,7 +280,7 @@ fn leave(
 
 /// Tells the remaining members of `room` that `user` (as `peer`) left, when
 /// the tenant has presence events on (a leave, or a closed session's rooms).
-pub fn announce_left(
+pub(crate) fn announce_left(
     broker: &dyn Broker,
     policy: &TenantPolicy,
     room: &str,

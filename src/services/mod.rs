@@ -8,9 +8,9 @@
 //! view and, like plugins, return effects, which the lane applies after the
 //! call, so a failed call emits nothing half-done.
 
-pub mod chat;
-pub mod effects;
-pub mod room;
+pub(crate) mod chat;
+pub(crate) mod effects;
+pub(crate) mod room;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +26,7 @@ use crate::realtime::broker::{Broker, SessionEntry};
 use crate::realtime::history::Since;
 use crate::realtime::outbox::Qos;
 
-pub use effects::publish_to_room;
+pub(crate) use effects::publish_to_room;
 
 /// One room publication before encoding.
 #[derive(Debug, Clone, Copy)]

@@ -17,7 +17,7 @@ use crate::realtime::history::Since;
 
 /// What a `room` request asks for, before anything is done.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Request<'a> {
+pub(crate) enum Request<'a> {
     /// `join`, with the client's last position for recovery.
     Join {
         /// The room.
@@ -41,7 +41,7 @@ pub enum Request<'a> {
 ///
 /// # Errors
 /// `BAD_REQUEST` for a missing room, an unknown type or a malformed `since`.
-pub fn parse(env: &Envelope) -> Result<Request<'_>, Refusal> {
+pub(crate) fn parse(env: &Envelope) -> Result<Request<'_>, Refusal> {
     let room = env
         .room
         .as_deref()
@@ -64,7 +64,7 @@ pub fn parse(env: &Envelope) -> Result<Request<'_>, Refusal> {
 ///
 /// # Errors
 /// `NOT_IN_ROOM` for the presence of a room the caller is not in.
-pub fn handle(
+pub(crate) fn handle(
     caller: Caller<'_>,
     broker: &dyn Broker,
     req: Request<'_>,

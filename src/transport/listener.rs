@@ -26,16 +26,16 @@ use tower::ServiceExt;
 use tracing::debug;
 
 /// Time allowed to send a complete request head (slowloris bound).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head buffered; larger heads get 431.
-pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// Longest request target (path and query) served; longer ones get 414. Room
 /// for the longest ticket (8 KiB, e.g. a JWT in the query) plus the tenant.
-pub const MAX_URI_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_URI_BYTES: usize = 16 * 1024;
 
 /// Serves `app` on `listener` until `stop` is cancelled, then lets in-flight HTTP
 /// requests finish (upgraded WebSockets are tracked by the gateway, not here).
-pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
     let conns = TaskTracker::new();
     loop {
         let (stream, remote) = tokio::select! {

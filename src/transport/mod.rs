@@ -3,9 +3,9 @@
 //! Input is a socket; output is decoded frames handed to `lanes` and bytes
 //! written from a session's outbox.
 
-pub mod echo;
-pub mod listener;
-pub mod session;
-pub mod upgrade;
-pub mod writer;
+pub(crate) mod echo;
+pub(crate) mod listener;
+pub(crate) mod session;
+pub(crate) mod upgrade;
+pub(crate) mod writer;
 pub(crate) mod ws;
