@@ -2,7 +2,7 @@
 //! applies configs to it.
 //!
 //! Owns: [`Gateway`], which holds the sessions' [`Hub`] and swaps what a new
-//! config changes — each tenant's compiled [`TenantRuntime`] (tenants
+//! config changes — each tenant's compiled [`TenantRuntime`](crate::tenant::TenantRuntime) (tenants
 //! themselves, with their brokers, sessions and rooms, outlive reloads), the
 //! handshake limiter, the plugin limits — all tenants compiling or nothing
 //! changing. Nothing in the connection pipeline imports this module: the
@@ -24,7 +24,7 @@ use crate::policy::rate_limit::HandshakeLimiter;
 use crate::realtime::broker::LocalBroker;
 use crate::services::ExtService;
 use crate::session::Hub;
-use crate::tenant::{self, Tenant, TenantRuntime};
+use crate::tenant::{self, Tenant};
 
 /// What a config apply changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -99,18 +99,6 @@ impl Gateway {
     /// The sessions' shared state (the public listener's handlers get it).
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
-    }
-
-    /// Compiles every tenant of `cfg` without applying anything (`wsprism check`).
-    ///
-    /// # Errors
-    /// Every tenant that fails, with its path.
-    pub fn compile_tenants(
-        cfg: &Config,
-        base_dir: &Path,
-        backend: &BackendClient,
-    ) -> Result<HashMap<String, TenantRuntime>, ConfigError> {
-        tenant::compile_all(cfg, base_dir, backend)
     }
 
     /// Applies a validated config: all tenants compile, or nothing changes.

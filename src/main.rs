@@ -73,7 +73,7 @@ fn check(path: &Path) -> Result<(), StartupError> {
     let cfg = config::load(path)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let backend = wsprism::backend::BackendClient::new();
-    wsprism::gateway::Gateway::compile_tenants(&cfg, &base, &backend)?;
+    wsprism::tenant::compile_all(&cfg, &base, &backend)?;
     eprintln!("{}: ok ({} tenants)", path.display(), cfg.tenants.len());
     Ok(())
 }
