@@ -45,6 +45,7 @@ use wsprism::plugin_host::PluginHost;
 use wsprism::realtime::broker::{RoomLimits, SessionEntry, SessionLimits};
 use wsprism::realtime::outbox::Outbox;
 use wsprism::services::{Entry, ExtService, PluginCall, SessionInfo};
+use wsprism::session::HubParts;
 
 const CHAT: &str =
     r#"{"v":1,"svc":"chat","type":"send","room":"r","seq":7,"data":{"msg":"hello there"}}"#;
@@ -149,7 +150,15 @@ fn fixture() -> Fixture {
         .expect("plugin host");
         assert_eq!(host.plugins(), ["echo"], "echo did not load");
         let ext: Arc<dyn ExtService> = host.clone();
-        let gw = Gateway::new(cfg, repo(), metrics, backend, ext, stop, tasks).expect("gateway");
+        let parts = HubParts {
+            metrics,
+            backend,
+            ext,
+            cluster: None,
+            shutdown: stop,
+            tasks,
+        };
+        let gw = Gateway::new(cfg, repo(), parts).expect("gateway");
         (host, gw)
     });
     let tenant = gw.tenant("acme").expect("tenant");

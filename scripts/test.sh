@@ -8,14 +8,20 @@ echo "== toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # WASM plugin tests build the guests in sdk/examples from source.
 rustup target add wasm32-wasip2
-# The status page is tested in headless Chromium.
-if ! command -v chromium >/dev/null 2>&1; then
+# The status page is tested in headless Chromium; cluster tests start real
+# redis-server processes.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: chromium not installed and not root; the status page test will skip" >&2
+    echo "note: ${missing[*]} not installed and not root; the status page test skips without chromium, the cluster tests fail without redis-server" >&2
   fi
 fi
+# apt starts a redis-server service on 6379; the tests start their own on free
+# ports and never use it.
 
 echo "== format"
 cargo fmt --all --check

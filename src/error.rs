@@ -257,6 +257,11 @@ impl CloseCode {
         }
     }
 
+    /// The code with this number, if it is one of ours.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
     /// Metric label for why a session ended.
     pub fn label(self) -> &'static str {
         match self {
@@ -604,6 +609,9 @@ pub enum StartupError {
     /// The WASM plugin host cannot start.
     #[error("cannot start the plugin host: {0}")]
     Plugins(String),
+    /// Cluster mode cannot start.
+    #[error("cannot start cluster mode: {0}")]
+    Cluster(String),
     /// The async runtime cannot start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -618,9 +626,11 @@ impl StartupError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) => EXIT_CONFIG,
-            Self::Bind { .. } | Self::Plugins(_) | Self::Runtime(_) | Self::Serve(_) => {
-                EXIT_FAILURE
-            }
+            Self::Bind { .. }
+            | Self::Plugins(_)
+            | Self::Cluster(_)
+            | Self::Runtime(_)
+            | Self::Serve(_) => EXIT_FAILURE,
         }
     }
 }

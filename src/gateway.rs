@@ -13,17 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::backend::BackendClient;
+use crate::cluster::ClusterBroker;
 use crate::config::{Config, ConfigError};
 use crate::error::CloseCode;
-use crate::obs::metrics::Metrics;
 use crate::policy::rate_limit::HandshakeLimiter;
-use crate::realtime::broker::LocalBroker;
-use crate::services::ExtService;
-use crate::session::Hub;
+use crate::realtime::broker::{Broker, LocalBroker};
+use crate::session::{Hub, HubParts};
 use crate::tenant::{self, Tenant};
 
 /// What a config apply changed.
@@ -71,24 +67,9 @@ impl Gateway {
     ///
     /// # Errors
     /// A tenant whose keys or secrets cannot be loaded.
-    pub fn new(
-        cfg: Config,
-        base_dir: PathBuf,
-        metrics: Metrics,
-        backend: BackendClient,
-        ext: Arc<dyn ExtService>,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Result<Arc<Self>, ConfigError> {
+    pub fn new(cfg: Config, base_dir: PathBuf, parts: HubParts) -> Result<Arc<Self>, ConfigError> {
         let gw = Arc::new(Self {
-            hub: Arc::new(Hub::new(
-                cfg.clone(),
-                metrics,
-                backend,
-                ext,
-                shutdown,
-                tasks,
-            )),
+            hub: Arc::new(Hub::new(cfg.clone(), parts)),
             base_dir,
             apply_lock: Mutex::new(()),
         });
@@ -129,7 +110,11 @@ impl Gateway {
                 }
                 None => {
                     report.added.push(t.id.clone());
-                    Arc::new(Tenant::new(&t.id, rt, Arc::new(LocalBroker::new())))
+                    let broker: Arc<dyn Broker> = match &hub.cluster {
+                        Some(node) => Arc::new(ClusterBroker::new(&t.id, Arc::clone(node))),
+                        None => Arc::new(LocalBroker::new()),
+                    };
+                    Arc::new(Tenant::new(&t.id, rt, broker))
                 }
             };
             next.insert(t.id.clone(), tenant);

@@ -21,6 +21,7 @@
 pub(crate) mod api;
 pub mod auth;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod gateway;
@@ -50,12 +51,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::BackendClient;
-use crate::config::{Config, ConfigError, ConfigIssue};
+use crate::config::{ClusterMode, Config, ConfigError, ConfigIssue};
 use crate::error::StartupError;
 use crate::gateway::Gateway;
 use crate::obs::metrics::Metrics;
 use crate::plugin_host::PluginHost;
 use crate::services::{ExtService, NoPlugins};
+use crate::session::HubParts;
 
 /// How a server is started.
 #[derive(Debug, Clone, Default)]
@@ -129,7 +131,25 @@ impl Server {
             }
             None => Arc::new(NoPlugins),
         };
-        let gw = Gateway::new(cfg, base_dir, metrics, backend, ext, stop, tasks)?;
+        let cluster = match cfg.gateway.cluster.mode {
+            ClusterMode::Local => None,
+            ClusterMode::Redis => Some(
+                cluster::Node::start(&cfg.gateway.cluster, &metrics, stop.clone(), &tasks)
+                    .map_err(|e| StartupError::Cluster(e.to_string()))?,
+            ),
+        };
+        let gw = Gateway::new(
+            cfg,
+            base_dir,
+            HubParts {
+                metrics,
+                backend,
+                ext,
+                cluster,
+                shutdown: stop,
+                tasks,
+            },
+        )?;
         let public = listen("gateway.listen", public_addr).await?;
         let admin = listen("gateway.admin_listen", admin_addr).await?;
         Ok(Self {

@@ -226,8 +226,15 @@ pub enum ClusterMode {
 pub struct ClusterConfig {
     /// `local` or `redis`.
     pub mode: ClusterMode,
-    /// Redis connection URL for `mode: redis`.
+    /// Redis connection URL for `mode: redis` (`redis://` or `rediss://`).
     pub redis_url: String,
+    /// Prefix of every Redis key and channel the cluster uses.
+    pub prefix: String,
+    /// This node's name in heartbeats, stats and logs; empty = random per
+    /// process.
+    pub node_id: String,
+    /// A node silent this long is dead: its sessions leave presence and caps.
+    pub node_ttl_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -235,6 +242,9 @@ impl Default for ClusterConfig {
         Self {
             mode: ClusterMode::Local,
             redis_url: DEFAULT_REDIS_URL.to_owned(),
+            prefix: "wsprism".to_owned(),
+            node_id: String::new(),
+            node_ttl_ms: 15_000,
         }
     }
 }

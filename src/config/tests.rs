@@ -193,3 +193,37 @@ fn reference_config_loads() {
     assert!(acme.auth.tickets.contains_key("dev"));
     assert!(acme.routes.iter().any(|r| r.svc == "echo"));
 }
+
+#[test]
+fn cluster_settings_are_checked_without_echoing_secrets() {
+    let cfg = parse_ok(MINIMAL);
+    assert_eq!(cfg.gateway.cluster.mode, ClusterMode::Local);
+    assert_eq!(cfg.gateway.cluster.prefix, "wsprism");
+    assert_eq!(cfg.gateway.cluster.node_ttl_ms, 15_000);
+    let ok = parse_ok(&format!(
+        "{MINIMAL}gateway:\n  cluster: {{ mode: redis, redis_url: \"rediss://:pw@cache.internal:6380/2\", node_id: edge-1 }}\n"
+    ));
+    assert_eq!(ok.gateway.cluster.mode, ClusterMode::Redis);
+
+    let e = issues(&format!(
+        "{MINIMAL}gateway:\n  cluster:\n    mode: redis\n    redis_url: \"redis://:s3cret@host:notaport\"\n    prefix: \"a{{b}}\"\n    node_id: \"no spaces\"\n    node_ttl_ms: 10\n"
+    ));
+    let paths: Vec<&str> = e.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "gateway.cluster.redis_url",
+            "gateway.cluster.prefix",
+            "gateway.cluster.node_id",
+            "gateway.cluster.node_ttl_ms",
+        ]
+    );
+    assert!(
+        e.iter().all(|i| !i.message.contains("s3cret")),
+        "a URL's password never reaches an error: {e:?}"
+    );
+    let e = issues(&format!(
+        "{MINIMAL}gateway:\n  cluster: {{ redis_url: \"http://host\" }}\n"
+    ));
+    assert_eq!(e[0].path, "gateway.cluster.redis_url");
+}

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use super::{AuthMode, Config, ConfigError, ConfigIssue, JwtAlgorithm, TenantConfig};
+use super::{
+    AuthMode, ClusterConfig, Config, ConfigError, ConfigIssue, JwtAlgorithm, TenantConfig,
+};
 
 /// Largest frame limit accepted (16 MiB); a realtime gateway has no business
 /// buffering more per message.
@@ -107,13 +109,7 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ),
         );
     }
-    if !g.cluster.redis_url.starts_with("redis://") && !g.cluster.redis_url.starts_with("rediss://")
-    {
-        issues.push(
-            "gateway.cluster.redis_url",
-            "must start with redis:// or rediss://",
-        );
-    }
+    validate_cluster(&g.cluster, &mut issues);
 
     let mut seen = BTreeSet::new();
     for (i, t) in cfg.tenants.iter().enumerate() {
@@ -131,6 +127,45 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError { issues: issues.0 })
+    }
+}
+
+fn validate_cluster(c: &ClusterConfig, issues: &mut Issues) {
+    let url = &c.redis_url;
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        issues.push(
+            "gateway.cluster.redis_url",
+            "must start with redis:// or rediss://",
+        );
+    } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+        // The URL itself is not repeated: it may carry a password.
+        issues.push("gateway.cluster.redis_url", format!("not a Redis URL: {e}"));
+    }
+    let prefix_ok = !c.prefix.is_empty()
+        && c.prefix.len() <= 64
+        && c.prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !prefix_ok {
+        issues.push(
+            "gateway.cluster.prefix",
+            "1-64 characters of A-Z a-z 0-9 - _ . : (no braces: keys carry hash tags)",
+        );
+    }
+    if !c.node_id.is_empty() && !valid_id(&c.node_id) {
+        issues.push(
+            "gateway.cluster.node_id",
+            "1-64 characters of A-Z a-z 0-9 - _ . (or empty for a random id)",
+        );
+    }
+    if c.node_ttl_ms < 1000 {
+        issues.push(
+            "gateway.cluster.node_ttl_ms",
+            format!(
+                "{} is below 1000; heartbeats could not keep a live node",
+                c.node_ttl_ms
+            ),
+        );
     }
 }
 

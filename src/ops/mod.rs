@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use serde_json::json;
 
 use crate::gateway::Gateway;
 use crate::session::Hub;
@@ -15,13 +17,22 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
-/// Readiness: 503 once a drain has started.
+/// Readiness: 503 once a drain has started. In cluster mode a node whose
+/// Redis links are down stays in the load balancer (200) but says
+/// `"degraded"`: an outage of the shared Redis must not take every node out.
 pub(crate) async fn readyz(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
     if hub.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        );
     }
+    let body = match &hub.cluster {
+        None => json!({"status": "ready"}),
+        Some(node) if node.is_up() => json!({"status": "ready", "cluster": "up"}),
+        Some(_) => json!({"status": "degraded", "cluster": "down"}),
+    };
+    (StatusCode::OK, Json(body))
 }
 
 /// Prometheus text exposition.

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 pub use lifecycle::{Greeting, Opened, SessionGuard, open};
 
 use crate::backend::BackendClient;
+use crate::cluster::Node;
 use crate::config::Config;
 use crate::error::CloseCode;
 use crate::lanes::Pipeline;
@@ -44,6 +45,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// HTTP client for auth webhooks and lifecycle events.
     pub backend: BackendClient,
+    /// This process in the cluster (`cluster.mode: redis`).
+    pub cluster: Option<Arc<Node>>,
     /// The config in force.
     pub(crate) config: ArcSwap<Config>,
     /// The handshake limiter in force.
@@ -58,16 +61,35 @@ pub struct Hub {
     pub shutdown: CancellationToken,
 }
 
+/// What a [`Hub`] is built from besides the config: the process-wide
+/// services it shares with the listeners.
+#[derive(Debug)]
+pub struct HubParts {
+    /// Metric families.
+    pub metrics: Metrics,
+    /// HTTP client for auth webhooks and lifecycle events.
+    pub backend: BackendClient,
+    /// Routed Ext Lane services (the plugin host, or none).
+    pub ext: Arc<dyn ExtService>,
+    /// This process in the cluster (`cluster.mode: redis`).
+    pub cluster: Option<Arc<Node>>,
+    /// Cancelled when the gateway must stop.
+    pub shutdown: CancellationToken,
+    /// Background tasks.
+    pub tasks: TaskTracker,
+}
+
 impl Hub {
     /// A hub with no tenants yet, for `cfg`.
-    pub fn new(
-        cfg: Config,
-        metrics: Metrics,
-        backend: BackendClient,
-        ext: Arc<dyn ExtService>,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Self {
+    pub fn new(cfg: Config, parts: HubParts) -> Self {
+        let HubParts {
+            metrics,
+            backend,
+            ext,
+            cluster,
+            shutdown,
+            tasks,
+        } = parts;
         Self {
             tenants: Arc::default(),
             pipeline: Arc::new(Pipeline {
@@ -76,6 +98,7 @@ impl Hub {
             }),
             metrics,
             backend,
+            cluster,
             handshake: ArcSwap::from_pointee(HandshakeLimiter::new(&cfg.gateway.handshake_limit)),
             config: ArcSwap::from_pointee(cfg),
             draining: AtomicBool::new(false),

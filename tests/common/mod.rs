@@ -2,6 +2,8 @@
 //! WebSocket clients (tokio-tungstenite) over real sockets.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -288,6 +288,28 @@ impl LocalBroker {
         Self::default()
     }
 
+    /// Live sessions of `user`.
+    pub fn user_sessions(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, |s| s.len())
+    }
+
+    /// Rooms with at least one member.
+    pub fn room_names(&self) -> Vec<Arc<str>> {
+        self.rooms.iter().map(|r| Arc::clone(r.key())).collect()
+    }
+
+    /// Users with at least one session.
+    pub fn user_names(&self) -> Vec<Arc<str>> {
+        self.users.iter().map(|u| Arc::clone(u.key())).collect()
+    }
+
+    /// The epoch and newest offset of `room`'s history, when it keeps one.
+    pub fn history_position(&self, room: &str) -> Option<(String, u64)> {
+        let h = self.histories.get(room)?;
+        let h = h.lock();
+        Some((h.epoch().to_owned(), h.last_offset()))
+    }
+
     fn remove_member(&self, room_name: &str, sid: SessionId) -> Option<u32> {
         let room = self.rooms.get(room_name).map(|r| Arc::clone(r.value()))?;
         let peer = {

@@ -1,0 +1,270 @@
+//! The bus wire format: what one node publishes on a room or user channel for
+//! the others.
+//!
+//! A bus message carries a frame already encoded for clients, so a receiving
+//! node decodes nothing but this header and hands one shared copy of the bytes
+//! to every local recipient. Layout (little endian):
+//!
+//! ```text
+//! [version=1][kind][origin: u64]  then, by kind:
+//!   1 room frame, 2 user frame:  [qos: 0 lossy | 1 reliable][frame: 0 text | 1 binary][payload…]
+//!   3 user disconnect:           [close code: u16][notice: 0 none | 1 text][payload…]
+//!   4 room resync:               (nothing)
+//! ```
+//!
+//! `origin` is the publishing node's process nonce: a node receives its own
+//! publications back from Redis and skips them (it delivered locally at once).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tungstenite::Message;
+use tungstenite::protocol::frame::Utf8Bytes;
+
+use crate::error::CloseCode;
+use crate::realtime::outbox::Qos;
+
+const VERSION: u8 = 1;
+const HEADER: usize = 10;
+
+/// One message on the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BusMessage {
+    /// A frame for every local member of the channel's room.
+    Room {
+        /// Delivery class.
+        qos: Qos,
+        /// The client frame.
+        frame: Message,
+    },
+    /// A frame for every local session of the channel's user.
+    User {
+        /// Delivery class.
+        qos: Qos,
+        /// The client frame.
+        frame: Message,
+    },
+    /// Close every local session of the channel's user.
+    Disconnect {
+        /// The close code sent.
+        code: CloseCode,
+        /// A frame queued before the close.
+        notice: Option<Message>,
+    },
+    /// The publisher lost publications to the channel's room (its Redis link
+    /// was down): every local member gets `sys.resync`.
+    Resync,
+}
+
+/// Why a bus payload was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum WireError {
+    /// Shorter than its header.
+    #[error("truncated bus message")]
+    Truncated,
+    /// Written by a newer (or unknown) format.
+    #[error("unknown bus message version {0}")]
+    Version(u8),
+    /// Unknown kind, QoS, frame type or close code.
+    #[error("malformed bus message")]
+    Malformed,
+    /// A text frame that is not UTF-8.
+    #[error("bus text frame is not UTF-8")]
+    Utf8,
+}
+
+impl BusMessage {
+    /// Encodes the message as published by node `origin`.
+    pub(crate) fn encode(&self, origin: u64) -> Vec<u8> {
+        let (kind, a, b, payload): (u8, u8, u8, &[u8]) = match self {
+            Self::Room { qos, frame } | Self::User { qos, frame } => {
+                let kind = if matches!(self, Self::Room { .. }) {
+                    1
+                } else {
+                    2
+                };
+                let (ty, bytes) = frame_parts(frame);
+                (kind, qos_byte(*qos), ty, bytes)
+            }
+            Self::Disconnect { code, notice } => {
+                let [lo, hi] = code.code().to_le_bytes();
+                let payload = notice.as_ref().map_or(&[][..], |n| frame_parts(n).1);
+                let mut buf = BytesMut::with_capacity(HEADER + 3 + payload.len());
+                header(&mut buf, 3, origin);
+                buf.put_u8(lo);
+                buf.put_u8(hi);
+                buf.put_u8(u8::from(notice.is_some()));
+                buf.put_slice(payload);
+                return buf.to_vec();
+            }
+            Self::Resync => {
+                let mut buf = BytesMut::with_capacity(HEADER);
+                header(&mut buf, 4, origin);
+                return buf.to_vec();
+            }
+        };
+        let mut buf = BytesMut::with_capacity(HEADER + 2 + payload.len());
+        header(&mut buf, kind, origin);
+        buf.put_u8(a);
+        buf.put_u8(b);
+        buf.put_slice(payload);
+        buf.to_vec()
+    }
+
+    /// Decodes a payload read from the bus; returns the origin node and the
+    /// message. The frame shares `raw`'s buffer.
+    ///
+    /// # Errors
+    /// [`WireError`] for anything this version did not write.
+    pub(crate) fn decode(raw: Bytes) -> Result<(u64, Self), WireError> {
+        if raw.len() < HEADER {
+            return Err(WireError::Truncated);
+        }
+        if raw[0] != VERSION {
+            return Err(WireError::Version(raw[0]));
+        }
+        let kind = raw[1];
+        let mut origin = [0u8; 8];
+        origin.copy_from_slice(&raw[2..HEADER]);
+        let origin = u64::from_le_bytes(origin);
+        let msg = match kind {
+            1 | 2 => {
+                if raw.len() < HEADER + 2 {
+                    return Err(WireError::Truncated);
+                }
+                let qos = match raw[HEADER] {
+                    0 => Qos::Lossy,
+                    1 => Qos::Reliable,
+                    _ => return Err(WireError::Malformed),
+                };
+                let frame = frame(raw[HEADER + 1], raw.slice(HEADER + 2..))?;
+                if kind == 1 {
+                    Self::Room { qos, frame }
+                } else {
+                    Self::User { qos, frame }
+                }
+            }
+            3 => {
+                if raw.len() < HEADER + 3 {
+                    return Err(WireError::Truncated);
+                }
+                let code = u16::from_le_bytes([raw[HEADER], raw[HEADER + 1]]);
+                let code = CloseCode::from_code(code).ok_or(WireError::Malformed)?;
+                let notice = match raw[HEADER + 2] {
+                    0 => None,
+                    1 => Some(frame(0, raw.slice(HEADER + 3..))?),
+                    _ => return Err(WireError::Malformed),
+                };
+                Self::Disconnect { code, notice }
+            }
+            4 => Self::Resync,
+            _ => return Err(WireError::Malformed),
+        };
+        Ok((origin, msg))
+    }
+}
+
+fn header(buf: &mut BytesMut, kind: u8, origin: u64) {
+    buf.put_u8(VERSION);
+    buf.put_u8(kind);
+    buf.put_u64_le(origin);
+}
+
+fn qos_byte(qos: Qos) -> u8 {
+    match qos {
+        Qos::Lossy => 0,
+        Qos::Reliable => 1,
+    }
+}
+
+/// The frame type byte and payload of a data frame; control frames never
+/// travel on the bus (they encode as an empty text frame).
+fn frame_parts(frame: &Message) -> (u8, &[u8]) {
+    match frame {
+        Message::Text(t) => (0, t.as_bytes()),
+        Message::Binary(b) => (1, b),
+        _ => (0, &[]),
+    }
+}
+
+fn frame(ty: u8, payload: Bytes) -> Result<Message, WireError> {
+    match ty {
+        0 => Utf8Bytes::try_from(payload)
+            .map(Message::Text)
+            .map_err(|_| WireError::Utf8),
+        1 => Ok(Message::Binary(payload)),
+        _ => Err(WireError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: BusMessage) {
+        let raw = Bytes::from(m.encode(0xdead_beef));
+        assert_eq!(BusMessage::decode(raw), Ok((0xdead_beef, m)));
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        round_trip(BusMessage::Room {
+            qos: Qos::Reliable,
+            frame: Message::text(r#"{"v":1,"svc":"chat"}"#),
+        });
+        round_trip(BusMessage::Room {
+            qos: Qos::Lossy,
+            frame: Message::binary(vec![7, 1, 0x80, 0, 0, 0, 9]),
+        });
+        round_trip(BusMessage::User {
+            qos: Qos::Reliable,
+            frame: Message::text("{}"),
+        });
+        round_trip(BusMessage::Disconnect {
+            code: CloseCode::Disconnected,
+            notice: Some(Message::text(r#"{"type":"disconnected"}"#)),
+        });
+        round_trip(BusMessage::Disconnect {
+            code: CloseCode::Replaced,
+            notice: None,
+        });
+        round_trip(BusMessage::Resync);
+    }
+
+    #[test]
+    fn foreign_or_broken_payloads_are_refused() {
+        let good = BusMessage::Room {
+            qos: Qos::Reliable,
+            frame: Message::text("hi"),
+        }
+        .encode(1);
+        assert_eq!(
+            BusMessage::decode(Bytes::from_static(b"PING")),
+            Err(WireError::Truncated)
+        );
+        let mut v2 = good.clone();
+        v2[0] = 2;
+        assert_eq!(
+            BusMessage::decode(Bytes::from(v2)),
+            Err(WireError::Version(2))
+        );
+        let mut kind = good.clone();
+        kind[1] = 9;
+        assert_eq!(
+            BusMessage::decode(Bytes::from(kind)),
+            Err(WireError::Malformed)
+        );
+        let mut utf8 = good.clone();
+        utf8.push(0xff);
+        assert_eq!(BusMessage::decode(Bytes::from(utf8)), Err(WireError::Utf8));
+        let mut code = BusMessage::Disconnect {
+            code: CloseCode::Disconnected,
+            notice: None,
+        }
+        .encode(1);
+        code[HEADER] = 0x39; // 0x0f39 = 3897, not a close code of ours
+        code[HEADER + 1] = 0x0f;
+        assert_eq!(
+            BusMessage::decode(Bytes::from(code)),
+            Err(WireError::Malformed)
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! Cluster mode over a real `redis-server` (README "Cluster"): two gateways
+//! in this process, one Redis on a free port, real WebSocket clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{Client, TestConfig, TestGateway, eventually, eventually_within, metric};
+use serde_json::{Value, json};
+use wsprism::config::ClusterMode;
+
+const KEY: &str = "acme-key-0123456789";
+
+/// Tenant `acme` (users u1..u4, rooms, chat, Hot Lane relay 1) on node
+/// `node` of the cluster in `redis`.
+fn node(redis: &RedisServer, node: &str) -> TestConfig {
+    let url = redis.url();
+    let node = node.to_owned();
+    TestConfig::tenant("acme")
+        .api_key(KEY)
+        .tickets(&[("t1", "u1"), ("t2", "u2"), ("t3", "u3"), ("t4", "u4")])
+        .ext_allow(&["room:*", "chat:*"])
+        .hot_allow(&["1:*"])
+        .hot_relay(1)
+        .gateway(move |g| {
+            g.cluster.mode = ClusterMode::Redis;
+            g.cluster.redis_url = url;
+            g.cluster.node_id = node;
+            g.cluster.node_ttl_ms = 3000;
+        })
+}
+
+fn room_channel(room: &str) -> String {
+    format!("wsprism:room:{{acme:{room}}}")
+}
+
+fn user_channel(user: &str) -> String {
+    format!("wsprism:user:{{acme:{user}}}")
+}
+
+async fn readyz(gw: &TestGateway) -> (u16, Value) {
+    let resp = reqwest::get(format!("http://{}/readyz", gw.addr))
+        .await
+        .expect("readyz");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("json"))
+}
+
+/// Waits until the node reports both Redis links up.
+async fn cluster_up(gw: &TestGateway) {
+    eventually("cluster up", || async {
+        let (status, body) = readyz(gw).await;
+        status == 200 && body == json!({"status": "ready", "cluster": "up"})
+    })
+    .await;
+}
+
+/// Waits until `n` nodes subscribe `channel`.
+async fn subscribed(redis: &RedisServer, channel: &str, n: u64) {
+    eventually(&format!("{n} subscribers of {channel}"), || async {
+        redis.subscribers(channel) == n
+    })
+    .await;
+}
+
+async fn api(gw: &TestGateway, path: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(gw.admin_url(path))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("api");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn chat(c: &mut Client, room: &str, msg: &str) {
+    c.send_json(json!({"v":1,"svc":"chat","type":"send","room":room,"data":{"msg":msg}}))
+        .await;
+}
+
+/// Reads until a chat message arrives and returns its text.
+async fn chat_msg(c: &mut Client) -> String {
+    let m = c.recv_type("msg").await;
+    m["data"]["msg"].as_str().expect("msg text").to_owned()
+}
+
+#[tokio::test]
+async fn rooms_relay_and_user_sends_reach_every_node() {
+    let redis = RedisServer::start();
+    let a = TestGateway::start(node(&redis, "a")).await;
+    let b = TestGateway::start(node(&redis, "b")).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u2 = b.client("acme", "t2").await;
+    u1.join("lobby").await;
+    u2.join("lobby").await;
+    subscribed(&redis, &room_channel("lobby"), 2).await;
+
+    // Chat both ways.
+    chat(&mut u1, "lobby", "from a").await;
+    assert_eq!(chat_msg(&mut u2).await, "from a");
+    assert_eq!(chat_msg(&mut u1).await, "from a", "the sender's own copy");
+    chat(&mut u2, "lobby", "from b").await;
+    assert_eq!(chat_msg(&mut u1).await, "from b");
+    assert_eq!(chat_msg(&mut u2).await, "from b", "the sender's own copy");
+
+    // A Hot Lane relay frame crosses as sent, and not back to its sender.
+    let frame = [1u8, 9, 0x01, 0xde, 0xad];
+    u1.send_bin(&frame).await;
+    assert_eq!(u2.recv_bin().await, frame.to_vec());
+    u1.expect_silence(Duration::from_millis(200)).await;
+
+    // Server API on node b: a room publish reaches node a's member ...
+    let (status, _) = api(
+        &b,
+        "/v1/api/tenants/acme/publish",
+        json!({"room":"lobby","svc":"news","type":"flash","data":{"n":1}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for c in [&mut u1, &mut u2] {
+        let m = c.recv_type("flash").await;
+        assert_eq!(m["data"], json!({"n":1}), "{m}");
+    }
+
+    // ... a send to a user on the other node arrives ...
+    subscribed(&redis, &user_channel("u2"), 1).await;
+    let (status, _) = api(
+        &a,
+        "/v1/api/tenants/acme/users/u2/send",
+        json!({"svc":"notify","type":"dm","data":{"hi":true}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let m = u2.recv_type("dm").await;
+    assert_eq!(m["data"], json!({"hi":true}));
+
+    // ... and a disconnect closes the user's session there with 4004.
+    let (status, _) = api(
+        &a,
+        "/v1/api/tenants/acme/users/u2/disconnect",
+        json!({"reason":"banned"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(u2.recv_close().await, Some(4004));
+
+    // Node b unsubscribes the room once its last member is gone.
+    subscribed(&redis, &room_channel("lobby"), 1).await;
+    subscribed(&redis, &user_channel("u2"), 0).await;
+    let m = metric(&b.metrics().await, "wsprism_cluster_bus_received_total");
+    assert!(m >= 3.0, "node b received the bus messages: {m}");
+}
+
+#[tokio::test]
+async fn rooms_without_members_on_a_node_are_not_sent_there() {
+    let redis = RedisServer::start();
+    let a = TestGateway::start(node(&redis, "a")).await;
+    let b = TestGateway::start(node(&redis, "b")).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u3 = a.client("acme", "t3").await;
+    let mut u2 = b.client("acme", "t2").await;
+    u1.join("here").await;
+    u3.join("here").await;
+    u2.join("there").await;
+    subscribed(&redis, &room_channel("here"), 1).await;
+    subscribed(&redis, &room_channel("there"), 1).await;
+    chat(&mut u1, "here", "local").await;
+    assert_eq!(chat_msg(&mut u3).await, "local");
+    u2.expect_silence(Duration::from_millis(200)).await;
+    let received = metric(&b.metrics().await, "wsprism_cluster_bus_received_total");
+    assert_eq!(received, 0.0, "node b has no member of `here`");
+}
+
+#[tokio::test]
+async fn redis_outage_keeps_local_service_and_recovers() {
+    let mut redis = RedisServer::start();
+    let a = TestGateway::start(node(&redis, "a")).await;
+    let b = TestGateway::start(node(&redis, "b")).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u3 = a.client("acme", "t3").await;
+    let mut u2 = b.client("acme", "t2").await;
+    for c in [&mut u1, &mut u3, &mut u2] {
+        c.join("lobby").await;
+    }
+    subscribed(&redis, &room_channel("lobby"), 2).await;
+
+    redis.kill();
+    eventually("node a degraded", || async {
+        readyz(&a).await == (200, json!({"status": "degraded", "cluster": "down"}))
+    })
+    .await;
+    assert_eq!(
+        metric(&a.metrics().await, "wsprism_cluster_up"),
+        0.0,
+        "wsprism_cluster_up"
+    );
+    // Local delivery goes on, and new sessions are admitted.
+    chat(&mut u1, "lobby", "during").await;
+    assert_eq!(chat_msg(&mut u3).await, "during");
+    let mut u4 = a.client("acme", "t4").await;
+    u4.join("lobby").await;
+    chat(&mut u4, "lobby", "newcomer").await;
+    assert_eq!(chat_msg(&mut u1).await, "during", "own copy");
+    assert_eq!(chat_msg(&mut u1).await, "newcomer");
+
+    redis.restart();
+    let back = tokio::time::Instant::now();
+    eventually_within(
+        Duration::from_secs(5),
+        "both nodes resubscribed",
+        || async { redis.subscribers(&room_channel("lobby")) == 2 },
+    )
+    .await;
+    // Members were told they may have missed publications.
+    let resync = u2.recv_type("resync").await;
+    assert_eq!(resync["room"], "lobby", "{resync}");
+    let resync = u3.recv_type("resync").await;
+    assert_eq!(resync["room"], "lobby", "{resync}");
+    eventually_within(Duration::from_secs(5), "readyz up again", || async {
+        readyz(&a).await.1["cluster"] == "up"
+    })
+    .await;
+    chat(&mut u2, "lobby", "after").await;
+    assert_eq!(chat_msg(&mut u1).await, "after");
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "cross-node delivery back after {:?}",
+        back.elapsed()
+    );
+    assert!(
+        metric(
+            &a.metrics().await,
+            "wsprism_cluster_reconnects_total{link=\"pubsub\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_killed_pubsub_link_is_detected_and_repaired() {
+    let redis = RedisServer::start();
+    let a = TestGateway::start(node(&redis, "a")).await;
+    let b = TestGateway::start(node(&redis, "b")).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u2 = b.client("acme", "t2").await;
+    u1.join("lobby").await;
+    u2.join("lobby").await;
+    subscribed(&redis, &room_channel("lobby"), 2).await;
+
+    let killed: u64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed, 2, "both nodes' pub/sub links");
+    eventually_within(Duration::from_secs(5), "resubscribed", || async {
+        redis.subscribers(&room_channel("lobby")) == 2
+    })
+    .await;
+    assert_eq!(u1.recv_type("resync").await["room"], "lobby");
+    assert_eq!(u2.recv_type("resync").await["room"], "lobby");
+    chat(&mut u1, "lobby", "again").await;
+    assert_eq!(chat_msg(&mut u2).await, "again");
+}
+
+#[tokio::test]
+async fn nodes_heartbeat_and_leave_on_stop() {
+    let redis = RedisServer::start();
+    let a = TestGateway::start(node(&redis, "a")).await;
+    let mut b = TestGateway::start(node(&redis, "b")).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    a.metric_at_least("wsprism_cluster_nodes", 2.0).await;
+    let record: String = redis.cmd(&["GET", "wsprism:node:{b}"]);
+    let record: Value = serde_json::from_str(&record).expect("node record");
+    assert_eq!(record["id"], "b");
+    let ttl: i64 = redis.cmd(&["PTTL", "wsprism:node:{b}"]);
+    assert!(
+        ttl > 0 && ttl <= 3000,
+        "record expires with node_ttl_ms: {ttl}"
+    );
+    b.stop().await;
+    let gone: u64 = redis.cmd(&["EXISTS", "wsprism:node:{b}"]);
+    assert_eq!(gone, 0, "a stopped node removes its record");
+    eventually("node a sees one node", || async {
+        metric(&a.metrics().await, "wsprism_cluster_nodes") == 1.0
+    })
+    .await;
+}
