@@ -56,6 +56,7 @@ use crate::error::StartupError;
 use crate::gateway::Gateway;
 use crate::obs::metrics::Metrics;
 use crate::plugin_host::PluginHost;
+use crate::plugin_host::kv::{KvStore, MemoryKv};
 use crate::services::{ExtService, NoPlugins};
 use crate::session::HubParts;
 
@@ -111,6 +112,21 @@ impl Server {
         let tasks = TaskTracker::new();
         let metrics = Metrics::new();
         let backend = BackendClient::new();
+        let cluster = match cfg.gateway.cluster.mode {
+            ClusterMode::Local => None,
+            ClusterMode::Redis => Some(
+                cluster::Node::start(&cfg.gateway.cluster, &metrics, stop.clone(), &tasks)
+                    .map_err(|e| StartupError::Cluster(e.to_string()))?,
+            ),
+        };
+        // Plugin kv lives in Redis in cluster mode, shared by every node.
+        let kv: Arc<dyn KvStore> = match &cluster {
+            Some(node) => Arc::new(
+                cluster::RedisKv::new(Arc::clone(node))
+                    .map_err(|e| StartupError::Cluster(e.to_string()))?,
+            ),
+            None => Arc::new(MemoryKv::new()),
+        };
         let ext: Arc<dyn ExtService> = match opts.ext {
             Some(ext) => ext,
             None if opts.plugins => {
@@ -119,24 +135,18 @@ impl Server {
                 if dir.is_relative() {
                     plugins_cfg.dir = base_dir.join(dir).to_string_lossy().into_owned();
                 }
-                PluginHost::start(
+                PluginHost::start_with_kv(
                     &plugins_cfg,
                     metrics.clone(),
                     backend.http(),
                     stop.clone(),
                     tasks.clone(),
+                    kv,
                 )
                 .await
                 .map_err(StartupError::Plugins)?
             }
             None => Arc::new(NoPlugins),
-        };
-        let cluster = match cfg.gateway.cluster.mode {
-            ClusterMode::Local => None,
-            ClusterMode::Redis => Some(
-                cluster::Node::start(&cfg.gateway.cluster, &metrics, stop.clone(), &tasks)
-                    .map_err(|e| StartupError::Cluster(e.to_string()))?,
-            ),
         };
         let gw = Gateway::new(
             cfg,

@@ -2,13 +2,20 @@
 //! in this process, one Redis on a free port, real WebSocket clients.
 
 mod common;
+mod plugin_support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::{Client, TestConfig, TestGateway, eventually, eventually_within, metric};
 use serde_json::{Value, json};
-use wsprism::config::ClusterMode;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wsprism::cluster::{Node, RedisKv};
+use wsprism::config::{ClusterConfig, ClusterMode};
+use wsprism::obs::metrics::Metrics;
+use wsprism::plugin_host::kv::{KvError, KvScope, KvStore, MAX_VALUE_BYTES, MemoryKv};
 
 const KEY: &str = "acme-key-0123456789";
 
@@ -293,4 +300,129 @@ async fn nodes_heartbeat_and_leave_on_stop() {
         metric(&a.metrics().await, "wsprism_cluster_nodes") == 1.0
     })
     .await;
+}
+
+/// A cluster node outside any gateway, for the kv store alone.
+async fn bare_node(redis: &RedisServer, stop: &CancellationToken) -> Arc<Node> {
+    let cfg = ClusterConfig {
+        mode: ClusterMode::Redis,
+        redis_url: redis.url(),
+        node_id: "kv-node".into(),
+        node_ttl_ms: 3000,
+        ..ClusterConfig::default()
+    };
+    let node = Node::start(&cfg, &Metrics::new(), stop.clone(), &TaskTracker::new()).expect("node");
+    eventually("node up", || async { node.is_up() }).await;
+    node
+}
+
+/// The same script of kv operations against a store, with every result.
+async fn kv_script(kv: &dyn KvStore) -> Vec<String> {
+    let a = KvScope {
+        tenant: "acme".into(),
+        plugin: "vote".into(),
+    };
+    let b = KvScope {
+        tenant: "other".into(),
+        plugin: "vote".into(),
+    };
+    let mut out = Vec::new();
+    out.push(format!("{:?}", kv.incr(&a, "n", 2).await));
+    out.push(format!("{:?}", kv.incr(&a, "n", 3).await));
+    out.push(format!("{:?}", kv.get(&a, "n").await));
+    out.push(format!("{:?}", kv.get(&b, "n").await));
+    out.push(format!("{:?}", kv.set(&a, "s", "x".into(), None).await));
+    out.push(format!("{:?}", kv.incr(&a, "s", 1).await));
+    out.push(format!("{:?}", kv.incr(&a, "n", i64::MAX).await));
+    out.push(format!("{:?}", kv.delete(&a, "s").await));
+    out.push(format!("{:?}", kv.delete(&a, "s").await));
+    out.push(format!(
+        "{:?}",
+        kv.set(&a, "big", "x".repeat(MAX_VALUE_BYTES + 1), None)
+            .await
+    ));
+    out.push(format!("{:?}", kv.get(&a, &"k".repeat(300)).await));
+    out.push(format!(
+        "{:?}",
+        kv.set(&a, "t", "1".into(), Some(Duration::from_millis(150)))
+            .await
+    ));
+    out.push(format!("{:?}", kv.incr(&a, "t", 1).await));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    out.push(format!("{:?} after ttl", kv.get(&a, "t").await));
+    out.push(format!("{:?}", kv.incr(&a, "t", 1).await));
+    out
+}
+
+#[tokio::test]
+async fn redis_kv_behaves_like_the_local_store_and_fails_visibly_without_redis() {
+    let mut redis = RedisServer::start();
+    let stop = CancellationToken::new();
+    let node = bare_node(&redis, &stop).await;
+    let kv = RedisKv::new(Arc::clone(&node)).expect("kv");
+    let local = kv_script(&MemoryKv::new()).await;
+    assert_eq!(kv_script(&kv).await, local);
+    let key: String = redis.cmd(&["GET", "wsprism:kv:{acme:vote}:n"]);
+    assert_eq!(key, "5", "keys carry the prefix and a hash tag per scope");
+
+    redis.kill();
+    let scope = KvScope {
+        tenant: "acme".into(),
+        plugin: "vote".into(),
+    };
+    eventually("kv unavailable", || async {
+        matches!(kv.get(&scope, "n").await, Err(KvError::Unavailable(_)))
+    })
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn plugin_kv_is_shared_by_every_node() {
+    let redis = RedisServer::start();
+    let dir = plugin_support::plugin_dir(&[("vote", "vote")]);
+    let with_vote = |n: &str| {
+        node(&redis, n)
+            .plugin_host(dir.path())
+            .ext_allow(&["room:*", "chat:*", "vote:*"])
+            .route("vote", "vote")
+    };
+    let a = TestGateway::start(with_vote("a")).await;
+    let b = TestGateway::start(with_vote("b")).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u2 = b.client("acme", "t2").await;
+    u1.join("poll").await;
+    u2.join("poll").await;
+    subscribed(&redis, &room_channel("poll"), 2).await;
+    u1.send_json(json!({"v":1,"svc":"vote","type":"cast","room":"poll","data":{"option":"red"}}))
+        .await;
+    assert_eq!(u2.recv_type("tally").await["data"]["counts"]["red"], 1);
+    assert_eq!(
+        u1.recv_type("tally").await["data"]["counts"]["red"],
+        1,
+        "own vote"
+    );
+    u2.send_json(json!({"v":1,"svc":"vote","type":"cast","room":"poll","data":{"option":"red"}}))
+        .await;
+    let t = u1.recv_type("tally").await;
+    assert_eq!(
+        t["data"]["counts"]["red"], 2,
+        "node b counted node a's vote: {t}"
+    );
+    // The same user on the other node has already voted there too.
+    let mut u1_on_b = b.client("acme", "t1").await;
+    u1_on_b.join("poll").await;
+    u1_on_b
+        .send_json(json!({"v":1,"svc":"vote","type":"cast","room":"poll","data":{"option":"blue"},"seq":4}))
+        .await;
+    let e = u1_on_b.recv_type("error").await;
+    assert_eq!(e["seq"], 4);
+    assert!(
+        e["data"]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("ALREADY_VOTED")),
+        "{e}"
+    );
 }

@@ -20,6 +20,7 @@
 //! [`Broker`]: crate::realtime::broker::Broker
 
 mod broker;
+mod kv;
 mod link;
 mod wire;
 
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use broker::ClusterBroker;
+pub use kv::RedisKv;
 
 use crate::config::ClusterConfig;
 use crate::obs::metrics::Metrics;
