@@ -117,6 +117,7 @@ impl Gateway {
                     Arc::new(Tenant::new(&t.id, rt, broker))
                 }
             };
+            tenant.broker.presence_events(t.rooms.presence_events);
             next.insert(t.id.clone(), tenant);
         }
         for (id, tenant) in old.iter() {

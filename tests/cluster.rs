@@ -162,6 +162,16 @@ async fn rooms_relay_and_user_sends_reach_every_node() {
     subscribed(&redis, &user_channel("u2"), 0).await;
     let m = metric(&b.metrics().await, "wsprism_cluster_bus_received_total");
     assert!(m >= 3.0, "node b received the bus messages: {m}");
+    // A healthy link stays up: no reconnect, no resync for u1.
+    u1.expect_silence(Duration::from_millis(1500)).await;
+    for gw in [&a, &b] {
+        let text = gw.metrics().await;
+        assert_eq!(
+            metric(&text, "wsprism_cluster_reconnects_total{link=\"pubsub\"}"),
+            0.0
+        );
+        assert_eq!(metric(&text, "wsprism_cluster_up"), 1.0);
+    }
 }
 
 #[tokio::test]
@@ -425,4 +435,169 @@ async fn plugin_kv_is_shared_by_every_node() {
             .is_some_and(|m| m.contains("ALREADY_VOTED")),
         "{e}"
     );
+}
+
+/// Peer numbers of `room` members as the other node sees them.
+async fn presence_api(gw: &TestGateway, room: &str) -> Vec<String> {
+    let resp = reqwest::Client::new()
+        .get(gw.admin_url(&format!("/v1/api/tenants/acme/rooms/{room}/presence")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("presence");
+    let body: Value = resp.json().await.expect("json");
+    serde_json::from_value(body["users"].clone()).expect("users")
+}
+
+fn with_events(cfg: TestConfig) -> TestConfig {
+    cfg.rooms(|r| r.presence_events = true)
+}
+
+#[tokio::test]
+async fn presence_events_and_peer_numbers_are_cluster_wide() {
+    let redis = RedisServer::start();
+    let a = TestGateway::start(with_events(node(&redis, "a"))).await;
+    let b = TestGateway::start(with_events(node(&redis, "b"))).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u2 = b.client("acme", "t2").await;
+    let j1 = u1.join("lobby").await;
+    subscribed(&redis, &room_channel("lobby"), 1).await;
+    let j2 = u2.join("lobby").await;
+    let (p1, p2) = (&j1["data"]["peer"], &j2["data"]["peer"]);
+    assert_ne!(p1, p2, "peer numbers are unique across nodes");
+    assert_eq!(
+        j2["data"]["members"], 2,
+        "node b counts node a's member: {j2}"
+    );
+    let joined = u1.recv_type("member_joined").await;
+    assert_eq!(joined["data"], json!({"user":"u2","peer":p2}));
+
+    // Both nodes list both users: room.presence on a, the server API on b.
+    eventually("node a lists u2", || async {
+        presence_api(&a, "lobby").await == ["u1", "u2"]
+    })
+    .await;
+    u1.send_json(json!({"v":1,"svc":"room","type":"presence","room":"lobby"}))
+        .await;
+    assert_eq!(
+        u1.recv_type("presence").await["data"]["users"],
+        json!(["u1", "u2"])
+    );
+    assert_eq!(presence_api(&b, "lobby").await, ["u1", "u2"]);
+    let hash: std::collections::HashMap<String, String> =
+        redis.cmd(&["HGETALL", "wsprism:presence:{acme:lobby}"]);
+    assert_eq!(hash.len(), 2, "one record per member: {hash:?}");
+
+    // A leave on b: a's members hear it and a's presence drops the user.
+    u2.send_json(json!({"v":1,"svc":"room","type":"leave","room":"lobby"}))
+        .await;
+    let left = u1.recv_type("member_left").await;
+    assert_eq!(left["data"], json!({"user":"u2","peer":p2}));
+    eventually("node a forgets u2", || async {
+        presence_api(&a, "lobby").await == ["u1"]
+    })
+    .await;
+    let records: u64 = redis.cmd(&["HLEN", "wsprism:presence:{acme:lobby}"]);
+    assert_eq!(records, 1);
+}
+
+/// A gateway binary run as its own process, killed with SIGKILL.
+struct Process {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn start(cfg: TestConfig) -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("wsprism.yaml");
+        let yaml = cfg
+            .gateway(|g| {
+                g.listen = "127.0.0.1:0".into();
+                g.admin_listen = "127.0.0.1:0".into();
+            })
+            .build();
+        std::fs::write(&path, yaml).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsprism"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("gateway exited before listening")
+                .expect("read log");
+            if let Some(at) = line.find("active at ") {
+                break line[at + "active at ".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+            }
+        };
+        // Keep draining the log so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self, ticket: &str) -> Client {
+        let url = format!("ws://{}/v1/ws?tenant=acme&ticket={ticket}", self.addr);
+        Client::connect_url(&url).await
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_node_leaves_presence_within_node_ttl() {
+    let redis = RedisServer::start();
+    let a = TestGateway::start(with_events(node(&redis, "a"))).await;
+    cluster_up(&a).await;
+    let mut crashed = Process::start(with_events(node(&redis, "crashed")));
+    let mut u1 = a.client("acme", "t1").await;
+    u1.join("lobby").await;
+    let mut u2 = crashed.client("t2").await;
+    u2.join("lobby").await;
+    eventually("node a sees the other node's member", || async {
+        presence_api(&a, "lobby").await == ["u1", "u2"]
+    })
+    .await;
+
+    crashed.kill9();
+    let killed = tokio::time::Instant::now();
+    let left = u1
+        .recv_type_within("member_left", Duration::from_secs(10))
+        .await;
+    assert_eq!(left["data"]["user"], "u2");
+    // node_ttl_ms is 3 s; a's heartbeat runs every 600 ms.
+    assert!(
+        killed.elapsed() < Duration::from_millis(4500),
+        "member_left after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(presence_api(&a, "lobby").await, ["u1"]);
+    let records: u64 = redis.cmd(&["HLEN", "wsprism:presence:{acme:lobby}"]);
+    assert_eq!(records, 1, "the dead node's presence records are gone");
 }

@@ -1,15 +1,24 @@
-//! [`ClusterBroker`]: a tenant's [`LocalBroker`] plus the bus, so the session
-//! layer does not change in cluster mode.
+//! [`ClusterBroker`]: a tenant's [`LocalBroker`] plus the bus and a replica of
+//! the other nodes' room members, so the session layer does not change in
+//! cluster mode.
 //!
 //! Every operation first runs on the local broker, exactly as in `local` mode
 //! (local members get a publication at once, whatever Redis is doing); what
 //! must reach other nodes is then queued for the bus. Membership changes ask
 //! the node to re-evaluate the room or user channel, which it subscribes to
-//! while there are local recipients.
+//! while there are local recipients, and are announced on the room channel
+//! and recorded in the room's presence hash in Redis.
+//!
+//! Presence reads stay synchronous and local: each node keeps, for the rooms
+//! it has members in, the members the other nodes announced ([`Remote`]),
+//! seeded from the presence hash when it subscribes.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use dashmap::DashMap;
 use tungstenite::Message;
 
 use super::wire::BusMessage;
@@ -17,34 +26,124 @@ use super::{Node, Topic};
 use crate::error::{CloseCode, RoomError};
 use crate::realtime::SessionId;
 use crate::realtime::broker::{
-    Broker, Delivery, HistoryState, Joined, LocalBroker, RegisterError, RoomLimits, SessionEntry,
-    SessionLimits, TenantStats,
+    BoxFuture, Broker, Delivery, HistoryState, Joined, LocalBroker, RegisterError, RoomLimits,
+    SessionEntry, SessionLimits, TenantStats,
 };
 use crate::realtime::history::{HistoryPolicy, Since};
 use crate::realtime::outbox::Qos;
 
+/// A member of a room on another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RemoteMember {
+    /// The member's user.
+    pub user: Arc<str>,
+    /// The node its session is on.
+    pub node: Arc<str>,
+}
+
+/// The other nodes' members of the rooms this node has members in, by room
+/// and peer number.
+#[derive(Debug, Default)]
+pub(crate) struct Remote {
+    rooms: DashMap<Arc<str>, HashMap<u32, RemoteMember>>,
+}
+
+impl Remote {
+    pub(crate) fn joined(&self, room: &str, peer: u32, member: RemoteMember) {
+        self.rooms
+            .entry(Arc::from(room))
+            .or_default()
+            .insert(peer, member);
+    }
+
+    pub(crate) fn left(&self, room: &str, peer: u32) {
+        self.rooms.remove_if_mut(room, |_, m| {
+            m.remove(&peer);
+            m.is_empty()
+        });
+    }
+
+    /// Replaces what is known of `room` with a snapshot.
+    pub(crate) fn replace(&self, room: &str, members: HashMap<u32, RemoteMember>) {
+        if members.is_empty() {
+            self.rooms.remove(room);
+        } else {
+            self.rooms.insert(Arc::from(room), members);
+        }
+    }
+
+    /// Forgets `room` (no local member is left to care).
+    pub(crate) fn forget(&self, room: &str) {
+        self.rooms.remove(room);
+    }
+
+    fn count(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |m| m.len())
+    }
+
+    fn users(&self, room: &str) -> Vec<Arc<str>> {
+        self.rooms.get(room).map_or_else(Vec::new, |m| {
+            m.values().map(|r| Arc::clone(&r.user)).collect()
+        })
+    }
+
+    /// Removes every member on `node`; returns them as (room, peer, user).
+    pub(crate) fn purge_node(&self, node: &str) -> Vec<(Arc<str>, u32, Arc<str>)> {
+        let mut gone = Vec::new();
+        self.rooms.retain(|room, members| {
+            members.retain(|peer, m| {
+                if &*m.node == node {
+                    gone.push((Arc::clone(room), *peer, Arc::clone(&m.user)));
+                    false
+                } else {
+                    true
+                }
+            });
+            !members.is_empty()
+        });
+        gone
+    }
+}
+
+/// What the node reaches of one tenant: its local broker and the replica.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    /// The tenant id.
+    pub tenant: Arc<str>,
+    /// Local sessions and rooms.
+    pub local: LocalBroker,
+    /// Other nodes' room members.
+    pub remote: Remote,
+    /// Whether the tenant announces `member_joined` / `member_left`.
+    pub presence_events: AtomicBool,
+}
+
 /// The broker of one tenant in `cluster.mode: redis`.
 #[derive(Debug)]
 pub struct ClusterBroker {
-    tenant: Arc<str>,
-    local: Arc<LocalBroker>,
+    shard: Arc<Shard>,
     node: Arc<Node>,
 }
 
 impl ClusterBroker {
     /// A broker for tenant `id` on `node`.
     pub fn new(id: &str, node: Arc<Node>) -> Self {
-        let local = Arc::new(LocalBroker::new());
-        node.attach(id, &local);
-        Self {
+        let shard = Arc::new(Shard {
             tenant: Arc::from(id),
-            local,
-            node,
-        }
+            local: LocalBroker::with_peer_slot(Arc::clone(&node.slot)),
+            remote: Remote::default(),
+            presence_events: AtomicBool::new(false),
+        });
+        node.attach(&shard);
+        Self { shard, node }
+    }
+
+    fn local(&self) -> &LocalBroker {
+        &self.shard.local
     }
 
     fn channel(&self, topic: Topic, name: &str) -> String {
-        self.node.channel(topic, &self.tenant, name)
+        self.node.channel(topic, &self.shard.tenant, name)
     }
 
     fn bus(&self, topic: Topic, name: &str, msg: &BusMessage) {
@@ -72,6 +171,42 @@ impl ClusterBroker {
             },
         );
     }
+
+    /// Records and announces a new local member of `room`.
+    fn member_joined(&self, room: &str, joined: &Joined, user: &str) {
+        if !joined.new {
+            return;
+        }
+        self.node
+            .record_member(&self.shard.tenant, room, joined.peer, user);
+        self.bus(
+            Topic::Room,
+            room,
+            &BusMessage::Joined {
+                peer: joined.peer,
+                node: self.node.id.clone(),
+                user: user.to_owned(),
+            },
+        );
+        if joined.members == 1 {
+            self.room_changed(room);
+        }
+    }
+
+    /// Removes and announces a local member of `room` that left.
+    fn member_left(&self, room: &str, peer: u32) {
+        self.node.forget_member(&self.shard.tenant, room, peer);
+        self.bus(Topic::Room, room, &BusMessage::Left { peer });
+        if self.local().room_size(room) == 0 {
+            self.room_changed(room);
+        }
+    }
+
+    /// Adds the other nodes' members to a join's member count.
+    fn with_remote(&self, room: &str, mut joined: Joined) -> Joined {
+        joined.members += self.shard.remote.count(room);
+        joined
+    }
 }
 
 impl Broker for ClusterBroker {
@@ -81,57 +216,53 @@ impl Broker for ClusterBroker {
         limits: SessionLimits,
     ) -> Result<Vec<Arc<SessionEntry>>, RegisterError> {
         let user = Arc::clone(&entry.user);
-        let kicked = self.local.register(entry, limits)?;
-        if kicked.is_empty() && self.local.user_sessions(&user) == 1 {
+        let kicked = self.local().register(entry, limits)?;
+        if self.local().user_sessions(&user) == 1 {
             self.user_changed(&user);
         }
         Ok(kicked)
     }
 
     fn unregister(&self, sid: SessionId) -> Vec<(Arc<str>, u32)> {
-        let user = self.local.session(sid).map(|s| Arc::clone(&s.user));
-        let left = self.local.unregister(sid);
+        let user = self.local().session(sid).map(|s| Arc::clone(&s.user));
+        let left = self.local().unregister(sid);
         if let Some(user) = user
-            && self.local.user_sessions(&user) == 0
+            && self.local().user_sessions(&user) == 0
         {
             self.user_changed(&user);
         }
-        for (room, _) in &left {
-            if self.local.room_size(room) == 0 {
-                self.room_changed(room);
-            }
+        for (room, peer) in &left {
+            self.member_left(room, *peer);
         }
         left
     }
 
     fn session(&self, sid: SessionId) -> Option<Arc<SessionEntry>> {
-        self.local.session(sid)
+        self.local().session(sid)
     }
 
     fn join(&self, sid: SessionId, room: &str, limits: RoomLimits) -> Result<Joined, RoomError> {
-        let joined = self.local.join(sid, room, limits)?;
-        if joined.new && joined.members == 1 {
-            self.room_changed(room);
+        let joined = self.local().join(sid, room, limits)?;
+        if let Some(s) = self.local().session(sid) {
+            self.member_joined(room, &joined, &s.user);
         }
-        Ok(joined)
+        Ok(self.with_remote(room, joined))
     }
 
     fn leave(&self, sid: SessionId, room: &str) -> Result<u32, RoomError> {
-        let peer = self.local.leave(sid, room)?;
-        if self.local.room_size(room) == 0 {
-            self.room_changed(room);
-        }
+        let peer = self.local().leave(sid, room)?;
+        self.member_left(room, peer);
         Ok(peer)
     }
 
     fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<SessionId>) -> Delivery {
-        let delivery = self.local.publish(room, msg, qos, exclude);
+        let delivery = self.local().publish(room, msg, qos, exclude);
         self.bus_room(room, msg, qos);
         delivery
     }
 
     fn send_to_user(&self, user: &str, msg: &Message, qos: Qos) -> Delivery {
-        let delivery = self.local.send_to_user(user, msg, qos);
+        let delivery = self.local().send_to_user(user, msg, qos);
         self.bus(
             Topic::User,
             user,
@@ -144,7 +275,7 @@ impl Broker for ClusterBroker {
     }
 
     fn disconnect_user(&self, user: &str, notice: Option<&Message>, code: CloseCode) -> usize {
-        let closed = self.local.disconnect_user(user, notice, code);
+        let closed = self.local().disconnect_user(user, notice, code);
         self.bus(
             Topic::User,
             user,
@@ -157,19 +288,29 @@ impl Broker for ClusterBroker {
     }
 
     fn close_all(&self, code: CloseCode, reason: &'static str) -> usize {
-        self.local.close_all(code, reason)
+        self.local().close_all(code, reason)
     }
 
     fn presence(&self, room: &str) -> Vec<String> {
-        self.local.presence(room)
+        let mut users = self.local().presence(room);
+        users.extend(
+            self.shard
+                .remote
+                .users(room)
+                .into_iter()
+                .map(|u| u.to_string()),
+        );
+        users.sort_unstable();
+        users.dedup();
+        users
     }
 
     fn room_size(&self, room: &str) -> usize {
-        self.local.room_size(room)
+        self.local().room_size(room) + self.shard.remote.count(room)
     }
 
     fn stats(&self) -> TenantStats {
-        self.local.stats()
+        self.local().stats()
     }
 
     fn publish_recorded(
@@ -182,7 +323,7 @@ impl Broker for ClusterBroker {
         // The frame the local history recorded is the one other nodes get.
         let sent = RefCell::new(None);
         let delivery = self
-            .local
+            .local()
             .publish_recorded(room, policy, exclude, &|offset, epoch| {
                 let msg = encode(offset, epoch);
                 *sent.borrow_mut() = Some(msg.clone());
@@ -203,16 +344,29 @@ impl Broker for ClusterBroker {
         since: Option<&Since>,
         notice: &dyn Fn(&Joined, &HistoryState) -> Message,
     ) -> Result<Joined, RoomError> {
+        let remote = self.shard.remote.count(room);
         let joined = self
-            .local
-            .join_recovering(sid, room, limits, policy, since, notice)?;
-        if joined.new && joined.members == 1 {
-            self.room_changed(room);
+            .local()
+            .join_recovering(sid, room, limits, policy, since, &|j, h| {
+                let mut j = j.clone();
+                j.members += remote;
+                notice(&j, h)
+            })?;
+        if let Some(s) = self.local().session(sid) {
+            self.member_joined(room, &joined, &s.user);
         }
-        Ok(joined)
+        Ok(self.with_remote(room, joined))
     }
 
     fn prune_history(&self, policy: HistoryPolicy) {
-        self.local.prune_history(policy);
+        self.local().prune_history(policy);
+    }
+
+    fn prepare_join(&self, room: &str) -> Option<BoxFuture> {
+        self.node.subscribe_now(self.channel(Topic::Room, room))
+    }
+
+    fn presence_events(&self, on: bool) {
+        self.shard.presence_events.store(on, Ordering::Release);
     }
 }

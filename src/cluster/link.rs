@@ -30,8 +30,8 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Any single Redis call slower than this counts as a failure.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Channels per SUBSCRIBE when resubscribing.
-const SUBSCRIBE_BATCH: usize = 512;
+/// Channels per SUBSCRIBE (and rooms per presence snapshot).
+pub(super) const SUBSCRIBE_BATCH: usize = 512;
 /// Publications per pipeline.
 const PUBLISH_BATCH: usize = 512;
 /// How often the subscriber pings an idle pub/sub link.
@@ -61,15 +61,24 @@ impl Backoff {
     }
 }
 
-/// A command connection that reconnects on use; calls fail fast (the
-/// callers decide what a failure costs).
-async fn commands(node: &Node) -> redis::RedisResult<ConnectionManager> {
+/// A command connection that connects on first use and reconnects on
+/// failure; calls fail fast (the callers decide what a failure costs).
+pub(super) fn commands(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
     let cfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(CALL_TIMEOUT))
         .set_number_of_retries(0)
         .set_max_delay(MAX_BACKOFF);
-    ConnectionManager::new_lazy_with_config(node.client.clone(), cfg)
+    ConnectionManager::new_lazy_with_config(client.clone(), cfg)
+}
+
+/// One Redis call bounded by [`CALL_TIMEOUT`].
+pub(super) async fn call<T>(
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    timeout(CALL_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
 }
 
 /// Sends queued publications, a batch per round trip. While the link is
@@ -80,7 +89,7 @@ pub(super) async fn publisher(
     mut rx: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
-    let mut conn = match commands(&node).await {
+    let mut conn = match commands(&node.client) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(node = %node.id, error = %e, "cluster publisher cannot start");
@@ -91,18 +100,32 @@ pub(super) async fn publisher(
     // Rooms whose publications were lost while Redis was unreachable.
     let mut lost: HashSet<String> = HashSet::new();
     let mut retry_at: Option<Instant> = None;
+    // An idle link is pinged, so a dead connection is replaced before the
+    // next publication needs it and lost rooms get their resync.
+    let mut idle = tokio::time::interval(PUBSUB_PING);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let ping = tokio::select! {
             _ = stop.cancelled() => return,
-            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => if n == 0 { return },
-        }
+            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => if n == 0 { return } else { false },
+            _ = idle.tick() => true,
+        };
         if retry_at.is_some_and(|t| Instant::now() < t) {
             note_lost(&node, &mut lost, batch.drain(..));
             continue;
         }
         let mut pipe = redis::pipe();
+        let mut published = 0;
         for o in &batch {
-            pipe.cmd("PUBLISH").arg(&o.channel).arg(&o.payload).ignore();
+            match o {
+                Outgoing::Publish { channel, payload } => {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                    published += 1;
+                }
+                Outgoing::Command(cmd) => {
+                    pipe.add_command(cmd.clone()).ignore();
+                }
+            }
         }
         let resyncs: Vec<String> = lost.drain().collect();
         for ch in &resyncs {
@@ -111,16 +134,27 @@ pub(super) async fn publisher(
                 .arg(BusMessage::Resync.encode(node.nonce))
                 .ignore();
         }
-        match timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {
-                node.metrics.published.inc_by(batch.len() as u64);
+        if ping {
+            pipe.cmd("PING").ignore();
+        } else {
+            idle.reset();
+        }
+        // A connection found dead is replaced by the manager on that error:
+        // one more try goes out on the new one.
+        let mut result = call(pipe.query_async::<()>(&mut conn)).await;
+        if result.as_ref().is_err_and(|e| {
+            e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+        }) {
+            result = call(pipe.query_async::<()>(&mut conn)).await;
+        }
+        match result {
+            Ok(()) => {
+                node.metrics.published.inc_by(published);
                 batch.clear();
                 retry_at = None;
             }
-            failed => {
-                if let Ok(Err(e)) = &failed {
-                    tracing::debug!(node = %node.id, error = %e, "cluster publish failed");
-                }
+            Err(e) => {
+                tracing::debug!(node = %node.id, error = %e, "cluster publish failed");
                 lost.extend(resyncs);
                 note_lost(&node, &mut lost, batch.drain(..));
                 // Do not hammer a Redis that is down: drop what comes in the
@@ -131,13 +165,16 @@ pub(super) async fn publisher(
     }
 }
 
-/// Counts dropped publications and remembers their rooms.
+/// Counts dropped publications and remembers their rooms (dropped presence
+/// writes are re-asserted when the link is back).
 fn note_lost(node: &Node, lost: &mut HashSet<String>, dropped: impl Iterator<Item = Outgoing>) {
     let mut n = 0;
     for o in dropped {
-        n += 1;
-        if matches!(node.parse_channel(&o.channel), Some((Topic::Room, _, _))) {
-            lost.insert(o.channel);
+        if let Outgoing::Publish { channel, .. } = o {
+            n += 1;
+            if matches!(node.parse_channel(&channel), Some((Topic::Room, _, _))) {
+                lost.insert(channel);
+            }
         }
     }
     node.metrics.error("publish", n);
@@ -166,10 +203,17 @@ pub(super) async fn subscriber(
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        // Pending rechecks are covered by subscribing what is wanted now.
-        while rechecks.try_recv().is_ok() {}
-        let mut subscribed: HashSet<String> = HashSet::new();
-        let wanted = node.wanted_channels();
+        // Pending rechecks are covered by subscribing what is wanted now;
+        // joins waiting on one go ahead (`wanted_channels` includes them).
+        let mut waiting = Vec::new();
+        while let Ok(r) = rechecks.try_recv() {
+            waiting.extend(r.done);
+        }
+        node.subscribed.clear();
+        let mut wanted = node.wanted_channels();
+        wanted.extend(node.pending.iter().map(|p| p.key().clone()));
+        wanted.sort_unstable();
+        wanted.dedup();
         if let Err(e) = subscribe_all(&mut sink, &wanted).await {
             tracing::warn!(node = %node.id, error = %e, "cluster resubscribe failed");
             node.metrics.error("subscribe", 1);
@@ -178,12 +222,21 @@ pub(super) async fn subscriber(
             }
             continue;
         }
-        subscribed.extend(wanted);
+        if let Err(e) = node.snapshot(&wanted).await {
+            tracing::warn!(node = %node.id, error = %e, "cluster presence snapshot failed");
+            node.metrics.error("snapshot", 1);
+        }
+        for ch in wanted {
+            node.subscribed.insert(ch, ());
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
         backoff.reset();
         node.set_pubsub_up(true);
         if connected_before {
             node.metrics.reconnects.with_label_values(&["pubsub"]).inc();
-            tracing::info!(node = %node.id, channels = subscribed.len(), "cluster pub/sub link restored");
+            tracing::info!(node = %node.id, channels = node.subscribed.len(), "cluster pub/sub link restored");
             node.resync_local_rooms();
         } else {
             tracing::info!(node = %node.id, "cluster pub/sub link up");
@@ -201,22 +254,22 @@ pub(super) async fn subscriber(
                     }
                     None => break "connection closed",
                 },
-                Some(Recheck(first)) = rechecks.recv() => {
-                    let mut channels = vec![first];
-                    while channels.len() < SUBSCRIBE_BATCH {
+                Some(first) = rechecks.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < SUBSCRIBE_BATCH {
                         match rechecks.try_recv() {
-                            Ok(Recheck(c)) => channels.push(c),
+                            Ok(r) => batch.push(r),
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = reconcile(&node, &mut sink, &mut subscribed, channels).await {
+                    if let Err(e) = reconcile(&node, &mut sink, batch).await {
                         node.metrics.error("subscribe", 1);
                         tracing::debug!(node = %node.id, error = %e, "cluster subscribe failed");
                         break "subscribe failed";
                     }
                 }
                 _ = ping.tick() => {
-                    match timeout(CALL_TIMEOUT, sink.ping::<String>()).await {
+                    match timeout(CALL_TIMEOUT, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         _ => break "ping failed",
                     }
@@ -224,6 +277,7 @@ pub(super) async fn subscriber(
             }
         };
         node.set_pubsub_up(false);
+        node.subscribed.clear();
         node.metrics.error("pubsub", 1);
         tracing::warn!(node = %node.id, reason = lost, "cluster pub/sub link lost; local service goes on");
         drop(stream);
@@ -244,26 +298,40 @@ async fn subscribe_all(sink: &mut PubSubSink, channels: &[String]) -> redis::Red
     Ok(())
 }
 
-/// Brings the subscriptions of `channels` in line with local membership.
+/// Brings the subscriptions of the rechecked channels in line with local
+/// membership, then releases the joins waiting on them.
 async fn reconcile(
     node: &Node,
     sink: &mut PubSubSink,
-    subscribed: &mut HashSet<String>,
-    channels: Vec<String>,
+    batch: Vec<Recheck>,
 ) -> redis::RedisResult<()> {
     let mut add = Vec::new();
     let mut remove = Vec::new();
-    for ch in channels {
-        let want = node.wanted(&ch);
-        if want && !subscribed.contains(&ch) && !add.contains(&ch) {
-            add.push(ch);
-        } else if !want && subscribed.contains(&ch) && !remove.contains(&ch) {
-            remove.push(ch);
+    let mut waiting = Vec::new();
+    for Recheck { channel, done } in batch {
+        waiting.extend(done);
+        let want = node.wanted(&channel);
+        let has = node.subscribed.contains_key(&channel);
+        if want && !has && !add.contains(&channel) {
+            add.push(channel);
+        } else if !want && has && !remove.contains(&channel) {
+            remove.push(channel);
         }
     }
     if !add.is_empty() {
         subscribe_all(sink, &add).await?;
-        subscribed.extend(add);
+        // A failed snapshot leaves the replica to the announcements; the
+        // link itself is fine.
+        if let Err(e) = node.snapshot(&add).await {
+            node.metrics.error("snapshot", 1);
+            tracing::debug!(node = %node.id, error = %e, "cluster presence snapshot failed");
+        }
+        for ch in add {
+            node.subscribed.insert(ch, ());
+        }
+    }
+    for done in waiting {
+        let _ = done.send(());
     }
     if !remove.is_empty() {
         match timeout(CALL_TIMEOUT, sink.unsubscribe(&remove)).await {
@@ -271,7 +339,8 @@ async fn reconcile(
             Err(_) => return Err(timed_out()),
         }
         for ch in &remove {
-            subscribed.remove(ch);
+            node.subscribed.remove(ch);
+            node.unsubscribed(ch);
         }
     }
     Ok(())
@@ -281,19 +350,37 @@ fn timed_out() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "timed out"))
 }
 
-/// Refreshes this node's record (see the module docs).
+/// Claims (or confirms) this node's slot: the slot it holds, else the
+/// lowest free one, or one whose owner stopped heartbeating. Returns 0 when
+/// all 1023 are taken by live nodes.
+const CLAIM_SLOT: &str = r"
+local cur = tonumber(ARGV[3])
+if cur > 0 and redis.call('HGET', KEYS[1], cur) == ARGV[1] then return cur end
+for i = 1, 1023 do
+  local owner = redis.call('HGET', KEYS[1], i)
+  local free = (not owner) or owner == ARGV[1]
+  if not free then
+    local seen = redis.call('ZSCORE', KEYS[2], owner)
+    free = (not seen) or tonumber(seen) < tonumber(ARGV[2])
+  end
+  if free then
+    redis.call('HSET', KEYS[1], i, ARGV[1])
+    return i
+  end
+end
+return 0
+";
+
+/// Refreshes this node's record (see the module docs), claims its peer
+/// slot, re-asserts its presence after Redis was away, and buries nodes
+/// silent past `node_ttl_ms`.
 pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
-    let mut conn = match commands(&node).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(node = %node.id, error = %e, "cluster heartbeat cannot start");
-            return;
-        }
-    };
+    let mut conn = node.commands.clone();
     let every = (node.ttl / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let ttl_ms = u64::try_from(node.ttl.as_millis()).unwrap_or(u64::MAX);
     let key = node.node_key(&node.id);
     let nodes = node.nodes_key();
+    let claim = redis::Script::new(CLAIM_SLOT);
     let started = now_ms();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -305,6 +392,7 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = now_ms();
+        let oldest_live = now.saturating_sub(ttl_ms);
         let record = serde_json::json!({ "id": node.id, "started_ms": started, "seen_ms": now });
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -314,39 +402,73 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
             .arg(ttl_ms)
             .ignore();
         pipe.cmd("ZADD").arg(&nodes).arg(now).arg(&node.id).ignore();
-        pipe.cmd("ZREMRANGEBYSCORE")
+        pipe.cmd("ZRANGEBYSCORE")
             .arg(&nodes)
             .arg("-inf")
-            .arg(now.saturating_sub(ttl_ms))
-            .ignore();
-        pipe.cmd("ZCARD").arg(&nodes);
+            .arg(format!("({oldest_live}"));
+        pipe.cmd("ZCOUNT").arg(&nodes).arg(oldest_live).arg("+inf");
         let sent = Instant::now();
-        match timeout(CALL_TIMEOUT, pipe.query_async::<(u64,)>(&mut conn)).await {
-            Ok(Ok((live,))) => {
+        let beat = call(pipe.query_async::<(Vec<String>, u64)>(&mut conn)).await;
+        let slot = match &beat {
+            Ok(_) => {
+                call(
+                    claim
+                        .key(node.slots_key())
+                        .key(&nodes)
+                        .arg(&node.id)
+                        .arg(oldest_live)
+                        .arg(node.slot())
+                        .invoke_async::<u32>(&mut conn),
+                )
+                .await
+            }
+            Err(_) => Err(timed_out()),
+        };
+        match (beat, slot) {
+            (Ok((dead, live)), Ok(slot)) => {
                 node.metrics.rtt.observe(sent.elapsed().as_secs_f64());
                 node.live_nodes
                     .store(live, std::sync::atomic::Ordering::Release);
                 node.metrics
                     .nodes
                     .set(i64::try_from(live).unwrap_or(i64::MAX));
-                if !was_up && ever_up {
-                    node.metrics
-                        .reconnects
-                        .with_label_values(&["commands"])
-                        .inc();
-                    tracing::info!(node = %node.id, live_nodes = live, "cluster command link restored");
-                } else if !was_up {
+                if slot != node.slot() {
+                    tracing::info!(node = %node.id, slot, "cluster peer slot claimed");
+                    node.slot.store(slot, std::sync::atomic::Ordering::Release);
+                }
+                if !was_up {
+                    if ever_up {
+                        node.metrics
+                            .reconnects
+                            .with_label_values(&["commands"])
+                            .inc();
+                    }
                     tracing::info!(node = %node.id, live_nodes = live, "cluster command link up");
+                    // Redis may have restarted empty, or missed what this
+                    // node wrote while it was away.
+                    node.reassert_presence();
                 }
                 was_up = true;
                 ever_up = true;
                 node.set_commands_up(true);
+                for d in dead.iter().filter(|d| **d != node.id) {
+                    match node.bury(d).await {
+                        Ok(()) => {
+                            let _ = call(redis::Cmd::zrem(&nodes, d).query_async::<()>(&mut conn))
+                                .await;
+                        }
+                        Err(e) => {
+                            node.metrics.error("bury", 1);
+                            tracing::debug!(node = %node.id, dead = %d, error = %e, "cluster clean-up failed");
+                        }
+                    }
+                }
             }
-            failed => {
+            (beat, slot) => {
                 if was_up {
                     tracing::warn!(node = %node.id, "cluster command link lost; local service goes on");
                 }
-                if let Ok(Err(e)) = failed {
+                if let Err(e) = beat.map(|_| ()).and(slot.map(|_| ())) {
                     tracing::debug!(node = %node.id, error = %e, "cluster heartbeat failed");
                 }
                 node.metrics.error("heartbeat", 1);
@@ -355,10 +477,12 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
             }
         }
     }
-    // Leave the cluster now rather than after node_ttl_ms.
+    // Leave the cluster now rather than after node_ttl_ms: the record goes,
+    // and a heartbeat score of 0 makes the next live node's heartbeat bury
+    // this one (its members leave presence everywhere).
     let mut pipe = redis::pipe();
     pipe.cmd("DEL").arg(&key).ignore();
-    pipe.cmd("ZREM").arg(&nodes).arg(&node.id).ignore();
+    pipe.cmd("ZADD").arg(&nodes).arg(0).arg(&node.id).ignore();
     let _ = timeout(
         Duration::from_millis(500),
         pipe.query_async::<()>(&mut conn),

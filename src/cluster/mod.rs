@@ -24,7 +24,8 @@ mod kv;
 mod link;
 mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -39,7 +40,10 @@ pub use kv::RedisKv;
 
 use crate::config::ClusterConfig;
 use crate::obs::metrics::Metrics;
-use crate::realtime::broker::{Broker as _, LocalBroker};
+use crate::protocol::ext::{Outgoing as ExtFrame, raw};
+use crate::realtime::broker::{BoxFuture, Broker as _, LocalBroker};
+use crate::realtime::outbox::Qos;
+use broker::{RemoteMember, Shard};
 use wire::BusMessage;
 
 /// Publications queued for Redis before new ones are dropped (counted as
@@ -160,16 +164,27 @@ impl ClusterMetrics {
     }
 }
 
-/// One queued publication: channel and encoded bus message.
+/// One queued item for the publisher.
 #[derive(Debug)]
-struct Outgoing {
-    channel: String,
-    payload: Vec<u8>,
+enum Outgoing {
+    /// A bus message for `channel`.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The encoded [`BusMessage`].
+        payload: Vec<u8>,
+    },
+    /// A state write (presence) sent in the same pipeline.
+    Command(redis::Cmd),
 }
 
-/// A request to the subscriber: re-evaluate whether `channel` is wanted.
+/// A request to the subscriber: re-evaluate whether `channel` is wanted,
+/// and say so on `done` once it is subscribed (and its presence known).
 #[derive(Debug)]
-struct Recheck(String);
+struct Recheck {
+    channel: String,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
 
 /// This process as a member of the cluster.
 #[derive(Debug)]
@@ -180,10 +195,19 @@ pub struct Node {
     prefix: String,
     ttl: Duration,
     client: redis::Client,
+    /// Heartbeats, presence snapshots, node clean-up.
+    commands: redis::aio::ConnectionManager,
     publish_tx: mpsc::Sender<Outgoing>,
     recheck_tx: mpsc::UnboundedSender<Recheck>,
-    /// Tenant id → its local broker, for delivering bus messages.
-    tenants: DashMap<Arc<str>, Weak<LocalBroker>>,
+    /// Channels the pub/sub link is subscribed to now.
+    subscribed: DashMap<String, ()>,
+    /// Room channels a join waits on before it is applied, by waiting joins.
+    pending: DashMap<String, usize>,
+    /// Tenant id → what the node reaches of it, for bus deliveries.
+    tenants: DashMap<Arc<str>, Weak<Shard>>,
+    /// This node's slot (1..=1023) once claimed, else 0: the high bits of
+    /// the peer numbers it assigns.
+    slot: Arc<AtomicU32>,
     commands_up: AtomicBool,
     pubsub_up: AtomicBool,
     live_nodes: AtomicU64,
@@ -208,6 +232,7 @@ impl Node {
             .map_err(|e| ClusterError::Url(e.to_string()))?;
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let commands = link::commands(&client).map_err(|e| ClusterError::Url(e.to_string()))?;
         let id = if cfg.node_id.is_empty() {
             format!("node-{:08x}", rand::random::<u32>())
         } else {
@@ -221,9 +246,13 @@ impl Node {
             prefix: cfg.prefix.clone(),
             ttl: Duration::from_millis(cfg.node_ttl_ms),
             client,
+            commands,
             publish_tx,
             recheck_tx,
+            subscribed: DashMap::new(),
+            pending: DashMap::new(),
             tenants: DashMap::new(),
+            slot: Arc::new(AtomicU32::new(0)),
             commands_up: AtomicBool::new(false),
             pubsub_up: AtomicBool::new(false),
             live_nodes: AtomicU64::new(0),
@@ -259,9 +288,26 @@ impl Node {
         self.live_nodes.load(Ordering::Acquire)
     }
 
-    /// Registers the local broker of tenant `id` for bus deliveries.
-    fn attach(&self, id: &str, broker: &Arc<LocalBroker>) {
-        self.tenants.insert(Arc::from(id), Arc::downgrade(broker));
+    /// This node's slot in peer numbers (0 until Redis first answered).
+    pub fn slot(&self) -> u32 {
+        self.slot.load(Ordering::Acquire)
+    }
+
+    /// Registers a tenant's shard for bus deliveries.
+    fn attach(&self, shard: &Arc<Shard>) {
+        self.tenants
+            .insert(Arc::clone(&shard.tenant), Arc::downgrade(shard));
+    }
+
+    fn shard(&self, tenant: &str) -> Option<Arc<Shard>> {
+        self.tenants.get(tenant).and_then(|s| s.upgrade())
+    }
+
+    fn shards(&self) -> Vec<Arc<Shard>> {
+        self.tenants
+            .iter()
+            .filter_map(|s| s.value().upgrade())
+            .collect()
     }
 
     /// The bus channel of `name` (a room or user) in `tenant`.
@@ -286,32 +332,107 @@ impl Node {
         Some((topic, tenant, name))
     }
 
-    /// Key of this node's heartbeat record.
+    /// Key of a node's heartbeat record.
     fn node_key(&self, id: &str) -> String {
         format!("{}:node:{{{id}}}", self.prefix)
     }
 
     /// Key of the node registry (a sorted set: node id by last heartbeat).
+    /// The slot table shares its hash tag, so one script reads both.
     fn nodes_key(&self) -> String {
-        format!("{}:nodes", self.prefix)
+        format!("{}:{{nodes}}", self.prefix)
+    }
+
+    /// Key of the slot table (a hash: slot → node id).
+    fn slots_key(&self) -> String {
+        format!("{}:{{nodes}}:slots", self.prefix)
+    }
+
+    /// Key of a room's presence (a hash: peer → `node<TAB>user`); it shares
+    /// the room channel's hash tag.
+    fn presence_key(&self, tenant: &str, room: &str) -> String {
+        format!("{}:presence:{{{tenant}:{room}}}", self.prefix)
+    }
+
+    /// Key of the presence hashes a node wrote to (a set), for clean-up
+    /// after it dies.
+    fn node_rooms_key(&self, id: &str) -> String {
+        format!("{}:node-rooms:{{{id}}}", self.prefix)
     }
 
     /// Queues `msg` for every other node subscribed to `channel`; never
     /// waits. A full queue (Redis unreachable for long) drops it.
     fn publish(&self, channel: String, msg: &BusMessage) {
         let payload = msg.encode(self.nonce);
-        if self
-            .publish_tx
-            .try_send(Outgoing { channel, payload })
-            .is_err()
-        {
+        self.queue(Outgoing::Publish { channel, payload });
+    }
+
+    fn queue(&self, item: Outgoing) {
+        if self.publish_tx.try_send(item).is_err() {
             self.metrics.error("publish", 1);
+        }
+    }
+
+    /// Queues the presence record of a local member.
+    fn record_member(&self, tenant: &str, room: &str, peer: u32, user: &str) {
+        let key = self.presence_key(tenant, room);
+        let mut set = redis::cmd("HSET");
+        set.arg(&key).arg(peer).arg(format!("{}\t{user}", self.id));
+        self.queue(Outgoing::Command(set));
+        let mut index = redis::cmd("SADD");
+        index.arg(self.node_rooms_key(&self.id)).arg(key);
+        self.queue(Outgoing::Command(index));
+    }
+
+    /// Queues the removal of a local member's presence record.
+    fn forget_member(&self, tenant: &str, room: &str, peer: u32) {
+        let mut del = redis::cmd("HDEL");
+        del.arg(self.presence_key(tenant, room)).arg(peer);
+        self.queue(Outgoing::Command(del));
+    }
+
+    /// Re-writes the presence of every local member (after Redis came back,
+    /// possibly empty).
+    fn reassert_presence(&self) {
+        for shard in self.shards() {
+            for room in shard.local.room_names() {
+                for (peer, user) in shard.local.members(&room) {
+                    self.record_member(&shard.tenant, &room, peer, &user);
+                }
+            }
         }
     }
 
     /// Asks the subscriber to (un)subscribe `channel` to match local state.
     fn recheck(&self, channel: String) {
-        let _ = self.recheck_tx.send(Recheck(channel));
+        let _ = self.recheck_tx.send(Recheck {
+            channel,
+            done: None,
+        });
+    }
+
+    /// Resolves once `channel` is subscribed and its presence snapshot
+    /// applied, so a join that waits on it misses no publication and counts
+    /// every member; `None` when it already is, or while the pub/sub link is
+    /// down (the join then proceeds locally). Waits at most a second.
+    fn subscribe_now(self: &Arc<Self>, channel: String) -> Option<BoxFuture> {
+        if !self.pubsub_up.load(Ordering::Acquire) || self.subscribed.contains_key(&channel) {
+            return None;
+        }
+        *self.pending.entry(channel.clone()).or_default() += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.recheck_tx.send(Recheck {
+            channel: channel.clone(),
+            done: Some(tx),
+        });
+        let node = Arc::clone(self);
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+            node.pending.remove_if_mut(&channel, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }))
     }
 
     /// Whether `channel` has local recipients now.
@@ -319,30 +440,121 @@ impl Node {
         let Some((topic, tenant, name)) = self.parse_channel(channel) else {
             return false;
         };
-        let Some(broker) = self.tenants.get(tenant).and_then(|b| b.upgrade()) else {
+        let Some(shard) = self.shard(tenant) else {
             return false;
         };
         match topic {
-            Topic::Room => broker.room_size(name) > 0,
-            Topic::User => broker.user_sessions(name) > 0,
+            Topic::Room => shard.local.room_size(name) > 0 || self.pending.contains_key(channel),
+            Topic::User => shard.local.user_sessions(name) > 0,
         }
     }
 
     /// Every channel with local recipients now (after a reconnect).
     fn wanted_channels(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for t in &self.tenants {
-            let Some(broker) = t.value().upgrade() else {
-                continue;
-            };
-            for room in broker.room_names() {
-                out.push(self.channel(Topic::Room, t.key(), &room));
+        for shard in self.shards() {
+            for room in shard.local.room_names() {
+                out.push(self.channel(Topic::Room, &shard.tenant, &room));
             }
-            for user in broker.user_names() {
-                out.push(self.channel(Topic::User, t.key(), &user));
+            for user in shard.local.user_names() {
+                out.push(self.channel(Topic::User, &shard.tenant, &user));
             }
         }
         out
+    }
+
+    /// Forgets the other nodes' members of a room channel no longer
+    /// subscribed.
+    fn unsubscribed(&self, channel: &str) {
+        if let Some((Topic::Room, tenant, room)) = self.parse_channel(channel)
+            && let Some(shard) = self.shard(tenant)
+        {
+            shard.remote.forget(room);
+        }
+    }
+
+    /// Seeds the replica of each room channel in `channels` from its
+    /// presence hash (right after subscribing, so later announcements apply
+    /// on top).
+    async fn snapshot(&self, channels: &[String]) -> redis::RedisResult<()> {
+        let rooms: Vec<(Arc<Shard>, &str)> = channels
+            .iter()
+            .filter_map(|c| match self.parse_channel(c) {
+                Some((Topic::Room, tenant, room)) => Some((self.shard(tenant)?, room)),
+                _ => None,
+            })
+            .collect();
+        for chunk in rooms.chunks(link::SUBSCRIBE_BATCH) {
+            let mut pipe = redis::pipe();
+            for (shard, room) in chunk {
+                pipe.cmd("HGETALL")
+                    .arg(self.presence_key(&shard.tenant, room));
+            }
+            let mut conn = self.commands.clone();
+            let replies: Vec<HashMap<u32, String>> =
+                link::call(pipe.query_async(&mut conn)).await?;
+            for ((shard, room), members) in chunk.iter().zip(replies) {
+                let members = members
+                    .into_iter()
+                    .filter_map(|(peer, v)| {
+                        let (node, user) = v.split_once('\t')?;
+                        (node != self.id).then(|| {
+                            (
+                                peer,
+                                RemoteMember {
+                                    user: Arc::from(user),
+                                    node: Arc::from(node),
+                                },
+                            )
+                        })
+                    })
+                    .collect();
+                shard.remote.replace(room, members);
+            }
+        }
+        Ok(())
+    }
+
+    /// A peer node stopped heartbeating: its members leave every room here
+    /// (with `member_left` where the tenant announces it), and its presence
+    /// records go. Any live node may run this; it is idempotent.
+    async fn bury(&self, dead: &str) -> redis::RedisResult<()> {
+        for shard in self.shards() {
+            let announce = shard.presence_events.load(Ordering::Acquire);
+            for (room, peer, user) in shard.remote.purge_node(dead) {
+                if announce {
+                    let data = raw(&serde_json::json!({ "user": &*user, "peer": peer }));
+                    let msg = ExtFrame::new("room", "member_left")
+                        .room(Some(&room))
+                        .data(Some(&data))
+                        .encode();
+                    shard.local.publish(&room, &msg, Qos::Reliable, None);
+                }
+            }
+        }
+        let mut conn = self.commands.clone();
+        let index = self.node_rooms_key(dead);
+        let keys: Vec<String> =
+            link::call(redis::Cmd::smembers(&index).query_async(&mut conn)).await?;
+        let prefix = format!("{dead}\t");
+        for key in keys {
+            let entries: HashMap<String, String> =
+                link::call(redis::Cmd::hgetall(&key).query_async(&mut conn)).await?;
+            let fields: Vec<&String> = entries
+                .iter()
+                .filter(|(_, v)| v.starts_with(&prefix))
+                .map(|(f, _)| f)
+                .collect();
+            if !fields.is_empty() {
+                link::call(redis::Cmd::hdel(&key, fields).query_async::<()>(&mut conn)).await?;
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(&index).ignore();
+        pipe.cmd("HDEL").arg(self.slots_key()).arg(dead).ignore();
+        link::call(pipe.query_async::<()>(&mut conn)).await?;
+        tracing::warn!(node = %self.id, dead, "cluster node silent past node_ttl_ms; its sessions left presence");
+        Ok(())
     }
 
     fn set_commands_up(&self, up: bool) {
@@ -372,20 +584,29 @@ impl Node {
         let Some((topic, tenant, name)) = self.parse_channel(channel) else {
             return;
         };
-        let Some(broker) = self.tenants.get(tenant).and_then(|b| b.upgrade()) else {
+        let Some(shard) = self.shard(tenant) else {
             return;
         };
+        let local = &shard.local;
         match (topic, msg) {
             (Topic::Room, BusMessage::Room { qos, frame }) => {
-                broker.publish(name, &frame, qos, None);
+                local.publish(name, &frame, qos, None);
             }
             (Topic::User, BusMessage::User { qos, frame }) => {
-                broker.send_to_user(name, &frame, qos);
+                local.send_to_user(name, &frame, qos);
             }
             (Topic::User, BusMessage::Disconnect { code, notice }) => {
-                broker.disconnect_user(name, notice.as_ref(), code);
+                local.disconnect_user(name, notice.as_ref(), code);
             }
-            (Topic::Room, BusMessage::Resync) => resync(&broker, name),
+            (Topic::Room, BusMessage::Resync) => resync(local, name),
+            (Topic::Room, BusMessage::Joined { peer, node, user }) => {
+                let member = RemoteMember {
+                    user: Arc::from(user),
+                    node: Arc::from(node),
+                };
+                shard.remote.joined(name, peer, member);
+            }
+            (Topic::Room, BusMessage::Left { peer }) => shard.remote.left(name, peer),
             _ => self.metrics.error("decode", 1),
         }
     }
@@ -393,11 +614,9 @@ impl Node {
     /// After a pub/sub outage this node cannot know what its sessions
     /// missed: every local member of every room gets `sys.resync`.
     fn resync_local_rooms(&self) {
-        for t in &self.tenants {
-            if let Some(broker) = t.value().upgrade() {
-                for room in broker.room_names() {
-                    resync(&broker, &room);
-                }
+        for shard in self.shards() {
+            for room in shard.local.room_names() {
+                resync(&shard.local, &room);
             }
         }
     }
@@ -407,16 +626,15 @@ impl Node {
 /// position (README "Room history and recovery"), or no position when the
 /// room keeps no history: the client rejoins with `since` or reloads state.
 fn resync(broker: &LocalBroker, room: &str) {
-    use crate::protocol::ext::{Outgoing, raw};
     let data = match broker.history_position(room) {
         Some((epoch, offset)) => raw(&serde_json::json!({ "epoch": epoch, "offset": offset })),
         None => raw(&serde_json::json!({})),
     };
-    let msg = Outgoing::new("sys", "resync")
+    let msg = ExtFrame::new("sys", "resync")
         .room(Some(room))
         .data(Some(&data))
         .encode();
-    broker.publish(room, &msg, crate::realtime::outbox::Qos::Reliable, None);
+    broker.publish(room, &msg, Qos::Reliable, None);
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //!   1 room frame, 2 user frame:  [qos: 0 lossy | 1 reliable][frame: 0 text | 1 binary][payload…]
 //!   3 user disconnect:           [close code: u16][notice: 0 none | 1 text][payload…]
 //!   4 room resync:               (nothing)
+//!   5 member joined:             [peer: u32][node id length: u8][node id][user…]
+//!   6 member left:               [peer: u32]
 //! ```
 //!
 //! `origin` is the publishing node's process nonce: a node receives its own
@@ -52,6 +54,20 @@ pub(crate) enum BusMessage {
     /// The publisher lost publications to the channel's room (its Redis link
     /// was down): every local member gets `sys.resync`.
     Resync,
+    /// A session of node `node` joined the channel's room as `peer`.
+    Joined {
+        /// Peer number (unique in the room across nodes).
+        peer: u32,
+        /// The node the session is on.
+        node: String,
+        /// The session's user.
+        user: String,
+    },
+    /// The member `peer` left the channel's room.
+    Left {
+        /// Peer number.
+        peer: u32,
+    },
 }
 
 /// Why a bus payload was refused.
@@ -98,6 +114,22 @@ impl BusMessage {
             Self::Resync => {
                 let mut buf = BytesMut::with_capacity(HEADER);
                 header(&mut buf, 4, origin);
+                return buf.to_vec();
+            }
+            Self::Joined { peer, node, user } => {
+                let node = &node.as_bytes()[..node.len().min(255)];
+                let mut buf = BytesMut::with_capacity(HEADER + 5 + node.len() + user.len());
+                header(&mut buf, 5, origin);
+                buf.put_u32_le(*peer);
+                buf.put_u8(node.len() as u8);
+                buf.put_slice(node);
+                buf.put_slice(user.as_bytes());
+                return buf.to_vec();
+            }
+            Self::Left { peer } => {
+                let mut buf = BytesMut::with_capacity(HEADER + 4);
+                header(&mut buf, 6, origin);
+                buf.put_u32_le(*peer);
                 return buf.to_vec();
             }
         };
@@ -156,6 +188,32 @@ impl BusMessage {
                 Self::Disconnect { code, notice }
             }
             4 => Self::Resync,
+            5 => {
+                let body = &raw[HEADER..];
+                if body.len() < 5 || body.len() < 5 + usize::from(body[4]) {
+                    return Err(WireError::Truncated);
+                }
+                let node_end = 5 + usize::from(body[4]);
+                let text = |b: &[u8]| {
+                    std::str::from_utf8(b)
+                        .map(str::to_owned)
+                        .map_err(|_| WireError::Utf8)
+                };
+                Self::Joined {
+                    peer: u32::from_le_bytes([body[0], body[1], body[2], body[3]]),
+                    node: text(&body[5..node_end])?,
+                    user: text(&body[node_end..])?,
+                }
+            }
+            6 => {
+                let body = &raw[HEADER..];
+                if body.len() < 4 {
+                    return Err(WireError::Truncated);
+                }
+                Self::Left {
+                    peer: u32::from_le_bytes([body[0], body[1], body[2], body[3]]),
+                }
+            }
             _ => return Err(WireError::Malformed),
         };
         Ok((origin, msg))
@@ -227,6 +285,12 @@ mod tests {
             notice: None,
         });
         round_trip(BusMessage::Resync);
+        round_trip(BusMessage::Joined {
+            peer: 3 << 22 | 7,
+            node: "edge-1".into(),
+            user: "user:élan".into(),
+        });
+        round_trip(BusMessage::Left { peer: 9 });
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tungstenite::Utf8Bytes;
 use super::{Flow, SessionCtx};
 use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
 use crate::protocol::ext::{self, Envelope, sys_ack};
+use crate::realtime::broker::Broker;
 use crate::realtime::outbox::Qos;
 use crate::services::effects::{self, Target};
 use crate::services::room::{self, Request};
@@ -88,6 +89,7 @@ async fn room_request(
         Request::Leave { room } => Some(room),
         Request::Join { .. } | Request::Presence { .. } => None,
     };
+    ready_for_joins(broker, &effects).await;
     let Some(name) = hook_room else {
         return effects::apply(target(ctx, rt), "room", effects);
     };
@@ -107,6 +109,7 @@ async fn room_request(
             .unwrap_or_default()
     };
     for (svc, effects) in done {
+        ready_for_joins(broker, &effects).await;
         // The join or leave stands; an oversized hook payload is only logged.
         if let Err(r) = effects::apply(target(ctx, rt), svc, effects) {
             tracing::debug!(svc, code = r.code.as_str(), "room hook effect refused");
@@ -187,5 +190,19 @@ async fn call_plugin(
         tracing::debug!(plugin = %plugin, error = %e, "plugin call failed");
         e.to_refusal()
     })?;
+    ready_for_joins(ctx.tenant.broker.as_ref(), &effects).await;
     effects::apply(target(ctx, rt), &svc, effects)
+}
+
+/// Waits until the broker is ready for every join among `effects` (in
+/// cluster mode the node first subscribes the room and learns its members on
+/// other nodes, README "Cluster"); no wait in local mode.
+async fn ready_for_joins(broker: &dyn Broker, effects: &[Effect]) {
+    for e in effects {
+        if let Effect::Join { room, .. } = e
+            && let Some(ready) = broker.prepare_join(room)
+        {
+            ready.await;
+        }
+    }
 }

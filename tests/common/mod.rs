@@ -251,6 +251,24 @@ impl Client {
         }
     }
 
+    /// Connects to any gateway URL and consumes `sys.authed`.
+    pub async fn connect_url(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let mut c = Client { ws };
+        let authed = c.recv_json().await;
+        assert_eq!(authed["type"], "authed", "{authed}");
+        c
+    }
+
+    /// [`Client::recv_type`] with its own time limit.
+    pub async fn recv_type_within(&mut self, ty: &str, limit: Duration) -> Value {
+        tokio::time::timeout(limit, self.recv_type(ty))
+            .await
+            .unwrap_or_else(|_| panic!("no {ty} within {limit:?}"))
+    }
+
     /// Next JSON frame whose `type` is `ty` (others skipped).
     pub async fn recv_type(&mut self, ty: &str) -> Value {
         loop {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -66,6 +66,9 @@ impl SessionEntry {
         self.rooms.lock().iter().any(|(r, _)| &**r == room)
     }
 }
+
+/// A boxed future with nothing to return (see [`Broker::prepare_join`]).
+pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Limits applied when registering a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +235,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
 
     /// Drops expired history (periodic upkeep).
     fn prune_history(&self, policy: HistoryPolicy);
+
+    /// Work to finish before a join of `room` is applied: in cluster mode
+    /// the node subscribes the room and learns its members on other nodes
+    /// first. `None` (the local broker, always) means nothing to wait for.
+    fn prepare_join(&self, _room: &str) -> Option<BoxFuture> {
+        None
+    }
+
+    /// Tells the broker whether the tenant announces `member_joined` /
+    /// `member_left`, for members it removes on its own (a cluster broker
+    /// whose peer node died). Applied with every config.
+    fn presence_events(&self, _on: bool) {}
 }
 
 /// A room's history position as a join reports it.
@@ -280,12 +295,42 @@ pub struct LocalBroker {
     /// Room histories; they outlive membership so clients can recover after the
     /// room emptied, and expire by TTL.
     histories: DashMap<Arc<str>, Arc<Mutex<RoomHistory>>>,
+    /// In cluster mode, this node's slot: peer numbers are
+    /// `slot << PEER_BITS | n`, unique in a room across nodes.
+    peer_slot: Option<Arc<AtomicU32>>,
 }
+
+/// Low bits of a peer number a node counts in (cluster mode).
+pub const PEER_BITS: u32 = 22;
 
 impl LocalBroker {
     /// An empty broker.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty broker whose peer numbers carry the node slot in `slot`
+    /// (read at each join: a node claims its slot once Redis answers).
+    pub fn with_peer_slot(slot: Arc<AtomicU32>) -> Self {
+        Self {
+            peer_slot: Some(slot),
+            ..Self::default()
+        }
+    }
+
+    /// The next peer number of a room whose counter is at `last`: the new
+    /// counter and the number.
+    fn next_peer(&self, last: u32) -> (u32, u32) {
+        match &self.peer_slot {
+            None => {
+                let n = last.wrapping_add(1).max(1);
+                (n, n)
+            }
+            Some(slot) => {
+                let n = (last.wrapping_add(1) & ((1 << PEER_BITS) - 1)).max(1);
+                (n, (slot.load(Ordering::Acquire) << PEER_BITS) | n)
+            }
+        }
     }
 
     /// Live sessions of `user`.
@@ -296,6 +341,18 @@ impl LocalBroker {
     /// Rooms with at least one member.
     pub fn room_names(&self) -> Vec<Arc<str>> {
         self.rooms.iter().map(|r| Arc::clone(r.key())).collect()
+    }
+
+    /// Peer number and user of every member of `room`.
+    pub fn members(&self, room: &str) -> Vec<(u32, Arc<str>)> {
+        self.rooms.get(room).map_or_else(Vec::new, |r| {
+            r.inner
+                .read()
+                .members
+                .iter()
+                .map(|m| (m.peer, Arc::clone(&m.user)))
+                .collect()
+        })
     }
 
     /// Users with at least one session.
@@ -463,8 +520,8 @@ impl Broker for LocalBroker {
                 }
                 return Err(RoomError::RoomFull);
             }
-            inner.next_peer = inner.next_peer.wrapping_add(1).max(1);
-            let peer = inner.next_peer;
+            let (counter, peer) = self.next_peer(inner.next_peer);
+            inner.next_peer = counter;
             inner.members.push(Member {
                 sid,
                 peer,
