@@ -44,6 +44,11 @@ pub const DEFAULT_ERROR_BUDGET_WINDOW_MS: u64 = 10_000;
 pub const DEFAULT_HISTORY_TTL_MS: u64 = 600_000;
 /// Default timeout for calls to a backend upstream.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 2_000;
+/// Plugin faults (trap, timeout, memory hit) one session may cause within
+/// 10 s before that plugin refuses the session for a back-off: enough for a
+/// client to survive a plugin bug it hit by chance, few enough that one client
+/// cannot keep replacing instances that other sessions share.
+pub const DEFAULT_MAX_FAULTS_PER_SESSION: u32 = 3;
 /// Default Redis URL for cluster mode.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -194,6 +199,9 @@ pub struct PluginsConfig {
     pub instances_per_plugin: usize,
     /// Instance reuse model.
     pub isolation: Isolation,
+    /// Faults one session may cause within 10 s before the plugin refuses
+    /// that session (only) for a back-off.
+    pub max_faults_per_session: u32,
 }
 
 impl Default for PluginsConfig {
@@ -205,6 +213,7 @@ impl Default for PluginsConfig {
             max_memory_bytes: 64 * 1024 * 1024,
             instances_per_plugin: 2,
             isolation: Isolation::Sharded,
+            max_faults_per_session: DEFAULT_MAX_FAULTS_PER_SESSION,
         }
     }
 }

@@ -107,6 +107,19 @@ impl EntryKind {
         }
     }
 
+    /// Whether the call runs while its session alone is refused by the plugin
+    /// after repeated faults. A message and a join hook do not: the session
+    /// is refused by that plugin (a join it gates fails with
+    /// `SERVICE_UNAVAILABLE`), so it cannot keep faulting through a hook. The
+    /// plugin still hears a leave or the close, once each, so the state it
+    /// keeps about the session stays right.
+    pub fn runs_while_session_backs_off(self) -> bool {
+        match self {
+            Self::Message | Self::Join => false,
+            Self::Leave | Self::Disconnect => true,
+        }
+    }
+
     /// What a call answers when `plugin` is not loaded or its serving version
     /// does not export the entry point: a message needs its plugin
     /// (`Missing`, `SERVICE_UNAVAILABLE` to the client); an optional hook that
@@ -195,10 +208,15 @@ mod tests {
     }
 
     #[test]
-    fn hooks_run_while_backing_off_and_are_not_metered() {
+    fn which_entry_points_run_while_backing_off_and_are_metered() {
         for kind in KINDS {
             let hook = matches!(kind, EntryKind::Join | EntryKind::Leave);
             assert_eq!(kind.runs_while_backing_off(), hook, "{kind:?}");
+            assert_eq!(
+                kind.runs_while_session_backs_off(),
+                matches!(kind, EntryKind::Leave | EntryKind::Disconnect),
+                "{kind:?}"
+            );
             assert_eq!(kind.metered(), kind == EntryKind::Message, "{kind:?}");
         }
     }
