@@ -152,7 +152,9 @@ impl ClientCode {
             Self::NotAllowed => {
                 "the tenant's allowlist does not admit this `svc:type` (or Hot Lane `svc_id:opcode`); `svc: \"sys\"` on the server API"
             }
-            Self::RateLimited => "the session's / user's / tenant's message budget is spent",
+            Self::RateLimited => {
+                "the session's / user's / tenant's message budget, or the connection's inbound byte budget (`max_bytes_per_sec`), is spent"
+            }
             Self::PayloadTooLarge => {
                 "an outgoing payload (plugin publish, server API) would exceed `max_frame_bytes`"
             }

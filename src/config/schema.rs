@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 65_536;
 pub const DEFAULT_RATE_LIMIT_RPS: u32 = 100;
 /// Default per-scope burst.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
+/// Inbound bytes per second per connection: 1 MiB/s (with a 2 s burst) is far
+/// above what a game or chat client sends, and low enough that one client
+/// spamming full-size frames into a room cannot outrun its members' downlinks.
+pub const DEFAULT_MAX_BYTES_PER_SEC: u32 = 1_048_576;
 /// Default sessions a user may hold at once.
 pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 4;
 /// Refusals a session may collect inside one `error_budget.window_ms` before it is
@@ -469,6 +473,11 @@ pub struct PolicyConfig {
     pub rate_limit_burst: u32,
     /// Which bucket a message is counted against.
     pub rate_limit_scope: RateLimitScope,
+    /// Inbound payload bytes per second per connection (text and binary
+    /// frames), with a burst of 2 s worth (at least one `max_frame_bytes`
+    /// frame); beyond it a frame is refused with `RATE_LIMITED`. 0 = no byte
+    /// limit (an explicit opt-in).
+    pub max_bytes_per_sec: u32,
     /// Session policy.
     pub sessions: SessionsPolicyConfig,
     /// Repeated-abuse budget.
@@ -489,6 +498,7 @@ impl Default for PolicyConfig {
             rate_limit_rps: DEFAULT_RATE_LIMIT_RPS,
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             rate_limit_scope: RateLimitScope::Connection,
+            max_bytes_per_sec: DEFAULT_MAX_BYTES_PER_SEC,
             sessions: SessionsPolicyConfig::default(),
             error_budget: ErrorBudgetConfig::default(),
             ext_allowlist: Vec::new(),

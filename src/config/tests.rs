@@ -34,6 +34,7 @@ fn minimal_config_gets_spec_defaults() {
     let t = &cfg.tenants[0];
     assert_eq!(t.limits.max_frame_bytes, 65536);
     assert_eq!(t.policy.rate_limit_rps, 100);
+    assert_eq!(t.policy.max_bytes_per_sec, 1_048_576);
     assert_eq!(t.policy.sessions.max_sessions_per_user, 4);
     assert!(t.policy.ext_allowlist.is_empty());
     assert!(t.policy.hot_requires_active_room);
