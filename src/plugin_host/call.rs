@@ -96,10 +96,11 @@ impl EntryKind {
         }
     }
 
-    /// Whether the call runs while the plugin backs off after repeated
-    /// crashes. Room hooks do: every Rust plugin exports them (as no-ops by
-    /// default), and a plugin whose `on-message` crash-loops must not lock the
-    /// tenant's joins; a hook that fails by itself still refuses its join.
+    /// Whether the call runs while the whole plugin backs off (its version
+    /// failed to instantiate, or faulted for several users). Room hooks do:
+    /// every Rust plugin exports them (as no-ops by default), and a plugin
+    /// whose `on-message` crash-loops must not lock the tenant's joins; a
+    /// hook that fails by itself still refuses its join.
     pub fn runs_while_backing_off(self) -> bool {
         match self {
             Self::Message | Self::Disconnect => false,
