@@ -109,6 +109,7 @@ tenants:
       ext_allowlist: ["chat:*", "echo:*"]
       rate_limit_rps: 1000000000
       rate_limit_burst: 1000000000
+      max_bytes_per_sec: 0
     routes:
       - {{ svc: echo, plugin: echo }}
 "#,

@@ -152,7 +152,9 @@ impl ClientCode {
             Self::NotAllowed => {
                 "the tenant's allowlist does not admit this `svc:type` (or Hot Lane `svc_id:opcode`); `svc: \"sys\"` on the server API"
             }
-            Self::RateLimited => "the session's / user's / tenant's message budget is spent",
+            Self::RateLimited => {
+                "the session's / user's / tenant's message budget, or the connection's inbound byte budget (`max_bytes_per_sec`), is spent"
+            }
             Self::PayloadTooLarge => {
                 "an outgoing payload (plugin publish, server API) would exceed `max_frame_bytes`"
             }
@@ -165,7 +167,9 @@ impl ClientCode {
             Self::ServiceError => {
                 "the routed service refused the message; `msg` is its own `CODE: text`"
             }
-            Self::ServiceUnavailable => "the routed service is missing, timed out or failed",
+            Self::ServiceUnavailable => {
+                "the routed service is missing, timed out or failed, or refuses this session for a while after its messages made the plugin fault `max_faults_per_session` times"
+            }
             Self::Internal => "the gateway failed; details are in its logs",
         }
     }
@@ -780,9 +784,14 @@ pub enum PluginError {
     /// No plugin file for the route (never loaded, deleted, failed to load).
     #[error("plugin `{0}` is not loaded")]
     Missing(String),
-    /// The plugin is backing off after repeated crashes.
+    /// The plugin is backing off: its version failed to instantiate, or
+    /// faulted for several users, repeatedly.
     #[error("plugin is backing off after repeated failures")]
     BackingOff,
+    /// The plugin refuses this session alone for a while: its calls made the
+    /// plugin fault `max_faults_per_session` times.
+    #[error("plugin refuses this session for a while after its repeated faults")]
+    SessionBackingOff,
     /// No capacity for the call: too many calls queued for the plugin's
     /// instances, the instance pool is exhausted, or the host is draining.
     #[error("plugin is overloaded")]
@@ -826,6 +835,7 @@ impl PluginError {
             Self::Refused { .. } => "refused",
             Self::Missing(_) => "missing",
             Self::BackingOff => "backing_off",
+            Self::SessionBackingOff => "session_backing_off",
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
             Self::Memory => "memory",
@@ -896,6 +906,7 @@ impl ToRefusal for PluginError {
             Self::BadOutput(_) => Refusal::new(ClientCode::ServiceError),
             Self::Missing(_)
             | Self::BackingOff
+            | Self::SessionBackingOff
             | Self::Overloaded
             | Self::Timeout
             | Self::Memory
@@ -1026,6 +1037,11 @@ mod tests {
                 ServiceUnavailable,
             ),
             (PluginError::BackingOff, "backing_off", ServiceUnavailable),
+            (
+                PluginError::SessionBackingOff,
+                "session_backing_off",
+                ServiceUnavailable,
+            ),
             (PluginError::Overloaded, "overloaded", ServiceUnavailable),
             (PluginError::Timeout, "timeout", ServiceUnavailable),
             (PluginError::Memory, "memory", ServiceUnavailable),

@@ -270,3 +270,146 @@ async fn vote_kv_is_isolated_between_tenants_with_the_same_rooms_and_users() {
     }
     assert_eq!(counts, vec![json!(1), json!(1)]);
 }
+
+/// One `faults:echo` round trip that must be answered: the very next frame is
+/// the reply (an error would be a refused bystander), then the ack.
+async fn faults_echo_roundtrip(c: &mut Client, seq: u64) {
+    c.send_json(json!({"v":1,"svc":"faults","type":"echo","data":{"n":seq},"seq":seq}))
+        .await;
+    let reply = c.recv_json().await;
+    assert_eq!(
+        (reply["svc"].as_str(), reply["type"].as_str()),
+        (Some("faults"), Some("echo")),
+        "bystander refused: {reply}"
+    );
+    assert_eq!(reply["data"]["n"], seq, "{reply}");
+    let ack = c.recv_type("ack").await;
+    assert_eq!(ack["seq"], seq, "{ack}");
+}
+
+/// Bystanders doing `faults:echo` round trips (each within 5 s) until `stop`.
+fn spawn_same_plugin_bystanders(
+    clients: Vec<Client>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    clients
+        .into_iter()
+        .map(|mut c| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.is_cancelled() {
+                    n += 1;
+                    tokio::time::timeout(Duration::from_secs(5), faults_echo_roundtrip(&mut c, n))
+                        .await
+                        .unwrap_or_else(|_| panic!("bystander round trip {n} took over 5 s"));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+/// Sum of the samples of `name` whose labels include every one of `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sends fault `ty` and expects `SERVICE_UNAVAILABLE` for it.
+async fn fault(c: &mut Client, ty: &str, seq: u64) {
+    c.send_json(json!({"v":1,"svc":"faults","type":ty,"seq":seq}))
+        .await;
+    let e = c.recv_type("error").await;
+    assert_eq!(e["seq"], seq, "{ty}: {e}");
+    assert_eq!(e["data"]["code"], "SERVICE_UNAVAILABLE", "{ty}: {e}");
+}
+
+/// Regression (issue 11): a plugin fault is charged to the session that caused
+/// it. One session keeps making the `faults` plugin trap, spin past its CPU
+/// budget and hit its memory cap, while bystanders of the same tenant call the
+/// SAME plugin: every bystander call is answered (before, five faults of one
+/// session backed the plugin off for the whole tenant), the faulting session
+/// alone is refused by that plugin (even for a call that would not fault),
+/// other plugins still serve it, and the plugin never backs off as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sessions_faults_back_off_that_session_only_and_same_plugin_bystanders_keep_answers() {
+    let dir = plugin_dir(&[("echo", "echo"), ("vote", "vote"), ("faults", "faults")]);
+    let gw = TestGateway::start(cfg(dir.path())).await;
+    let mut bad = gw.client("acme", "t1").await;
+    let mut bystanders = Vec::new();
+    for t in ["b1", "b2", "b3"] {
+        bystanders.push(gw.client("acme", t).await);
+    }
+    let stop = CancellationToken::new();
+    let tasks = spawn_same_plugin_bystanders(bystanders, stop.clone());
+    // About 3 s of faults: longer than the first back-off (2 s), so the session
+    // gets to fault again once it ends and is backed off a second time.
+    let kinds = ["panic", "loop", "oom"];
+    for seq in 1..=60u64 {
+        fault(&mut bad, kinds[seq as usize % kinds.len()], seq).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Backed off: refused by this plugin even for a harmless call...
+    fault(&mut bad, "echo", 1000).await;
+    // ...while another plugin serves it.
+    echo_roundtrip(&mut bad, 1001).await;
+    stop.cancel();
+    for t in tasks {
+        let n = t
+            .await
+            .expect("a bystander on the same plugin missed an answer");
+        assert!(n >= 10, "bystander made only {n} round trips");
+    }
+    let m = gw.metrics().await;
+    let errors = |reason: &str| {
+        metric_sum(
+            &m,
+            "wsprism_plugin_errors_total",
+            &[
+                "tenant=\"acme\"",
+                "plugin=\"faults\"",
+                &format!("reason=\"{reason}\""),
+            ],
+        )
+    };
+    assert!(errors("session_backing_off") >= 40.0, "{m}");
+    // At most max_faults_per_session (3) per back-off ran at all.
+    let ran = errors("trap") + errors("timeout") + errors("memory");
+    assert!((3.0..=9.0).contains(&ran), "{ran} faults ran:\n{m}");
+    assert_eq!(errors("backing_off"), 0.0, "{m}");
+}
+
+/// Regression (issue 11): the faults a session causes, and the refusals while
+/// it is backed off, spend its error budget: past it the session is closed
+/// with 1008, and a bystander on the same plugin never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulting_session_spends_its_error_budget_and_is_closed() {
+    let dir = plugin_dir(&[("faults", "faults")]);
+    let cfg = TestConfig::tenant("acme")
+        .tickets(&[("t1", "u1"), ("b1", "by1")])
+        .ext_allow(&["faults:*"])
+        .rate_limit(10_000, 10_000)
+        .policy(|p| {
+            p.error_budget.max_errors = 10;
+            p.error_budget.window_ms = 60_000;
+        })
+        .route("faults", "faults")
+        .plugin_host(dir.path())
+        .gateway(|g| g.plugins.max_memory_bytes = 16 << 20);
+    let gw = TestGateway::start(cfg).await;
+    let mut bad = gw.client("acme", "t1").await;
+    let mut bystander = gw.client("acme", "b1").await;
+    for seq in 1..=10u64 {
+        fault(&mut bad, "panic", seq).await;
+        faults_echo_roundtrip(&mut bystander, seq).await;
+    }
+    // The eleventh refusal (the session is backed off by now) closes it.
+    bad.send_json(json!({"v":1,"svc":"faults","type":"panic","seq":11}))
+        .await;
+    assert_eq!(bad.recv_close().await, Some(1008));
+    faults_echo_roundtrip(&mut bystander, 11).await;
+}

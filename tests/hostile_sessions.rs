@@ -457,6 +457,8 @@ async fn slow_consumer_in_a_busy_room_is_cut_and_the_others_get_everything() {
             .ext_allow(&["room:*", "chat:*"])
             .hot_allow(&["1:*"])
             .rate_limit(100_000, 100_000)
+            // About the writer side: senders are not held to a byte rate.
+            .policy(|p| p.max_bytes_per_sec = 0)
             .hot_relay(1),
     )
     .await;
@@ -558,4 +560,210 @@ async fn slow_consumer_in_a_busy_room_is_cut_and_the_others_get_everything() {
         ) > 0.0,
         "lossy drops to the slow member were not counted:\n{m}"
     );
+}
+
+/// A member that reads at about `bytes_per_sec` until `stop`: returns its
+/// client and how many chat messages it got, or how it was closed.
+fn spawn_paced_member(
+    mut c: Client,
+    bytes_per_sec: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Result<(Client, usize), String>> {
+    tokio::spawn(async move {
+        let mut msgs = 0;
+        loop {
+            let m = tokio::select! {
+                () = stop.cancelled() => return Ok((c, msgs)),
+                m = c.ws.next() => m,
+            };
+            match m {
+                Some(Ok(Message::Text(t))) => {
+                    msgs += usize::from(t.as_str().contains(r#""type":"msg""#));
+                    let pause = t.len() as u64 * 1_000_000 / bytes_per_sec;
+                    tokio::time::sleep(Duration::from_micros(pause)).await;
+                }
+                Some(Ok(Message::Close(f))) => {
+                    return Err(format!("closed with {f:?} after {msgs} messages"));
+                }
+                Some(Ok(_)) => {}
+                other => return Err(format!("connection ended: {other:?} after {msgs} messages")),
+            }
+        }
+    })
+}
+
+/// Regression (issue 11): one client spamming 64 KiB chat frames into a room,
+/// within the message rate limit, is held to `policy.max_bytes_per_sec`
+/// (default 1 MiB/s, 2 s burst): its excess frames are refused with
+/// `RATE_LIMITED` and its error budget ends it with 1008, while members that
+/// read at a modest 2 MiB/s are never cut as slow consumers (before, all of
+/// them were closed with 4002 within seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_spam_of_64_kib_frames_is_held_to_the_byte_rate_and_members_are_not_cut() {
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            // Small reliable queues make a backlog show within seconds; the
+            // default 1024 frames of 64 KiB would take a minute to fill.
+            .gateway(|g| g.queues.reliable_capacity = 64)
+            .tickets(&[
+                ("spam", "spammer"),
+                ("m1", "m1"),
+                ("m2", "m2"),
+                ("m3", "m3"),
+            ])
+            .ext_allow(&["room:*", "chat:*"]),
+    )
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut members = Vec::new();
+    for t in ["m1", "m2", "m3"] {
+        let mut c = gw.client("acme", t).await;
+        c.join("lobby").await;
+        members.push(spawn_paced_member(c, 2 << 20, stop.clone()));
+    }
+    let mut spammer = gw.client("acme", "spam").await;
+    spammer.join("lobby").await;
+    let (mut tx, mut rx) = spammer.ws.split();
+    // The spammer reads its own copies and the refusals.
+    let reader = tokio::spawn(async move {
+        let mut rate_limited = 0;
+        while let Some(Ok(m)) = rx.next().await {
+            match m {
+                Message::Text(t) if t.as_str().contains(r#""type":"error""#) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                    assert_eq!(v["data"]["code"], "RATE_LIMITED", "{v}");
+                    rate_limited += 1;
+                }
+                Message::Close(f) => return (rate_limited, f.map(|f| u16::from(f.code))),
+                _ => {}
+            }
+        }
+        (rate_limited, None)
+    });
+    // 64 KiB frames at 90 a second (under the 100/s message rate) for up to
+    // 6 s: 5.6 MiB/s into a room whose members read 2 MiB/s.
+    let msg = "x".repeat(65_536 - 100);
+    let frame =
+        json!({"v":1,"svc":"chat","type":"send","room":"lobby","data":{"msg":msg}}).to_string();
+    assert!(frame.len() <= 65_536);
+    let mut sent = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < deadline {
+        if tx.send(Message::text(frame.clone())).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(11)).await;
+    }
+    // The members drain what was admitted at their own pace, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    for (i, m) in members.into_iter().enumerate() {
+        let (mut c, msgs) = m
+            .await
+            .expect("member task")
+            .unwrap_or_else(|e| panic!("member {i} was cut: {e}"));
+        assert!(msgs > 0, "member {i} got no chat message");
+        // Still open and served.
+        c.send_json(json!({"v":1,"svc":"room","type":"presence","room":"lobby","seq":1}))
+            .await;
+        let p = tokio::time::timeout(Duration::from_secs(10), c.recv_type("presence"))
+            .await
+            .unwrap_or_else(|_| panic!("member {i} got no presence answer"));
+        let me = json!(format!("m{}", i + 1));
+        assert!(
+            p["data"]["users"]
+                .as_array()
+                .is_some_and(|u| u.contains(&me)),
+            "{p}"
+        );
+    }
+    let (rate_limited, close) = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the spammer is closed")
+        .expect("spammer reader");
+    assert!(rate_limited > 0, "no frame of {sent} was refused");
+    assert_eq!(
+        close,
+        Some(1008),
+        "{rate_limited} refusals of {sent} frames"
+    );
+}
+
+/// Issue 11: a client over `max_bytes_per_sec` (here 256 KiB/s, so a 512 KiB
+/// burst) gets `sys.error` `RATE_LIMITED` for each frame over it (Ext Lane,
+/// and Hot Lane with `hot_error_mode: error`) and stays open; once the bucket
+/// refills it is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_byte_rate_gets_rate_limited_and_stays_open() {
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .tickets(&[("t1", "u1")])
+            .ext_allow(&["room:*", "chat:*"])
+            .hot_allow(&["2:*"])
+            .hot_echo(2)
+            .policy(|p| {
+                p.hot_error_mode = HotErrorMode::Error;
+                p.max_bytes_per_sec = 256 * 1024;
+            }),
+    )
+    .await;
+    let mut c = gw.client("acme", "t1").await;
+    c.join("r").await;
+    // 20 chat frames of 60 KiB at once: 1.2 MiB against a 512 KiB burst.
+    let body = "y".repeat(60 * 1024);
+    for seq in 1..=20u64 {
+        c.send_json(
+            json!({"v":1,"svc":"chat","type":"send","room":"r","seq":seq,"data":{"msg":body}}),
+        )
+        .await;
+    }
+    let (mut acks, mut refused) = (0, 0);
+    while acks + refused < 20 {
+        let v = c.recv_json().await;
+        match v["type"].as_str() {
+            Some("ack") => acks += 1,
+            Some("error") => {
+                assert_eq!(v["data"]["code"], "RATE_LIMITED", "{v}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    // About 11 refused; fewer if the bucket refilled while they arrived.
+    assert!(refused >= 3, "only {refused} of 20 frames refused");
+    assert!(acks >= 8, "only {acks} of 20 frames passed a 512 KiB burst");
+    // The bucket refills at 256 KiB/s.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.send_json(json!({"v":1,"svc":"chat","type":"send","room":"r","seq":100,"data":{"msg":body}}))
+        .await;
+    assert_eq!(c.recv_type("ack").await["seq"], 100);
+    // Binary frames count too: 20 of 60 KiB against what is left.
+    let mut frame = vec![0u8; 60 * 1024];
+    frame[0] = 2;
+    for _ in 0..20 {
+        c.send_bin(&frame).await;
+    }
+    let (mut echoed, mut refused) = (0, 0);
+    while echoed + refused < 20 {
+        match c.recv().await {
+            Message::Binary(_) => echoed += 1,
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                if v["type"] == "error" {
+                    assert_eq!(v["data"]["code"], "RATE_LIMITED", "{v}");
+                    refused += 1;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        refused >= 1 && echoed >= 1,
+        "echoed {echoed}, refused {refused}"
+    );
+    // Still open.
+    c.send_json(json!({"v":1,"svc":"room","type":"presence","room":"r"}))
+        .await;
+    c.recv_type("presence").await;
 }

@@ -27,13 +27,17 @@ fn cfg() -> TestConfig {
         })
 }
 
-/// [`cfg`] without rate limits, with queues and writer timeout as given.
+/// [`cfg`] without rate limits (messages or bytes), with queues and writer
+/// timeout as given.
 fn flood(writer_send_timeout_ms: u64, reliable: usize, lossy: usize) -> TestConfig {
-    cfg().rate_limit(100_000, 100_000).gateway(|g| {
-        g.writer_send_timeout_ms = writer_send_timeout_ms;
-        g.queues.reliable_capacity = reliable;
-        g.queues.lossy_capacity = lossy;
-    })
+    cfg()
+        .rate_limit(100_000, 100_000)
+        .policy(|p| p.max_bytes_per_sec = 0)
+        .gateway(|g| {
+            g.writer_send_timeout_ms = writer_send_timeout_ms;
+            g.queues.reliable_capacity = reliable;
+            g.queues.lossy_capacity = lossy;
+        })
 }
 
 #[tokio::test]

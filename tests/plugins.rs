@@ -331,23 +331,54 @@ async fn every_entry_point_runs_through_one_call() {
     assert_eq!((st.calls, st.errors), (1, 0), "{st:?}");
 }
 
+/// Faults are charged to their session (issue 11): after
+/// `max_faults_per_session` the session alone is refused; other sessions of
+/// the tenant, even of the same user, are served; one user's many sessions are
+/// one strike; faults of several users back the whole plugin off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_crashes_back_off() {
+async fn repeated_faults_back_off_the_session_then_the_plugin() {
     let dir = plugin_dir(&[("faults", "faults")]);
     let h = start(&plugins_cfg(dir.path())).await;
     let t = Tenant::new("acme");
+    let trap = |s: &wsprism::services::SessionInfo| {
+        h.host.call(t.call(s, "faults", "panic", None, "null"))
+    };
+    let echo =
+        |s: &wsprism::services::SessionInfo| h.host.call(t.call(s, "faults", "echo", None, "1"));
     let s = t.session(1, "u1", &[]);
-    for _ in 0..5 {
-        let e = h
-            .host
-            .call(t.call(&s, "faults", "panic", None, "null"))
-            .await
-            .expect_err("trap");
+    for _ in 0..3 {
+        let e = trap(&s).await.expect_err("trap");
         assert!(matches!(e, PluginError::Trap(_)), "{e:?}");
     }
+    let e = echo(&s).await.expect_err("session backing off");
+    assert_eq!(e, PluginError::SessionBackingOff);
+    assert_eq!(h.host.status("acme", "faults").state, "serving");
+    // The session's join hooks are refused too; its leaves are still told.
     let e = h
         .host
-        .call(t.call(&s, "faults", "echo", None, "1"))
+        .call(t.room_hook(true, &s, "faults", "plain"))
+        .await
+        .expect_err("join refused");
+    assert_eq!(e, PluginError::SessionBackingOff);
+    h.host
+        .call(t.room_hook(false, &s, "faults", "plain"))
+        .await
+        .expect("leave told");
+    // Another session of the same user is served, and so is another user.
+    let s_again = t.session(2, "u1", &[]);
+    echo(&s_again).await.expect("same user, other session");
+    // One user with many sessions is one strike: no plugin-wide back-off.
+    for sid in 3..9 {
+        trap(&t.session(sid, "u1", &[])).await.expect_err("trap");
+    }
+    echo(&t.session(20, "u2", &[]))
+        .await
+        .expect("other user served");
+    // Faults of five distinct users (u1 already counts) back the plugin off.
+    for (sid, user) in [(21, "u2"), (22, "u3"), (23, "u4"), (24, "u5")] {
+        trap(&t.session(sid, user, &[])).await.expect_err("trap");
+    }
+    let e = echo(&t.session(30, "u6", &[]))
         .await
         .expect_err("backing off");
     assert_eq!(e, PluginError::BackingOff);
@@ -359,9 +390,10 @@ async fn repeated_crashes_back_off() {
         .call(other.call(&s2, "faults", "echo", None, "1"))
         .await
         .expect("other tenant serves");
-    // Room hooks are still asked while backing off: a crash-looping
+    // Room hooks are still asked while the plugin backs off: a crash-looping
     // on-message does not lock the tenant's joins, and the gate still gates.
-    let join = |room: &str| h.host.call(t.room_hook(true, &s, "faults", room));
+    let s7 = t.session(40, "u7", &[]);
+    let join = |room: &str| h.host.call(t.room_hook(true, &s7, "faults", room));
     assert!(join("plain").await.expect("join allowed").is_empty());
     let e = join("vip-1").await.expect_err("refused");
     assert!(

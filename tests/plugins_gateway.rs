@@ -187,7 +187,11 @@ async fn broken_and_deleted_plugins() {
 #[tokio::test]
 async fn a_faulting_plugin_fails_only_its_own_calls() {
     let dir = plugin_dir(&[("echo", "echo"), ("faults", "faults")]);
-    let gw = TestGateway::start(cfg(dir.path()).route("faults", "faults")).await;
+    // Four fault kinds, each run: the session is refused after the fourth.
+    let cfg = cfg(dir.path())
+        .route("faults", "faults")
+        .gateway(|g| g.plugins.max_faults_per_session = 4);
+    let gw = TestGateway::start(cfg).await;
     let mut bad = gw.client("acme", "t1").await;
     let mut good = gw.client("acme", "t2").await;
     for (seq, ty) in ["loop", "oom", "recurse", "panic"].into_iter().enumerate() {
@@ -199,11 +203,19 @@ async fn a_faulting_plugin_fails_only_its_own_calls() {
         assert_eq!(e["seq"], seq, "{ty}");
         assert_eq!(e["data"]["code"], "SERVICE_UNAVAILABLE", "{ty}: {e}");
     }
-    bad.send_json(json!({"v":1,"svc":"faults","type":"refuse","seq":50}))
+    // The plugin still serves (here: refuses) other sessions; the faulting
+    // session alone is backed off.
+    good.send_json(json!({"v":1,"svc":"faults","type":"refuse","seq":50}))
+        .await;
+    assert_eq!(
+        good.recv_type("error").await["data"]["code"],
+        "SERVICE_ERROR"
+    );
+    bad.send_json(json!({"v":1,"svc":"faults","type":"refuse","seq":51}))
         .await;
     assert_eq!(
         bad.recv_type("error").await["data"]["code"],
-        "SERVICE_ERROR"
+        "SERVICE_UNAVAILABLE"
     );
     let m = gw.metrics().await;
     assert!(

@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 65_536;
 pub const DEFAULT_RATE_LIMIT_RPS: u32 = 100;
 /// Default per-scope burst.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
+/// Inbound bytes per second per connection: 1 MiB/s (with a 2 s burst) is far
+/// above what a game or chat client sends, and low enough that one client
+/// spamming full-size frames into a room cannot outrun its members' downlinks.
+pub const DEFAULT_MAX_BYTES_PER_SEC: u32 = 1_048_576;
 /// Default sessions a user may hold at once.
 pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 4;
 /// Refusals a session may collect inside one `error_budget.window_ms` before it is
@@ -44,6 +48,11 @@ pub const DEFAULT_ERROR_BUDGET_WINDOW_MS: u64 = 10_000;
 pub const DEFAULT_HISTORY_TTL_MS: u64 = 600_000;
 /// Default timeout for calls to a backend upstream.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 2_000;
+/// Plugin faults (trap, timeout, memory hit) one session may cause within
+/// 10 s before that plugin refuses the session for a back-off: enough for a
+/// client to survive a plugin bug it hit by chance, few enough that one client
+/// cannot keep replacing instances that other sessions share.
+pub const DEFAULT_MAX_FAULTS_PER_SESSION: u32 = 3;
 /// Default Redis URL for cluster mode.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -194,6 +203,9 @@ pub struct PluginsConfig {
     pub instances_per_plugin: usize,
     /// Instance reuse model.
     pub isolation: Isolation,
+    /// Faults one session may cause within 10 s before the plugin refuses
+    /// that session (only) for a back-off.
+    pub max_faults_per_session: u32,
 }
 
 impl Default for PluginsConfig {
@@ -205,6 +217,7 @@ impl Default for PluginsConfig {
             max_memory_bytes: 64 * 1024 * 1024,
             instances_per_plugin: 2,
             isolation: Isolation::Sharded,
+            max_faults_per_session: DEFAULT_MAX_FAULTS_PER_SESSION,
         }
     }
 }
@@ -470,6 +483,11 @@ pub struct PolicyConfig {
     pub rate_limit_burst: u32,
     /// Which bucket a message is counted against.
     pub rate_limit_scope: RateLimitScope,
+    /// Inbound payload bytes per second per connection (text and binary
+    /// frames), with a burst of 2 s worth (at least one `max_frame_bytes`
+    /// frame); beyond it a frame is refused with `RATE_LIMITED`. 0 = no byte
+    /// limit (an explicit opt-in).
+    pub max_bytes_per_sec: u32,
     /// Session policy.
     pub sessions: SessionsPolicyConfig,
     /// Repeated-abuse budget.
@@ -490,6 +508,7 @@ impl Default for PolicyConfig {
             rate_limit_rps: DEFAULT_RATE_LIMIT_RPS,
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             rate_limit_scope: RateLimitScope::Connection,
+            max_bytes_per_sec: DEFAULT_MAX_BYTES_PER_SEC,
             sessions: SessionsPolicyConfig::default(),
             error_budget: ErrorBudgetConfig::default(),
             ext_allowlist: Vec::new(),

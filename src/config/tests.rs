@@ -30,9 +30,11 @@ fn minimal_config_gets_spec_defaults() {
     assert_eq!(cfg.gateway.queues.lossy_capacity, 256);
     assert_eq!(cfg.gateway.handshake_limit.per_ip_burst, 20);
     assert_eq!(cfg.gateway.plugins.call_timeout_ms, 50);
+    assert_eq!(cfg.gateway.plugins.max_faults_per_session, 3);
     let t = &cfg.tenants[0];
     assert_eq!(t.limits.max_frame_bytes, 65536);
     assert_eq!(t.policy.rate_limit_rps, 100);
+    assert_eq!(t.policy.max_bytes_per_sec, 1_048_576);
     assert_eq!(t.policy.sessions.max_sessions_per_user, 4);
     assert!(t.policy.ext_allowlist.is_empty());
     assert!(t.policy.hot_requires_active_room);

@@ -100,6 +100,10 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
         "gateway.plugins.instances_per_plugin",
         p.instances_per_plugin as u64,
     );
+    issues.positive(
+        "gateway.plugins.max_faults_per_session",
+        p.max_faults_per_session.into(),
+    );
     if p.max_memory_bytes < 1024 * 1024 {
         issues.push(
             "gateway.plugins.max_memory_bytes",

@@ -33,7 +33,7 @@ pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
     if text.len() > rt.cfg.limits.max_frame_bytes {
         return Flow::Close(CloseCode::TooBig);
     }
-    if !ctx.admit() {
+    if !ctx.admit(text.len()) {
         return ctx.refuse_ext(&Refusal::new(ClientCode::RateLimited), None);
     }
     let env = match ext::decode(text.as_str()) {

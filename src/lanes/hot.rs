@@ -22,7 +22,7 @@ pub fn handle(ctx: &mut SessionCtx, data: Bytes) -> Flow {
     if data.len() > rt.cfg.limits.max_frame_bytes {
         return Flow::Close(CloseCode::TooBig);
     }
-    if !ctx.admit() {
+    if !ctx.admit(data.len()) {
         return ctx.refuse_hot(ClientCode::RateLimited, mode);
     }
     let Ok(frame) = hot::decode(data) else {

@@ -111,10 +111,12 @@ impl SessionCtx {
         &self.policy
     }
 
-    /// Spends one message from the rate limit.
+    /// Spends one message from the rate limit and `bytes` of payload from the
+    /// connection's byte rate (`max_bytes_per_sec`); false (nothing more
+    /// spent) at the first that does not allow it.
     #[inline]
-    pub fn admit(&self) -> bool {
-        self.policy.admit_message(&self.entry.user)
+    pub fn admit(&self, bytes: usize) -> bool {
+        self.policy.admit_message(&self.entry.user) && self.policy.admit_bytes(bytes)
     }
 
     /// A Ping or Pong from the client: counted against the rate limit so a
@@ -123,7 +125,8 @@ impl SessionCtx {
         if self.refresh().is_none() {
             return Flow::Close(CloseCode::GoingAway);
         }
-        if self.admit() {
+        // Control payloads are at most 125 bytes: counted as messages only.
+        if self.admit(0) {
             Flow::Continue
         } else {
             self.count_refusal(Lane::Ext, ClientCode::RateLimited);

@@ -96,14 +96,28 @@ impl EntryKind {
         }
     }
 
-    /// Whether the call runs while the plugin backs off after repeated
-    /// crashes. Room hooks do: every Rust plugin exports them (as no-ops by
-    /// default), and a plugin whose `on-message` crash-loops must not lock the
-    /// tenant's joins; a hook that fails by itself still refuses its join.
+    /// Whether the call runs while the whole plugin backs off (its version
+    /// failed to instantiate, or faulted for several users). Room hooks do:
+    /// every Rust plugin exports them (as no-ops by default), and a plugin
+    /// whose `on-message` crash-loops must not lock the tenant's joins; a
+    /// hook that fails by itself still refuses its join.
     pub fn runs_while_backing_off(self) -> bool {
         match self {
             Self::Message | Self::Disconnect => false,
             Self::Join | Self::Leave => true,
+        }
+    }
+
+    /// Whether the call runs while its session alone is refused by the plugin
+    /// after repeated faults. A message and a join hook do not: the session
+    /// is refused by that plugin (a join it gates fails with
+    /// `SERVICE_UNAVAILABLE`), so it cannot keep faulting through a hook. The
+    /// plugin still hears a leave or the close, once each, so the state it
+    /// keeps about the session stays right.
+    pub fn runs_while_session_backs_off(self) -> bool {
+        match self {
+            Self::Message | Self::Join => false,
+            Self::Leave | Self::Disconnect => true,
         }
     }
 
@@ -195,10 +209,15 @@ mod tests {
     }
 
     #[test]
-    fn hooks_run_while_backing_off_and_are_not_metered() {
+    fn which_entry_points_run_while_backing_off_and_are_metered() {
         for kind in KINDS {
             let hook = matches!(kind, EntryKind::Join | EntryKind::Leave);
             assert_eq!(kind.runs_while_backing_off(), hook, "{kind:?}");
+            assert_eq!(
+                kind.runs_while_session_backs_off(),
+                matches!(kind, EntryKind::Leave | EntryKind::Disconnect),
+                "{kind:?}"
+            );
             assert_eq!(kind.metered(), kind == EntryKind::Message, "{kind:?}");
         }
     }

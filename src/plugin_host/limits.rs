@@ -40,12 +40,23 @@ pub(crate) const MAILBOX_CAPACITY: usize = 256;
 /// `InstancePre`. One task per host does this, not a timer per call.
 pub(crate) const INSTANCE_IDLE_TTL: Duration = Duration::from_secs(300);
 
-/// Crashes (trap, timeout, budget kill) within [`CRASH_WINDOW`] that put a
-/// (tenant, plugin) into back-off.
+/// Plugin-wide strikes within [`CRASH_WINDOW`] that put a (tenant, plugin)
+/// into back-off. A strike is an instantiation failure, or a user whose calls
+/// faulted (trap, timeout, memory or budget kill), counted once however many
+/// sessions and faults it has (see `health.rs`): five users hitting faults
+/// within seconds point at the version, one user at its own input.
 pub(crate) const CRASH_THRESHOLD: usize = 5;
-/// Window in which [`CRASH_THRESHOLD`] crashes trigger back-off.
+/// Window in which [`CRASH_THRESHOLD`] strikes, or a session's
+/// `max_faults_per_session` faults, trigger a back-off (SPEC §8: 10 s).
 pub(crate) const CRASH_WINDOW: Duration = Duration::from_secs(10);
-/// First back-off period; doubles on each consecutive back-off.
+/// Sessions with a fault record kept per (tenant, plugin). A record is small
+/// (a few timestamps) and goes stale one window after its last fault or
+/// back-off; past this many live records a session's fault still counts as
+/// its user's plugin-wide strike, so the table cannot grow without bound under
+/// a flood of faulting sessions.
+pub(crate) const MAX_FAULTY_SESSIONS: usize = 10_000;
+/// First back-off period (plugin-wide or of one session); doubles on each
+/// consecutive back-off.
 pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(2);
 /// Longest back-off period.
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(60);

@@ -13,7 +13,8 @@
 //! Layout: `call.rs` (the call record and the per-entry-point rules),
 //! `engine.rs` (engine, epoch ticker), `bindings.rs` (WIT bindings and
 //! host imports), `limits.rs` (budgets), `instance.rs` (one store, one call),
-//! `pool.rs` (lanes, routing, back-off, idle sweep), `loader.rs` (load, reload,
+//! `pool.rs` (lanes, routing, idle sweep), `health.rs` (call counters, faults
+//! charged to their session, the per-session and plugin-wide back-offs), `loader.rs` (load, reload,
 //! watch), `kv.rs` (plugin key-value store), `backend.rs` (upstream HTTP
 //! calls), `output.rs` (guest stdout/stderr to `tracing`).
 //!
@@ -34,13 +35,15 @@
 //! `status()` reports `failed to load` whenever the newest file of a plugin
 //! failed to load — even while an older version keeps serving (its `sha256` and
 //! `loaded_at` are then shown next to `last_error`), so the operator sees that
-//! the deploy did not take. Otherwise `backing off` (this tenant's instances
-//! crashed repeatedly), `serving`, or `missing`.
+//! the deploy did not take. Otherwise `backing off` (the version failed to
+//! instantiate, or faulted for several users, repeatedly; a session backed off
+//! alone does not change the plugin's state), `serving`, or `missing`.
 
 mod backend;
 mod bindings;
 pub mod call;
 mod engine;
+mod health;
 mod instance;
 pub mod kv;
 mod limits;

@@ -4,7 +4,8 @@
 //! each behind one [`InstanceLane`]; a room's messages, else a session's, always go to
 //! the same lane, which runs them one at a time in arrival order), the
 //! `per_message` model (a fresh instance per call behind a semaphore), recycling
-//! (new version, N calls, poisoned, idle) and crash back-off. Fed by
+//! (new version, N calls, poisoned, idle), and charging faults to their session
+//! or version (the back-offs themselves live in `health.rs`). Fed by
 //! `PluginHost::run` with a [`PluginCall`] of any entry point; answers with
 //! effects or a [`PluginError`].
 //!
@@ -21,10 +22,9 @@
 //! after a wall-clock timeout. Idle instances are dropped by one sweeper task per
 //! host ([`sweep_idle`]), not by a timer per lane.
 
-use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use parking_lot::Mutex;
@@ -33,12 +33,11 @@ use tokio::time::Instant;
 
 use super::HostCore;
 use super::call::Shard;
+use super::health::Culprit;
+pub(crate) use super::health::Stats;
 use super::instance::Instance;
 use super::kv::KvScope;
-use super::limits::{
-    BACKOFF_BASE, BACKOFF_MAX, CRASH_THRESHOLD, CRASH_WINDOW, CallLimits, MAILBOX_CAPACITY,
-    MAX_CALLS_PER_INSTANCE, RECYCLE_MEMORY_PERCENT,
-};
+use super::limits::{CallLimits, MAILBOX_CAPACITY, MAX_CALLS_PER_INSTANCE, RECYCLE_MEMORY_PERCENT};
 use super::loader::PluginVersion;
 use crate::config::{Isolation, TenantConfig};
 use crate::error::PluginError;
@@ -47,85 +46,6 @@ use crate::services::PluginCall;
 
 /// (tenant, plugin).
 pub(crate) type PoolKey = (Arc<str>, Arc<str>);
-
-/// Call counters and crash history of one (tenant, plugin).
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    /// Calls handled.
-    pub(crate) calls: AtomicU64,
-    /// Calls failed (any [`PluginError`], refusals included).
-    pub(crate) errors: AtomicU64,
-    health: Mutex<Health>,
-    /// Set while a back-off may be in force or a back-off streak is open, so
-    /// the per-call checks skip the lock (and the clock) in the normal case.
-    troubled: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct Health {
-    crashes: VecDeque<Instant>,
-    backoff_until: Option<Instant>,
-    /// Consecutive back-offs; doubles the period, reset by a success.
-    streak: u32,
-}
-
-impl Stats {
-    /// Whether calls are refused with `BackingOff` right now.
-    pub(crate) fn backing_off(&self, now: Instant) -> bool {
-        self.troubled.load(Ordering::Acquire)
-            && self.health.lock().backoff_until.is_some_and(|t| t > now)
-    }
-
-    /// [`Stats::backing_off`] right now; reads the clock only when a back-off
-    /// may be in force.
-    pub(crate) fn backing_off_now(&self) -> bool {
-        self.troubled.load(Ordering::Acquire) && self.backing_off(Instant::now())
-    }
-
-    /// Records a crash; returns the back-off period when this crash started one.
-    pub(crate) fn crashed(&self, now: Instant) -> Option<std::time::Duration> {
-        let mut h = self.health.lock();
-        h.crashes.push_back(now);
-        while h
-            .crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
-        {
-            h.crashes.pop_front();
-        }
-        if h.crashes.len() < CRASH_THRESHOLD {
-            return None;
-        }
-        h.crashes.clear();
-        let period = BACKOFF_BASE
-            .saturating_mul(1u32 << h.streak.min(8))
-            .min(BACKOFF_MAX);
-        h.streak = h.streak.saturating_add(1);
-        h.backoff_until = Some(now + period);
-        self.troubled.store(true, Ordering::Release);
-        Some(period)
-    }
-
-    /// A call succeeded: the next back-off starts from the base period again.
-    pub(crate) fn succeeded(&self) {
-        if !self.troubled.load(Ordering::Acquire) {
-            return;
-        }
-        let mut h = self.health.lock();
-        if h.backoff_until.is_none_or(|t| t <= Instant::now()) {
-            h.streak = 0;
-            h.backoff_until = None;
-            self.troubled.store(false, Ordering::Release);
-        }
-    }
-
-    /// A new version was loaded: forget past crashes.
-    pub(crate) fn reset(&self) {
-        let mut h = self.health.lock();
-        *h = Health::default();
-        self.troubled.store(false, Ordering::Release);
-    }
-}
 
 /// Per-call metric handles of one (tenant, plugin), resolved once so a call
 /// never hashes label values.
@@ -245,7 +165,12 @@ impl Pool {
 /// One pass of the idle sweeper: an instance that served no call for a whole
 /// period (`INSTANCE_IDLE_TTL`) gives its linear memory back; state lives in
 /// kv, and the next message instantiates again from the cached `InstancePre`.
+/// Stale session fault records go too (those of sessions that ended).
 pub(crate) fn sweep_idle(env: &HostCore) {
+    let now = Instant::now();
+    for stats in env.stats.iter() {
+        stats.value().sweep(now);
+    }
     let pools: Vec<(PoolKey, Arc<Pool>)> = env
         .pools
         .iter()
@@ -301,12 +226,12 @@ async fn ready<'a>(
             Ok(Ok(i)) => *slot = Some(i),
             Ok(Err(e)) => {
                 if !matches!(e, PluginError::Overloaded) {
-                    note_crash(key, stats, &e);
+                    note_fault(env, key, stats, Culprit::Instantiate, &e);
                 }
                 return Err(e);
             }
             Err(_) => {
-                note_crash(key, stats, &PluginError::Timeout);
+                note_fault(env, key, stats, Culprit::Instantiate, &PluginError::Timeout);
                 return Err(PluginError::Timeout);
             }
         }
@@ -315,10 +240,18 @@ async fn ready<'a>(
         .ok_or_else(|| PluginError::Trap("instance vanished".into()))
 }
 
-fn note_crash(key: &PoolKey, stats: &Stats, e: &PluginError) {
+/// Charges a fault (the instance is gone) to `culprit`, and logs the back-off
+/// it started, if any.
+fn note_fault(env: &HostCore, key: &PoolKey, stats: &Stats, culprit: Culprit<'_>, e: &PluginError) {
     tracing::debug!(tenant = %key.0, plugin = %key.1, reason = e.label(), error = %e, "plugin instance dropped");
-    if let Some(period) = stats.crashed(Instant::now()) {
-        tracing::warn!(tenant = %key.0, plugin = %key.1, backoff_ms = period.as_millis() as u64, "plugin keeps crashing; backing off");
+    let max_per_session = env.cfg.load().max_faults_per_session;
+    let started = stats.faulted(culprit, max_per_session, Instant::now());
+    if let (Some(period), Culprit::Call { sid, .. }) = (started.session, culprit) {
+        // Per session, so `debug` (the session's own span names it too).
+        tracing::debug!(tenant = %key.0, plugin = %key.1, session_id = %sid, backoff_ms = period.as_millis() as u64, "session keeps making the plugin fault; refusing it for a back-off");
+    }
+    if let Some(period) = started.plugin {
+        tracing::warn!(tenant = %key.0, plugin = %key.1, backoff_ms = period.as_millis() as u64, "plugin keeps failing for several users or at start-up; backing off");
     }
 }
 
@@ -333,6 +266,7 @@ async fn run(
     call: PluginCall,
 ) -> Result<Vec<Effect>, PluginError> {
     let instance = ready(env, key, stats, slot, version, &call.tenant_cfg).await?;
+    let (sid, user) = (call.session.sid, Arc::clone(&call.session.user));
     let limits = CallLimits::for_call(&env.cfg.load(), Some(&*call.tenant_cfg));
     let deadline = Instant::now() + limits.wall;
     let r = {
@@ -363,7 +297,7 @@ async fn run(
     if slot.as_ref().is_some_and(|i| i.poisoned) {
         *slot = None;
         if let Err(e) = &r {
-            note_crash(key, stats, e);
+            note_fault(env, key, stats, Culprit::Call { sid, user: &user }, e);
         }
     } else if r.is_ok() {
         stats.succeeded();
@@ -411,10 +345,13 @@ async fn run_routed(
 
 /// Runs one call of any entry point: in the lane of its room (else session)
 /// in `sharded` mode, on a fresh instance in `per_message` mode. Refuses it
-/// while the host drains, and while the plugin backs off unless the entry
-/// point runs anyway ([`EntryKind::runs_while_backing_off`]).
+/// while the host drains, and while the plugin (or, for this session alone,
+/// the session) backs off unless the entry point runs anyway
+/// ([`EntryKind::runs_while_backing_off`],
+/// [`EntryKind::runs_while_session_backs_off`]).
 ///
 /// [`EntryKind::runs_while_backing_off`]: super::call::EntryKind::runs_while_backing_off
+/// [`EntryKind::runs_while_session_backs_off`]: super::call::EntryKind::runs_while_session_backs_off
 ///
 /// # Cancel safety
 /// Dropping the future while it waits for the lane is harmless; dropping it
@@ -430,8 +367,13 @@ pub(crate) async fn dispatch(
         // Draining: no new instances; the caller answers SERVICE_UNAVAILABLE.
         return Err(PluginError::Overloaded);
     }
-    if !call.entry.kind().runs_while_backing_off() && pool.stats.backing_off_now() {
+    let kind = call.entry.kind();
+    if !kind.runs_while_backing_off() && pool.stats.backing_off_now() {
         return Err(PluginError::BackingOff);
+    }
+    if !kind.runs_while_session_backs_off() && pool.stats.session_backing_off_now(call.session.sid)
+    {
+        return Err(PluginError::SessionBackingOff);
     }
     run_routed(env, key, pool, version, call).await
 }
@@ -439,36 +381,6 @@ pub(crate) async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn repeated_crashes_back_off_and_double() {
-        let s = Stats::default();
-        let now = Instant::now();
-        for _ in 0..CRASH_THRESHOLD - 1 {
-            assert_eq!(s.crashed(now), None);
-        }
-        assert_eq!(s.crashed(now), Some(BACKOFF_BASE));
-        assert!(s.backing_off(now));
-        assert!(!s.backing_off(now + BACKOFF_BASE));
-        let later = now + BACKOFF_BASE * 2;
-        for _ in 0..CRASH_THRESHOLD - 1 {
-            assert_eq!(s.crashed(later), None);
-        }
-        assert_eq!(s.crashed(later), Some(BACKOFF_BASE * 2));
-        s.reset();
-        assert!(!s.backing_off(later));
-    }
-
-    #[test]
-    fn crashes_outside_the_window_do_not_count() {
-        let s = Stats::default();
-        let mut t = Instant::now();
-        for _ in 0..CRASH_THRESHOLD * 2 {
-            assert_eq!(s.crashed(t), None);
-            // Spaced so that a window never holds CRASH_THRESHOLD of them.
-            t += CRASH_WINDOW / 2 + std::time::Duration::from_millis(1);
-        }
-    }
 
     #[test]
     fn shards_are_stable() {

@@ -2,13 +2,15 @@
 //!
 //! Owns: the decision whether a message may pass. [`TenantPolicy`] is compiled
 //! once per config version from a tenant's config; sessions hold their own
-//! connection-scoped limiter and error budget in [`SessionPolicy`]. Nothing here
-//! writes to a session: `lanes` turn refusals into frames.
+//! connection-scoped limiters (messages, inbound bytes) and error budget in
+//! [`SessionPolicy`]. Nothing here writes to a session: `lanes` turn refusals
+//! into frames.
 
 pub mod allowlist;
 pub mod rate_limit;
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +37,8 @@ pub struct TenantPolicy {
     pub message_quota: Quota,
     /// Bucket scope.
     pub scope: RateLimitScope,
+    /// Inbound byte quota per connection, `None` when `max_bytes_per_sec` is 0.
+    pub byte_quota: Option<Quota>,
     /// Shared bucket per user (`scope: user`).
     user_limiter: Option<KeyedLimiter<Arc<str>>>,
     /// Shared bucket for the tenant (`scope: tenant`).
@@ -82,6 +86,7 @@ impl TenantPolicy {
                 .collect(),
             message_quota,
             scope: p.rate_limit_scope,
+            byte_quota: byte_quota(p.max_bytes_per_sec, t.limits.max_frame_bytes),
             user_limiter: (p.rate_limit_scope == RateLimitScope::User)
                 .then(|| keyed(message_quota)),
             tenant_limiter: (p.rate_limit_scope == RateLimitScope::Tenant)
@@ -136,12 +141,29 @@ impl TenantPolicy {
     }
 }
 
-/// Per-session policy state: the connection bucket and the error budget, rebuilt
-/// when the tenant's policy changes (config reload).
+/// Seconds of `max_bytes_per_sec` a connection may send at once (SPEC §13):
+/// room for a client to catch up after a stall, short enough that a burst into
+/// a room fits the recipients' queues.
+pub const BYTE_BURST_SECS: u32 = 2;
+
+/// `max_bytes_per_sec` with a burst of [`BYTE_BURST_SECS`] worth, and never
+/// less than one frame of `max_frame_bytes` (a smaller burst would refuse
+/// full-size frames forever); `None` for 0 (no byte limit).
+fn byte_quota(per_sec: u32, max_frame_bytes: usize) -> Option<Quota> {
+    let rate = NonZeroU32::new(per_sec)?;
+    let frame = u32::try_from(max_frame_bytes).unwrap_or(u32::MAX);
+    let burst = per_sec.saturating_mul(BYTE_BURST_SECS).max(frame);
+    Some(Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate)))
+}
+
+/// Per-session policy state: the connection buckets (messages, inbound bytes)
+/// and the error budget, rebuilt when the tenant's policy changes (config
+/// reload).
 #[derive(Debug)]
 pub struct SessionPolicy {
     policy: Arc<TenantPolicy>,
     conn_limiter: Option<DirectLimiter>,
+    byte_limiter: Option<DirectLimiter>,
     error_budget: Option<DirectLimiter>,
 }
 
@@ -151,6 +173,7 @@ impl SessionPolicy {
         Self {
             conn_limiter: (policy.scope == RateLimitScope::Connection)
                 .then(|| direct(policy.message_quota)),
+            byte_limiter: policy.byte_quota.map(direct),
             error_budget: policy.error_quota.map(direct),
             policy,
         }
@@ -163,10 +186,14 @@ impl SessionPolicy {
         }
         let same_rate =
             self.policy.message_quota == policy.message_quota && self.policy.scope == policy.scope;
+        let same_bytes = self.policy.byte_quota == policy.byte_quota;
         let same_budget = self.policy.error_quota == policy.error_quota;
         let fresh = Self::new(Arc::clone(policy));
         if !same_rate {
             self.conn_limiter = fresh.conn_limiter;
+        }
+        if !same_bytes {
+            self.byte_limiter = fresh.byte_limiter;
         }
         if !same_budget {
             self.error_budget = fresh.error_budget;
@@ -199,8 +226,55 @@ impl SessionPolicy {
         }
     }
 
+    /// Spends `bytes` of inbound payload from the connection's byte bucket;
+    /// false when they do not fit (the frame is refused, nothing is spent).
+    #[inline]
+    pub fn admit_bytes(&self, bytes: usize) -> bool {
+        let Some(limiter) = &self.byte_limiter else {
+            return true;
+        };
+        let Some(n) = NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX)) else {
+            return true;
+        };
+        matches!(limiter.check_n(n), Ok(Ok(())))
+    }
+
     /// Records one refusal; false when the error budget is exhausted (close 1008).
     pub fn record_error(&self) -> bool {
         self.error_budget.as_ref().is_none_or(|l| l.check().is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(yaml: &str) -> SessionPolicy {
+        let t: TenantConfig = serde_yaml::from_str(&format!("id: t\n{yaml}")).expect("tenant yaml");
+        SessionPolicy::new(Arc::new(TenantPolicy::compile(&t)))
+    }
+
+    #[test]
+    fn inbound_bytes_pass_up_to_a_two_second_burst() {
+        let p = session("");
+        let frame = 60 * 1024;
+        let passed = (0..100).take_while(|_| p.admit_bytes(frame)).count();
+        // 2 MiB of burst, give or take what refills while the loop runs.
+        assert!((34..=36).contains(&passed), "{passed} frames passed");
+        assert!(!p.admit_bytes(frame));
+        assert!(p.admit_bytes(0), "an empty frame costs nothing");
+    }
+
+    #[test]
+    fn a_full_size_frame_always_fits_the_burst() {
+        let p = session("policy: { max_bytes_per_sec: 1000 }\nlimits: { max_frame_bytes: 65536 }");
+        assert!(p.admit_bytes(65_536));
+        assert!(!p.admit_bytes(1_000));
+    }
+
+    #[test]
+    fn zero_means_no_byte_limit() {
+        let p = session("policy: { max_bytes_per_sec: 0 }");
+        assert!((0..1000).all(|_| p.admit_bytes(65_536)));
     }
 }

@@ -62,6 +62,7 @@ tenants:
     policy:
       rate_limit_rps: 1000000
       rate_limit_burst: 1000000
+      max_bytes_per_sec: 0
       sessions: { max_sessions_per_user: 100000 }
       error_budget: { max_errors: 0 }
       ext_allowlist: ["*"]
