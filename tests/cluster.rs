@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsprism::cluster::{Node, RedisKv};
-use wsprism::config::{ClusterConfig, ClusterMode};
+use wsprism::config::{ClusterConfig, ClusterMode, OnExceed};
 use wsprism::obs::metrics::Metrics;
 use wsprism::plugin_host::kv::{KvError, KvScope, KvStore, MAX_VALUE_BYTES, MemoryKv};
 
@@ -570,12 +570,91 @@ impl Drop for Process {
     }
 }
 
+/// One session per user across the cluster, `on_exceed` as given.
+fn single(cfg: TestConfig, on_exceed: OnExceed) -> TestConfig {
+    cfg.policy(move |p| {
+        p.sessions.max_sessions_per_user = 1;
+        p.sessions.on_exceed = on_exceed;
+    })
+}
+
+/// HTTP status of an upgrade: 101 when admitted (the session stays open
+/// while the client lives), else the refusal's status.
+async fn admitted(gw: &TestGateway, ticket: &str) -> (u16, Option<Client>) {
+    match gw.connect("acme", ticket).await {
+        Ok(c) => (101, Some(c)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (resp.status().as_u16(), None),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_per_user_cap_counts_every_node() {
+    let redis = RedisServer::start();
+    // kick_oldest: a newer session on b replaces the one on a (4001).
+    let a = TestGateway::start(single(node(&redis, "a"), OnExceed::KickOldest)).await;
+    let b = TestGateway::start(single(node(&redis, "b"), OnExceed::KickOldest)).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    let mut old = a.client("acme", "t1").await;
+    let mut new = b.client("acme", "t1").await;
+    assert_eq!(old.recv_type("kicked").await["type"], "kicked");
+    assert_eq!(old.recv_close().await, Some(4001));
+    new.send_json(json!({"v":1,"svc":"room","type":"join","room":"r","seq":1}))
+        .await;
+    assert_eq!(
+        new.recv_type("joined").await["seq"],
+        1,
+        "the newer session lives"
+    );
+    // ... and back: a session on a replaces the one on b.
+    let _newest = a.client("acme", "t1").await;
+    assert_eq!(new.recv_close().await, Some(4001));
+}
+
+#[tokio::test]
+async fn concurrent_connects_to_two_nodes_never_pass_a_deny_cap() {
+    let redis = RedisServer::start();
+    let cap = |cfg: TestConfig| {
+        cfg.policy(|p| {
+            p.sessions.max_sessions_per_user = 2;
+            p.sessions.on_exceed = OnExceed::Deny;
+        })
+    };
+    let a = TestGateway::start(cap(node(&redis, "a"))).await;
+    let b = TestGateway::start(cap(node(&redis, "b"))).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    let attempts = (0..12).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        admitted(gw, "t1")
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 101).count(),
+        2,
+        "exactly the cap is admitted: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 101 || *s == 409),
+        "{statuses:?}"
+    );
+    // Closing the admitted sessions frees their slots on every node.
+    drop(results);
+    eventually("slots freed", || async {
+        let (s, _c) = admitted(&b, "t1").await;
+        s == 101
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_crashed_node_leaves_presence_within_node_ttl() {
     let redis = RedisServer::start();
-    let a = TestGateway::start(with_events(node(&redis, "a"))).await;
+    let a = TestGateway::start(single(with_events(node(&redis, "a")), OnExceed::Deny)).await;
     cluster_up(&a).await;
-    let mut crashed = Process::start(with_events(node(&redis, "crashed")));
+    let mut crashed = Process::start(single(with_events(node(&redis, "crashed")), OnExceed::Deny));
     let mut u1 = a.client("acme", "t1").await;
     u1.join("lobby").await;
     let mut u2 = crashed.client("t2").await;
@@ -584,6 +663,11 @@ async fn a_crashed_node_leaves_presence_within_node_ttl() {
         presence_api(&a, "lobby").await == ["u1", "u2"]
     })
     .await;
+    assert_eq!(
+        admitted(&a, "t2").await.0,
+        409,
+        "u2's one slot is taken on the other node"
+    );
 
     crashed.kill9();
     let killed = tokio::time::Instant::now();
@@ -600,4 +684,15 @@ async fn a_crashed_node_leaves_presence_within_node_ttl() {
     assert_eq!(presence_api(&a, "lobby").await, ["u1"]);
     let records: u64 = redis.cmd(&["HLEN", "wsprism:presence:{acme:lobby}"]);
     assert_eq!(records, 1, "the dead node's presence records are gone");
+    // The dead node's session no longer holds u2's only slot.
+    // (The burial's last step, right after the presence records.)
+    eventually("u2 admitted once the dead node is buried", || async {
+        admitted(&a, "t2").await.0 == 101
+    })
+    .await;
+    let left: Vec<String> = redis.cmd(&["KEYS", "wsprism:*{crashed}*"]);
+    assert!(
+        left.is_empty(),
+        "nothing of the dead node is left: {left:?}"
+    );
 }

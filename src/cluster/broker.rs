@@ -26,8 +26,8 @@ use super::{Node, Topic};
 use crate::error::{CloseCode, RoomError};
 use crate::realtime::SessionId;
 use crate::realtime::broker::{
-    BoxFuture, Broker, Delivery, HistoryState, Joined, LocalBroker, RegisterError, RoomLimits,
-    SessionEntry, SessionLimits, TenantStats,
+    BoxFuture, Broker, Delivery, HistoryState, Joined, LocalBroker, RegisterError, Reservation,
+    RoomLimits, SessionEntry, SessionLimits, TenantStats,
 };
 use crate::realtime::history::{HistoryPolicy, Since};
 use crate::realtime::outbox::Qos;
@@ -216,20 +216,57 @@ impl Broker for ClusterBroker {
         limits: SessionLimits,
     ) -> Result<Vec<Arc<SessionEntry>>, RegisterError> {
         let user = Arc::clone(&entry.user);
-        let kicked = self.local().register(entry, limits)?;
+        let sid = entry.sid;
+        let kicked = match self.local().register(entry, limits) {
+            Ok(k) => k,
+            Err(e) => {
+                // Give back what `reserve` took.
+                self.node.release_session(&self.shard.tenant, &user, sid);
+                return Err(e);
+            }
+        };
         if self.local().user_sessions(&user) == 1 {
             self.user_changed(&user);
         }
         Ok(kicked)
     }
 
+    fn reserve(&self, sid: SessionId, user: &str, limits: SessionLimits) -> Option<Reservation> {
+        if !self.node.commands_up.load(Ordering::Acquire) {
+            // Redis away: the caps count this node only until it is back.
+            return None;
+        }
+        let node = Arc::clone(&self.node);
+        let shard = Arc::clone(&self.shard);
+        let user = user.to_owned();
+        Some(Box::pin(async move {
+            match node.reserve(&shard.tenant, &user, sid, limits).await {
+                Ok(None) => Err(RegisterError::UserLimit),
+                Ok(Some(kicked)) => {
+                    if !kicked.is_empty() {
+                        node.kick_local(&shard, &kicked);
+                        let channel = node.channel(Topic::User, &shard.tenant, &user);
+                        node.publish(channel, &BusMessage::Kick { members: kicked });
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    node.metrics.error("reserve", 1);
+                    tracing::debug!(node = %node.id, error = %e, "cluster admission fell back to this node's caps");
+                    Ok(())
+                }
+            }
+        }))
+    }
+
     fn unregister(&self, sid: SessionId) -> Vec<(Arc<str>, u32)> {
         let user = self.local().session(sid).map(|s| Arc::clone(&s.user));
         let left = self.local().unregister(sid);
-        if let Some(user) = user
-            && self.local().user_sessions(&user) == 0
-        {
-            self.user_changed(&user);
+        if let Some(user) = user {
+            self.node.release_session(&self.shard.tenant, &user, sid);
+            if self.local().user_sessions(&user) == 0 {
+                self.user_changed(&user);
+            }
         }
         for (room, peer) in &left {
             self.member_left(room, *peer);

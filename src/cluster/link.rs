@@ -447,6 +447,10 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
                     // Redis may have restarted empty, or missed what this
                     // node wrote while it was away.
                     node.reassert_presence();
+                    if let Err(e) = node.reconcile_sessions().await {
+                        node.metrics.error("sessions", 1);
+                        tracing::debug!(node = %node.id, error = %e, "cluster session re-assert failed");
+                    }
                 }
                 was_up = true;
                 ever_up = true;
@@ -490,7 +494,7 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
     .await;
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -39,9 +39,11 @@ pub use broker::ClusterBroker;
 pub use kv::RedisKv;
 
 use crate::config::ClusterConfig;
+use crate::error::CloseCode;
 use crate::obs::metrics::Metrics;
-use crate::protocol::ext::{Outgoing as ExtFrame, raw};
-use crate::realtime::broker::{BoxFuture, Broker as _, LocalBroker};
+use crate::protocol::ext::{Outgoing as ExtFrame, raw, sys_kicked};
+use crate::realtime::SessionId;
+use crate::realtime::broker::{BoxFuture, Broker as _, LocalBroker, SessionLimits};
 use crate::realtime::outbox::Qos;
 use broker::{RemoteMember, Shard};
 use wire::BusMessage;
@@ -360,6 +362,118 @@ impl Node {
         format!("{}:node-rooms:{{{id}}}", self.prefix)
     }
 
+    /// Key of a user's sessions on every node (a sorted set: `<node>/<sid>`
+    /// by admission time); it shares the user channel's hash tag.
+    fn sessions_key(&self, tenant: &str, user: &str) -> String {
+        format!("{}:sessions:{{{tenant}:{user}}}", self.prefix)
+    }
+
+    /// Key of the session sets a node wrote to (a set), for clean-up.
+    fn node_users_key(&self, id: &str) -> String {
+        format!("{}:node-users:{{{id}}}", self.prefix)
+    }
+
+    /// A local session as a member of its user's session set.
+    fn session_member(&self, sid: SessionId) -> String {
+        format!("{}/{}", self.id, sid.get())
+    }
+
+    /// The local session a member names, if it is on this node.
+    fn local_sid(&self, member: &str) -> Option<SessionId> {
+        let (node, sid) = member.rsplit_once('/')?;
+        (node == self.id).then(|| sid.parse().ok().map(SessionId::new))?
+    }
+
+    /// Admits a session of `user` against the cluster-wide per-user cap
+    /// (one script, atomic across nodes); returns the members to kick.
+    /// `Ok(None)`: the user is at the cap and the policy denies.
+    async fn reserve(
+        &self,
+        tenant: &str,
+        user: &str,
+        sid: SessionId,
+        limits: SessionLimits,
+    ) -> redis::RedisResult<Option<Vec<String>>> {
+        let key = self.sessions_key(tenant, user);
+        let mut conn = self.commands.clone();
+        let reply = link::call(
+            redis::Script::new(RESERVE_SESSION)
+                .key(&key)
+                .arg(self.session_member(sid))
+                .arg(limits.max_sessions_per_user.max(1))
+                .arg(u8::from(limits.kick_oldest))
+                .arg(link::now_ms())
+                .invoke_async::<Option<Vec<String>>>(&mut conn),
+        )
+        .await?;
+        let mut index = redis::cmd("SADD");
+        index.arg(self.node_users_key(&self.id)).arg(key);
+        self.queue(Outgoing::Command(index));
+        Ok(reply)
+    }
+
+    /// Queues the removal of a closed (or refused) local session from its
+    /// user's session set.
+    fn release_session(&self, tenant: &str, user: &str, sid: SessionId) {
+        let mut rem = redis::cmd("ZREM");
+        rem.arg(self.sessions_key(tenant, user))
+            .arg(self.session_member(sid));
+        self.queue(Outgoing::Command(rem));
+    }
+
+    /// Closes the local sessions among `members` as replaced (4001).
+    fn kick_local(&self, shard: &Shard, members: &[String]) {
+        let notice = sys_kicked();
+        for m in members {
+            if let Some(s) = self.local_sid(m).and_then(|sid| shard.local.session(sid)) {
+                s.outbox.push(notice.clone(), Qos::Reliable);
+                s.outbox.close(CloseCode::Replaced, "replaced", true);
+            }
+        }
+    }
+
+    /// Makes the session sets agree with this node's live sessions (after
+    /// Redis was away): its members of sessions that closed meanwhile go,
+    /// every live session is (re)added.
+    async fn reconcile_sessions(&self) -> redis::RedisResult<()> {
+        let mut conn = self.commands.clone();
+        let index = self.node_users_key(&self.id);
+        let keys: Vec<String> =
+            link::call(redis::Cmd::smembers(&index).query_async(&mut conn)).await?;
+        let live: std::collections::HashSet<String> = self
+            .shards()
+            .iter()
+            .flat_map(|s| s.local.sessions())
+            .map(|s| self.session_member(s.sid))
+            .collect();
+        for key in keys {
+            let members: Vec<String> =
+                link::call(redis::Cmd::zrange(&key, 0, -1).query_async(&mut conn)).await?;
+            let stale: Vec<&String> = members
+                .iter()
+                .filter(|m| self.local_sid(m).is_some() && !live.contains(*m))
+                .collect();
+            if !stale.is_empty() {
+                link::call(redis::Cmd::zrem(&key, stale).query_async::<()>(&mut conn)).await?;
+            }
+        }
+        let mut pipe = redis::pipe();
+        let now = link::now_ms();
+        for shard in self.shards() {
+            for s in shard.local.sessions() {
+                let key = self.sessions_key(&shard.tenant, &s.user);
+                pipe.cmd("ZADD")
+                    .arg(&key)
+                    .arg("NX")
+                    .arg(now)
+                    .arg(self.session_member(s.sid))
+                    .ignore();
+                pipe.cmd("SADD").arg(&index).arg(&key).ignore();
+            }
+        }
+        link::call(pipe.query_async::<()>(&mut conn)).await
+    }
+
     /// Queues `msg` for every other node subscribed to `channel`; never
     /// waits. A full queue (Redis unreachable for long) drops it.
     fn publish(&self, channel: String, msg: &BusMessage) {
@@ -549,9 +663,20 @@ impl Node {
                 link::call(redis::Cmd::hdel(&key, fields).query_async::<()>(&mut conn)).await?;
             }
         }
+        let users = self.node_users_key(dead);
+        let keys: Vec<String> =
+            link::call(redis::Cmd::smembers(&users).query_async(&mut conn)).await?;
+        let prefix = format!("{dead}/");
+        for key in keys {
+            let members: Vec<String> =
+                link::call(redis::Cmd::zrange(&key, 0, -1).query_async(&mut conn)).await?;
+            let gone: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
+            if !gone.is_empty() {
+                link::call(redis::Cmd::zrem(&key, gone).query_async::<()>(&mut conn)).await?;
+            }
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(&index).ignore();
-        pipe.cmd("HDEL").arg(self.slots_key()).arg(dead).ignore();
+        pipe.cmd("DEL").arg(&index).arg(&users).ignore();
         link::call(pipe.query_async::<()>(&mut conn)).await?;
         tracing::warn!(node = %self.id, dead, "cluster node silent past node_ttl_ms; its sessions left presence");
         Ok(())
@@ -607,6 +732,7 @@ impl Node {
                 shard.remote.joined(name, peer, member);
             }
             (Topic::Room, BusMessage::Left { peer }) => shard.remote.left(name, peer),
+            (Topic::User, BusMessage::Kick { members }) => self.kick_local(&shard, &members),
             _ => self.metrics.error("decode", 1),
         }
     }
@@ -621,6 +747,23 @@ impl Node {
         }
     }
 }
+
+/// Admits one session against its user's cap across the cluster.
+/// KEYS[1]: the user's session set. ARGV: member, cap, kick (1/0), now (ms).
+/// Returns the members kicked to make room, or nil when at the cap and the
+/// policy denies.
+const RESERVE_SESSION: &str = r"
+local cap = tonumber(ARGV[2])
+local n = redis.call('ZCARD', KEYS[1])
+local kicked = {}
+if n >= cap then
+  if ARGV[3] ~= '1' then return false end
+  kicked = redis.call('ZRANGE', KEYS[1], 0, n - cap)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap)
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return kicked
+";
 
 /// Sends every local member of `room` `sys.resync` with the room's history
 /// position (README "Room history and recovery"), or no position when the

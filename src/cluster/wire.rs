@@ -12,6 +12,7 @@
 //!   4 room resync:               (nothing)
 //!   5 member joined:             [peer: u32][node id length: u8][node id][user…]
 //!   6 member left:               [peer: u32]
+//!   7 kick (4001):               [session members, newline separated]
 //! ```
 //!
 //! `origin` is the publishing node's process nonce: a node receives its own
@@ -67,6 +68,12 @@ pub(crate) enum BusMessage {
     Left {
         /// Peer number.
         peer: u32,
+    },
+    /// Replace these sessions of the channel's user (`<node>/<sid>` each):
+    /// `sys.kicked`, then Close 4001.
+    Kick {
+        /// The sessions, each on the node its member names.
+        members: Vec<String>,
     },
 }
 
@@ -130,6 +137,13 @@ impl BusMessage {
                 let mut buf = BytesMut::with_capacity(HEADER + 4);
                 header(&mut buf, 6, origin);
                 buf.put_u32_le(*peer);
+                return buf.to_vec();
+            }
+            Self::Kick { members } => {
+                let body = members.join("\n");
+                let mut buf = BytesMut::with_capacity(HEADER + body.len());
+                header(&mut buf, 7, origin);
+                buf.put_slice(body.as_bytes());
                 return buf.to_vec();
             }
         };
@@ -203,6 +217,16 @@ impl BusMessage {
                     peer: u32::from_le_bytes([body[0], body[1], body[2], body[3]]),
                     node: text(&body[5..node_end])?,
                     user: text(&body[node_end..])?,
+                }
+            }
+            7 => {
+                let body = std::str::from_utf8(&raw[HEADER..]).map_err(|_| WireError::Utf8)?;
+                Self::Kick {
+                    members: body
+                        .split('\n')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
                 }
             }
             6 => {
@@ -291,6 +315,9 @@ mod tests {
             user: "user:élan".into(),
         });
         round_trip(BusMessage::Left { peer: 9 });
+        round_trip(BusMessage::Kick {
+            members: vec!["edge-1/7".into(), "edge-2/42".into()],
+        });
     }
 
     #[test]

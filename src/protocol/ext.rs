@@ -320,6 +320,16 @@ pub fn sys_ack(seq: u64) -> Message {
     Outgoing::new("sys", "ack").seq(Some(seq)).encode()
 }
 
+/// `sys.kicked`: the session is being replaced by a newer one of its user
+/// (Close 4001 follows).
+pub fn sys_kicked() -> Message {
+    Outgoing::new("sys", "kicked")
+        .data(Some(&raw(
+            &serde_json::json!({"reason": "replaced by a newer session"}),
+        )))
+        .encode()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use tungstenite::Message;
 use super::Hub;
 use crate::error::CloseCode;
 use crate::obs::metrics::SessionCounters;
-use crate::protocol::ext::{Outgoing, raw};
+use crate::protocol::ext::{Outgoing, raw, sys_kicked};
 use crate::realtime::broker::{RegisterError, SessionEntry};
 use crate::realtime::outbox::{Outbox, Qos};
 use crate::services::effects::{self, Target, announce_left};
@@ -41,7 +41,7 @@ pub struct Opened {
 ///
 /// # Errors
 /// The broker's refusal: the user or the tenant is at its cap.
-pub fn open(
+pub async fn open(
     hub: &Arc<Hub>,
     tenant: &Arc<Tenant>,
     rt: &TenantRuntime,
@@ -50,6 +50,11 @@ pub fn open(
     let cfg = hub.config();
     let queues = &cfg.gateway.queues;
     let sid = hub.next_sid();
+    // In cluster mode the per-user cap counts every node first (and kicks
+    // the oldest sessions wherever they are).
+    if let Some(reserved) = tenant.broker.reserve(sid, &user, rt.policy.session_limits) {
+        reserved.await?;
+    }
     let counters = hub.metrics.session_counters(&tenant.id);
     let outbox = Arc::new(Outbox::with_counters(
         queues.reliable_capacity,
@@ -61,11 +66,7 @@ pub fn open(
         .broker
         .register(Arc::clone(&entry), rt.policy.session_limits)?;
     if !kicked.is_empty() {
-        let notice = Outgoing::new("sys", "kicked")
-            .data(Some(&raw(
-                &serde_json::json!({"reason": "replaced by a newer session"}),
-            )))
-            .encode();
+        let notice = sys_kicked();
         for old in kicked {
             old.outbox.push(notice.clone(), Qos::Reliable);
             old.outbox.close(CloseCode::Replaced, "replaced", true);

@@ -149,7 +149,9 @@ async fn admit(
     let user = authenticate(gw, &tenant, &rt, query.ticket, headers, remote)
         .await
         .map_err(of_tenant)?;
-    open_session(gw, &tenant, &rt, user, upgrade, remote).map_err(of_tenant)
+    open_session(gw, &tenant, &rt, user, upgrade, remote)
+        .await
+        .map_err(of_tenant)
 }
 
 /// Step 1: a draining gateway takes no new sessions.
@@ -249,7 +251,7 @@ async fn authenticate(
 /// Step 9: opens the session (`crate::session::open`: registration under the
 /// session policy, kicking the user's oldest session when the policy says so,
 /// the greeting) and spawns the session task that completes the upgrade.
-fn open_session(
+async fn open_session(
     gw: &Arc<Hub>,
     tenant: &Arc<Tenant>,
     rt: &TenantRuntime,
@@ -258,6 +260,7 @@ fn open_session(
     remote: SocketAddr,
 ) -> Result<Response, HandshakeRefusal> {
     let crate::session::Opened { guard, greeting } = crate::session::open(gw, tenant, rt, user)
+        .await
         .map_err(|e| match e {
             RegisterError::UserLimit => HandshakeRefusal::UserLimit,
             RegisterError::TenantFull => HandshakeRefusal::TenantFull,

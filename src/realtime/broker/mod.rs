@@ -70,6 +70,10 @@ impl SessionEntry {
 /// A boxed future with nothing to return (see [`Broker::prepare_join`]).
 pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// A pending admission (see [`Broker::reserve`]).
+pub type Reservation =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RegisterError>> + Send>>;
+
 /// Limits applied when registering a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -236,6 +240,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// Drops expired history (periodic upkeep).
     fn prune_history(&self, policy: HistoryPolicy);
 
+    /// Admission beyond this process, before [`Broker::register`]: in
+    /// cluster mode the per-user cap counts the sessions of every node
+    /// atomically, and under `kick_oldest` the oldest ones anywhere are
+    /// kicked. `None` (the local broker, always) means nothing to wait for.
+    fn reserve(&self, _sid: SessionId, _user: &str, _limits: SessionLimits) -> Option<Reservation> {
+        None
+    }
+
     /// Work to finish before a join of `room` is applied: in cluster mode
     /// the node subscribes the room and learns its members on other nodes
     /// first. `None` (the local broker, always) means nothing to wait for.
@@ -353,6 +365,14 @@ impl LocalBroker {
                 .map(|m| (m.peer, Arc::clone(&m.user)))
                 .collect()
         })
+    }
+
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<Arc<SessionEntry>> {
+        self.sessions
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect()
     }
 
     /// Users with at least one session.
