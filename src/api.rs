@@ -25,6 +25,7 @@ use serde_json::value::RawValue;
 use crate::error::{ApiCode, ClientCode, CloseCode};
 use crate::gateway::Gateway;
 use crate::protocol::ext::{Outgoing, raw};
+use crate::realtime::broker::TenantStats;
 use crate::realtime::outbox::Qos;
 use crate::tenant::{Tenant, TenantRuntime};
 
@@ -323,12 +324,45 @@ async fn stats(
     Path(t): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let result = authorize(&gw, &t, &headers).map(|(tenant, _)| {
-        let s = tenant.broker.stats();
-        Json(json!({"tenant": &*tenant.id, "sessions": s.sessions, "users": s.users, "rooms": s.rooms}))
-    });
+    let result = match authorize(&gw, &t, &headers) {
+        Err(e) => Err(e),
+        Ok((tenant, _)) => Ok(Json(tenant_stats(&gw, &tenant).await)),
+    };
     count(&gw, "stats", status_of(&result));
     result
+}
+
+/// The tenant's counts: this node's in `local` mode; in cluster mode the sum
+/// over every live node plus each node's counts (README "Cluster"), or this
+/// node's with `"cluster":"down"` while Redis cannot be read.
+async fn tenant_stats(gw: &Gateway, tenant: &Tenant) -> serde_json::Value {
+    let local = tenant.broker.stats();
+    let mut body = json!({
+        "tenant": &*tenant.id,
+        "sessions": local.sessions,
+        "users": local.users,
+        "rooms": local.rooms,
+    });
+    let Some(node) = &gw.cluster else {
+        return body;
+    };
+    match node.tenant_stats(&tenant.id).await {
+        Ok(nodes) => {
+            let sum = |f: fn(&TenantStats) -> usize| nodes.iter().map(|(_, s)| f(s)).sum::<usize>();
+            body["sessions"] = json!(sum(|s| s.sessions));
+            body["users"] = json!(sum(|s| s.users));
+            body["rooms"] = json!(sum(|s| s.rooms));
+            body["nodes"] = nodes
+                .iter()
+                .map(|(id, s)| json!({"id": id, "sessions": s.sessions, "users": s.users, "rooms": s.rooms}))
+                .collect();
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cluster stats unavailable");
+            body["cluster"] = json!("down");
+        }
+    }
+    body
 }
 
 async fn plugins(

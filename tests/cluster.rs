@@ -295,6 +295,30 @@ async fn nodes_heartbeat_and_leave_on_stop() {
     cluster_up(&a).await;
     cluster_up(&b).await;
     a.metric_at_least("wsprism_cluster_nodes", 2.0).await;
+    // Server-API stats count the cluster and each node.
+    let _u1 = a.client("acme", "t1").await;
+    let _u2 = b.client("acme", "t2").await;
+    let _u3 = b.client("acme", "t3").await;
+    let stats = eventually("stats count both nodes", || async {
+        let resp = reqwest::Client::new()
+            .get(a.admin_url("/v1/api/tenants/acme/stats"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("stats");
+        let body: Value = resp.json().await.expect("json");
+        (body["sessions"] == 3).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        stats["nodes"][0],
+        json!({"id":"a","sessions":1,"users":1,"rooms":0})
+    );
+    assert_eq!(
+        stats["nodes"][1],
+        json!({"id":"b","sessions":2,"users":2,"rooms":0})
+    );
+    assert_eq!(stats["users"], 3);
     let record: String = redis.cmd(&["GET", "wsprism:node:{b}"]);
     let record: Value = serde_json::from_str(&record).expect("node record");
     assert_eq!(record["id"], "b");

@@ -393,7 +393,12 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
         }
         let now = now_ms();
         let oldest_live = now.saturating_sub(ttl_ms);
-        let record = serde_json::json!({ "id": node.id, "started_ms": started, "seen_ms": now });
+        let record = serde_json::json!({
+            "id": node.id,
+            "started_ms": started,
+            "seen_ms": now,
+            "tenants": node.local_stats(),
+        });
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(&key)

@@ -43,7 +43,7 @@ use crate::error::CloseCode;
 use crate::obs::metrics::Metrics;
 use crate::protocol::ext::{Outgoing as ExtFrame, raw, sys_kicked};
 use crate::realtime::SessionId;
-use crate::realtime::broker::{BoxFuture, Broker as _, LocalBroker, SessionLimits};
+use crate::realtime::broker::{BoxFuture, Broker as _, LocalBroker, SessionLimits, TenantStats};
 use crate::realtime::outbox::Qos;
 use broker::{RemoteMember, Shard};
 use wire::BusMessage;
@@ -293,6 +293,69 @@ impl Node {
     /// This node's slot in peer numbers (0 until Redis first answered).
     pub fn slot(&self) -> u32 {
         self.slot.load(Ordering::Acquire)
+    }
+
+    /// Sessions, users and rooms of `tenant` on every live node, as their
+    /// last heartbeats reported them (this node's counts are read now):
+    /// each node's counts by node id. A user (or room) present on two nodes
+    /// counts once on each.
+    ///
+    /// # Errors
+    /// Redis cannot be read.
+    pub async fn tenant_stats(
+        &self,
+        tenant: &str,
+    ) -> redis::RedisResult<Vec<(String, TenantStats)>> {
+        let mut conn = self.commands.clone();
+        let oldest_live = link::now_ms().saturating_sub(self.ttl_ms());
+        let ids: Vec<String> = link::call(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.nodes_key())
+                .arg(oldest_live)
+                .arg("+inf")
+                .query_async(&mut conn),
+        )
+        .await?;
+        let others: Vec<&String> = ids.iter().filter(|id| **id != self.id).collect();
+        let records: Vec<Option<String>> = if others.is_empty() {
+            Vec::new()
+        } else {
+            let keys: Vec<String> = others.iter().map(|id| self.node_key(id)).collect();
+            link::call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?
+        };
+        let mut out = vec![(
+            self.id.clone(),
+            self.shard(tenant)
+                .map(|s| s.local.stats())
+                .unwrap_or_default(),
+        )];
+        for (id, record) in others.into_iter().zip(records) {
+            let stats = record
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+                .and_then(|v| {
+                    serde_json::from_value::<TenantStats>(v["tenants"][tenant].clone()).ok()
+                })
+                .unwrap_or_default();
+            out.push((id.clone(), stats));
+        }
+        Ok(out)
+    }
+
+    /// Every tenant's counts on this node, for the heartbeat record.
+    fn local_stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.shards()
+            .iter()
+            .map(|s| {
+                (
+                    s.tenant.to_string(),
+                    serde_json::to_value(s.local.stats()).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Registers a tenant's shard for bus deliveries.

@@ -119,7 +119,7 @@ pub struct Joined {
 }
 
 /// Counts for the stats endpoint and gauges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TenantStats {
     /// Live sessions.
     pub sessions: usize,
