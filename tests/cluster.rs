@@ -63,6 +63,19 @@ async fn cluster_up(gw: &TestGateway) {
     .await;
 }
 
+/// Nodes `a` and `b` of the cluster in `redis`, each with `edit` applied to
+/// [`node`]'s config, both with their Redis links up.
+async fn two_nodes(
+    redis: &RedisServer,
+    edit: impl Fn(TestConfig) -> TestConfig,
+) -> (TestGateway, TestGateway) {
+    let a = TestGateway::start(edit(node(redis, "a"))).await;
+    let b = TestGateway::start(edit(node(redis, "b"))).await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    (a, b)
+}
+
 /// Waits until `n` nodes subscribe `channel`.
 async fn subscribed(redis: &RedisServer, channel: &str, n: u64) {
     eventually(&format!("{n} subscribers of {channel}"), || async {
@@ -97,10 +110,7 @@ async fn chat_msg(c: &mut Client) -> String {
 #[tokio::test]
 async fn rooms_relay_and_user_sends_reach_every_node() {
     let redis = RedisServer::start();
-    let a = TestGateway::start(node(&redis, "a")).await;
-    let b = TestGateway::start(node(&redis, "b")).await;
-    cluster_up(&a).await;
-    cluster_up(&b).await;
+    let (a, b) = two_nodes(&redis, |cfg| cfg).await;
 
     let mut u1 = a.client("acme", "t1").await;
     let mut u2 = b.client("acme", "t2").await;
@@ -177,10 +187,7 @@ async fn rooms_relay_and_user_sends_reach_every_node() {
 #[tokio::test]
 async fn rooms_without_members_on_a_node_are_not_sent_there() {
     let redis = RedisServer::start();
-    let a = TestGateway::start(node(&redis, "a")).await;
-    let b = TestGateway::start(node(&redis, "b")).await;
-    cluster_up(&a).await;
-    cluster_up(&b).await;
+    let (a, b) = two_nodes(&redis, |cfg| cfg).await;
     let mut u1 = a.client("acme", "t1").await;
     let mut u3 = a.client("acme", "t3").await;
     let mut u2 = b.client("acme", "t2").await;
@@ -199,10 +206,7 @@ async fn rooms_without_members_on_a_node_are_not_sent_there() {
 #[tokio::test]
 async fn redis_outage_keeps_local_service_and_recovers() {
     let mut redis = RedisServer::start();
-    let a = TestGateway::start(node(&redis, "a")).await;
-    let b = TestGateway::start(node(&redis, "b")).await;
-    cluster_up(&a).await;
-    cluster_up(&b).await;
+    let (a, b) = two_nodes(&redis, |cfg| cfg).await;
     let mut u1 = a.client("acme", "t1").await;
     let mut u3 = a.client("acme", "t3").await;
     let mut u2 = b.client("acme", "t2").await;
@@ -265,10 +269,7 @@ async fn redis_outage_keeps_local_service_and_recovers() {
 #[tokio::test]
 async fn a_killed_pubsub_link_is_detected_and_repaired() {
     let redis = RedisServer::start();
-    let a = TestGateway::start(node(&redis, "a")).await;
-    let b = TestGateway::start(node(&redis, "b")).await;
-    cluster_up(&a).await;
-    cluster_up(&b).await;
+    let (a, b) = two_nodes(&redis, |cfg| cfg).await;
     let mut u1 = a.client("acme", "t1").await;
     let mut u2 = b.client("acme", "t2").await;
     u1.join("lobby").await;
@@ -290,10 +291,7 @@ async fn a_killed_pubsub_link_is_detected_and_repaired() {
 #[tokio::test]
 async fn nodes_heartbeat_and_leave_on_stop() {
     let redis = RedisServer::start();
-    let a = TestGateway::start(node(&redis, "a")).await;
-    let mut b = TestGateway::start(node(&redis, "b")).await;
-    cluster_up(&a).await;
-    cluster_up(&b).await;
+    let (a, mut b) = two_nodes(&redis, |cfg| cfg).await;
     a.metric_at_least("wsprism_cluster_nodes", 2.0).await;
     // Server-API stats count the cluster and each node.
     let _u1 = a.client("acme", "t1").await;
@@ -480,10 +478,7 @@ fn with_events(cfg: TestConfig) -> TestConfig {
 #[tokio::test]
 async fn presence_events_and_peer_numbers_are_cluster_wide() {
     let redis = RedisServer::start();
-    let a = TestGateway::start(with_events(node(&redis, "a"))).await;
-    let b = TestGateway::start(with_events(node(&redis, "b"))).await;
-    cluster_up(&a).await;
-    cluster_up(&b).await;
+    let (a, b) = two_nodes(&redis, with_events).await;
     let mut u1 = a.client("acme", "t1").await;
     let mut u2 = b.client("acme", "t2").await;
     let j1 = u1.join("lobby").await;
@@ -616,10 +611,7 @@ async fn admitted(gw: &TestGateway, ticket: &str) -> (u16, Option<Client>) {
 async fn the_per_user_cap_counts_every_node() {
     let redis = RedisServer::start();
     // kick_oldest: a newer session on b replaces the one on a (4001).
-    let a = TestGateway::start(single(node(&redis, "a"), OnExceed::KickOldest)).await;
-    let b = TestGateway::start(single(node(&redis, "b"), OnExceed::KickOldest)).await;
-    cluster_up(&a).await;
-    cluster_up(&b).await;
+    let (a, b) = two_nodes(&redis, |cfg| single(cfg, OnExceed::KickOldest)).await;
     let mut old = a.client("acme", "t1").await;
     let mut new = b.client("acme", "t1").await;
     assert_eq!(old.recv_type("kicked").await["type"], "kicked");
@@ -645,10 +637,7 @@ async fn concurrent_connects_to_two_nodes_never_pass_a_deny_cap() {
             p.sessions.on_exceed = OnExceed::Deny;
         })
     };
-    let a = TestGateway::start(cap(node(&redis, "a"))).await;
-    let b = TestGateway::start(cap(node(&redis, "b"))).await;
-    cluster_up(&a).await;
-    cluster_up(&b).await;
+    let (a, b) = two_nodes(&redis, cap).await;
     let attempts = (0..12).map(|i| {
         let gw = if i % 2 == 0 { &a } else { &b };
         admitted(gw, "t1")

@@ -41,7 +41,7 @@ pub use kv::RedisKv;
 use crate::config::ClusterConfig;
 use crate::error::CloseCode;
 use crate::obs::metrics::Metrics;
-use crate::protocol::ext::{Outgoing as ExtFrame, raw, sys_kicked};
+use crate::protocol::ext::{Outgoing as ExtFrame, member_event, raw, sys_kicked};
 use crate::realtime::SessionId;
 use crate::realtime::broker::{BoxFuture, Broker as _, LocalBroker, SessionLimits, TenantStats};
 use crate::realtime::outbox::Qos;
@@ -700,11 +700,7 @@ impl Node {
             let announce = shard.presence_events.load(Ordering::Acquire);
             for (room, peer, user) in shard.remote.purge_node(dead) {
                 if announce {
-                    let data = raw(&serde_json::json!({ "user": &*user, "peer": peer }));
-                    let msg = ExtFrame::new("room", "member_left")
-                        .room(Some(&room))
-                        .data(Some(&data))
-                        .encode();
+                    let msg = member_event("member_left", &room, &user, peer);
                     shard.local.publish(&room, &msg, Qos::Reliable, None);
                 }
             }

@@ -320,6 +320,20 @@ pub fn sys_ack(seq: u64) -> Message {
     Outgoing::new("sys", "ack").seq(Some(seq)).encode()
 }
 
+/// `room.member_joined` / `room.member_left` (`ty`) for `user` as `peer` in
+/// `room`.
+pub fn member_event(ty: &str, room: &str, user: &str, peer: u32) -> Message {
+    #[derive(Serialize)]
+    struct MemberEvent<'a> {
+        user: &'a str,
+        peer: u32,
+    }
+    Outgoing::new("room", ty)
+        .room(Some(room))
+        .data(Some(&raw(&MemberEvent { user, peer })))
+        .encode()
+}
+
 /// `sys.kicked`: the session is being replaced by a newer one of its user
 /// (Close 4001 follows).
 pub fn sys_kicked() -> Message {

@@ -17,7 +17,7 @@ use tungstenite::Message;
 use super::{Effect, RoomPublication};
 use crate::error::{ClientCode, Refusal, ToRefusal};
 use crate::policy::{PublishLimits, TenantPolicy};
-use crate::protocol::ext::{Outgoing, raw};
+use crate::protocol::ext::{Outgoing, member_event, raw};
 use crate::realtime::broker::{Broker, Delivery, SessionEntry};
 use crate::realtime::history::Since;
 use crate::realtime::outbox::Qos;
@@ -158,12 +158,6 @@ pub(crate) fn publish_to_room(
 }
 
 #[derive(Serialize)]
-struct MemberEvent<'a> {
-    user: &'a str,
-    peer: u32,
-}
-
-#[derive(Serialize)]
 struct JoinedData<'a> {
     room: &'a str,
     peer: u32,
@@ -238,14 +232,7 @@ fn join(
         }
     };
     if joined.new && policy.presence_events {
-        let data = raw(&MemberEvent {
-            user: &caller.user,
-            peer: joined.peer,
-        });
-        let msg = Outgoing::new("room", "member_joined")
-            .room(Some(room))
-            .data(Some(&data))
-            .encode();
+        let msg = member_event("member_joined", room, &caller.user, joined.peer);
         target
             .broker
             .publish(room, &msg, Qos::Reliable, Some(caller.sid));
@@ -290,11 +277,7 @@ pub(crate) fn announce_left(
     if !policy.presence_events {
         return;
     }
-    let data = raw(&MemberEvent { user, peer });
-    let msg = Outgoing::new("room", "member_left")
-        .room(Some(room))
-        .data(Some(&data))
-        .encode();
+    let msg = member_event("member_left", room, user, peer);
     broker.publish(room, &msg, Qos::Reliable, None);
 }
 
