@@ -16,6 +16,10 @@
 //!
 //! `--rate` takes a list: each rate is one step of `--duration` seconds on the
 //! same connections, followed by up to `--drain` seconds for late deliveries.
+//!
+//! `--peer-url` spreads every room over two cluster nodes: odd members join
+//! through the peer, so each publication crosses the cluster bus to half the
+//! receivers, and their latency is reported beside the same-node half's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +94,12 @@ pub(crate) struct FanoutArgs {
     /// Skip the remaining rates once a step delivers less than 100%.
     #[arg(long)]
     stop_on_loss: bool,
+    /// A second node of the same cluster: members with an odd index connect
+    /// there (publishers stay on --url), and latency is also reported apart
+    /// for same-node and cross-node receivers (`latency_same_*`,
+    /// `latency_cross_*`).
+    #[arg(long)]
+    peer_url: Option<String>,
 }
 
 /// Bytes of the timestamp/step/room/seq header inside every payload.
@@ -165,12 +175,27 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
     let total_conns = args.rooms * args.members;
     let probes = Probes::new(args.out.pid)?;
     let connector = Connector::new(&args.target, total_conns).await?;
+    let peer = match &args.peer_url {
+        Some(url) => {
+            let mut target = args.target.clone();
+            target.url.clone_from(url);
+            Some(Connector::new(&target, total_conns).await?)
+        }
+        None => None,
+    };
+    // Latency shards: one per room, and with a peer a second set for the
+    // receivers on it (shard room + rooms).
+    let shards = if peer.is_some() {
+        2 * args.rooms
+    } else {
+        args.rooms
+    };
     let steps = args.rate.len();
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         sent: (0..steps).map(|_| AtomicU64::new(0)).collect(),
         delivered: (0..steps).map(|_| AtomicU64::new(0)).collect(),
-        latency: (0..args.rooms)
+        latency: (0..shards)
             .map(|_| {
                 Ok(Mutex::new(
                     (0..steps).map(|_| Latency::new()).collect::<Result<_>>()?,
@@ -202,11 +227,12 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
     let mut setups = Vec::with_capacity(total_conns);
     for n in 0..total_conns {
         let room = format!("{}-{}", args.room_prefix, n / args.members);
-        let (connector, semaphore, opened) = (
-            Arc::clone(&connector),
-            Arc::clone(&semaphore),
-            Arc::clone(&opened),
-        );
+        let via = match &peer {
+            Some(p) if (n % args.members) % 2 == 1 => p,
+            _ => &connector,
+        };
+        let (connector, semaphore, opened) =
+            (Arc::clone(via), Arc::clone(&semaphore), Arc::clone(&opened));
         setups.push(tokio::spawn(async move {
             let _permit = semaphore.acquire().await.context("semaphore closed")?;
             let mut ws = connector.connect(n as u64, Some(&room)).await?;
@@ -229,10 +255,11 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
     let mut publishers = Vec::with_capacity(args.rooms);
     for (n, ws) in sockets.into_iter().enumerate() {
         let room = n / args.members;
+        let cross = peer.is_some() && (n % args.members) % 2 == 1;
         let (sink, stream) = ws.split();
         tokio::spawn(read(
             stream,
-            room,
+            room + if cross { args.rooms } else { 0 },
             args.lane,
             Arc::clone(&shared),
             stop.clone(),
@@ -291,12 +318,16 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
         let sent = shared.sent[step].load(Ordering::Relaxed);
         let expected = sent * recipients;
         let delivered = shared.delivered[step].load(Ordering::Relaxed);
-        let mut latency = Latency::new()?;
-        for shard in &shared.latency {
-            if let Some(h) = shard.lock().get(step) {
-                latency.merge(h);
+        let merged = |shards: &[Mutex<Vec<Latency>>]| -> Result<Latency> {
+            let mut l = Latency::new()?;
+            for shard in shards {
+                if let Some(h) = shard.lock().get(step) {
+                    l.merge(h);
+                }
             }
-        }
+            Ok(l)
+        };
+        let latency = merged(&shared.latency)?;
         let ratio = if expected == 0 {
             0.0
         } else {
@@ -314,6 +345,15 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
         );
         for (k, v) in latency.fields("latency") {
             row.insert(k, v);
+        }
+        if peer.is_some() {
+            let (same, cross) = shared.latency.split_at(args.rooms);
+            for (k, v) in merged(same)?.fields("latency_same") {
+                row.insert(k, v);
+            }
+            for (k, v) in merged(cross)?.fields("latency_cross") {
+                row.insert(k, v);
+            }
         }
         let mut cpu = probes.fields(&cpu0, &cpu1, "delivery", delivered);
         // Utilisation over the publishing window only, not the drain.
@@ -352,6 +392,9 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
             FanoutLane::Chat => "chat".to_owned(),
         }),
     );
+    if let Some(p) = &peer {
+        s.push("peer", json!(p.endpoint()));
+    }
     s.push("rooms", json!(args.rooms));
     s.push("members", json!(args.members));
     s.push("recipients_per_publish", json!(recipients));
@@ -364,7 +407,7 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
         json!(shared.unexpected.load(Ordering::Relaxed)),
     );
     s.push("publisher_errors", json!(publisher_errors));
-    let columns = [
+    let mut columns = vec![
         "rate_per_room",
         "published",
         "expected",
@@ -380,6 +423,17 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
         "client_cpu_pct",
         "other_cpu_pct",
     ];
+    if peer.is_some() {
+        columns.splice(
+            10..10,
+            [
+                "latency_same_p50_us",
+                "latency_same_p99_us",
+                "latency_cross_p50_us",
+                "latency_cross_p99_us",
+            ],
+        );
+    }
     s.steps(columns.iter().map(|c| (*c).to_owned()).collect(), rows);
     s.print(args.out.json);
     Ok(())
@@ -468,10 +522,11 @@ impl Publisher {
     }
 }
 
-/// Reads one connection until the run stops, recording every bench delivery.
+/// Reads one connection until the run stops, recording every bench delivery
+/// in latency shard `shard`.
 async fn read(
     mut stream: SplitStream<Ws>,
-    room: usize,
+    shard: usize,
     lane: FanoutLane,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -484,14 +539,14 @@ async fn read(
         match msg {
             None | Some(Err(_)) => return,
             Some(Ok(Message::Binary(b))) if lane == FanoutLane::Hot => match parse_hot(&b) {
-                Some((t, step)) => shared.deliver(room, step, t),
+                Some((t, step)) => shared.deliver(shard, step, t),
                 None => {
                     shared.unexpected.fetch_add(1, Ordering::Relaxed);
                 }
             },
             Some(Ok(Message::Text(t))) if lane == FanoutLane::Chat => {
                 match parse_chat(t.as_str()) {
-                    Some((ts, step)) => shared.deliver(room, step, ts),
+                    Some((ts, step)) => shared.deliver(shard, step, ts),
                     None => {
                         shared.unexpected.fetch_add(1, Ordering::Relaxed);
                     }
