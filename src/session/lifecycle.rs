@@ -51,11 +51,14 @@ pub fn open(
     let queues = &cfg.gateway.queues;
     let sid = hub.next_sid();
     let counters = hub.metrics.session_counters(&tenant.id);
-    let outbox = Arc::new(Outbox::with_counters(
-        queues.reliable_capacity,
-        queues.lossy_capacity,
-        counters.drops.clone(),
-    ));
+    let outbox = Arc::new(
+        Outbox::with_counters(
+            queues.reliable_capacity,
+            queues.lossy_capacity,
+            counters.drops.clone(),
+        )
+        .with_max_bytes(queues.max_bytes),
+    );
     let entry = Arc::new(SessionEntry::new(sid, user, outbox));
     let kicked = tenant
         .broker
