@@ -44,8 +44,9 @@ pub(crate) enum WriterEnd {
     /// The socket failed or a write timed out, while closing with this code if
     /// a close had been requested.
     Failed(Option<CloseCode>),
-    /// The session was cut as a slow consumer. `answer_by`: the close frame was written and the peer's Close
-    /// is awaited until then; `None`: it could not be written in time.
+    /// The session was cut as a slow consumer. `answer_by`: the close frame
+    /// was written and the peer's Close is awaited until then; `None`: it could
+    /// not be written in time.
     Cut {
         /// Close code attempted.
         code: CloseCode,
