@@ -562,6 +562,87 @@ async fn slow_consumer_in_a_busy_room_is_cut_and_the_others_get_everything() {
     );
 }
 
+/// Regression (issue 11): a slow consumer that reads a little at a time is cut.
+/// Its reliable queue overflows by bytes (`queues.max_bytes`; the frame limit
+/// is far away), the queues are dropped, a 4002 close is attempted for at most
+/// `writer_send_timeout_ms`, then the TCP connection is reset, discarding what
+/// the kernel still buffers for it. Before, nothing bounded the queue in bytes,
+/// and a cut or timed-out session was closed with a FIN behind megabytes of
+/// already-written frames that trickled to the reader for tens of seconds.
+#[tokio::test]
+async fn a_trickle_reader_is_cut_soon_after_its_queue_overflows_by_bytes() {
+    const SEND_TIMEOUT_MS: u64 = 500;
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .gateway(|g| {
+                g.writer_send_timeout_ms = SEND_TIMEOUT_MS;
+                g.queues.reliable_capacity = 100_000;
+                g.queues.max_bytes = 256 * 1024;
+            })
+            .tickets(&[("flood", "flood"), ("trickle", "trickle")])
+            .ext_allow(&["room:*", "chat:*"])
+            .rate_limit(100_000, 100_000)
+            .policy(|p| p.max_bytes_per_sec = 0),
+    )
+    .await;
+    // A small receive buffer on the client: the backlog sits on the gateway's
+    // side, as with a slow client across a network.
+    let mut trickle =
+        raw_ws::RawWs::connect_with_recv_buffer(gw.addr, "/v1/ws?tenant=acme&ticket=trickle", 4096)
+            .await;
+    assert!(trickle.read_data().await.text().contains("authed"));
+    let join = json!({"v":1,"svc":"room","type":"join","room":"busy"}).to_string();
+    trickle
+        .send(&raw_ws::masked(raw_ws::TEXT, join.as_bytes()))
+        .await;
+    while !trickle.read_data().await.text().contains("joined") {}
+    let reader = tokio::spawn(async move {
+        // About 640 B/s: alive, but far slower than the room.
+        let end = trickle
+            .trickle_until_closed(64, Duration::from_millis(100), Duration::from_secs(60))
+            .await;
+        (end, tokio::time::Instant::now())
+    });
+
+    let mut flood = gw.client("acme", "flood").await;
+    flood.join("busy").await;
+    let (mut tx, mut rx) = flood.ws.split();
+    // The sender is a member too and reads its own copies.
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let text = "x".repeat(16 * 1024);
+    let slow = "wsprism_drops_total{reason=\"slow_consumer\",tenant=\"acme\"}";
+    let mut overflowed_at = None;
+    for i in 0..4000 {
+        let chat = json!({"v":1,"svc":"chat","type":"send","room":"busy","data":{"msg": text}});
+        tx.send(Message::text(chat.to_string()))
+            .await
+            .expect("send chat");
+        if i % 16 == 15 && metric(&gw.metrics().await, slow) >= 1.0 {
+            overflowed_at = Some(tokio::time::Instant::now());
+            break;
+        }
+    }
+    let overflowed_at = overflowed_at.expect("the trickle reader's queue never overflowed");
+    let ((end, read), closed_at) = reader.await.expect("reader");
+    let after = closed_at.saturating_duration_since(overflowed_at);
+    assert_eq!(
+        end,
+        raw_ws::Eof::Reset,
+        "the connection was not reset ({read} bytes read, {after:?} after the overflow)"
+    );
+    assert!(
+        after <= Duration::from_millis(SEND_TIMEOUT_MS + 2_000),
+        "cut {after:?} after the overflow ({read} bytes read)"
+    );
+    // The 4002 close was attempted: the session ended as a slow consumer.
+    gw.metric_at_least(
+        "wsprism_sessions_closed_total{reason=\"slow_consumer\",tenant=\"acme\"}",
+        1.0,
+    )
+    .await;
+    drain.abort();
+}
+
 /// A member that reads at about `bytes_per_sec` until `stop`: returns its
 /// client and how many chat messages it got, or how it was closed.
 fn spawn_paced_member(

@@ -27,6 +27,10 @@ pub const DEFAULT_DRAIN_GRACE_MS: u64 = 5_000;
 pub const DEFAULT_RELIABLE_CAPACITY: usize = 1024;
 /// Lossy queue depth per session (messages).
 pub const DEFAULT_LOSSY_CAPACITY: usize = 256;
+/// Bytes queued per session, both queues together (a shared broadcast frame counts
+/// at its full size). 1 MiB holds 16 maximum-size frames: a healthy reader
+/// catches up from that, and 10,000 stalled sessions cannot pin more than ~10 GiB.
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 1_048_576;
 /// Default Ext Lane / Hot Lane frame limit.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 65_536;
 /// Default per-scope message rate.
@@ -124,6 +128,9 @@ pub struct QueuesConfig {
     pub reliable_capacity: usize,
     /// Lossy queue; overflow drops the oldest queued frame.
     pub lossy_capacity: usize,
+    /// Payload bytes queued over both queues. Past it, lossy frames are dropped
+    /// oldest first and a reliable frame makes the session a slow consumer (4002).
+    pub max_bytes: usize,
 }
 
 impl Default for QueuesConfig {
@@ -131,6 +138,7 @@ impl Default for QueuesConfig {
         Self {
             reliable_capacity: DEFAULT_RELIABLE_CAPACITY,
             lossy_capacity: DEFAULT_LOSSY_CAPACITY,
+            max_bytes: DEFAULT_QUEUE_MAX_BYTES,
         }
     }
 }

@@ -28,6 +28,7 @@ fn minimal_config_gets_spec_defaults() {
     assert_eq!(cfg.gateway.admin_listen, "127.0.0.1:9090");
     assert_eq!(cfg.gateway.queues.reliable_capacity, 1024);
     assert_eq!(cfg.gateway.queues.lossy_capacity, 256);
+    assert_eq!(cfg.gateway.queues.max_bytes, 1_048_576);
     assert_eq!(cfg.gateway.handshake_limit.per_ip_burst, 20);
     assert_eq!(cfg.gateway.plugins.call_timeout_ms, 50);
     assert_eq!(cfg.gateway.plugins.max_faults_per_session, 3);
@@ -76,7 +77,7 @@ fn semantic_errors_are_all_reported_at_once() {
 version: 1
 gateway:
   listen: "nowhere"
-  queues: { reliable_capacity: 0 }
+  queues: { reliable_capacity: 0, max_bytes: 0 }
 tenants:
   - id: acme
     auth: { mode: jwt }
@@ -93,6 +94,7 @@ tenants:
     for expected in [
         "gateway.listen",
         "gateway.queues.reliable_capacity",
+        "gateway.queues.max_bytes",
         "tenants[0].auth.algorithm",
         "tenants[0].limits.max_frame_bytes",
         "tenants[0].policy.ext_allowlist[0]",

@@ -65,6 +65,7 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
         "gateway.queues.lossy_capacity",
         g.queues.lossy_capacity as u64,
     );
+    issues.positive("gateway.queues.max_bytes", g.queues.max_bytes as u64);
     if g.idle_timeout_ms > 0 && g.ping_interval_ms >= g.idle_timeout_ms {
         issues.push(
             "gateway.ping_interval_ms",

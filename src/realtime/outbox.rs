@@ -1,11 +1,15 @@
 //! A session's outbound queues (README "Delivery"): one reliable and one lossy bounded
 //! queue, drained by the session's single writer.
 //!
-//! Owns: the overflow policy. A full reliable queue marks the session a slow
-//! consumer (closed with 4002, nothing silently dropped); a full lossy queue drops
-//! its oldest frame and counts it. Producers (rooms, services, the server API) push
-//! already-encoded frames whose bytes are shared between recipients; pushing never
-//! awaits and never allocates once the queue has grown to its working size.
+//! Owns: the overflow policy. Both queues are bounded in frames and, together, in
+//! payload bytes (a frame shared by many recipients counts at its full size in
+//! each queue: it stays alive as long as any queue holds it). A full reliable
+//! queue marks the session a slow consumer: both queues are dropped at once and
+//! the writer is asked to cut the session (4002, see `transport::writer`);
+//! nothing is silently dropped while the session lives. A full lossy queue drops
+//! its oldest frame and counts it. Producers (rooms, services, the server API)
+//! push already-encoded frames whose bytes are shared between recipients; pushing
+//! never awaits and never allocates once the queue has grown to its working size.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tungstenite::Message;
 
+use crate::config::DEFAULT_QUEUE_MAX_BYTES;
 use crate::error::CloseCode;
 
 /// Delivery class of one frame.
@@ -32,9 +37,11 @@ pub enum Qos {
 pub enum Pushed {
     /// Queued for the writer.
     Queued,
-    /// Queued after dropping the oldest lossy frame.
+    /// Queued after dropping the oldest lossy frame (or frames, to fit the byte
+    /// bound).
     DroppedOldest,
-    /// The reliable queue was full: the session is now closing with 4002.
+    /// The reliable queue was full (frames or bytes): the session is now cut as
+    /// a slow consumer (4002).
     SlowConsumer,
     /// The session is closing; nothing was queued.
     Closed,
@@ -58,10 +65,48 @@ pub struct CloseRequest {
     pub flush: bool,
 }
 
+impl CloseRequest {
+    /// Whether this close cuts a slow consumer (README "Delivery"): the queues
+    /// are gone, a write in progress is abandoned, the close frame and the
+    /// peer's answer get at most `writer_send_timeout_ms`, then the connection
+    /// is reset. Other closes keep the usual close handshake.
+    pub fn is_cut(&self) -> bool {
+        !self.flush && self.code == CloseCode::SlowConsumer
+    }
+}
+
+/// The bytes a queued frame counts for: its payload, shared or not (framing
+/// overhead is a few bytes and not counted).
+fn frame_bytes(msg: &Message) -> usize {
+    msg.len()
+}
+
+impl Queues {
+    /// Empties both queues (a cut or an abort).
+    fn clear(&mut self) {
+        self.reliable.clear();
+        self.lossy.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops the oldest lossy frame; `false` if there was none.
+    fn drop_oldest_lossy(&mut self) -> bool {
+        match self.lossy.pop_front() {
+            Some(old) => {
+                self.bytes -= frame_bytes(&old);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Queues {
     reliable: VecDeque<Message>,
     lossy: VecDeque<Message>,
+    /// Payload bytes held by both queues (see [`frame_bytes`]).
+    bytes: usize,
     close: Option<CloseRequest>,
     /// The session asked for a ping (see [`Outbox::request_ping`]).
     ping: bool,
@@ -95,20 +140,35 @@ pub struct Outbox {
     notify: Notify,
     reliable_capacity: usize,
     lossy_capacity: usize,
+    /// Bound on [`Queues::bytes`]. One frame is always accepted into an empty
+    /// queue (reliable) or as the newest lossy frame, so a frame larger than the
+    /// bound is still delivered: the bound limits a backlog, not a frame.
+    max_bytes: usize,
     lossy_dropped: AtomicU64,
     counters: Option<DropCounters>,
 }
 
 impl Outbox {
-    /// An empty outbox with the configured capacities.
+    /// An empty outbox with the configured capacities, bounded in bytes at the
+    /// default `queues.max_bytes` (see [`Outbox::with_max_bytes`]).
     pub fn new(reliable_capacity: usize, lossy_capacity: usize) -> Self {
         Self {
             queues: Mutex::new(Queues::default()),
             notify: Notify::new(),
             reliable_capacity: reliable_capacity.max(1),
             lossy_capacity: lossy_capacity.max(1),
+            max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             lossy_dropped: AtomicU64::new(0),
             counters: None,
+        }
+    }
+
+    /// The same outbox bounded at `max_bytes` payload bytes over both queues.
+    #[must_use]
+    pub fn with_max_bytes(self, max_bytes: usize) -> Self {
+        Self {
+            max_bytes: max_bytes.max(1),
+            ..self
         }
     }
 
@@ -125,17 +185,29 @@ impl Outbox {
     }
 
     /// Queues a frame with the given delivery class.
+    ///
+    /// Reliable: past `reliable_capacity` frames, or when the frame does not fit
+    /// in `max_bytes` even after every lossy frame gave way, the session is a slow
+    /// consumer (both queues dropped, a cut requested). Lossy: the oldest lossy
+    /// frames are dropped (counted) until the frame fits both bounds.
     pub fn push(&self, msg: Message, qos: Qos) -> Pushed {
-        let outcome = {
+        let len = frame_bytes(&msg);
+        let (outcome, dropped) = {
             let mut q = self.queues.lock();
             if q.close.is_some() {
                 return Pushed::Closed;
             }
-            match qos {
+            let mut dropped = 0u64;
+            let outcome = match qos {
                 Qos::Reliable => {
-                    if q.reliable.len() >= self.reliable_capacity {
-                        q.reliable.clear();
-                        q.lossy.clear();
+                    // Lossy frames give way to reliable ones (the writer sends
+                    // them last anyway).
+                    while q.bytes + len > self.max_bytes && q.drop_oldest_lossy() {
+                        dropped += 1;
+                    }
+                    let over_bytes = !q.reliable.is_empty() && q.bytes + len > self.max_bytes;
+                    if q.reliable.len() >= self.reliable_capacity || over_bytes {
+                        q.clear();
                         q.close = Some(CloseRequest {
                             code: CloseCode::SlowConsumer,
                             reason: "slow consumer",
@@ -143,33 +215,41 @@ impl Outbox {
                         });
                         Pushed::SlowConsumer
                     } else {
+                        q.bytes += len;
                         q.reliable.push_back(msg);
-                        Pushed::Queued
+                        if dropped > 0 {
+                            Pushed::DroppedOldest
+                        } else {
+                            Pushed::Queued
+                        }
                     }
                 }
                 Qos::Lossy => {
-                    let dropped = if q.lossy.len() >= self.lossy_capacity {
-                        q.lossy.pop_front();
-                        true
-                    } else {
-                        false
-                    };
+                    if q.lossy.len() >= self.lossy_capacity && q.drop_oldest_lossy() {
+                        dropped += 1;
+                    }
+                    while q.bytes + len > self.max_bytes && q.drop_oldest_lossy() {
+                        dropped += 1;
+                    }
+                    q.bytes += len;
                     q.lossy.push_back(msg);
-                    if dropped {
-                        self.lossy_dropped.fetch_add(1, Ordering::Relaxed);
+                    if dropped > 0 {
                         Pushed::DroppedOldest
                     } else {
                         Pushed::Queued
                     }
                 }
-            }
+            };
+            (outcome, dropped)
         };
         self.notify.notify_one();
+        if dropped > 0 {
+            self.lossy_dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
         if let Some(c) = &self.counters {
-            match outcome {
-                Pushed::DroppedOldest => c.lossy_overflow.inc(),
-                Pushed::SlowConsumer => c.slow_consumer.inc(),
-                Pushed::Queued | Pushed::Closed => {}
+            c.lossy_overflow.inc_by(dropped);
+            if outcome == Pushed::SlowConsumer {
+                c.slow_consumer.inc();
             }
         }
         outcome
@@ -185,8 +265,7 @@ impl Outbox {
                 _ => {}
             }
             if !flush {
-                q.reliable.clear();
-                q.lossy.clear();
+                q.clear();
             }
             q.close = Some(CloseRequest {
                 code,
@@ -218,6 +297,37 @@ impl Outbox {
         (q.reliable.len(), q.lossy.len())
     }
 
+    /// Payload bytes currently queued (both queues).
+    pub fn queued_bytes(&self) -> usize {
+        self.queues.lock().bytes
+    }
+
+    /// Waits until the session is cut as a slow consumer
+    /// ([`CloseRequest::is_cut`]). The writer races this against a
+    /// socket write that the peer is holding up, so a cut never waits for the
+    /// frames already taken from the queues.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
+    pub async fn cut(&self) {
+        loop {
+            // Registered before the check, so a cut between the check and the
+            // wait still wakes it (the writer is the outbox's only waiter; a
+            // wake-up it takes here is re-checked by `next_batch`).
+            let notified = self.notify.notified();
+            if self
+                .queues
+                .lock()
+                .close
+                .as_ref()
+                .is_some_and(CloseRequest::is_cut)
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Asks the writer to send a ping when nothing else is queued. The session's
     /// reader schedules pings on the timer it already keeps for the idle timeout,
     /// so a session needs no timer of its own in the writer.
@@ -242,16 +352,19 @@ impl Outbox {
             let notified = self.notify.notified();
             {
                 let mut q = self.queues.lock();
+                let before = out.len();
                 let take_r = q.reliable.len().min(max);
                 out.extend(q.reliable.drain(..take_r));
                 if q.reliable.is_empty() && q.close.is_none() {
                     let take_l = q.lossy.len().min(max.saturating_sub(take_r));
                     out.extend(q.lossy.drain(..take_l));
                 }
+                let taken: usize = out[before..].iter().map(frame_bytes).sum();
+                q.bytes -= taken;
                 if let Some(close) = &q.close {
                     if !close.flush || (q.reliable.is_empty()) {
                         let close = close.clone();
-                        q.lossy.clear();
+                        q.clear();
                         return Batch::Close(close);
                     }
                     return Batch::Frames;
@@ -323,6 +436,87 @@ mod tests {
             other => panic!("expected close, got {other:?}"),
         }
         assert!(out.is_empty(), "a slow consumer is cut, not flushed");
+    }
+
+    fn big(b: u8, len: usize) -> Message {
+        Message::Binary(Bytes::from(vec![b; len]))
+    }
+
+    /// Regression (issue 11): queues are bounded in bytes, not only in frames. A
+    /// few large frames overflow `max_bytes` while the frame limit is far away,
+    /// and a broadcast frame shared with other recipients counts at its full size.
+    #[tokio::test]
+    async fn a_few_large_reliable_frames_overflow_max_bytes() {
+        let o = Outbox::new(1024, 256).with_max_bytes(100_000);
+        let shared = big(1, 40_000);
+        // Clones share the bytes (a broadcast); each still counts 40,000.
+        assert_eq!(o.push(shared.clone(), Qos::Reliable), Pushed::Queued);
+        assert_eq!(o.push(shared.clone(), Qos::Reliable), Pushed::Queued);
+        assert_eq!(o.queued_bytes(), 80_000);
+        assert_eq!(o.push(shared, Qos::Reliable), Pushed::SlowConsumer);
+        assert_eq!(o.depth(), (0, 0), "a slow consumer's queues are dropped");
+        assert_eq!(o.queued_bytes(), 0);
+        assert_eq!(o.push(text("late"), Qos::Reliable), Pushed::Closed);
+        let mut out = Vec::new();
+        match o.next_batch(&mut out, 64).await {
+            Batch::Close(c) => assert!(c.code == CloseCode::SlowConsumer && !c.flush),
+            other => panic!("expected a cut, got {other:?}"),
+        }
+        assert!(out.is_empty(), "nothing already queued is written");
+    }
+
+    #[tokio::test]
+    async fn lossy_frames_over_max_bytes_drop_the_oldest_and_give_way_to_reliable() {
+        let o = Outbox::new(1024, 256).with_max_bytes(100_000);
+        assert_eq!(o.push(big(1, 40_000), Qos::Lossy), Pushed::Queued);
+        assert_eq!(o.push(big(2, 40_000), Qos::Lossy), Pushed::Queued);
+        assert_eq!(o.push(big(3, 40_000), Qos::Lossy), Pushed::DroppedOldest);
+        assert_eq!(o.lossy_dropped(), 1);
+        assert_eq!((o.depth(), o.queued_bytes()), ((0, 2), 80_000));
+        // A reliable frame that does not fit pushes lossy frames out first.
+        assert_eq!(o.push(big(9, 40_000), Qos::Reliable), Pushed::DroppedOldest);
+        assert_eq!(o.lossy_dropped(), 2);
+        assert_eq!((o.depth(), o.queued_bytes()), ((1, 1), 80_000));
+        // The newest lossy frame is always queued, even over a reliable backlog.
+        assert_eq!(o.push(big(4, 70_000), Qos::Lossy), Pushed::DroppedOldest);
+        assert_eq!((o.depth(), o.queued_bytes()), ((1, 1), 110_000));
+        let mut out = Vec::new();
+        o.next_batch(&mut out, 64).await;
+        assert_eq!(out, vec![big(9, 40_000), big(4, 70_000)]);
+        assert_eq!(o.queued_bytes(), 0, "written frames free their bytes");
+        assert!(!o.is_closing());
+    }
+
+    #[tokio::test]
+    async fn one_frame_larger_than_max_bytes_still_goes_out() {
+        let o = Outbox::new(8, 8).with_max_bytes(1_000);
+        assert_eq!(o.push(big(1, 5_000), Qos::Reliable), Pushed::Queued);
+        let mut out = Vec::new();
+        o.next_batch(&mut out, 64).await;
+        assert_eq!(out.len(), 1);
+        // Behind a queued frame, it is a backlog over the bound.
+        assert_eq!(o.push(big(1, 600), Qos::Reliable), Pushed::Queued);
+        assert_eq!(o.push(big(1, 600), Qos::Reliable), Pushed::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn cut_resolves_on_a_slow_consumer_but_not_on_a_graceful_close() {
+        for (code, flush) in [(CloseCode::GoingAway, true), (CloseCode::Normal, false)] {
+            let o = Outbox::new(1, 8);
+            o.close(code, "bye", flush);
+            let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), o.cut()).await;
+            assert!(waiting.is_err(), "{code:?} is not a slow consumer's cut");
+        }
+        let o = std::sync::Arc::new(Outbox::new(1, 8));
+        let o2 = std::sync::Arc::clone(&o);
+        let cut = tokio::spawn(async move { o2.cut().await });
+        tokio::task::yield_now().await;
+        o.push(text("a"), Qos::Reliable);
+        o.push(text("b"), Qos::Reliable);
+        tokio::time::timeout(std::time::Duration::from_secs(5), cut)
+            .await
+            .expect("the overflow wakes the writer")
+            .expect("task");
     }
 
     #[tokio::test]

@@ -56,11 +56,14 @@ pub async fn open(
         reserved.await?;
     }
     let counters = hub.metrics.session_counters(&tenant.id);
-    let outbox = Arc::new(Outbox::with_counters(
-        queues.reliable_capacity,
-        queues.lossy_capacity,
-        counters.drops.clone(),
-    ));
+    let outbox = Arc::new(
+        Outbox::with_counters(
+            queues.reliable_capacity,
+            queues.lossy_capacity,
+            counters.drops.clone(),
+        )
+        .with_max_bytes(queues.max_bytes),
+    );
     let entry = Arc::new(SessionEntry::new(sid, user, outbox));
     let kicked = tenant
         .broker

@@ -7,6 +7,11 @@
 //! session means (registration, presence, plugin and backend notifications)
 //! is `crate::session`'s: this task holds the [`SessionGuard`] and drops it
 //! when the socket is done.
+//!
+//! A session the writer could not serve (a write failed or timed out, or a cut
+//! slow consumer that did not answer its close in time) ends with a TCP reset:
+//! closing normally would let the kernel trickle what it still buffers to a
+//! peer that cannot keep up, for as long as that peer keeps reading.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,19 +76,30 @@ pub(crate) async fn run(
     budget: Arc<ReadBudget>,
 ) {
     let stop = guard.hub().shutdown.clone();
-    tokio::select! {
-        () = serve(&mut sink, &mut stream, guard, greeting, &budget) => {}
-        () = stop.cancelled() => debug!("session aborted at the end of the drain"),
+    let reset = tokio::select! {
+        reset = serve(&mut sink, &mut stream, guard, greeting, &budget) => reset,
+        () = stop.cancelled() => {
+            debug!("session aborted at the end of the drain");
+            false
+        }
+    };
+    if reset {
+        // Both halves come from one split, so reuniting cannot fail.
+        if let Ok(socket) = stream.reunite(sink) {
+            socket.get_ref().reset_on_close();
+        }
     }
 }
 
+/// Serves the session; `true` when the connection must be reset (see the
+/// module docs).
 async fn serve(
     sink: &mut Sink,
     stream: &mut Stream,
     guard: SessionGuard,
     greeting: Greeting,
     budget: &ReadBudget,
-) {
+) -> bool {
     let (ping_every, idle, send_timeout) = {
         let cfg = guard.hub().config();
         let ms = Duration::from_millis;
@@ -99,7 +115,7 @@ async fn serve(
         Arc::clone(guard.entry()),
         guard.counters().clone(),
     ) else {
-        return;
+        return false;
     };
     // Borrowed, not cloned: every byte here stays resident for the session.
     let outbox = &guard.entry().outbox;
@@ -116,7 +132,7 @@ async fn serve(
     };
     // The close paths run once per session: boxed, so the future every live
     // session keeps resident holds only the reader and the writer.
-    let reason = Box::pin(finish(
+    let (reason, reset) = Box::pin(finish(
         sink,
         stream,
         outbox,
@@ -135,15 +151,17 @@ async fn serve(
         .sessions_closed
         .with_label_values(&[&guard.tenant().id, reason])
         .inc();
-    debug!(reason, "session ended");
+    debug!(reason, reset, "session ended");
     drop(guard);
+    reset
 }
 
 /// The session's read half.
 pub(crate) type Stream = futures_util::stream::SplitStream<Socket>;
 
 /// Completes the close handshake after the reader or the writer ended; returns
-/// the metric label for why the session ended.
+/// the metric label for why the session ended and whether to reset the
+/// connection.
 async fn finish(
     sink: &mut Sink,
     stream: &mut Stream,
@@ -152,22 +170,34 @@ async fn finish(
     send_timeout: Duration,
     end: ReaderEnd,
     writer_end: Option<WriterEnd>,
-) -> &'static str {
+) -> (&'static str, bool) {
     if let Some(done) = writer_end {
         // The writer sent a close frame (or the socket failed): give the peer a
-        // moment to answer so the close handshake is clean.
-        if matches!(done, WriterEnd::Closed(_)) {
-            await_peer_close(stream).await;
-        }
-        return done.label();
+        // moment to answer so the close handshake is clean. A cut peer gets
+        // what is left of the close attempt and is reset unless it answered.
+        let reset = match done {
+            WriterEnd::Closed(_) => {
+                await_peer_close(stream, Instant::now() + CLOSE_HANDSHAKE_TIMEOUT).await;
+                false
+            }
+            WriterEnd::Cut {
+                answer_by: Some(by),
+                ..
+            } => {
+                let by = by.min(Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
+                !await_peer_close(stream, by).await
+            }
+            other => other.resets(),
+        };
+        return (done.label(), reset);
     }
     match end {
         ReaderEnd::PeerClosed => {
             // Flush tungstenite's queued Close reply.
             let _ = tokio::time::timeout(send_timeout, sink.flush()).await;
-            "peer_closed"
+            ("peer_closed", false)
         }
-        ReaderEnd::Gone => "gone",
+        ReaderEnd::Gone => ("gone", false),
         ReaderEnd::Close(code) => {
             outbox.close(code, code.label(), code == CloseCode::GoingAway);
             let sent = tokio::time::timeout(
@@ -175,25 +205,32 @@ async fn finish(
                 writer::run(sink, outbox, counters, None, send_timeout),
             )
             .await;
-            if matches!(sent, Ok(WriterEnd::Closed(_))) {
-                await_peer_close(stream).await;
-            }
-            code.label()
+            let reset = match sent {
+                Ok(WriterEnd::Closed(_)) => {
+                    await_peer_close(stream, Instant::now() + CLOSE_HANDSHAKE_TIMEOUT).await;
+                    false
+                }
+                Ok(other) => other.resets(),
+                Err(_) => true,
+            };
+            (code.label(), reset)
         }
     }
 }
 
-/// Reads (and discards) until the peer's Close, for at most
-/// [`CLOSE_HANDSHAKE_TIMEOUT`].
-async fn await_peer_close(stream: &mut Stream) {
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+/// Reads (and discards) until the peer's Close, at most until `by`; `true` if
+/// the peer answered.
+async fn await_peer_close(stream: &mut Stream, by: Instant) -> bool {
+    tokio::time::timeout_at(by, async {
         while let Some(Ok(msg)) = stream.next().await {
             if matches!(msg, Message::Close(_)) {
-                break;
+                return true;
             }
         }
+        false
     })
-    .await;
+    .await
+    .unwrap_or(false)
 }
 
 async fn read_loop(

@@ -6,6 +6,12 @@
 //! Sends the greeting first, pings when the outbox says one is due (the
 //! session's reader keeps the schedule), and the close frame when the outbox
 //! asks for one.
+//!
+//! A slow consumer is *cut* (README "Delivery"): when the outbox drops its
+//! queues, a write the peer is holding up is abandoned at once (the frames of the
+//! batch not yet handed to the socket are dropped), and the close frame gets at
+//! most `writer_send_timeout_ms`, together with the peer's answer; the session
+//! then resets the connection ([`WriterEnd::resets`]).
 
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -13,13 +19,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
+use tokio::time::Instant;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
 use super::ws::Socket;
 use crate::error::CloseCode;
 use crate::obs::metrics::SessionCounters;
-use crate::realtime::outbox::{Batch, Outbox};
+use crate::realtime::outbox::{Batch, CloseRequest, Outbox};
 
 /// Frames taken from the outbox per socket write.
 const MAX_BATCH: usize = 64;
@@ -37,16 +44,43 @@ pub(crate) enum WriterEnd {
     /// The socket failed or a write timed out, while closing with this code if
     /// a close had been requested.
     Failed(Option<CloseCode>),
+    /// The session was cut as a slow consumer. `answer_by`: the close frame
+    /// was written and the peer's Close is awaited until then; `None`: it could
+    /// not be written in time.
+    Cut {
+        /// Close code attempted.
+        code: CloseCode,
+        /// End of the close attempt, if the frame went out.
+        answer_by: Option<Instant>,
+    },
 }
 
 impl WriterEnd {
     /// Metric label for why the session ended.
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Self::Closed(code) | Self::Failed(Some(code)) => code.label(),
+            Self::Closed(code) | Self::Failed(Some(code)) | Self::Cut { code, .. } => code.label(),
             Self::Failed(None) => "write_failed",
         }
     }
+
+    /// Whether the connection must be reset rather than closed: the socket
+    /// failed or timed out, so what the kernel still buffers would only trickle
+    /// to a peer that cannot keep up. (A cut resets unless the peer answers its
+    /// close in time, which the session checks.)
+    pub(crate) fn resets(self) -> bool {
+        matches!(self, Self::Failed(_) | Self::Cut { .. })
+    }
+}
+
+/// How a batch write ended.
+enum Written {
+    /// Every frame reached the socket.
+    Done,
+    /// The socket failed or the write timed out.
+    Failed,
+    /// The session was cut while the peer held the write up.
+    Cut,
 }
 
 /// Writes until the session must end: a requested close was sent, or the socket
@@ -82,16 +116,20 @@ pub(crate) async fn run(
                 continue;
             }
         };
+        if let Some(c) = close.as_ref().filter(|c| c.is_cut()) {
+            // A cut: the outbox dropped the queues, nothing is left to write.
+            batch.clear();
+            return Box::pin(cut(sink, c, send_timeout)).await;
+        }
         let closing = close.as_ref().map(|c| c.code);
-        if !write_batch(sink, &mut batch, counters, send_timeout).await {
-            return WriterEnd::Failed(closing);
+        match write_batch(sink, &mut batch, outbox, counters, send_timeout).await {
+            Written::Done => {}
+            Written::Failed => return WriterEnd::Failed(closing),
+            // The next batch is the cut's close request.
+            Written::Cut => continue,
         }
         if let Some(c) = close {
-            let frame = Message::Close(Some(CloseFrame {
-                code: c.code.code().into(),
-                reason: Utf8Bytes::from_static(c.reason),
-            }));
-            return if send_one(sink, frame, send_timeout).await {
+            return if send_one(sink, close_frame(&c), send_timeout).await {
                 WriterEnd::Closed(c.code)
             } else {
                 WriterEnd::Failed(Some(c.code))
@@ -105,6 +143,26 @@ pub(crate) async fn run(
     }
 }
 
+/// The close frame for `c`.
+fn close_frame(c: &CloseRequest) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: c.code.code().into(),
+        reason: Utf8Bytes::from_static(c.reason),
+    }))
+}
+
+/// Attempts the close frame of a cut for at most `send_timeout`; the peer's
+/// answer is awaited (by the session) within the same bound, and no longer than
+/// any close handshake.
+async fn cut(sink: &mut Sink, c: &CloseRequest, send_timeout: Duration) -> WriterEnd {
+    let answer_by = Instant::now() + send_timeout;
+    let sent = send_one(sink, close_frame(c), send_timeout).await;
+    WriterEnd::Cut {
+        code: c.code,
+        answer_by: sent.then_some(answer_by),
+    }
+}
+
 /// Sends one control frame within `send_timeout`. Boxed: pings and closes are
 /// rare, and the writer's resident future should not carry their state.
 async fn send_one(sink: &mut Sink, msg: Message, send_timeout: Duration) -> bool {
@@ -112,15 +170,18 @@ async fn send_one(sink: &mut Sink, msg: Message, send_timeout: Duration) -> bool
     matches!(sent, Ok(Ok(())))
 }
 
-/// Feeds every frame of `batch` and flushes once, within `send_timeout`.
+/// Feeds every frame of `batch` and flushes once, within `send_timeout`, unless
+/// the session is cut while the peer holds the write up (the frames not yet fed
+/// are then dropped).
 async fn write_batch(
     sink: &mut Sink,
     batch: &mut Vec<Message>,
+    outbox: &Outbox,
     counters: &SessionCounters,
     send_timeout: Duration,
-) -> bool {
+) -> Written {
     if batch.is_empty() {
-        return true;
+        return Written::Done;
     }
     let (mut text, mut binary) = (0u64, 0u64);
     for msg in batch.iter() {
@@ -134,17 +195,29 @@ async fn write_batch(
     let mut write = std::future::poll_fn(|cx| poll_write(sink, batch, &mut fed, cx));
     // Most batches go out without the socket pushing back: a send timer is armed
     // (and its state allocated) only when the first attempt could not finish.
-    let ok = match futures_util::poll!(&mut write) {
-        Poll::Ready(r) => r.is_ok(),
-        Poll::Pending => matches!(
-            Box::pin(tokio::time::timeout(send_timeout, write)).await,
-            Ok(Ok(()))
-        ),
+    // Only then can the peer be slow enough to be cut, so only then is the
+    // outbox watched for a cut.
+    let written = match futures_util::poll!(&mut write) {
+        Poll::Ready(Ok(())) => Written::Done,
+        Poll::Ready(Err(_)) => Written::Failed,
+        Poll::Pending => {
+            Box::pin(async {
+                tokio::select! {
+                    biased;
+                    r = tokio::time::timeout(send_timeout, write) => match r {
+                        Ok(Ok(())) => Written::Done,
+                        _ => Written::Failed,
+                    },
+                    () = outbox.cut() => Written::Cut,
+                }
+            })
+            .await
+        }
     };
     batch.clear();
     counters.out_ext.inc_by(text);
     counters.out_hot.inc_by(binary);
-    ok
+    written
 }
 
 /// Moves the frames of `batch` from index `fed` on into the sink, then flushes.

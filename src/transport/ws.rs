@@ -8,7 +8,10 @@
 //! (idle memory) without paying one `recv` per 256 bytes of a large message,
 //! and it bounds the bytes a peer may send without completing a message (an
 //! endless stream of empty continuation frames otherwise costs CPU until the
-//! idle timeout).
+//! idle timeout). It also keeps the TCP stream itself (taken back from hyper
+//! after the switch) so a session can end with a reset that discards what the
+//! kernel still buffers for a peer that cannot keep up
+//! ([`LeanIo::reset_on_close`]).
 
 use std::cell::RefCell;
 use std::io;
@@ -20,14 +23,15 @@ use std::task::{Context, Poll, ready};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 /// An accepted WebSocket.
-pub(crate) type Socket = WebSocketStream<LeanIo<TokioIo<Upgraded>>>;
+pub(crate) type Socket = WebSocketStream<LeanIo<TcpStream>>;
 
 /// Why a request is not an acceptable WebSocket upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,16 +104,25 @@ impl Upgrade {
     /// (see [`ReadBudget`]).
     ///
     /// # Errors
-    /// The client went away before the switch.
+    /// The client went away before the switch, or the connection is not the TCP
+    /// stream the listener serves (`transport::listener`).
     pub(crate) async fn accept(
         self,
         config: WebSocketConfig,
         budget: Option<Arc<ReadBudget>>,
-    ) -> Result<Socket, hyper::Error> {
-        let upgraded = self.on_upgrade.await?;
+    ) -> io::Result<Socket> {
+        let upgraded = self.on_upgrade.await.map_err(io::Error::other)?;
+        // Taken back from hyper so the session owns the socket itself (for
+        // `reset_on_close`); bytes the client sent right behind its request
+        // were read by hyper and come first. They are bounded by hyper's read
+        // buffer (`listener::MAX_HEAD_BYTES`), so they are not charged to the
+        // read budget.
+        let parts = upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map_err(|_| io::Error::other("the upgraded connection is not a TCP stream"))?;
         let io = LeanIo {
-            inner: TokioIo::new(upgraded),
-            pending: Vec::new(),
+            inner: parts.io.into_inner(),
+            pending: parts.read_buf.to_vec(),
             pos: 0,
             budget,
         };
@@ -184,6 +197,19 @@ pub(crate) struct LeanIo<T> {
     pending: Vec<u8>,
     pos: usize,
     budget: Option<Arc<ReadBudget>>,
+}
+
+impl LeanIo<TcpStream> {
+    /// Makes closing the socket reset the connection (`SO_LINGER` 0): the
+    /// kernel discards what it still buffers for the peer instead of trickling
+    /// it out before a FIN. For a peer that cannot keep up, whose close
+    /// handshake did not complete (README "Delivery"). Zero linger never blocks
+    /// on close.
+    pub(crate) fn reset_on_close(&self) {
+        if let Err(e) = self.inner.set_zero_linger() {
+            tracing::debug!(error = %e, "could not set zero linger");
+        }
+    }
 }
 
 impl<T> LeanIo<T> {

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Opcode: continuation frame.
 pub const CONT: u8 = 0x0;
@@ -169,7 +169,31 @@ pub fn upgrade_request(addr: SocketAddr, path_and_query: &str, extra_headers: &s
 impl RawWs {
     /// Connects and upgrades; panics unless the answer is 101.
     pub async fn connect(addr: SocketAddr, path_and_query: &str) -> Self {
-        let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Self::upgrade(stream, addr, path_and_query).await
+    }
+
+    /// Like [`connect`](Self::connect) with the socket's receive buffer set to
+    /// about `recv_buffer` bytes before connecting (the kernel may double it),
+    /// so a client that reads slowly holds little in its own kernel and the
+    /// server's side holds the backlog, as with a slow client across a network.
+    pub async fn connect_with_recv_buffer(
+        addr: SocketAddr,
+        path_and_query: &str,
+        recv_buffer: u32,
+    ) -> Self {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .expect("socket");
+        socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        Self::upgrade(stream, addr, path_and_query).await
+    }
+
+    async fn upgrade(mut stream: TcpStream, addr: SocketAddr, path_and_query: &str) -> Self {
         stream.set_nodelay(true).expect("nodelay");
         let (status, head, rest) =
             http_exchange(&mut stream, &upgrade_request(addr, path_and_query, "")).await;
@@ -298,6 +322,39 @@ impl RawWs {
     pub async fn finish_close(&mut self, wait: Duration) -> Eof {
         let _ = self.try_send(&masked(CLOSE, &[])).await;
         self.wait_eof(wait).await
+    }
+
+    /// Reads at most `chunk` bytes every `every` (a trickle reader: it keeps
+    /// the connection alive but cannot keep up) until the server ends the TCP
+    /// connection or `wait` passes. Returns how the connection ended and the
+    /// bytes read. A reset is noticed as soon as the kernel has it, even while
+    /// bytes the server sent earlier are still unread.
+    pub async fn trickle_until_closed(
+        &mut self,
+        chunk: usize,
+        every: Duration,
+        wait: Duration,
+    ) -> (Eof, usize) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut buf = vec![0u8; chunk.max(1)];
+        let mut total = 0;
+        while tokio::time::Instant::now() < deadline {
+            if matches!(self.stream.take_error(), Ok(Some(_)) | Err(_))
+                || self.stream.peer_addr().is_err()
+            {
+                return (Eof::Reset, total);
+            }
+            match tokio::time::timeout(every, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) => return (Eof::Clean, total),
+                Ok(Ok(n)) => {
+                    total += n;
+                    tokio::time::sleep(every).await;
+                }
+                Ok(Err(_)) => return (Eof::Reset, total),
+                Err(_) => {}
+            }
+        }
+        (Eof::Open, total)
     }
 
     /// Waits for the server to end the TCP connection (any frames are dropped).
