@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use crate::error::{ApiCode, ClientCode, CloseCode};
 use crate::gateway::Gateway;
 use crate::protocol::ext::{Outgoing, raw};
-use crate::realtime::broker::TenantStats;
+use crate::realtime::broker::{TenantStats, capped};
 use crate::realtime::outbox::Qos;
 use crate::tenant::{Tenant, TenantRuntime};
 
@@ -313,8 +313,14 @@ async fn presence(
     Path((t, r)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let result = authorize(&gw, &t, &headers)
-        .map(|(tenant, _)| Json(json!({"room": r, "users": tenant.broker.presence(&r)})));
+    let result = authorize(&gw, &t, &headers).map(|(tenant, _)| {
+        let (users, truncated) = capped(tenant.broker.presence(&r));
+        let mut body = json!({"room": r, "users": users});
+        if truncated {
+            body["truncated"] = json!(true);
+        }
+        Json(body)
+    });
     count(&gw, "presence", status_of(&result));
     result
 }

@@ -848,3 +848,42 @@ async fn a_client_over_its_byte_rate_gets_rate_limited_and_stays_open() {
         .await;
     c.recv_type("presence").await;
 }
+
+/// The review's room flood: with the default config one session joined 2,000
+/// distinct rooms. Now the 129th is refused (`ROOM_LIMIT`, each refusal
+/// spending the error budget, so a client that keeps going is closed with
+/// 1008) and the session stays usable after a few.
+#[tokio::test]
+async fn a_session_cannot_join_rooms_without_bound_by_default() {
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .tickets(&[("t1", "u1")])
+            .ext_allow(&["room:*"])
+            .rate_limit(100_000, 100_000),
+    )
+    .await;
+    let mut c = gw.client("acme", "t1").await;
+    for i in 0..148u64 {
+        c.send_json(json!({"v":1,"svc":"room","type":"join","room":format!("flood-{i}"),"seq":i}))
+            .await;
+    }
+    let mut joined = 0;
+    let mut refused = 0;
+    while joined + refused < 148 {
+        let m = c.recv_json().await;
+        match m["type"].as_str() {
+            Some("joined") => joined += 1,
+            Some("error") => {
+                assert_eq!(m["data"]["code"], "ROOM_LIMIT", "{m}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((joined, refused), (128, 20));
+    c.send_json(json!({"v":1,"svc":"room","type":"presence","room":"flood-0","seq":999}))
+        .await;
+    let p = c.recv_type("presence").await;
+    assert_eq!(p["data"]["users"], json!(["u1"]), "{p}");
+    assert!(p["data"].get("truncated").is_none(), "{p}");
+}

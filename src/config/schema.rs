@@ -372,11 +372,12 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Sessions the tenant may hold at once.
     pub max_sessions_total: u64,
-    /// Rooms that may exist at once.
+    /// Rooms that may exist at once (default 100,000; 0 = no cap, an
+    /// explicit opt-in).
     pub max_rooms_total: u64,
-    /// Members per room.
+    /// Members per room (0 = no cap).
     pub max_users_per_room: u64,
-    /// Rooms one session may be in.
+    /// Rooms one session may be in (default 128; 0 = no cap).
     pub max_rooms_per_user: u64,
 }
 
@@ -385,9 +386,9 @@ impl Default for LimitsConfig {
         Self {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_sessions_total: 0,
-            max_rooms_total: 0,
+            max_rooms_total: 100_000,
             max_users_per_room: 0,
-            max_rooms_per_user: 0,
+            max_rooms_per_user: 128,
         }
     }
 }

@@ -40,6 +40,9 @@ fn minimal_config_gets_spec_defaults() {
     assert!(t.policy.ext_allowlist.is_empty());
     assert!(t.policy.hot_requires_active_room);
     assert_eq!(t.rooms.history_ttl_ms, 600_000);
+    assert_eq!(t.limits.max_rooms_per_user, 128);
+    assert_eq!(t.limits.max_rooms_total, 100_000);
+    assert_eq!(t.limits.max_users_per_room, 0);
 }
 
 #[test]

@@ -328,11 +328,10 @@ impl HostState {
         }
     }
 
+    /// A room name as the decoder accepts it from clients.
     fn room_arg(room: &str) -> Result<(), HostError> {
-        if room.is_empty() {
-            return Err(HostError::InvalidArgument("room must not be empty".into()));
-        }
-        Ok(())
+        crate::protocol::ext::check_name(room)
+            .map_err(|why| HostError::InvalidArgument(format!("room: {why}")))
     }
 }
 
@@ -488,7 +487,11 @@ impl self::wsprism::plugin::realtime::Host for HostState {
                 "members is not available in init".into(),
             )));
         };
-        Ok(Ok(broker.presence(&room)))
+        if let Err(e) = Self::room_arg(&room) {
+            return Ok(Err(e));
+        }
+        let (users, _truncated) = crate::realtime::broker::capped(broker.presence(&room));
+        Ok(Ok(users))
     }
 }
 

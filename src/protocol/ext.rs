@@ -56,16 +56,31 @@ struct Wire<'a> {
 /// Longest `svc`, `type` or `room` accepted.
 pub const MAX_NAME_BYTES: usize = 128;
 
+/// Whether `s` is a valid `svc`, `type` or `room`: 1 to [`MAX_NAME_BYTES`]
+/// bytes, no control characters. The decoder and the plugin host imports
+/// apply the same rule.
+///
+/// # Errors
+/// Why the name is refused.
+pub fn check_name(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        Err("empty name")
+    } else if s.len() > MAX_NAME_BYTES {
+        Err("name too long")
+    } else if s.chars().any(char::is_control) {
+        Err("control character in name")
+    } else {
+        Ok(())
+    }
+}
+
 fn name(raw: Option<&RawValue>, required: bool) -> Result<Option<String>, &'static str> {
     match raw {
         None if required => Err("missing required string field"),
         None => Ok(None),
         Some(r) if r.get() == "null" && !required => Ok(None),
         Some(r) => match serde_json::from_str::<String>(r.get()) {
-            Ok(s) if s.is_empty() => Err("empty name"),
-            Ok(s) if s.len() > MAX_NAME_BYTES => Err("name too long"),
-            Ok(s) if s.chars().any(char::is_control) => Err("control character in name"),
-            Ok(s) => Ok(Some(s)),
+            Ok(s) => check_name(&s).map(|()| Some(s)),
             Err(_) => Err("svc, type and room must be strings"),
         },
     }

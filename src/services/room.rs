@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{Caller, Effect};
 use crate::error::{ClientCode, Refusal};
 use crate::protocol::ext::{Envelope, raw};
-use crate::realtime::broker::Broker;
+use crate::realtime::broker::{Broker, capped};
 use crate::realtime::history::Since;
 
 /// What a `room` request asks for, before anything is done.
@@ -116,14 +116,18 @@ fn presence(
     struct Presence<'a> {
         room: &'a str,
         users: Vec<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     }
+    let (users, truncated) = capped(broker.presence(room));
     Ok(Effect::Sys {
         ty: "presence",
         room: Some(room.to_owned()),
         seq,
         data: raw(&Presence {
             room,
-            users: broker.presence(room),
+            users,
+            truncated,
         }),
     })
 }

@@ -31,9 +31,73 @@ pub struct SessionEntry {
     pub user: Arc<str>,
     /// Outbound queues drained by the session's writer.
     pub outbox: Arc<Outbox>,
-    /// Rooms joined, in join order; the last one is the active room (Hot Lane
-    /// target). Each entry carries the session's peer number in that room.
-    rooms: Mutex<Vec<(Arc<str>, u32)>>,
+    /// Rooms joined with the session's peer number in each; the most recently
+    /// (re)joined one is the active room (Hot Lane target).
+    rooms: Mutex<JoinedRooms>,
+}
+
+/// A session's rooms: membership tests, joins and leaves in O(1) (or
+/// O(log n) for the join order), however many rooms it is in.
+#[derive(Debug, Default)]
+struct JoinedRooms {
+    /// Room → (peer number, join stamp).
+    by_name: HashMap<Arc<str>, (u32, u64)>,
+    /// Join stamp → room, in join order; the last is the active room.
+    order: std::collections::BTreeMap<u64, Arc<str>>,
+    next: u64,
+}
+
+impl JoinedRooms {
+    fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    fn contains(&self, room: &str) -> bool {
+        self.by_name.contains_key(room)
+    }
+
+    fn active(&self) -> Option<(Arc<str>, u32)> {
+        let (_, room) = self.order.last_key_value()?;
+        let (peer, _) = self.by_name.get(room)?;
+        Some((Arc::clone(room), *peer))
+    }
+
+    /// Adds `room` (or moves it to the front of the join order); returns its
+    /// peer number when it was already there.
+    fn touch(&mut self, room: &str) -> Option<u32> {
+        let (peer, stamp) = self.by_name.get_mut(room)?;
+        let name = self.order.remove(stamp)?;
+        self.next += 1;
+        *stamp = self.next;
+        self.order.insert(self.next, name);
+        Some(*peer)
+    }
+
+    fn insert(&mut self, room: Arc<str>, peer: u32) {
+        self.next += 1;
+        self.order.insert(self.next, Arc::clone(&room));
+        self.by_name.insert(room, (peer, self.next));
+    }
+
+    fn remove(&mut self, room: &str) -> Option<u32> {
+        let (peer, stamp) = self.by_name.remove(room)?;
+        self.order.remove(&stamp);
+        Some(peer)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.order.values()
+    }
+
+    /// Every room with its peer number, emptying the set.
+    fn take(&mut self) -> Vec<(Arc<str>, u32)> {
+        let by_name = std::mem::take(&mut self.by_name);
+        let order = std::mem::take(&mut self.order);
+        order
+            .into_values()
+            .filter_map(|r| by_name.get(&r).map(|(peer, _)| (Arc::clone(&r), *peer)))
+            .collect()
+    }
 }
 
 impl SessionEntry {
@@ -43,28 +107,35 @@ impl SessionEntry {
             sid,
             user,
             outbox,
-            rooms: Mutex::new(Vec::new()),
+            rooms: Mutex::new(JoinedRooms::default()),
         }
     }
 
     /// The active room and the session's peer number in it.
     pub fn active_room(&self) -> Option<(Arc<str>, u32)> {
-        self.rooms.lock().last().cloned()
+        self.rooms.lock().active()
     }
 
     /// Names of the rooms joined, in join order.
     pub fn rooms(&self) -> Vec<String> {
-        self.rooms
-            .lock()
-            .iter()
-            .map(|(r, _)| r.to_string())
-            .collect()
+        self.rooms.lock().names().map(|r| r.to_string()).collect()
     }
 
     /// Whether the session is in `room`.
     pub fn in_room(&self, room: &str) -> bool {
-        self.rooms.lock().iter().any(|(r, _)| &**r == room)
+        self.rooms.lock().contains(room)
     }
+}
+
+/// Most users a presence answer lists (`room.presence`, the server API, the
+/// plugin `members()` import); beyond it the answer says it is truncated.
+pub const PRESENCE_CAP: usize = 1000;
+
+/// `users` cut to [`PRESENCE_CAP`], and whether anything was cut.
+pub fn capped(mut users: Vec<String>) -> (Vec<String>, bool) {
+    let truncated = users.len() > PRESENCE_CAP;
+    users.truncate(PRESENCE_CAP);
+    (users, truncated)
 }
 
 /// A boxed future with nothing to return (see [`Broker::prepare_join`]).
@@ -480,7 +551,7 @@ impl Broker for LocalBroker {
             sids.retain(|s| *s != sid);
             sids.is_empty()
         });
-        let rooms = std::mem::take(&mut *entry.rooms.lock());
+        let rooms = entry.rooms.lock().take();
         rooms
             .into_iter()
             .filter_map(|(room, _)| {
@@ -498,11 +569,8 @@ impl Broker for LocalBroker {
         let entry = self.session(sid).ok_or(RoomError::SessionGone)?;
         {
             let mut rooms = entry.rooms.lock();
-            if let Some(pos) = rooms.iter().position(|(r, _)| &**r == room) {
-                // Already a member: make it the active room again.
-                let item = rooms.remove(pos);
-                let peer = item.1;
-                rooms.push(item);
+            // Already a member: make it the active room again.
+            if let Some(peer) = rooms.touch(room) {
                 drop(rooms);
                 return Ok(Joined {
                     peer,
@@ -550,7 +618,7 @@ impl Broker for LocalBroker {
             });
             (Arc::clone(slot.key()), peer, inner.members.len())
         };
-        entry.rooms.lock().push((room_name, peer));
+        entry.rooms.lock().insert(room_name, peer);
         Ok(Joined {
             peer,
             members,
@@ -561,12 +629,11 @@ impl Broker for LocalBroker {
     fn leave(&self, sid: SessionId, room: &str) -> Result<u32, RoomError> {
         let entry = self.session(sid).ok_or(RoomError::SessionGone)?;
         {
-            let mut rooms = entry.rooms.lock();
-            let pos = rooms
-                .iter()
-                .position(|(r, _)| &**r == room)
+            entry
+                .rooms
+                .lock()
+                .remove(room)
                 .ok_or(RoomError::NotInRoom)?;
-            rooms.remove(pos);
         }
         self.remove_member(room, sid).ok_or(RoomError::NotInRoom)
     }

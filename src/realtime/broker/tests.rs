@@ -183,3 +183,67 @@ async fn publish_shares_one_frame_and_respects_exclude() {
     assert_eq!(b.disconnect_user("u3", None, CloseCode::Disconnected), 1);
     assert!(b.session(id(3)).expect("s3").outbox.is_closing());
 }
+
+#[test]
+fn a_sessions_rooms_keep_join_order_and_the_active_room() {
+    let b = LocalBroker::new();
+    session(&b, 1, "u", OPEN).expect("register");
+    let entry = b.session(id(1)).expect("entry");
+    let limits = RoomLimits::default();
+    for r in ["a", "b", "c"] {
+        b.join(id(1), r, limits).expect("join");
+    }
+    assert_eq!(entry.rooms(), ["a", "b", "c"]);
+    assert_eq!(
+        entry.active_room().map(|(r, _)| r.to_string()),
+        Some("c".into())
+    );
+    // A join of a room already joined makes it active again, same peer.
+    let peer_a = entry.active_room();
+    let again = b.join(id(1), "a", limits).expect("rejoin");
+    assert!(!again.new);
+    assert_eq!(entry.rooms(), ["b", "c", "a"]);
+    assert_ne!(entry.active_room(), peer_a);
+    assert_eq!(entry.active_room().map(|(_, p)| p), Some(again.peer));
+    // Leaving the active room makes the previous one active.
+    b.leave(id(1), "a").expect("leave");
+    assert_eq!(
+        entry.active_room().map(|(r, _)| r.to_string()),
+        Some("c".into())
+    );
+    assert!(entry.in_room("b") && !entry.in_room("a"));
+    assert_eq!(b.leave(id(1), "a"), Err(RoomError::NotInRoom));
+    let left = b.unregister(id(1));
+    let names: Vec<&str> = left.iter().map(|(r, _)| &**r).collect();
+    assert_eq!(names, ["b", "c"], "rooms left in join order");
+}
+
+#[test]
+fn the_room_caps_refuse_past_their_limit() {
+    let b = LocalBroker::new();
+    session(&b, 1, "u", OPEN).expect("register");
+    let per_user = RoomLimits {
+        max_rooms_per_user: 3,
+        ..RoomLimits::default()
+    };
+    for r in 0..3 {
+        b.join(id(1), &format!("r{r}"), per_user).expect("join");
+    }
+    assert_eq!(b.join(id(1), "r3", per_user), Err(RoomError::RoomLimit));
+    assert!(
+        b.join(id(1), "r0", per_user).is_ok(),
+        "a rejoin is not a new room"
+    );
+}
+
+#[test]
+fn presence_answers_are_capped_with_a_flag() {
+    let users: Vec<String> = (0..PRESENCE_CAP + 5).map(|i| format!("u{i:05}")).collect();
+    let (kept, truncated) = capped(users.clone());
+    assert!(truncated);
+    assert_eq!(kept.len(), PRESENCE_CAP);
+    assert_eq!(kept[..], users[..PRESENCE_CAP]);
+    let (kept, truncated) = capped(users[..10].to_vec());
+    assert!(!truncated);
+    assert_eq!(kept.len(), 10);
+}
