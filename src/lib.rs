@@ -121,10 +121,7 @@ impl Server {
         };
         // Plugin kv lives in Redis in cluster mode, shared by every node.
         let kv: Arc<dyn KvStore> = match &cluster {
-            Some(node) => Arc::new(
-                cluster::RedisKv::new(Arc::clone(node))
-                    .map_err(|e| StartupError::Cluster(e.to_string()))?,
-            ),
+            Some(node) => Arc::new(cluster::RedisKv::new(Arc::clone(node))),
             None => Arc::new(MemoryKv::new()),
         };
         let ext: Arc<dyn ExtService> = match opts.ext {

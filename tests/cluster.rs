@@ -391,7 +391,7 @@ async fn redis_kv_behaves_like_the_local_store_and_fails_visibly_without_redis()
     let mut redis = RedisServer::start();
     let stop = CancellationToken::new();
     let node = bare_node(&redis, &stop).await;
-    let kv = RedisKv::new(Arc::clone(&node)).expect("kv");
+    let kv = RedisKv::new(Arc::clone(&node));
     let local = kv_script(&MemoryKv::new()).await;
     assert_eq!(kv_script(&kv).await, local);
     let key: String = redis.cmd(&["GET", "wsprism:kv:{acme:vote}:n"]);

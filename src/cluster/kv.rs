@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::Node;
 use crate::plugin_host::kv::{KvError, KvFuture, KvScope, KvStore, MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -36,18 +36,10 @@ impl std::fmt::Debug for RedisKv {
 }
 
 impl RedisKv {
-    /// A store on `node`'s Redis; connects on first use.
-    ///
-    /// # Errors
-    /// The connection cannot be set up (never for a validated URL).
-    pub fn new(node: Arc<Node>) -> Result<Self, redis::RedisError> {
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(KV_TIMEOUT))
-            .set_response_timeout(Some(KV_TIMEOUT))
-            .set_number_of_retries(0)
-            .set_max_delay(super::link::MAX_BACKOFF);
-        let conn = ConnectionManager::new_lazy_with_config(node.client.clone(), cfg)?;
-        Ok(Self { node, conn })
+    /// A store on `node`'s command connection to Redis.
+    pub fn new(node: Arc<Node>) -> Self {
+        let conn = node.commands.clone();
+        Self { node, conn }
     }
 
     fn key(&self, scope: &KvScope, key: &str) -> Result<String, KvError> {

@@ -116,14 +116,17 @@ pub(super) async fn publisher(
         }
         let mut pipe = redis::pipe();
         let mut published = 0;
-        for o in &batch {
+        for o in &mut batch {
             match o {
                 Outgoing::Publish { channel, payload } => {
-                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                    pipe.cmd("PUBLISH").arg(&*channel).arg(&*payload).ignore();
                     published += 1;
                 }
+                // Moved into the pipeline: a lost command is not retried
+                // (presence and sessions are re-asserted when the link is back).
                 Outgoing::Command(cmd) => {
-                    pipe.add_command(cmd.clone()).ignore();
+                    pipe.add_command(std::mem::replace(cmd, redis::Cmd::new()))
+                        .ignore();
                 }
             }
         }
@@ -432,8 +435,6 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
         match (beat, slot) {
             (Ok((dead, live)), Ok(slot)) => {
                 node.metrics.rtt.observe(sent.elapsed().as_secs_f64());
-                node.live_nodes
-                    .store(live, std::sync::atomic::Ordering::Release);
                 node.metrics
                     .nodes
                     .set(i64::try_from(live).unwrap_or(i64::MAX));

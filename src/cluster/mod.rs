@@ -25,7 +25,7 @@ mod link;
 mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -212,7 +212,8 @@ pub struct Node {
     slot: Arc<AtomicU32>,
     commands_up: AtomicBool,
     pubsub_up: AtomicBool,
-    live_nodes: AtomicU64,
+    /// The admission script (hashed once).
+    reserve: redis::Script,
     metrics: ClusterMetrics,
 }
 
@@ -257,7 +258,7 @@ impl Node {
             slot: Arc::new(AtomicU32::new(0)),
             commands_up: AtomicBool::new(false),
             pubsub_up: AtomicBool::new(false),
-            live_nodes: AtomicU64::new(0),
+            reserve: redis::Script::new(RESERVE_SESSION),
             metrics: ClusterMetrics::register(metrics)?,
         });
         tracing::info!(node = %node.id, prefix = %node.prefix, "cluster node starting (redis)");
@@ -283,11 +284,6 @@ impl Node {
     /// Whether both Redis links work (`wsprism_cluster_up`).
     pub fn is_up(&self) -> bool {
         self.commands_up.load(Ordering::Acquire) && self.pubsub_up.load(Ordering::Acquire)
-    }
-
-    /// Live nodes seen in the last successful heartbeat (this one included).
-    pub fn live_nodes(&self) -> u64 {
-        self.live_nodes.load(Ordering::Acquire)
     }
 
     /// This node's slot in peer numbers (0 until Redis first answered).
@@ -460,7 +456,7 @@ impl Node {
         let key = self.sessions_key(tenant, user);
         let mut conn = self.commands.clone();
         let reply = link::call(
-            redis::Script::new(RESERVE_SESSION)
+            self.reserve
                 .key(&key)
                 .arg(self.session_member(sid))
                 .arg(limits.max_sessions_per_user.max(1))
@@ -499,27 +495,16 @@ impl Node {
     /// Redis was away): its members of sessions that closed meanwhile go,
     /// every live session is (re)added.
     async fn reconcile_sessions(&self) -> redis::RedisResult<()> {
-        let mut conn = self.commands.clone();
         let index = self.node_users_key(&self.id);
-        let keys: Vec<String> =
-            link::call(redis::Cmd::smembers(&index).query_async(&mut conn)).await?;
         let live: std::collections::HashSet<String> = self
             .shards()
             .iter()
             .flat_map(|s| s.local.sessions())
             .map(|s| self.session_member(s.sid))
             .collect();
-        for key in keys {
-            let members: Vec<String> =
-                link::call(redis::Cmd::zrange(&key, 0, -1).query_async(&mut conn)).await?;
-            let stale: Vec<&String> = members
-                .iter()
-                .filter(|m| self.local_sid(m).is_some() && !live.contains(*m))
-                .collect();
-            if !stale.is_empty() {
-                link::call(redis::Cmd::zrem(&key, stale).query_async::<()>(&mut conn)).await?;
-            }
-        }
+        self.remove_session_members(&index, |m| self.local_sid(m).is_some() && !live.contains(m))
+            .await?;
+        let mut conn = self.commands.clone();
         let mut pipe = redis::pipe();
         let now = link::now_ms();
         for shard in self.shards() {
@@ -535,6 +520,27 @@ impl Node {
             }
         }
         link::call(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Removes the members `gone` picks from every session set that `index`
+    /// (a node's `node-users` set) names.
+    async fn remove_session_members(
+        &self,
+        index: &str,
+        gone: impl Fn(&str) -> bool,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.commands.clone();
+        let keys: Vec<String> =
+            link::call(redis::Cmd::smembers(index).query_async(&mut conn)).await?;
+        for key in keys {
+            let members: Vec<String> =
+                link::call(redis::Cmd::zrange(&key, 0, -1).query_async(&mut conn)).await?;
+            let picked: Vec<&String> = members.iter().filter(|m| gone(m)).collect();
+            if !picked.is_empty() {
+                link::call(redis::Cmd::zrem(&key, picked).query_async::<()>(&mut conn)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Queues `msg` for every other node subscribed to `channel`; never
@@ -723,17 +729,9 @@ impl Node {
             }
         }
         let users = self.node_users_key(dead);
-        let keys: Vec<String> =
-            link::call(redis::Cmd::smembers(&users).query_async(&mut conn)).await?;
         let prefix = format!("{dead}/");
-        for key in keys {
-            let members: Vec<String> =
-                link::call(redis::Cmd::zrange(&key, 0, -1).query_async(&mut conn)).await?;
-            let gone: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
-            if !gone.is_empty() {
-                link::call(redis::Cmd::zrem(&key, gone).query_async::<()>(&mut conn)).await?;
-            }
-        }
+        self.remove_session_members(&users, |m| m.starts_with(&prefix))
+            .await?;
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(&index).arg(&users).ignore();
         link::call(pipe.query_async::<()>(&mut conn)).await?;
