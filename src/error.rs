@@ -165,10 +165,10 @@ impl ClientCode {
             Self::RoomFull => "the room is at `max_users_per_room`",
             Self::RoomLimit => "`max_rooms_total` or `max_rooms_per_user` reached",
             Self::ServiceError => {
-                "the routed service refused the message; `msg` is its own `CODE: text`"
+                "the routed service refused the message; `reason` is its own code, `msg` its `CODE: text`"
             }
             Self::ServiceUnavailable => {
-                "the routed service is missing, timed out or failed, or refuses this session for a while after its messages made the plugin fault `max_faults_per_session` times"
+                "the routed service is missing, timed out or failed, or refuses this session for a while after its messages made the plugin fault `max_faults_per_session` times; `reason` says which"
             }
             Self::Internal => "the gateway failed; details are in its logs",
         }
@@ -192,9 +192,11 @@ impl ClientCode {
             Self::NotInRoom => "send `room.join` for that room first",
             Self::RoomFull => "try another room, or later",
             Self::RoomLimit => "leave a room first, or raise the limit",
-            Self::ServiceError => "branch on the service's code in `msg`; do not retry unchanged",
+            Self::ServiceError => {
+                "branch on `reason`, the service's own code; do not retry unchanged"
+            }
             Self::ServiceUnavailable => {
-                "retry with backoff; operators: see `GET /v1/api/tenants/{t}/plugins` and the logs"
+                "retry with backoff (`reason`: trap, timeout, memory, missing, backing_off, session_backing_off, overloaded); operators: see `GET /v1/api/tenants/{t}/plugins` and the logs"
             }
             Self::Internal => "retry; operators: the gateway's logs name the cause",
         }
@@ -342,6 +344,8 @@ pub enum HandshakeRefusal {
     DuplicateParameter,
     /// No (or an empty) `tenant` query parameter.
     MissingTenant,
+    /// `refusal=` with a value other than `close`.
+    BadRefusalMode,
     /// No configured tenant has that id.
     UnknownTenant,
     /// The request is not a WebSocket upgrade.
@@ -363,13 +367,14 @@ pub enum HandshakeRefusal {
 impl HandshakeRefusal {
     /// Every refusal in admission order, for docs and tests (`RateLimited` with a
     /// placeholder delay).
-    pub const ALL: [HandshakeRefusal; 12] = [
+    pub const ALL: [HandshakeRefusal; 13] = [
         Self::Draining,
         Self::RateLimited {
             retry_after_secs: 1,
         },
         Self::DuplicateParameter,
         Self::MissingTenant,
+        Self::BadRefusalMode,
         Self::UnknownTenant,
         Self::NotUpgrade,
         Self::UnsupportedWsVersion,
@@ -385,7 +390,10 @@ impl HandshakeRefusal {
         match self {
             Self::Draining | Self::TenantFull => 503,
             Self::RateLimited { .. } => 429,
-            Self::DuplicateParameter | Self::MissingTenant | Self::NotUpgrade => 400,
+            Self::DuplicateParameter
+            | Self::MissingTenant
+            | Self::BadRefusalMode
+            | Self::NotUpgrade => 400,
             Self::MissingTicket => 400,
             Self::UnknownTenant => 404,
             Self::UnsupportedWsVersion => 426,
@@ -400,7 +408,10 @@ impl HandshakeRefusal {
         match self {
             Self::Draining => "draining",
             Self::RateLimited { .. } => "rate_limited",
-            Self::DuplicateParameter | Self::MissingTenant | Self::MissingTicket => "bad_request",
+            Self::DuplicateParameter
+            | Self::MissingTenant
+            | Self::BadRefusalMode
+            | Self::MissingTicket => "bad_request",
             Self::UnknownTenant => "unknown_tenant",
             Self::NotUpgrade | Self::UnsupportedWsVersion => "bad_upgrade",
             Self::ForbiddenOrigin => "forbidden_origin",
@@ -417,6 +428,7 @@ impl HandshakeRefusal {
             Self::RateLimited { .. } => "too many connection attempts",
             Self::DuplicateParameter => "duplicate query parameter",
             Self::MissingTenant => "missing tenant query parameter",
+            Self::BadRefusalMode => "refusal must be close",
             Self::UnknownTenant => "unknown tenant",
             Self::NotUpgrade => "not a WebSocket upgrade request",
             Self::UnsupportedWsVersion => "unsupported Sec-WebSocket-Version; use 13",
@@ -435,8 +447,9 @@ impl HandshakeRefusal {
             Self::RateLimited { .. } => {
                 "handshake rate limit (`gateway.handshake_limit`, global or per IP)"
             }
-            Self::DuplicateParameter => "`tenant` or `ticket` given twice in the query",
+            Self::DuplicateParameter => "`tenant`, `ticket` or `refusal` given twice in the query",
             Self::MissingTenant => "no `tenant` in the query",
+            Self::BadRefusalMode => "`refusal=` with a value other than `close`",
             Self::UnknownTenant => "no configured tenant has that id",
             Self::NotUpgrade => {
                 "a plain HTTP request: no `Connection: upgrade` / `Upgrade: websocket`, or no valid `Sec-WebSocket-Key`"
@@ -456,6 +469,26 @@ impl HandshakeRefusal {
         }
     }
 
+    /// The close code a client that asked for `refusal=close` gets instead of
+    /// the HTTP answer: 4000 + status for the refusals a browser must tell
+    /// apart (401, 403, 404, 409, 429, 503). `None`: the refusal stays plain
+    /// HTTP (a bad query or not a WebSocket upgrade at all).
+    pub fn close_code(self) -> Option<u16> {
+        let status = self.http_status();
+        matches!(status, 401 | 403 | 404 | 409 | 429 | 503).then_some(4000 + status)
+    }
+
+    /// The close reason sent with [`close_code`](Self::close_code): the id, and
+    /// for a rate limit the delay that `Retry-After` would carry.
+    pub fn close_reason(self) -> String {
+        match self {
+            Self::RateLimited { retry_after_secs } => {
+                format!("{}; retry after {retry_after_secs} s", self.id())
+            }
+            _ => self.id().to_owned(),
+        }
+    }
+
     /// What the client (or operator) should do about it.
     pub fn remedy(self) -> &'static str {
         match self {
@@ -463,6 +496,7 @@ impl HandshakeRefusal {
             Self::RateLimited { .. } => "wait `Retry-After` seconds, then retry",
             Self::DuplicateParameter => "send each parameter once",
             Self::MissingTenant => "add `tenant=<id>`",
+            Self::BadRefusalMode => "send `refusal=close`, or leave it out",
             Self::UnknownTenant => "check the tenant id; do not retry",
             Self::NotUpgrade | Self::UnsupportedWsVersion => {
                 "connect with a WebSocket (RFC 6455, version 13) client"
@@ -655,8 +689,19 @@ pub fn markdown_table() -> String {
         "Handshake refusals",
         "A refused upgrade gets a plain HTTP answer with the body \
          `{\"error\":\"<id>\",\"msg\":\"...\"}`; the id is also the `result` label of \
-         `wsprism_handshakes_total`. Checked in this order.",
-        &["HTTP", "`error`", "`msg`", "when", "what to do"],
+         `wsprism_handshakes_total`. Checked in this order. Browsers cannot read that \
+         status: with `&refusal=close` in the query, the refusals with a close code \
+         below are upgraded and closed at once with that code and the id as reason \
+         (plus `; retry after N s` for 429), so a client can tell a final refusal \
+         from a retryable one.",
+        &[
+            "HTTP",
+            "`refusal=close`",
+            "`error`",
+            "`msg`",
+            "when",
+            "what to do",
+        ],
         HandshakeRefusal::ALL.map(|r| {
             let status = match r {
                 HandshakeRefusal::RateLimited { .. } => "429 + `Retry-After`".to_owned(),
@@ -667,6 +712,8 @@ pub fn markdown_table() -> String {
             };
             [
                 status,
+                r.close_code()
+                    .map_or_else(|| "HTTP".to_owned(), |c| c.to_string()),
                 format!("`{}`", r.id()),
                 r.message().to_owned(),
                 r.when().to_owned(),
@@ -846,22 +893,24 @@ impl PluginError {
     }
 }
 
-/// A refusal on its way to the client: code plus safe message.
+/// A refusal on its way to the client: code plus safe message, and a
+/// machine-readable `reason` where one code covers several causes (a plugin's
+/// own refusal code under `SERVICE_ERROR`; `trap`, `timeout`, `memory`, ...
+/// under `SERVICE_UNAVAILABLE`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Wire code.
     pub code: ClientCode,
     /// Safe, human-readable text.
     pub msg: String,
+    /// `data.reason` of the `sys.error`, when there is one.
+    pub reason: Option<String>,
 }
 
 impl Refusal {
     /// A refusal with the code's generic message.
     pub fn new(code: ClientCode) -> Self {
-        Self {
-            code,
-            msg: code.message().to_owned(),
-        }
+        Self::with_msg(code, code.message())
     }
 
     /// A refusal with a specific safe message.
@@ -869,7 +918,15 @@ impl Refusal {
         Self {
             code,
             msg: msg.into(),
+            reason: None,
         }
+    }
+
+    /// The same refusal with a machine-readable `reason`.
+    #[must_use]
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
     }
 }
 
@@ -901,16 +958,19 @@ impl ToRefusal for PluginError {
         match self {
             Self::Refused { code, message } => {
                 Refusal::with_msg(ClientCode::ServiceError, format!("{code}: {message}"))
+                    .with_reason(code.as_str())
             }
             Self::PayloadTooLarge => Refusal::new(ClientCode::PayloadTooLarge),
-            Self::BadOutput(_) => Refusal::new(ClientCode::ServiceError),
+            Self::BadOutput(_) => Refusal::new(ClientCode::ServiceError).with_reason(self.label()),
             Self::Missing(_)
             | Self::BackingOff
             | Self::SessionBackingOff
             | Self::Overloaded
             | Self::Timeout
             | Self::Memory
-            | Self::Trap(_) => Refusal::new(ClientCode::ServiceUnavailable),
+            | Self::Trap(_) => {
+                Refusal::new(ClientCode::ServiceUnavailable).with_reason(self.label())
+            }
         }
     }
 }
@@ -1063,8 +1123,11 @@ mod tests {
         ];
         for (e, label, code) in cases {
             assert_eq!((e.label(), e.to_refusal().code), (label, code), "{e:?}");
-            // Internal detail stays in the logs.
-            assert_eq!(e.to_refusal().msg, code.message(), "{e:?}");
+            // Internal detail stays in the logs; the kind is the reason.
+            let refusal = e.to_refusal();
+            assert_eq!(refusal.msg, code.message(), "{e:?}");
+            let reason = (code != PayloadTooLarge).then(|| label.to_owned());
+            assert_eq!(refusal.reason, reason, "{e:?}");
         }
         let r = PluginError::Refused {
             code: "NO_VOTE".into(),
@@ -1074,5 +1137,6 @@ mod tests {
         let r = r.to_refusal();
         assert_eq!(r.code, ClientCode::ServiceError);
         assert_eq!(r.msg, "NO_VOTE: poll closed");
+        assert_eq!(r.reason.as_deref(), Some("NO_VOTE"));
     }
 }

@@ -266,3 +266,140 @@ async fn slow_request_heads_are_cut() {
     let c = clock.real_timeout(WAIT, gw.client("acme", "t1")).await;
     assert!(c.is_some(), "a healthy client got no answer");
 }
+
+/// Upgrades `/v1/ws?{query}` with `headers` and returns the Close frame that
+/// must come first (`refusal=close`): code and reason.
+async fn refused_with_close(
+    gw: &TestGateway,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut req = common::request(&format!("ws://{}/v1/ws?{query}", gw.addr));
+    for (k, v) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+            .expect("header name");
+        req.headers_mut()
+            .insert(name, v.parse().expect("header value"));
+    }
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: expected an upgrade, got {e}"));
+    assert_eq!(resp.status().as_u16(), 101, "{query}");
+    match tokio::time::timeout(WAIT, ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => {
+            (u16::from(frame.code), frame.reason.as_str().to_owned())
+        }
+        other => panic!("{query}: expected a Close frame first, got {other:?}"),
+    }
+}
+
+/// SPEC §3: with `refusal=close` a browser can read why it was refused: each
+/// refusal with a status of 401/403/404/409/503 becomes a 101 and a Close with
+/// 4000 + status and the refusal id; the rest stay plain HTTP, and without the
+/// parameter nothing changes.
+#[tokio::test]
+async fn refusal_close_answers_with_close_codes() {
+    let gw = TestGateway::start(acme(|t| {
+        t.allowed_origins = vec!["https://good.example".into()];
+        t.limits.max_sessions_total = 2;
+        let s = &mut t.policy.sessions;
+        s.mode = SessionMode::Multi;
+        s.max_sessions_per_user = 1;
+        s.on_exceed = OnExceed::Deny;
+    }))
+    .await;
+    let _a = gw.client("acme", "t1").await;
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            "tenant=nope&ticket=t1&refusal=close",
+            &[],
+            4404,
+            "unknown_tenant",
+        ),
+        (
+            "tenant=acme&ticket=wrong&refusal=close",
+            &[],
+            4401,
+            "unauthorized",
+        ),
+        (
+            "refusal=close&tenant=acme&ticket=t2",
+            &[("origin", "https://evil.example")],
+            4403,
+            "forbidden_origin",
+        ),
+        (
+            "tenant=acme&ticket=t1&refusal=close",
+            &[],
+            4409,
+            "user_limit",
+        ),
+    ];
+    for (query, headers, code, reason) in cases {
+        let got = refused_with_close(&gw, query, headers).await;
+        assert_eq!(got, (*code, (*reason).to_owned()), "{query}");
+    }
+    let _b = gw.client("acme", "t2").await;
+    let got = refused_with_close(&gw, "tenant=acme&ticket=t3&refusal=close", &[]).await;
+    assert_eq!(got, (4503, "tenant_full".to_owned()));
+
+    // Refusals without a close code, a bad mode, and no parameter: plain HTTP.
+    for (path, want) in [
+        ("/v1/ws?ticket=t1&refusal=close", 400),
+        ("/v1/ws?tenant=acme&ticket=t3&refusal=yes", 400),
+        (
+            "/v1/ws?tenant=acme&ticket=t3&refusal=close&refusal=close",
+            400,
+        ),
+        ("/v1/ws?tenant=nope&ticket=t1", 404),
+        ("/v1/ws?tenant=acme&ticket=t3", 503),
+    ] {
+        assert_eq!(gw.upgrade_status(path, &[]).await.0, want, "{path}");
+    }
+    // Counted like any refusal.
+    let m = gw.metrics().await;
+    for result in [
+        "unknown_tenant",
+        "unauthorized",
+        "forbidden_origin",
+        "user_limit",
+    ] {
+        let tenant = if result == "unknown_tenant" {
+            "_"
+        } else {
+            "acme"
+        };
+        let sample = format!("wsprism_handshakes_total{{result=\"{result}\",tenant=\"{tenant}\"}}");
+        assert!(metric(&m, &sample) >= 1.0, "{sample}\n{m}");
+    }
+    // The two sessions admitted are still the only ones.
+    assert_eq!(
+        gw.gw.tenant("acme").map(|t| t.broker.stats().sessions),
+        Some(2)
+    );
+}
+
+/// `refusal=close` also covers refusals made before the query is parsed: the
+/// handshake limiter (4429, with the delay in the reason) and a draining
+/// gateway (4503).
+#[tokio::test]
+async fn refusal_close_covers_rate_limit_and_drain() {
+    let gw = TestGateway::start(plain().gateway(|g| {
+        g.handshake_limit.enabled = true;
+        g.handshake_limit.per_ip_rps = 1;
+        g.handshake_limit.per_ip_burst = 1;
+        g.handshake_limit.global_rps = 1000;
+        g.handshake_limit.global_burst = 1000;
+    }))
+    .await;
+    let _a = gw.client("acme", "t1").await;
+    let (code, reason) = refused_with_close(&gw, "tenant=acme&ticket=t2&refusal=close", &[]).await;
+    assert_eq!(code, 4429);
+    assert!(reason.starts_with("rate_limited; retry after "), "{reason}");
+    gw.gw.start_drain();
+    let (code, reason) = refused_with_close(&gw, "tenant=acme&ticket=t2&refusal=close", &[]).await;
+    assert_eq!((code, reason.as_str()), (4503, "draining"));
+}

@@ -96,6 +96,8 @@ async fn vote_plugin_keeps_state_in_kv_and_refusals_are_service_errors() {
     let e = a.recv_type("error").await;
     assert_eq!(e["seq"], 9);
     assert_eq!(e["data"]["code"], "SERVICE_ERROR");
+    // The plugin's own code, for clients to branch on (SPEC §4).
+    assert_eq!(e["data"]["reason"], "ALREADY_VOTED", "{e}");
     assert!(
         e["data"]["msg"]
             .as_str()
@@ -194,7 +196,13 @@ async fn a_faulting_plugin_fails_only_its_own_calls() {
     let gw = TestGateway::start(cfg).await;
     let mut bad = gw.client("acme", "t1").await;
     let mut good = gw.client("acme", "t2").await;
-    for (seq, ty) in ["loop", "oom", "recurse", "panic"].into_iter().enumerate() {
+    let kinds = [
+        ("loop", "timeout"),
+        ("oom", "memory"),
+        ("recurse", "trap"),
+        ("panic", "trap"),
+    ];
+    for (seq, (ty, reason)) in kinds.into_iter().enumerate() {
         let seq = seq as u64 + 1;
         bad.send_json(json!({"v":1,"svc":"faults","type":ty,"seq":seq}))
             .await;
@@ -202,6 +210,7 @@ async fn a_faulting_plugin_fails_only_its_own_calls() {
         let e = bad.recv_type("error").await;
         assert_eq!(e["seq"], seq, "{ty}");
         assert_eq!(e["data"]["code"], "SERVICE_UNAVAILABLE", "{ty}: {e}");
+        assert_eq!(e["data"]["reason"], reason, "{ty}: {e}");
     }
     // The plugin still serves (here: refuses) other sessions; the faulting
     // session alone is backed off.
@@ -213,10 +222,9 @@ async fn a_faulting_plugin_fails_only_its_own_calls() {
     );
     bad.send_json(json!({"v":1,"svc":"faults","type":"refuse","seq":51}))
         .await;
-    assert_eq!(
-        bad.recv_type("error").await["data"]["code"],
-        "SERVICE_UNAVAILABLE"
-    );
+    let e = bad.recv_type("error").await;
+    assert_eq!(e["data"]["code"], "SERVICE_UNAVAILABLE", "{e}");
+    assert_eq!(e["data"]["reason"], "session_backing_off", "{e}");
     let m = gw.metrics().await;
     assert!(
         m.contains("wsprism_plugin_errors_total{plugin=\"faults\""),

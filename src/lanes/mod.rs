@@ -165,9 +165,10 @@ impl SessionCtx {
     /// the error budget.
     pub fn refuse_ext(&self, refusal: &Refusal, seq: Option<u64>) -> Flow {
         self.count_refusal(Lane::Ext, refusal.code);
-        self.entry
-            .outbox
-            .push(sys_error(refusal.code, &refusal.msg, seq), Qos::Reliable);
+        self.entry.outbox.push(
+            sys_error(refusal.code, &refusal.msg, refusal.reason.as_deref(), seq),
+            Qos::Reliable,
+        );
         self.spend_error_budget()
     }
 
@@ -179,7 +180,7 @@ impl SessionCtx {
             HotErrorMode::Error => {
                 self.entry
                     .outbox
-                    .push(sys_error(code, code.message(), None), Qos::Reliable);
+                    .push(sys_error(code, code.message(), None, None), Qos::Reliable);
             }
             HotErrorMode::Close => return Flow::Close(CloseCode::Policy),
         }

@@ -313,16 +313,20 @@ pub fn raw<T: Serialize>(data: &T) -> Box<RawValue> {
     })
 }
 
-/// `sys.error` for a refusal, echoing `seq`.
-pub fn sys_error(code: ClientCode, msg: &str, seq: Option<u64>) -> Message {
+/// `sys.error` for a refusal, echoing `seq`; `reason` (a plugin's own code, or
+/// why a service is unavailable) only when there is one.
+pub fn sys_error(code: ClientCode, msg: &str, reason: Option<&str>, seq: Option<u64>) -> Message {
     #[derive(Serialize)]
     struct Body<'a> {
         code: &'a str,
         msg: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     }
     let data = raw(&Body {
         code: code.as_str(),
         msg,
+        reason,
     });
     Outgoing::new("sys", "error")
         .seq(seq)
@@ -467,8 +471,17 @@ mod tests {
     #[test]
     fn encodes_sys_frames() {
         assert_eq!(
-            text(&sys_error(ClientCode::NotAllowed, "nope", Some(7))),
+            text(&sys_error(ClientCode::NotAllowed, "nope", None, Some(7))),
             r#"{"v":1,"svc":"sys","type":"error","seq":7,"data":{"code":"NOT_ALLOWED","msg":"nope"}}"#
+        );
+        assert_eq!(
+            text(&sys_error(
+                ClientCode::ServiceError,
+                "NO: closed",
+                Some("NO"),
+                None
+            )),
+            r#"{"v":1,"svc":"sys","type":"error","data":{"code":"SERVICE_ERROR","msg":"NO: closed","reason":"NO"}}"#
         );
         assert_eq!(
             text(&sys_ack(3)),

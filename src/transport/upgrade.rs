@@ -23,18 +23,23 @@
 //!
 //! Input: the HTTP request (`handle`). Output: a 101 and a spawned session
 //! (`super::session::run`), or the refusal; each outcome is counted in
-//! `wsprism_handshakes_total{tenant,result}`.
+//! `wsprism_handshakes_total{tenant,result}`. A client that asked for
+//! `refusal=close` and sent a valid upgrade gets a refusal that has a close code
+//! (`HandshakeRefusal::close_code`: 4401, 4403, 4404, 4409, 4429, 4503) as a 101
+//! followed at once by that Close frame (`close_after_upgrade`), because a
+//! browser cannot read the status of a refused upgrade.
 //! Must not: write to the socket after the 101 (the session's writer does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tracing::{Instrument, debug, info_span};
-use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use super::session;
 use super::ws::{self, NotUpgrade, ReadBudget, Upgrade};
@@ -57,25 +62,35 @@ const UNFINISHED_MESSAGE_SLACK: u64 = 64 * 1024;
 /// Bytes buffered before a write reaches the socket; the writer flushes each batch.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Longest wait for the client's answer to a refusal's Close frame.
+const REFUSAL_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 struct Query {
     tenant: String,
     ticket: Option<String>,
 }
 
-/// Step 3: `tenant` is required, `ticket` may come from the header instead.
+/// Step 3: `tenant` is required, `ticket` may come from the header instead;
+/// `refusal`, when present, must be `close` (read before the chain by
+/// [`wants_refusal_close`]).
 fn parse_query(raw: Option<&str>) -> Result<Query, HandshakeRefusal> {
     let mut tenant = None;
     let mut ticket = None;
+    let mut refusal = None;
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         let slot = match &*k {
             "tenant" => &mut tenant,
             "ticket" => &mut ticket,
+            "refusal" => &mut refusal,
             _ => continue,
         };
         if slot.is_some() {
             return Err(HandshakeRefusal::DuplicateParameter);
         }
         *slot = Some(v.into_owned());
+    }
+    if refusal.is_some_and(|r| r != "close") {
+        return Err(HandshakeRefusal::BadRefusalMode);
     }
     let tenant = tenant
         .filter(|t| !t.is_empty())
@@ -84,6 +99,14 @@ fn parse_query(raw: Option<&str>) -> Result<Query, HandshakeRefusal> {
         tenant,
         ticket: ticket.filter(|t| !t.is_empty()),
     })
+}
+
+/// Whether the query asks for `refusal=close`. Read before the admission chain
+/// so that refusals made before the query is parsed (draining, the handshake
+/// limiter) honour it too.
+fn wants_refusal_close(raw: Option<&str>) -> bool {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == "refusal" && v == "close")
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -102,8 +125,13 @@ pub(crate) async fn handle(
     RawQuery(query): RawQuery,
     mut req: Request,
 ) -> Response {
-    let upgrade = ws::prepare(&mut req);
-    match admit(&gw, remote, query.as_deref(), req.headers(), upgrade).await {
+    let (mut upgrade, not_upgrade) = match ws::prepare(&mut req) {
+        Ok(upgrade) => (Some(upgrade), None),
+        Err(e) => (None, Some(e)),
+    };
+    let query = query.as_deref();
+    let admitted = admit(&gw, remote, query, req.headers(), not_upgrade, &mut upgrade).await;
+    match admitted {
         Ok(resp) => resp,
         Err(Refused { tenant, refusal }) => {
             gw.metrics
@@ -111,9 +139,42 @@ pub(crate) async fn handle(
                 .with_label_values(&[tenant.as_deref().unwrap_or("_"), refusal.id()])
                 .inc();
             debug!(remote.addr = %remote, result = refusal.id(), "upgrade refused");
-            refusal.into_response()
+            match (upgrade, refusal.close_code()) {
+                (Some(upgrade), Some(code)) if wants_refusal_close(query) => {
+                    close_after_upgrade(&gw, upgrade, code, refusal.close_reason())
+                }
+                _ => refusal.into_response(),
+            }
         }
     }
+}
+
+/// Answers a refusal as a 101 and a Close frame with `code` and `reason`
+/// (`refusal=close`), then waits briefly for the client's Close before the
+/// connection goes. No session exists; the task is tracked with the sessions
+/// so a drain waits for it.
+fn close_after_upgrade(gw: &Hub, upgrade: Upgrade, code: u16, reason: String) -> Response {
+    let resp = upgrade.response();
+    gw.sessions.spawn(async move {
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(0)
+            .max_message_size(Some(READ_BUFFER_BYTES))
+            .max_frame_size(Some(READ_BUFFER_BYTES));
+        let finish = async move {
+            let mut socket = upgrade.accept(config, None).await.ok()?;
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            };
+            socket.close(Some(frame)).await.ok()?;
+            // Read until the client's Close (or anything else ends the stream).
+            while let Some(Ok(_)) = socket.next().await {}
+            Some(())
+        };
+        let _ = tokio::time::timeout(REFUSAL_CLOSE_WAIT, finish).await;
+    });
+    resp
 }
 
 /// A refusal and the tenant it is counted against (`None` until the tenant is
@@ -129,7 +190,8 @@ async fn admit(
     remote: SocketAddr,
     query: Option<&str>,
     headers: &HeaderMap,
-    upgrade: Result<Upgrade, NotUpgrade>,
+    not_upgrade: Option<NotUpgrade>,
+    upgrade: &mut Option<Upgrade>,
 ) -> Result<Response, Refused> {
     let anonymous = |refusal| Refused {
         tenant: None,
@@ -143,7 +205,7 @@ async fn admit(
         tenant: Some(Arc::clone(&tenant.id)),
         refusal,
     };
-    let upgrade = check_upgrade_headers(upgrade).map_err(of_tenant)?;
+    check_upgrade_headers(not_upgrade).map_err(of_tenant)?;
     check_origin(&rt, headers).map_err(of_tenant)?;
     tenant_has_room(&tenant, &rt).map_err(of_tenant)?;
     let user = authenticate(gw, &tenant, &rt, query.ticket, headers, remote)
@@ -180,14 +242,13 @@ fn find_tenant(gw: &Hub, id: &str) -> Result<(Arc<Tenant>, Arc<TenantRuntime>), 
     Ok((tenant, rt))
 }
 
-/// Step 5: a WebSocket upgrade, version 13.
-fn check_upgrade_headers(
-    upgrade: Result<Upgrade, NotUpgrade>,
-) -> Result<Upgrade, HandshakeRefusal> {
-    upgrade.map_err(|e| match e {
-        NotUpgrade::Version => HandshakeRefusal::UnsupportedWsVersion,
-        NotUpgrade::Headers => HandshakeRefusal::NotUpgrade,
-    })
+/// Step 5: a WebSocket upgrade, version 13 (`ws::prepare` found no fault).
+fn check_upgrade_headers(not_upgrade: Option<NotUpgrade>) -> Result<(), HandshakeRefusal> {
+    match not_upgrade {
+        None => Ok(()),
+        Some(NotUpgrade::Version) => Err(HandshakeRefusal::UnsupportedWsVersion),
+        Some(NotUpgrade::Headers) => Err(HandshakeRefusal::NotUpgrade),
+    }
 }
 
 /// Step 6: an `Origin`, when sent, must be one of the tenant's `allowed_origins`
@@ -250,21 +311,29 @@ async fn authenticate(
 
 /// Step 9: opens the session (`crate::session::open`: registration under the
 /// session policy, kicking the user's oldest session when the policy says so,
-/// the greeting) and spawns the session task that completes the upgrade.
+/// the greeting) and spawns the session task that completes the upgrade. The
+/// upgrade is taken only once the session is open; a refusal leaves it for
+/// `refusal=close`.
 async fn open_session(
     gw: &Arc<Hub>,
     tenant: &Arc<Tenant>,
     rt: &TenantRuntime,
     user: Arc<str>,
-    upgrade: Upgrade,
+    upgrade: &mut Option<Upgrade>,
     remote: SocketAddr,
 ) -> Result<Response, HandshakeRefusal> {
+    if upgrade.is_none() {
+        return Err(HandshakeRefusal::NotUpgrade);
+    }
     let crate::session::Opened { guard, greeting } = crate::session::open(gw, tenant, rt, user)
         .await
         .map_err(|e| match e {
             RegisterError::UserLimit => HandshakeRefusal::UserLimit,
             RegisterError::TenantFull => HandshakeRefusal::TenantFull,
         })?;
+    let Some(upgrade) = upgrade.take() else {
+        return Err(HandshakeRefusal::NotUpgrade);
+    };
     // From here on the guard closes the session whatever happens.
     let sid = guard.entry().sid;
     gw.metrics
