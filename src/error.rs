@@ -333,6 +333,9 @@ impl CloseCode {
 /// kinds of bad query are all `400 bad_request`); their messages differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeRefusal {
+    /// The public listener is at `gateway.max_connections` (answered at accept,
+    /// to any request on that connection).
+    OverCapacity,
     /// The gateway is draining.
     Draining,
     /// The global or per-IP handshake limiter is exhausted.
@@ -367,7 +370,8 @@ pub enum HandshakeRefusal {
 impl HandshakeRefusal {
     /// Every refusal in admission order, for docs and tests (`RateLimited` with a
     /// placeholder delay).
-    pub const ALL: [HandshakeRefusal; 13] = [
+    pub const ALL: [HandshakeRefusal; 14] = [
+        Self::OverCapacity,
         Self::Draining,
         Self::RateLimited {
             retry_after_secs: 1,
@@ -388,7 +392,7 @@ impl HandshakeRefusal {
     /// The HTTP status of the refusal.
     pub fn http_status(self) -> u16 {
         match self {
-            Self::Draining | Self::TenantFull => 503,
+            Self::OverCapacity | Self::Draining | Self::TenantFull => 503,
             Self::RateLimited { .. } => 429,
             Self::DuplicateParameter
             | Self::MissingTenant
@@ -406,6 +410,7 @@ impl HandshakeRefusal {
     /// Stable machine-readable id: the body's `error` field and the metric label.
     pub fn id(self) -> &'static str {
         match self {
+            Self::OverCapacity => "over_capacity",
             Self::Draining => "draining",
             Self::RateLimited { .. } => "rate_limited",
             Self::DuplicateParameter
@@ -424,6 +429,7 @@ impl HandshakeRefusal {
     /// The safe message in the body's `msg` field.
     pub fn message(self) -> &'static str {
         match self {
+            Self::OverCapacity => "gateway is at max_connections",
             Self::Draining => "gateway is draining",
             Self::RateLimited { .. } => "too many connection attempts",
             Self::DuplicateParameter => "duplicate query parameter",
@@ -443,6 +449,9 @@ impl HandshakeRefusal {
     /// When a client gets this refusal.
     pub fn when(self) -> &'static str {
         match self {
+            Self::OverCapacity => {
+                "the public listener has `gateway.max_connections` sockets open (any request; past a small margin new connections are closed at accept)"
+            }
             Self::Draining => "the gateway is shutting down (SIGTERM/SIGINT)",
             Self::RateLimited { .. } => {
                 "handshake rate limit (`gateway.handshake_limit`, global or per IP)"
@@ -474,6 +483,10 @@ impl HandshakeRefusal {
     /// apart (401, 403, 404, 409, 429, 503). `None`: the refusal stays plain
     /// HTTP (a bad query or not a WebSocket upgrade at all).
     pub fn close_code(self) -> Option<u16> {
+        if self == Self::OverCapacity {
+            // Answered at accept, before any route or query is read.
+            return None;
+        }
         let status = self.http_status();
         matches!(status, 401 | 403 | 404 | 409 | 429 | 503).then_some(4000 + status)
     }
@@ -492,7 +505,9 @@ impl HandshakeRefusal {
     /// What the client (or operator) should do about it.
     pub fn remedy(self) -> &'static str {
         match self {
-            Self::Draining => "reconnect with backoff; another instance may serve you",
+            Self::OverCapacity | Self::Draining => {
+                "reconnect with backoff; another instance may serve you"
+            }
             Self::RateLimited { .. } => "wait `Retry-After` seconds, then retry",
             Self::DuplicateParameter => "send each parameter once",
             Self::MissingTenant => "add `tenant=<id>`",
@@ -533,6 +548,11 @@ impl IntoResponse for HandshakeRefusal {
             Self::RateLimited { retry_after_secs } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::OverCapacity => {
+                let h = resp.headers_mut();
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::UnsupportedWsVersion => {
                 resp.headers_mut().insert(
@@ -705,6 +725,7 @@ pub fn markdown_table() -> String {
         HandshakeRefusal::ALL.map(|r| {
             let status = match r {
                 HandshakeRefusal::RateLimited { .. } => "429 + `Retry-After`".to_owned(),
+                HandshakeRefusal::OverCapacity => "503 + `Retry-After`".to_owned(),
                 HandshakeRefusal::UnsupportedWsVersion => {
                     "426 + `Sec-WebSocket-Version: 13`".to_owned()
                 }

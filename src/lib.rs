@@ -226,15 +226,26 @@ impl Server {
         let listeners_stop = CancellationToken::new();
         let public_addr = public.local_addr()?;
         let admin_addr = admin.local_addr()?;
+        let cap = {
+            let hub = Arc::clone(gw.hub());
+            let metrics = &gw.hub().metrics;
+            transport::listener::ConnectionCap::new(
+                move || hub.config().gateway.max_connections,
+                metrics.connections_open.clone(),
+                metrics.connections_refused.clone(),
+            )
+        };
         let public_task = tokio::spawn(transport::listener::serve(
             public,
             public_router,
             listeners_stop.clone(),
+            Some(cap),
         ));
         let admin_task = tokio::spawn(transport::listener::serve(
             admin,
             admin_router,
             listeners_stop.clone(),
+            None,
         ));
         info!("wsPrism gateway active at {public_addr}");
         info!(admin = %admin_addr, "admin listener (metrics, server API) active");

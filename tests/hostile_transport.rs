@@ -520,3 +520,134 @@ async fn ip_spray_keeps_the_limiter_table_bounded() {
     .await;
     assert_eq!(status, 101, "{head}");
 }
+
+/// Waits until `wsprism_connections_open` is exactly `want`.
+async fn open_connections_settle(gw: &TestGateway, want: f64) {
+    common::eventually(&format!("wsprism_connections_open == {want}"), || async {
+        let v = common::metric(&gw.metrics().await, "wsprism_connections_open");
+        if v == want { Ok(()) } else { Err(v) }
+    })
+    .await;
+}
+
+/// Issue 11 item 5: `gateway.max_connections` counts every open client socket,
+/// HTTP or upgraded. At the cap a new connection gets 503 `over_capacity`;
+/// past the margin (64 here) it is closed without an answer; the admin listener
+/// and the sessions already open keep working; closing sockets frees slots.
+#[tokio::test]
+async fn connection_cap_answers_503_then_closes_at_accept() {
+    let gw = TestGateway::start(cfg().gateway(|g| g.max_connections = 4)).await;
+    let addr = gw.addr;
+    let mut a = gw.client("acme", "t1").await;
+    let b = gw.client("acme", "t2").await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    open_connections_settle(&gw, 4.0).await;
+
+    // At the cap: any request on a new connection is 503 and the socket closes.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let (status, head, body) = http_exchange(
+        &mut s,
+        &upgrade_request(addr, "/v1/ws?tenant=acme&ticket=t1", ""),
+    )
+    .await;
+    assert_eq!(status, 503, "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("retry-after: 1") && lower.contains("connection: close"),
+        "{head}"
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("over_capacity"),
+        "{body:?}"
+    );
+    drop(s);
+    open_connections_settle(&gw, 4.0).await;
+
+    // Fill the 503 margin with silent sockets; the next is closed at accept.
+    let mut margin = Vec::new();
+    for _ in 0..64 {
+        margin.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let mut late = TcpStream::connect(addr).await.expect("connect");
+    let _ = late
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(Duration::from_secs(5), late.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => {}
+        Ok(Ok(n)) => panic!(
+            "expected a close at accept, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(_) => panic!("the connection past the margin was neither answered nor closed"),
+    }
+
+    // The admin listener answers and counted both kinds of refusal; the open
+    // session still works.
+    let m = gw.metrics().await;
+    let refused = |reason: &str| {
+        common::metric(
+            &m,
+            &format!("wsprism_connections_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(refused("over_capacity") >= 1.0, "{m}");
+    assert!(refused("closed_at_accept") >= 1.0, "{m}");
+    assert_eq!(a.join("still-here").await["data"]["members"], 1);
+
+    // Closing sockets (silent ones and a session) frees their slots.
+    drop((margin, silent, late, b));
+    open_connections_settle(&gw, 1.0).await;
+    let _c = gw.client("acme", "t2").await;
+}
+
+/// `/v1/echo` is admitted like `/v1/ws` (issue 11 item 5): its socket counts
+/// under `max_connections`, the handshake limiter answers 429, and a draining
+/// gateway 503.
+#[tokio::test]
+async fn echo_diagnostic_has_the_ws_limits() {
+    let gw = TestGateway::start(cfg().gateway(|g| {
+        g.diagnostics.echo = true;
+        g.max_connections = 1;
+        g.handshake_limit.enabled = true;
+        g.handshake_limit.per_ip_rps = 1;
+        g.handshake_limit.per_ip_burst = 2;
+        g.handshake_limit.global_rps = 1000;
+        g.handshake_limit.global_burst = 1000;
+    }))
+    .await;
+    let addr = gw.addr;
+    let mut echo = RawWs::connect(addr, "/v1/echo").await;
+    echo.send(&masked(TEXT, b"ping")).await;
+    assert_eq!(echo.read_data().await.payload, b"ping");
+    // The echo socket holds the only slot.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let (status, head, body) = http_exchange(&mut s, &upgrade_request(addr, "/v1/echo", "")).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("over_capacity"),
+        "{body:?}"
+    );
+    drop((echo, s));
+    open_connections_settle(&gw, 0.0).await;
+    // Second attempt from this address: within the burst of 2.
+    drop(RawWs::connect(addr, "/v1/echo").await);
+    open_connections_settle(&gw, 0.0).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let (status, head, _) = http_exchange(&mut s, &upgrade_request(addr, "/v1/echo", "")).await;
+    assert_eq!(status, 429, "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after"), "{head}");
+    drop(s);
+    open_connections_settle(&gw, 0.0).await;
+    gw.gw.start_drain();
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let (status, head, body) = http_exchange(&mut s, &upgrade_request(addr, "/v1/echo", "")).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("draining"),
+        "{body:?}"
+    );
+}

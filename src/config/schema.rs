@@ -23,6 +23,10 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_WRITER_SEND_TIMEOUT_MS: u64 = 1_500;
 /// How long a drain waits for sessions to close before aborting them.
 pub const DEFAULT_DRAIN_GRACE_MS: u64 = 5_000;
+/// Open client sockets on the public listener, before and after the upgrade.
+/// A session costs ~4 KiB idle plus its queues; 100,000 fit a small machine and
+/// stop a connection flood before file descriptors or memory run out.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
 /// Reliable queue depth per session (messages).
 pub const DEFAULT_RELIABLE_CAPACITY: usize = 1024;
 /// Lossy queue depth per session (messages).
@@ -90,6 +94,10 @@ pub struct GatewayConfig {
     pub writer_send_timeout_ms: u64,
     /// Graceful drain budget on SIGTERM/SIGINT.
     pub drain_grace_ms: u64,
+    /// Open client sockets on the public listener (HTTP and upgraded) beyond
+    /// which new ones get 503, and past a small margin are closed at accept;
+    /// 0 = no limit (an explicit opt-in).
+    pub max_connections: u64,
     /// Per-session outbound queue capacities.
     pub queues: QueuesConfig,
     /// Pre-upgrade handshake limiter.
@@ -111,6 +119,7 @@ impl Default for GatewayConfig {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             writer_send_timeout_ms: DEFAULT_WRITER_SEND_TIMEOUT_MS,
             drain_grace_ms: DEFAULT_DRAIN_GRACE_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             queues: QueuesConfig::default(),
             handshake_limit: HandshakeLimitConfig::default(),
             diagnostics: DiagnosticsConfig::default(),

@@ -12,6 +12,10 @@ use prometheus::{
 
 /// Sessions open now.
 pub const SESSIONS_ACTIVE: &str = "wsprism_sessions_active";
+/// Open client sockets on the public listener.
+pub const CONNECTIONS_OPEN: &str = "wsprism_connections_open";
+/// Client sockets refused for `max_connections`, by how.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsprism_connections_refused_total";
 /// Upgrade attempts by result.
 pub const HANDSHAKES_TOTAL: &str = "wsprism_handshakes_total";
 /// Sessions ended, by close reason.
@@ -51,6 +55,10 @@ pub struct Metrics {
     registry: Registry,
     /// `tenant`.
     pub sessions_active: IntGaugeVec,
+    /// Open client sockets on the public listener.
+    pub connections_open: IntGauge,
+    /// `reason`: `over_capacity` (answered 503), `closed_at_accept`.
+    pub connections_refused: IntCounterVec,
     /// `tenant`, `result`.
     pub handshakes: IntCounterVec,
     /// `tenant`, `reason`.
@@ -111,7 +119,19 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
         let _ = registry.register(Box::new(plugin_call_duration.clone()));
+        let connections_open = IntGauge::new(
+            CONNECTIONS_OPEN,
+            "Client sockets open on the public listener, before and after upgrade.",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+        let _ = registry.register(Box::new(connections_open.clone()));
         Self {
+            connections_refused: counter(
+                &registry,
+                CONNECTIONS_REFUSED_TOTAL,
+                "Client sockets refused at gateway.max_connections: answered 503 (over_capacity) or closed at accept.",
+                &["reason"],
+            ),
             handshakes: counter(
                 &registry,
                 HANDSHAKES_TOTAL,
@@ -185,6 +205,7 @@ impl Metrics {
                 &["tenant", "kind", "result"],
             ),
             sessions_active,
+            connections_open,
             plugin_call_duration,
             registry,
         }

@@ -2,13 +2,20 @@
 //! for protocol conformance suites. Mounted only when
 //! `gateway.diagnostics.echo: true`.
 //!
+//! It is admitted like `/v1/ws` up to the tenant: a draining gateway answers
+//! 503, the handshake limiter 429, and the socket holds its place under
+//! `gateway.max_connections` until it closes; an echo ends when the gateway
+//! shuts down.
+//!
 //! Protocol faults end the connection the way `/v1/ws` does: a Close frame with
 //! 1002 (protocol violation), 1007 (text that is not UTF-8) or 1009 (over the
 //! size limit), then a bounded wait for the peer's Close reply.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -16,9 +23,12 @@ use tracing::debug;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
+use super::listener::ConnSlot;
 use super::session::{CLOSE_HANDSHAKE_TIMEOUT, close_code_for};
+use super::upgrade::{not_draining, within_handshake_limit};
 use super::ws::{self, NotUpgrade, Socket};
 use crate::error::CloseCode;
+use crate::session::Hub;
 
 /// Largest message echoed (conformance suites send up to 16 MiB).
 const MAX_ECHO_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -26,7 +36,15 @@ const MAX_ECHO_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const ECHO_IDLE: Duration = Duration::from_secs(60);
 
 /// The handler.
-pub(crate) async fn handle(mut req: Request) -> Response {
+pub(crate) async fn handle(
+    State(gw): State<Arc<Hub>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
+    if let Err(refusal) = not_draining(&gw).and_then(|()| within_handshake_limit(&gw, remote)) {
+        return refusal.into_response();
+    }
+    let slot = req.extensions_mut().remove::<ConnSlot>();
     let upgrade = match ws::prepare(&mut req) {
         Ok(u) => u,
         Err(NotUpgrade::Version) => {
@@ -46,7 +64,9 @@ pub(crate) async fn handle(mut req: Request) -> Response {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_ECHO_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_ECHO_MESSAGE_BYTES));
-    tokio::spawn(async move {
+    let shutdown = gw.shutdown.clone();
+    gw.tasks.spawn(async move {
+        let _slot = slot;
         let mut socket = match upgrade.accept(config, None).await {
             Ok(s) => s,
             Err(e) => {
@@ -54,7 +74,11 @@ pub(crate) async fn handle(mut req: Request) -> Response {
                 return;
             }
         };
-        if let Some(code) = echo(&mut socket).await {
+        let code = tokio::select! {
+            code = echo(&mut socket) => code,
+            () = shutdown.cancelled() => Some(CloseCode::GoingAway),
+        };
+        if let Some(code) = code {
             fail(&mut socket, code).await;
         }
         let _ = socket.flush().await;

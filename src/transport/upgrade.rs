@@ -41,6 +41,7 @@ use futures_util::StreamExt;
 use tracing::{Instrument, debug, info_span};
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
+use super::listener::ConnSlot;
 use super::session;
 use super::ws::{self, NotUpgrade, ReadBudget, Upgrade};
 use crate::error::HandshakeRefusal;
@@ -125,12 +126,24 @@ pub(crate) async fn handle(
     RawQuery(query): RawQuery,
     mut req: Request,
 ) -> Response {
+    // The socket's place under `max_connections` goes with it into the
+    // session (or refusal) task.
+    let slot = req.extensions_mut().remove::<ConnSlot>();
     let (mut upgrade, not_upgrade) = match ws::prepare(&mut req) {
         Ok(upgrade) => (Some(upgrade), None),
         Err(e) => (None, Some(e)),
     };
     let query = query.as_deref();
-    let admitted = admit(&gw, remote, query, req.headers(), not_upgrade, &mut upgrade).await;
+    let admitted = admit(
+        &gw,
+        remote,
+        query,
+        req.headers(),
+        not_upgrade,
+        &mut upgrade,
+        slot.clone(),
+    )
+    .await;
     match admitted {
         Ok(resp) => resp,
         Err(Refused { tenant, refusal }) => {
@@ -141,7 +154,7 @@ pub(crate) async fn handle(
             debug!(remote.addr = %remote, result = refusal.id(), "upgrade refused");
             match (upgrade, refusal.close_code()) {
                 (Some(upgrade), Some(code)) if wants_refusal_close(query) => {
-                    close_after_upgrade(&gw, upgrade, code, refusal.close_reason())
+                    close_after_upgrade(&gw, upgrade, code, refusal.close_reason(), slot)
                 }
                 _ => refusal.into_response(),
             }
@@ -153,9 +166,16 @@ pub(crate) async fn handle(
 /// (`refusal=close`), then waits briefly for the client's Close before the
 /// connection goes. No session exists; the task is tracked with the sessions
 /// so a drain waits for it.
-fn close_after_upgrade(gw: &Hub, upgrade: Upgrade, code: u16, reason: String) -> Response {
+fn close_after_upgrade(
+    gw: &Hub,
+    upgrade: Upgrade,
+    code: u16,
+    reason: String,
+    slot: Option<ConnSlot>,
+) -> Response {
     let resp = upgrade.response();
     gw.sessions.spawn(async move {
+        let _slot = slot;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .write_buffer_size(0)
@@ -192,6 +212,7 @@ async fn admit(
     headers: &HeaderMap,
     not_upgrade: Option<NotUpgrade>,
     upgrade: &mut Option<Upgrade>,
+    slot: Option<ConnSlot>,
 ) -> Result<Response, Refused> {
     let anonymous = |refusal| Refused {
         tenant: None,
@@ -211,13 +232,13 @@ async fn admit(
     let user = authenticate(gw, &tenant, &rt, query.ticket, headers, remote)
         .await
         .map_err(of_tenant)?;
-    open_session(gw, &tenant, &rt, user, upgrade, remote)
+    open_session(gw, &tenant, &rt, user, upgrade, slot, remote)
         .await
         .map_err(of_tenant)
 }
 
 /// Step 1: a draining gateway takes no new sessions.
-fn not_draining(gw: &Hub) -> Result<(), HandshakeRefusal> {
+pub(super) fn not_draining(gw: &Hub) -> Result<(), HandshakeRefusal> {
     if gw.is_draining() {
         Err(HandshakeRefusal::Draining)
     } else {
@@ -226,7 +247,7 @@ fn not_draining(gw: &Hub) -> Result<(), HandshakeRefusal> {
 }
 
 /// Step 2: the global and per-IP handshake limiter.
-fn within_handshake_limit(gw: &Hub, remote: SocketAddr) -> Result<(), HandshakeRefusal> {
+pub(super) fn within_handshake_limit(gw: &Hub, remote: SocketAddr) -> Result<(), HandshakeRefusal> {
     gw.handshake_limiter()
         .check(remote.ip())
         .map_err(|t| HandshakeRefusal::RateLimited {
@@ -320,6 +341,7 @@ async fn open_session(
     rt: &TenantRuntime,
     user: Arc<str>,
     upgrade: &mut Option<Upgrade>,
+    slot: Option<ConnSlot>,
     remote: SocketAddr,
 ) -> Result<Response, HandshakeRefusal> {
     if upgrade.is_none() {
@@ -357,6 +379,7 @@ async fn open_session(
     let resp = upgrade.response();
     gw.sessions.spawn(
         async move {
+            let _slot = slot;
             let socket = match upgrade.accept(config, Some(Arc::clone(&budget))).await {
                 Ok(socket) => socket,
                 Err(e) => {
