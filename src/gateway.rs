@@ -90,6 +90,9 @@ impl Gateway {
         let _guard = self.apply_lock.lock();
         let hub = &self.hub;
         let mut runtimes = tenant::compile_all(&cfg, &self.base_dir, &hub.backend)?;
+        // Re-read on every apply: a renewed certificate under the same path
+        // serves new connections after a reload.
+        let tls = crate::transport::tls::load(&cfg.gateway.tls, &self.base_dir)?;
         let old_cfg = hub.config.load_full();
         let old = hub.tenants.snapshot();
         let mut report = ApplyReport::default();
@@ -148,6 +151,7 @@ impl Gateway {
             hub.handshake
                 .store(Arc::new(HandshakeLimiter::new(&n.handshake_limit)));
         }
+        hub.tls.store(tls);
         hub.tenants.replace(next);
         hub.config.store(Arc::new(cfg));
         Ok(report)

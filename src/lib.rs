@@ -60,6 +60,17 @@ use crate::plugin_host::kv::{KvStore, MemoryKv};
 use crate::services::{ExtService, NoPlugins};
 use crate::session::HubParts;
 
+/// Everything starting refuses a valid config for, short of binding: tenants'
+/// keys and secrets, and the TLS certificate and key (`wsprism check`).
+///
+/// # Errors
+/// The [`ConfigError`] starting would fail with.
+pub fn check_loadable(cfg: &Config, base_dir: &std::path::Path) -> Result<(), ConfigError> {
+    tenant::compile_all(cfg, base_dir, &BackendClient::new())?;
+    transport::tls::load(&cfg.gateway.tls, base_dir)?;
+    Ok(())
+}
+
 /// How a server is started.
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
@@ -226,20 +237,11 @@ impl Server {
         let listeners_stop = CancellationToken::new();
         let public_addr = public.local_addr()?;
         let admin_addr = admin.local_addr()?;
-        let cap = {
-            let hub = Arc::clone(gw.hub());
-            let metrics = &gw.hub().metrics;
-            transport::listener::ConnectionCap::new(
-                move || hub.config().gateway.max_connections,
-                metrics.connections_open.clone(),
-                metrics.connections_refused.clone(),
-            )
-        };
         let public_task = tokio::spawn(transport::listener::serve(
             public,
             public_router,
             listeners_stop.clone(),
-            Some(cap),
+            Some(transport::listener::PublicAccept::new(Arc::clone(gw.hub()))),
         ));
         let admin_task = tokio::spawn(transport::listener::serve(
             admin,

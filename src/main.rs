@@ -72,8 +72,7 @@ fn fail(path: &Path, e: &StartupError) -> ExitCode {
 fn check(path: &Path) -> Result<(), StartupError> {
     let cfg = config::load(path)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let backend = wsprism::backend::BackendClient::new();
-    wsprism::tenant::compile_all(&cfg, &base, &backend)?;
+    wsprism::check_loadable(&cfg, &base)?;
     eprintln!("{}: ok ({} tenants)", path.display(), cfg.tenants.len());
     Ok(())
 }

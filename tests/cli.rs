@@ -366,9 +366,24 @@ tenants:
 "#,
     )
     .expect("write");
+    let missing_cert = dir.path().join("missing_cert.yaml");
+    std::fs::write(
+        &missing_cert,
+        r#"version: 1
+gateway:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  tls: { cert_file: nope.crt, key_file: nope.key }
+tenants:
+  - id: acme
+    auth: { tickets: { dev: dev } }
+"#,
+    )
+    .expect("write");
     for (file, path, what) in [
         (&missing_key, "tenants[0].auth", "missing.pem"),
         (&unknown_key, "gateway.lisen_backlog", "unknown field"),
+        (&missing_cert, "gateway.tls.cert_file", "nope.crt"),
     ] {
         for cmd in ["check", "start"] {
             let (code, err) = exit_of(&[cmd.as_ref(), "--config".as_ref(), file.as_os_str()]);

@@ -403,3 +403,213 @@ async fn refusal_close_covers_rate_limit_and_drain() {
     let (code, reason) = refused_with_close(&gw, "tenant=acme&ticket=t2&refusal=close", &[]).await;
     assert_eq!((code, reason.as_str()), (4503, "draining"));
 }
+
+/// A gateway behind a load balancer on loopback: `trusted_proxies` covers
+/// 127.0.0.0/8; per-IP burst 1, global budget 2.
+fn behind_proxy(proxy_protocol: bool) -> TestConfig {
+    plain().gateway(|g| {
+        g.trusted_proxies = vec!["127.0.0.0/8".into()];
+        g.proxy_protocol = proxy_protocol;
+        g.handshake_limit.enabled = true;
+        g.handshake_limit.per_ip_rps = 1;
+        g.handshake_limit.per_ip_burst = 1;
+        g.handshake_limit.global_rps = 1;
+        g.handshake_limit.global_burst = 4;
+    })
+}
+
+/// Issue 11 item 6: per-IP limits see the client named by a trusted proxy's
+/// `X-Forwarded-For` (rightmost untrusted hop), IPv6 clients per /64, and an
+/// untrusted peer's header is ignored.
+#[tokio::test]
+async fn forwarded_clients_are_limited_per_client_and_per_ipv6_network() {
+    let gw = TestGateway::start(behind_proxy(false)).await;
+    let path = "/v1/ws?tenant=acme&ticket=t1";
+    let status = |xff: &'static str| {
+        let gw = &gw;
+        async move { gw.upgrade_status(path, &[("x-forwarded-for", xff)]).await.0 }
+    };
+    assert_eq!(status("198.51.100.7").await, 101);
+    // Another client behind the same proxy has its own budget.
+    assert_eq!(status("198.51.100.8").await, 101);
+    // The first one again: its budget (1) is spent. A forged left entry
+    // changes nothing: the rightmost untrusted hop is the client.
+    assert_eq!(status("203.0.113.1, 198.51.100.7").await, 429);
+    // IPv6: one budget per /64.
+    assert_eq!(status("2001:db8:1:2::1").await, 101);
+    assert_eq!(status("2001:db8:1:2::ffff").await, 429);
+
+    // Without trusted proxies the header is ignored: every attempt is
+    // loopback's.
+    let gw = TestGateway::start(behind_proxy(false).gateway(|g| g.trusted_proxies.clear())).await;
+    let first = gw
+        .upgrade_status(path, &[("x-forwarded-for", "198.51.100.7")])
+        .await
+        .0;
+    let second = gw
+        .upgrade_status(path, &[("x-forwarded-for", "198.51.100.8")])
+        .await
+        .0;
+    assert_eq!((first, second), (101, 429));
+}
+
+/// Issue 11 item 6: with `proxy_protocol`, a trusted proxy's connection starts
+/// with a PROXY v1/v2 header and the client it names is the one limited; a
+/// connection without one is closed unanswered.
+#[tokio::test]
+async fn proxy_protocol_names_the_client() {
+    use raw_ws::{http_exchange, upgrade_request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start(behind_proxy(true)).await;
+    let addr = gw.addr;
+    let req = upgrade_request(addr, "/v1/ws?tenant=acme&ticket=t1", "");
+    let v1 = |src: &str| format!("PROXY TCP4 {src} 10.0.0.1 4711 8080\r\n").into_bytes();
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend([
+        0x21, 0x11, 0, 12, 198, 51, 100, 9, 10, 0, 0, 1, 0x12, 0x67, 0x1f, 0x90,
+    ]);
+    for (what, header, want) in [
+        ("v1 client A", v1("198.51.100.7"), 101),
+        ("v1 client B", v1("198.51.100.8"), 101),
+        ("v2 client C", v2, 101),
+        ("v1 client A again", v1("198.51.100.7"), 429),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&header).await.expect("write header");
+        let (status, head, _) = http_exchange(&mut s, &req).await;
+        assert_eq!(status, want, "{what}: {head}");
+    }
+    // No PROXY header from a trusted peer: closed without an answer.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&req).await.expect("write");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+}
+
+/// Issue 11 item 6: requests that fail before authentication spend their
+/// address's budget, never the global one, so a handful of addresses cannot
+/// lock everyone out.
+#[tokio::test]
+async fn refusals_before_auth_do_not_drain_the_global_budget() {
+    let gw = TestGateway::start(plain().gateway(|g| {
+        g.trusted_proxies = vec!["127.0.0.0/8".into()];
+        g.handshake_limit.enabled = true;
+        g.handshake_limit.per_ip_rps = 100;
+        g.handshake_limit.per_ip_burst = 100;
+        g.handshake_limit.global_rps = 1;
+        g.handshake_limit.global_burst = 2;
+    }))
+    .await;
+    // Five attacking addresses, 20 failing requests each.
+    for i in 0..100 {
+        let xff = format!("203.0.113.{}", i % 5);
+        let path = if i % 2 == 0 {
+            "/v1/ws?tenant=nope&ticket=t1"
+        } else {
+            "/v1/ws?ticket=t1"
+        };
+        let status = gw
+            .upgrade_status(path, &[("x-forwarded-for", &xff)])
+            .await
+            .0;
+        assert!(status == 404 || status == 400, "{status}");
+    }
+    // A real client still gets in.
+    let ok = gw
+        .upgrade_status(
+            "/v1/ws?tenant=acme&ticket=t1",
+            &[("x-forwarded-for", "198.51.100.7")],
+        )
+        .await
+        .0;
+    assert_eq!(ok, 101);
+}
+
+/// Writes a fresh self-signed certificate for `localhost` / 127.0.0.1 to
+/// `dir/{cert,key}.pem`; returns its DER for a client's root store.
+fn write_certificate(dir: &std::path::Path) -> Vec<u8> {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    std::fs::write(dir.join("cert.pem"), c.cert.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), c.key_pair.serialize_pem()).expect("write key");
+    c.cert.der().to_vec()
+}
+
+/// A `wss://` connection trusting only `root`; returns the first frame or the
+/// TLS / WebSocket error.
+async fn wss(addr: std::net::SocketAddr, root: &[u8]) -> Result<serde_json::Value, String> {
+    use futures_util::StreamExt;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(root.to_vec()))
+        .expect("root");
+    let config = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let url = format!(
+        "wss://localhost:{}/v1/ws?tenant=acme&ticket=t1",
+        addr.port()
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .map_err(|e| format!("ws: {e}"))?;
+    match tokio::time::timeout(WAIT, ws.next()).await {
+        Ok(Some(Ok(m))) => {
+            serde_json::from_str(m.to_text().unwrap_or("")).map_err(|e| e.to_string())
+        }
+        other => Err(format!("no first frame: {other:?}")),
+    }
+}
+
+/// Issue 11 item 6: `gateway.tls` serves `wss://` on the public listener, a
+/// plain client cannot connect there, and a config apply (reload) re-reads the
+/// files so a renewed certificate serves new connections.
+#[tokio::test]
+async fn tls_listener_serves_wss_and_rereads_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = write_certificate(dir.path());
+    let cert = dir.path().join("cert.pem").display().to_string();
+    let key = dir.path().join("key.pem").display().to_string();
+    let cfg = plain().gateway(|g| {
+        g.tls.cert_file = Some(cert);
+        g.tls.key_file = Some(key);
+    });
+    let gw = TestGateway::start(cfg.clone()).await;
+    let authed = wss(gw.addr, &old)
+        .await
+        .expect("wss with the first certificate");
+    assert_eq!(authed["type"], "authed", "{authed}");
+    // A plain WebSocket client gets no session on a TLS port.
+    assert!(gw.connect("acme", "t1").await.is_err());
+
+    let new = write_certificate(dir.path());
+    gw.gw.apply(cfg.parse()).expect("reload");
+    let authed = wss(gw.addr, &new)
+        .await
+        .expect("wss with the renewed certificate");
+    assert_eq!(authed["type"], "authed", "{authed}");
+    let refused = wss(gw.addr, &old)
+        .await
+        .expect_err("the old certificate is gone");
+    assert!(refused.starts_with("tls:"), "{refused}");
+
+    // A reload with an unreadable key keeps the old config and certificate.
+    std::fs::write(dir.path().join("key.pem"), "not a key").expect("write");
+    assert!(gw.gw.apply(cfg.parse()).is_err());
+    assert!(wss(gw.addr, &new).await.is_ok());
+}

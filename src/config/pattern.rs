@@ -1,4 +1,4 @@
-//! Allowlist patterns, parsed while the config is read.
+//! Allowlist patterns and proxy CIDRs, parsed while the config is read.
 //!
 //! Owns: the grammar of `svc:type` / `svc:*` / `*` (Ext Lane) and
 //! `svc_id:opcode` / `svc_id:*` / `*` (Hot Lane) patterns. Each entry of
@@ -89,7 +89,38 @@ impl FromStr for HotPattern {
     }
 }
 
-/// One allowlist entry: the text as written and what it parsed to.
+/// One `gateway.trusted_proxies` entry: a CIDR (`10.0.0.0/8`, `fd00::/8`) or
+/// a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    /// Whether `ip` is inside the network (an IPv4-mapped IPv6 address is
+    /// compared as the IPv4 address it carries).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    /// # Errors
+    /// A message naming the text and the accepted forms.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .map(|n| n.trunc())
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(Self)
+            .map_err(|_| {
+                format!("`{s}` is not an IP network; write a CIDR like 10.0.0.0/8 or an address")
+            })
+    }
+}
+
+/// One allowlist (or proxy CIDR) entry: the text as written and what it
+/// parsed to.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Pattern<P> {
     raw: String,

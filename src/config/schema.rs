@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::pattern::{ExtPattern, HotPattern, Pattern};
+use super::pattern::{Cidr, ExtPattern, HotPattern, Pattern};
 
 /// Default public listener.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -98,6 +98,14 @@ pub struct GatewayConfig {
     /// which new ones get 503, and past a small margin are closed at accept;
     /// 0 = no limit (an explicit opt-in).
     pub max_connections: u64,
+    /// Native TLS on the public listener.
+    pub tls: TlsConfig,
+    /// Load balancers and proxies whose word about the client address is
+    /// taken (`X-Forwarded-For`, PROXY protocol).
+    pub trusted_proxies: Vec<Pattern<Cidr>>,
+    /// Connections from `trusted_proxies` must start with a PROXY protocol
+    /// v1/v2 header naming the client.
+    pub proxy_protocol: bool,
     /// Per-session outbound queue capacities.
     pub queues: QueuesConfig,
     /// Pre-upgrade handshake limiter.
@@ -120,12 +128,33 @@ impl Default for GatewayConfig {
             writer_send_timeout_ms: DEFAULT_WRITER_SEND_TIMEOUT_MS,
             drain_grace_ms: DEFAULT_DRAIN_GRACE_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            tls: TlsConfig::default(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             queues: QueuesConfig::default(),
             handshake_limit: HandshakeLimitConfig::default(),
             diagnostics: DiagnosticsConfig::default(),
             plugins: PluginsConfig::default(),
             cluster: ClusterConfig::default(),
         }
+    }
+}
+
+/// Native TLS (`gateway.tls`): both files set → `listen` serves `wss://`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first (relative paths: from the config's
+    /// directory). Re-read on reload.
+    pub cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Re-read on reload.
+    pub key_file: Option<String>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on (both files named).
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
     }
 }
 
@@ -169,6 +198,9 @@ pub struct HandshakeLimitConfig {
     /// Memory bound of the per-IP table; past it, unseen IPs are refused (429)
     /// until idle entries age out.
     pub max_ip_entries: usize,
+    /// IPv6 clients share one per-IP budget per network of this prefix length
+    /// (a host usually holds a whole /64).
+    pub ipv6_prefix_len: u8,
 }
 
 impl Default for HandshakeLimitConfig {
@@ -180,6 +212,7 @@ impl Default for HandshakeLimitConfig {
             per_ip_rps: 10,
             per_ip_burst: 20,
             max_ip_entries: 50_000,
+            ipv6_prefix_len: 64,
         }
     }
 }

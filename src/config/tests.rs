@@ -234,3 +234,48 @@ fn cluster_settings_are_checked_without_echoing_secrets() {
     ));
     assert_eq!(e[0].path, "gateway.cluster.redis_url");
 }
+
+#[test]
+fn connection_and_proxy_settings_are_checked() {
+    let cfg = parse_ok(MINIMAL);
+    assert_eq!(cfg.gateway.max_connections, 100_000);
+    assert_eq!(cfg.gateway.handshake_limit.ipv6_prefix_len, 64);
+    assert!(cfg.gateway.trusted_proxies.is_empty() && !cfg.gateway.proxy_protocol);
+    assert!(!cfg.gateway.tls.enabled());
+    let ok = parse_ok(
+        "version: 1\ngateway:\n  trusted_proxies: [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.7\"]\n  proxy_protocol: true\ntenants:\n  - id: acme\n    auth: { tickets: { dev: dev } }\n",
+    );
+    let nets: Vec<&str> = ok
+        .gateway
+        .trusted_proxies
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]);
+    let text = r#"
+version: 1
+gateway:
+  trusted_proxies: ["10.0.0.0/33", "proxy.internal"]
+  proxy_protocol: true
+  handshake_limit: { ipv6_prefix_len: 0 }
+  tls: { cert_file: cert.pem }
+tenants:
+  - id: acme
+    auth: { tickets: { dev: dev } }
+"#;
+    let paths: Vec<String> = issues(text).into_iter().map(|i| i.path).collect();
+    for expected in [
+        "gateway.trusted_proxies[0]",
+        "gateway.trusted_proxies[1]",
+        "gateway.handshake_limit.ipv6_prefix_len",
+        "gateway.tls.key_file",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "missing {expected} in {paths:?}"
+        );
+    }
+    let text = "version: 1\ngateway:\n  proxy_protocol: true\ntenants:\n  - id: acme\n    auth: { tickets: { dev: dev } }\n";
+    let paths: Vec<String> = issues(text).into_iter().map(|i| i.path).collect();
+    assert_eq!(paths, ["gateway.proxy_protocol"]);
+}

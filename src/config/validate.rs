@@ -92,6 +92,35 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             h.max_ip_entries as u64,
         );
     }
+    if !(1..=128).contains(&h.ipv6_prefix_len) {
+        issues.push(
+            "gateway.handshake_limit.ipv6_prefix_len",
+            format!(
+                "{} is not a prefix length; use 1..=128 (64 = one budget per /64)",
+                h.ipv6_prefix_len
+            ),
+        );
+    }
+    for (i, p) in g.trusted_proxies.iter().enumerate() {
+        if let Some(e) = p.error() {
+            issues.push(format!("gateway.trusted_proxies[{i}]"), e);
+        }
+    }
+    if g.proxy_protocol && g.trusted_proxies.is_empty() {
+        issues.push(
+            "gateway.proxy_protocol",
+            "needs gateway.trusted_proxies: only connections from them may carry a PROXY header",
+        );
+    }
+    match (&g.tls.cert_file, &g.tls.key_file) {
+        (Some(_), None) => {
+            issues.push("gateway.tls.key_file", "set it too, or leave out cert_file")
+        }
+        (None, Some(_)) => {
+            issues.push("gateway.tls.cert_file", "set it too, or leave out key_file")
+        }
+        _ => {}
+    }
     let p = &g.plugins;
     if p.dir.trim().is_empty() {
         issues.push("gateway.plugins.dir", "must name a directory");

@@ -57,13 +57,32 @@ pub struct Throttled {
     pub retry_after_secs: u64,
 }
 
+/// The retry hint of a refused check.
+fn throttled(nu: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> Throttled {
+    Throttled {
+        retry_after_secs: nu
+            .wait_time_from(DefaultClock::default().now())
+            .as_secs()
+            .max(1),
+    }
+}
+
 /// Global + per-IP upgrade limiter whose IP table is bounded.
+///
+/// The two budgets are spent at different steps: [`check_ip`](Self::check_ip)
+/// for every attempt (malformed ones too), [`check_global`](Self::check_global)
+/// only for attempts that got as far as authentication. Requests that fail
+/// before auth (unknown tenant, bad query, wrong origin) from a handful of
+/// addresses thus spend those addresses' budgets and never the global one that
+/// every client shares. IPv6 addresses are keyed by their network
+/// (`ipv6_prefix_len`, /64 by default), since one host usually owns a /64.
 #[derive(Debug)]
 pub struct HandshakeLimiter {
     enabled: bool,
     global: DirectLimiter,
     per_ip: KeyedLimiter<IpAddr>,
     max_ip_entries: usize,
+    ipv6_mask: u128,
     /// Last time (nanos since `epoch`) the table was pruned, so a spray triggers at
     /// most one O(n) prune per second.
     last_prune: AtomicU64,
@@ -78,24 +97,43 @@ impl HandshakeLimiter {
             global: direct(quota(cfg.global_rps, cfg.global_burst)),
             per_ip: keyed(quota(cfg.per_ip_rps, cfg.per_ip_burst)),
             max_ip_entries: cfg.max_ip_entries.max(1),
+            ipv6_mask: u128::MAX
+                .checked_shl(128 - u32::from(cfg.ipv6_prefix_len.clamp(1, 128)))
+                .unwrap_or(0),
             last_prune: AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
         }
     }
 
-    /// Checks one upgrade attempt from `ip`.
+    /// Checks one upgrade attempt from `ip` against both budgets.
     ///
     /// # Errors
     /// [`Throttled`] with a retry hint when the global or per-IP budget is spent, or
     /// when the IP table is full of recently active addresses.
     pub fn check(&self, ip: IpAddr) -> Result<(), Throttled> {
+        self.check_ip(ip)?;
+        self.check_global()
+    }
+
+    /// The key an address is limited under: IPv4 (also when IPv4-mapped) as
+    /// is, IPv6 truncated to its network.
+    pub fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & self.ipv6_mask).into()),
+            v4 => v4,
+        }
+    }
+
+    /// Spends one attempt from `ip`'s (network's) budget.
+    ///
+    /// # Errors
+    /// [`Throttled`] when that budget is spent or the IP table is full of
+    /// recently active addresses.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Throttled> {
         if !self.enabled {
             return Ok(());
         }
-        let clock = DefaultClock::default();
-        let retry = |nu: governor::NotUntil<_>| Throttled {
-            retry_after_secs: nu.wait_time_from(clock.now()).as_secs().max(1),
-        };
+        let ip = self.key(ip);
         if self.per_ip.len() >= self.max_ip_entries {
             self.prune();
             if self.per_ip.len() >= self.max_ip_entries {
@@ -104,9 +142,18 @@ impl HandshakeLimiter {
                 });
             }
         }
-        self.per_ip.check_key(&ip).map_err(retry)?;
-        self.global.check().map_err(retry)?;
-        Ok(())
+        self.per_ip.check_key(&ip).map_err(throttled)
+    }
+
+    /// Spends one attempt from the budget all clients share.
+    ///
+    /// # Errors
+    /// [`Throttled`] when it is spent.
+    pub fn check_global(&self) -> Result<(), Throttled> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.global.check().map_err(throttled)
     }
 
     /// Drops IP entries whose buckets are full again (idle addresses). Runs at most
@@ -145,7 +192,41 @@ mod tests {
             per_ip_rps: 1,
             per_ip_burst,
             max_ip_entries,
+            ipv6_prefix_len: 64,
         }
+    }
+
+    #[test]
+    fn ipv6_is_limited_per_network() {
+        let l = HandshakeLimiter::new(&cfg(2, 1000, 100));
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // Two addresses of one /64 share its budget of 2.
+        assert!(l.check(ip("2001:db8:1:2::1")).is_ok());
+        assert!(l.check(ip("2001:db8:1:2:ffff::9")).is_ok());
+        assert!(l.check(ip("2001:db8:1:2:abcd::1")).is_err());
+        // The next /64 has its own.
+        assert!(l.check(ip("2001:db8:1:3::1")).is_ok());
+        // IPv4-mapped addresses count as the IPv4 address.
+        assert_eq!(l.key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        let mut c = cfg(1, 1000, 100);
+        c.ipv6_prefix_len = 128;
+        let exact = HandshakeLimiter::new(&c);
+        assert!(exact.check(ip("2001:db8::1")).is_ok());
+        assert!(exact.check(ip("2001:db8::2")).is_ok());
+    }
+
+    #[test]
+    fn per_ip_refusals_do_not_spend_the_global_budget() {
+        let l = HandshakeLimiter::new(&cfg(1, 2, 100));
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert!(l.check_ip(a).is_ok());
+        for _ in 0..50 {
+            assert!(l.check_ip(a).is_err());
+        }
+        // The global budget (2) is untouched by the refused attempts.
+        assert!(l.check_global().is_ok());
+        assert!(l.check_global().is_ok());
+        assert!(l.check_global().is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod lifecycle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,6 +51,9 @@ pub struct Hub {
     pub(crate) config: ArcSwap<Config>,
     /// The handshake limiter in force.
     pub(crate) handshake: ArcSwap<HandshakeLimiter>,
+    /// The public listener's TLS setup (`gateway.tls`), when TLS is on;
+    /// replaced by every config apply (certificates re-read).
+    pub(crate) tls: ArcSwapOption<tokio_rustls::rustls::ServerConfig>,
     draining: AtomicBool,
     ids: SessionIds,
     /// Every session task; drain waits on it.
@@ -100,6 +103,7 @@ impl Hub {
             backend,
             cluster,
             handshake: ArcSwap::from_pointee(HandshakeLimiter::new(&cfg.gateway.handshake_limit)),
+            tls: ArcSwapOption::empty(),
             config: ArcSwap::from_pointee(cfg),
             draining: AtomicBool::new(false),
             ids: SessionIds::random(),

@@ -41,6 +41,8 @@ pub(crate) async fn handle(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     mut req: Request,
 ) -> Response {
+    let remote =
+        super::client_ip::client_addr(remote, req.headers(), &gw.config().gateway.trusted_proxies);
     if let Err(refusal) = not_draining(&gw).and_then(|()| within_handshake_limit(&gw, remote)) {
         return refusal.into_response();
     }

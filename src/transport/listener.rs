@@ -38,6 +38,10 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::debug;
 
+use super::client_ip;
+use super::tls::ClientStream;
+use crate::session::Hub;
+
 /// Time allowed to send a complete request head (slowloris bound).
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head buffered; larger heads get 431.
@@ -50,21 +54,15 @@ pub(crate) const MAX_URI_BYTES: usize = 16 * 1024;
 /// for `max_connections`.
 const OVER_CAPACITY_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The open-socket bound of a listener (`gateway.max_connections`).
-pub(crate) struct ConnectionCap {
+/// What the public listener checks at accept, from the config in force (a
+/// reload changes it for the next connection): the open-socket bound
+/// (`gateway.max_connections`) and whether a PROXY header is expected.
+#[derive(Debug)]
+pub(crate) struct PublicAccept {
+    hub: Arc<Hub>,
     open: Arc<AtomicUsize>,
-    /// The bound in force, read at each accept (a reload changes it).
-    max: Box<dyn Fn() -> u64 + Send + Sync>,
     gauge: IntGauge,
     refused: IntCounterVec,
-}
-
-impl std::fmt::Debug for ConnectionCap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionCap")
-            .field("open", &self.open.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
 }
 
 /// What to do with an accepted connection.
@@ -77,27 +75,37 @@ enum Admission {
     Close,
 }
 
-impl ConnectionCap {
-    /// A cap reading its bound from `max` (0 = none), reporting to the
+impl PublicAccept {
+    /// Checks for `hub`'s public listener, reporting to the
     /// `wsprism_connections_*` families.
-    pub(crate) fn new(
-        max: impl Fn() -> u64 + Send + Sync + 'static,
-        gauge: IntGauge,
-        refused: IntCounterVec,
-    ) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>) -> Self {
         Self {
+            gauge: hub.metrics.connections_open.clone(),
+            refused: hub.metrics.connections_refused.clone(),
             open: Arc::default(),
-            max: Box::new(max),
-            gauge,
-            refused,
+            hub,
         }
     }
 
-    /// Counts the new connection and decides its fate: served up to the cap,
-    /// answered 503 up to the margin above it (a sixteenth of the cap, at
-    /// least 64), closed beyond.
+    /// The TLS acceptor in force (`gateway.tls`), if TLS is on.
+    fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.hub
+            .tls
+            .load_full()
+            .map(tokio_rustls::TlsAcceptor::from)
+    }
+
+    /// Whether a connection from `peer` must start with a PROXY header.
+    fn expects_proxy_header(&self, peer: SocketAddr) -> bool {
+        let cfg = self.hub.config();
+        cfg.gateway.proxy_protocol && client_ip::is_trusted(peer.ip(), &cfg.gateway.trusted_proxies)
+    }
+
+    /// Counts the new connection and decides its fate: served up to the cap
+    /// (0 = none), answered 503 up to the margin above it (a sixteenth of the
+    /// cap, at least 64), closed beyond.
     fn admit(&self) -> Admission {
-        let max = (self.max)();
+        let max = self.hub.config().gateway.max_connections;
         let open = self.open.fetch_add(1, Ordering::AcqRel) as u64;
         let slot = ConnSlot {
             _guard: Arc::new(SlotGuard {
@@ -118,7 +126,7 @@ impl ConnectionCap {
     }
 }
 
-/// One open client socket, counted against [`ConnectionCap`] until the last
+/// One open client socket, counted against [`PublicAccept`] until the last
 /// clone is dropped (the HTTP connection task holds one, and the task serving
 /// an upgraded socket takes another from the request's extensions).
 #[derive(Clone, Debug)]
@@ -141,12 +149,13 @@ impl Drop for SlotGuard {
 
 /// Serves `app` on `listener` until `stop` is cancelled, then lets in-flight HTTP
 /// requests finish (upgraded WebSockets are tracked by the gateway, not here).
-/// With a `cap`, open sockets are bounded as the module doc says.
+/// The public listener passes its [`PublicAccept`] checks: open sockets are
+/// bounded as the module doc says, and trusted proxies' PROXY headers read.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     stop: CancellationToken,
-    cap: Option<ConnectionCap>,
+    public: Option<PublicAccept>,
 ) {
     let conns = TaskTracker::new();
     loop {
@@ -162,7 +171,7 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let slot = match cap.as_ref().map(ConnectionCap::admit) {
+        let slot = match public.as_ref().map(PublicAccept::admit) {
             None => None,
             Some(Admission::Serve(slot)) => Some(slot),
             Some(Admission::Refuse(slot)) => {
@@ -178,7 +187,41 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let stop = stop.clone();
-        conns.spawn(serve_connection(stream, remote, app, stop, slot));
+        let proxy_header = public
+            .as_ref()
+            .is_some_and(|p| p.expects_proxy_header(remote));
+        let tls = public.as_ref().and_then(PublicAccept::tls);
+        conns.spawn(async move {
+            let mut stream = stream;
+            let remote = if proxy_header {
+                match client_ip::read_proxy_header(&mut stream, remote).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        debug!(remote.addr = %remote, error = ?e, "PROXY header refused; closing");
+                        return;
+                    }
+                }
+            } else {
+                remote
+            };
+            let stream = match tls {
+                None => ClientStream::Plain(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            debug!(remote.addr = %remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(remote.addr = %remote, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            serve_connection(stream, remote, app, stop, slot).await;
+        });
     }
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
@@ -202,7 +245,7 @@ async fn refuse_connection(stream: TcpStream, slot: ConnSlot) {
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: ClientStream,
     remote: SocketAddr,
     app: Router,
     stop: CancellationToken,

@@ -7,19 +7,24 @@
 //! `crate::error` (this module spells no status or message itself):
 //!
 //! 1. `not_draining` (503);
-//! 2. `within_handshake_limit` (429): counts every attempt *before* the query is
-//!    parsed, so floods of malformed requests are limited too (README "Connecting");
+//! 2. `within_ip_limit` (429): the client address's (IPv6: its /64's) budget,
+//!    spent by every attempt *before* the query is parsed, so floods of
+//!    malformed requests are limited too (README "Connecting"). The client
+//!    address is the TCP peer, or what trusted proxies say (`client_ip`);
 //! 3. `parse_query` (400);
 //! 4. `find_tenant` (404);
 //! 5. `check_upgrade_headers` (400, 426);
 //! 6. `check_origin` (403);
 //! 7. `tenant_has_room` (503), before any auth work is spent;
-//! 8. `authenticate` (400 without a ticket, 401);
-//! 9. `open_session`: the session policy (409/503), registration, the kick of
-//!    the user's oldest session, the greeting and the spawn of the session task
-//!    with the tenant's frame limit applied to the socket. The session is
-//!    registered before the 101 so `sys.authed` is the first frame, and
-//!    unregistered by a guard if the upgrade never completes.
+//! 8. `within_global_limit` (429): the budget all clients share, spent only
+//!    by attempts that reach authentication, so requests that fail earlier
+//!    cannot drain it from a handful of addresses;
+//! 9. `authenticate` (400 without a ticket, 401);
+//! 10. `open_session`: the session policy (409/503), registration, the kick of
+//!     the user's oldest session, the greeting and the spawn of the session task
+//!     with the tenant's frame limit applied to the socket. The session is
+//!     registered before the 101 so `sys.authed` is the first frame, and
+//!     unregistered by a guard if the upgrade never completes.
 //!
 //! Input: the HTTP request (`handle`). Output: a 101 and a spawned session
 //! (`super::session::run`), or the refusal; each outcome is counted in
@@ -41,6 +46,7 @@ use futures_util::StreamExt;
 use tracing::{Instrument, debug, info_span};
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
+use super::client_ip;
 use super::listener::ConnSlot;
 use super::session;
 use super::ws::{self, NotUpgrade, ReadBudget, Upgrade};
@@ -126,6 +132,9 @@ pub(crate) async fn handle(
     RawQuery(query): RawQuery,
     mut req: Request,
 ) -> Response {
+    // Behind trusted proxies, the client is who they say it is.
+    let remote =
+        client_ip::client_addr(remote, req.headers(), &gw.config().gateway.trusted_proxies);
     // The socket's place under `max_connections` goes with it into the
     // session (or refusal) task.
     let slot = req.extensions_mut().remove::<ConnSlot>();
@@ -219,7 +228,7 @@ async fn admit(
         refusal,
     };
     not_draining(gw).map_err(anonymous)?;
-    within_handshake_limit(gw, remote).map_err(anonymous)?;
+    within_ip_limit(gw, remote).map_err(anonymous)?;
     let query = parse_query(query).map_err(anonymous)?;
     let (tenant, rt) = find_tenant(gw, &query.tenant).map_err(anonymous)?;
     let of_tenant = |refusal| Refused {
@@ -229,6 +238,7 @@ async fn admit(
     check_upgrade_headers(not_upgrade).map_err(of_tenant)?;
     check_origin(&rt, headers).map_err(of_tenant)?;
     tenant_has_room(&tenant, &rt).map_err(of_tenant)?;
+    within_global_limit(gw).map_err(of_tenant)?;
     let user = authenticate(gw, &tenant, &rt, query.ticket, headers, remote)
         .await
         .map_err(of_tenant)?;
@@ -246,13 +256,28 @@ pub(super) fn not_draining(gw: &Hub) -> Result<(), HandshakeRefusal> {
     }
 }
 
-/// Step 2: the global and per-IP handshake limiter.
-pub(super) fn within_handshake_limit(gw: &Hub, remote: SocketAddr) -> Result<(), HandshakeRefusal> {
+/// Step 2: the per-IP handshake budget.
+fn within_ip_limit(gw: &Hub, remote: SocketAddr) -> Result<(), HandshakeRefusal> {
     gw.handshake_limiter()
-        .check(remote.ip())
-        .map_err(|t| HandshakeRefusal::RateLimited {
-            retry_after_secs: t.retry_after_secs,
-        })
+        .check_ip(remote.ip())
+        .map_err(throttled)
+}
+
+/// Step 8: the global handshake budget.
+fn within_global_limit(gw: &Hub) -> Result<(), HandshakeRefusal> {
+    gw.handshake_limiter().check_global().map_err(throttled)
+}
+
+/// Both handshake budgets at once, for endpoints without an admission chain
+/// (`/v1/echo`).
+pub(super) fn within_handshake_limit(gw: &Hub, remote: SocketAddr) -> Result<(), HandshakeRefusal> {
+    gw.handshake_limiter().check(remote.ip()).map_err(throttled)
+}
+
+fn throttled(t: crate::policy::rate_limit::Throttled) -> HandshakeRefusal {
+    HandshakeRefusal::RateLimited {
+        retry_after_secs: t.retry_after_secs,
+    }
 }
 
 /// Step 4: a configured tenant whose config is still in force (a tenant removed
@@ -302,7 +327,7 @@ fn tenant_has_room(tenant: &Tenant, rt: &TenantRuntime) -> Result<(), HandshakeR
     Ok(())
 }
 
-/// Step 8: the ticket from the query, else from `Authorization: Bearer`, checked
+/// Step 9: the ticket from the query, else from `Authorization: Bearer`, checked
 /// by the tenant's authenticator. Returns the user id.
 async fn authenticate(
     gw: &Hub,
@@ -330,7 +355,7 @@ async fn authenticate(
         })
 }
 
-/// Step 9: opens the session (`crate::session::open`: registration under the
+/// Step 10: opens the session (`crate::session::open`: registration under the
 /// session policy, kicking the user's oldest session when the policy says so,
 /// the greeting) and spawns the session task that completes the upgrade. The
 /// upgrade is taken only once the session is open; a refusal leaves it for

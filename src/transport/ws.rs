@@ -26,12 +26,13 @@ use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+
+use super::tls::ClientStream;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-/// An accepted WebSocket.
-pub(crate) type Socket = WebSocketStream<LeanIo<TcpStream>>;
+/// An accepted WebSocket (over plain TCP or TLS).
+pub(crate) type Socket = WebSocketStream<LeanIo<ClientStream>>;
 
 /// Why a request is not an acceptable WebSocket upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +119,8 @@ impl Upgrade {
         // buffer (`listener::MAX_HEAD_BYTES`), so they are not charged to the
         // read budget.
         let parts = upgraded
-            .downcast::<TokioIo<TcpStream>>()
-            .map_err(|_| io::Error::other("the upgraded connection is not a TCP stream"))?;
+            .downcast::<TokioIo<ClientStream>>()
+            .map_err(|_| io::Error::other("the upgraded connection is not a client stream"))?;
         let io = LeanIo {
             inner: parts.io.into_inner(),
             pending: parts.read_buf.to_vec(),
@@ -199,14 +200,14 @@ pub(crate) struct LeanIo<T> {
     budget: Option<Arc<ReadBudget>>,
 }
 
-impl LeanIo<TcpStream> {
+impl LeanIo<ClientStream> {
     /// Makes closing the socket reset the connection (`SO_LINGER` 0): the
     /// kernel discards what it still buffers for the peer instead of trickling
     /// it out before a FIN. For a peer that cannot keep up, whose close
     /// handshake did not complete (README "Delivery"). Zero linger never blocks
     /// on close.
     pub(crate) fn reset_on_close(&self) {
-        if let Err(e) = self.inner.set_zero_linger() {
+        if let Err(e) = self.inner.tcp().set_zero_linger() {
             tracing::debug!(error = %e, "could not set zero linger");
         }
     }
