@@ -315,3 +315,47 @@ async fn tenant_scope_shares_one_bucket_across_users() {
         .await;
     expect_error(&mut c, "RATE_LIMITED", None).await;
 }
+
+/// `sys.ping` is the application-level liveness probe a browser client can
+/// send (it cannot send WebSocket pings): answered with `sys.pong` echoing
+/// `seq` under a deny-all allowlist, and never counted as a refusal, so a
+/// client probing after sleep does not spend its error budget.
+#[tokio::test]
+async fn sys_ping_is_answered_with_pong() {
+    let gw = TestGateway::start(acme().policy(|p| p.error_budget.max_errors = 2)).await;
+    let mut c = gw.client("acme", "t1").await;
+    for seq in 1..=5u64 {
+        c.send_json(json!({"v":1,"svc":"sys","type":"ping","seq":seq}))
+            .await;
+        let pong = c.recv_json().await;
+        assert_eq!(
+            (
+                pong["svc"].as_str(),
+                pong["type"].as_str(),
+                pong["seq"].as_u64()
+            ),
+            (Some("sys"), Some("pong"), Some(seq)),
+            "{pong}"
+        );
+    }
+    c.send_json(json!({"v":1,"svc":"sys","type":"ping"})).await;
+    let pong = c.recv_json().await;
+    assert!(
+        pong["type"] == "pong" && pong.get("seq").is_none(),
+        "{pong}"
+    );
+    // Other sys types stay refused.
+    c.send_json(json!({"v":1,"svc":"sys","type":"kicked","seq":9}))
+        .await;
+    expect_error(&mut c, "NOT_ALLOWED", Some(9)).await;
+    // Six pings and one refusal: only the refusal was counted.
+    let m = gw.metrics().await;
+    let refusals: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("wsprism_policy_refusals_total{") && l.contains("tenant=\"acme\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refusals, 1.0, "{m}");
+}

@@ -14,7 +14,7 @@ use tungstenite::Utf8Bytes;
 
 use super::{Flow, SessionCtx};
 use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
-use crate::protocol::ext::{self, Envelope, sys_ack};
+use crate::protocol::ext::{self, Envelope, sys_ack, sys_pong};
 use crate::realtime::broker::Broker;
 use crate::realtime::outbox::Qos;
 use crate::services::effects::{self, Target};
@@ -40,6 +40,12 @@ pub async fn handle(ctx: &mut SessionCtx, text: Utf8Bytes) -> Flow {
         Ok(env) => env,
         Err(e) => return ctx.refuse_ext(&Refusal::with_msg(e.code, e.reason), e.seq),
     };
+    // The application-level liveness probe (browsers cannot send WebSocket
+    // pings): always allowed, rate limited like any message, answered at once.
+    if env.svc == "sys" && env.ty == "ping" {
+        ctx.entry.outbox.push(sys_pong(env.seq), Qos::Reliable);
+        return Flow::Continue;
+    }
     if !rt.policy.ext_allow.allows(&env.svc, &env.ty) {
         return ctx.refuse_ext(&Refusal::new(ClientCode::NotAllowed), env.seq);
     }

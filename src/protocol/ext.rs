@@ -339,6 +339,11 @@ pub fn sys_ack(seq: u64) -> Message {
     Outgoing::new("sys", "ack").seq(Some(seq)).encode()
 }
 
+/// `sys.pong` for a client's `sys.ping`, echoing `seq`.
+pub fn sys_pong(seq: Option<u64>) -> Message {
+    Outgoing::new("sys", "pong").seq(seq).encode()
+}
+
 /// `room.member_joined` / `room.member_left` (`ty`) for `user` as `peer` in
 /// `room`.
 pub fn member_event(ty: &str, room: &str, user: &str, peer: u32) -> Message {
