@@ -84,20 +84,25 @@ describe("requests", () => {
   it("carries a plugin's own refusal code as reason", async () => {
     const c = makeClient(gw.url, "t2");
     await c.connect();
+    const errors: Envelope[] = [];
+    c.on("message", (m) => {
+      if (m.svc === "sys" && m.type === "error") errors.push(m);
+    });
     const room = await c.join("poll");
     await room.request("vote", "cast", { option: "a" });
     const err = await room.request("vote", "cast", { option: "b" }).catch((e: unknown) => e);
     assert.ok(err instanceof WsprismError);
     assert.equal(err.code, "SERVICE_ERROR");
     assert.equal(err.reason, "ALREADY_VOTED");
+    // The gateway sends the plugin's code as data.reason.
+    assert.equal((errors[0]?.data as { reason?: unknown } | undefined)?.reason, "ALREADY_VOTED");
   });
 
-  it("reports UNKNOWN_SERVICE for a service nobody serves", async () => {
+  it("reports UNKNOWN_SERVICE for an allowed svc nobody serves", async () => {
     const c = makeClient(gw.url, "t1");
     await c.connect();
-    // The allowlist admits echo:*, and echo is routed; a route to a missing
-    // plugin is SERVICE_UNAVAILABLE, an unrouted svc NOT_ALLOWED first.
-    await assert.rejects(c.request("ghost", "x"), { code: "NOT_ALLOWED" });
+    await assert.rejects(c.request("ghost", "x"), { code: "UNKNOWN_SERVICE", name: "WsprismError" });
+    await assert.rejects(c.request("nope", "x"), { code: "NOT_ALLOWED" });
   });
 
   it("resolves a plugin request and delivers the plugin's reply as a message", async () => {

@@ -64,13 +64,17 @@ export interface TenantConfig {
   [key: string]: unknown;
 }
 
+/** Server API key of the test tenant. */
+export const API_KEY = "test-api-key-0123456789";
+
 /** The tenant the tests share unless they need another. */
 export function acme(overrides: Record<string, unknown> = {}): TenantConfig {
   return {
     id: "acme",
+    api_keys: [API_KEY],
     auth: { mode: "static", tickets: { t1: "u1", t2: "u2", t3: "u3", t4: "u4" } },
     policy: {
-      ext_allowlist: ["room:*", "chat:send", "echo:*", "vote:*"],
+      ext_allowlist: ["room:*", "chat:send", "echo:*", "vote:*", "ghost:*"],
       hot_allowlist: ["1:*", "2:*"],
       rate_limit_burst: 1000,
     },
@@ -171,6 +175,18 @@ export class Gateway {
     await this.#spawn();
   }
 
+  /** POSTs `body` to the server API path `/v1/api/tenants/acme/<path>`. */
+  async api(path: string, body: unknown): Promise<unknown> {
+    const res = await fetch(`http://127.0.0.1:${this.adminPort}/v1/api/tenants/acme/${path}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const json: unknown = await res.json();
+    if (!res.ok) throw new Error(`server API ${path}: ${res.status} ${JSON.stringify(json)}`);
+    return json;
+  }
+
   /** Kills it and forgets it. */
   async stop(): Promise<void> {
     await this.kill();
@@ -202,7 +218,7 @@ export class Proxy {
   readonly port: number;
   readonly #server: net.Server;
   readonly #pairs = new Set<[net.Socket, net.Socket]>();
-  #paused = false;
+  readonly #frozen = new WeakSet<net.Socket>();
   #refusing = false;
   connections = 0;
 
@@ -239,7 +255,7 @@ export class Proxy {
     this.#pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket): void => {
       from.on("data", (chunk) => {
-        if (!this.#paused) to.write(chunk);
+        if (!this.#frozen.has(from)) to.write(chunk);
       });
     };
     forward(client, upstream);
@@ -253,13 +269,12 @@ export class Proxy {
     upstream.on("close", end).on("error", end);
   }
 
-  /** Swallows all traffic on open connections from now on. */
+  /** Swallows all traffic of the connections open now; later connections flow. */
   pause(): void {
-    this.#paused = true;
-  }
-
-  resume(): void {
-    this.#paused = false;
+    for (const [a, b] of this.#pairs) {
+      this.#frozen.add(a);
+      this.#frozen.add(b);
+    }
   }
 
   /** Destroys every open connection. */
