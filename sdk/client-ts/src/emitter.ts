@@ -17,6 +17,12 @@ export type Unsubscribe = () => void;
 /** Typed `on` / `once` / `emit` over an event map `{ name: payload }`. */
 export class Emitter<Events extends object> {
   readonly #listeners = new Map<keyof Events, Set<Listener<never>>>();
+  readonly #onListenerError: (err: unknown) => void;
+
+  /** `onListenerError` receives what a listener throws; by default it is re-thrown on a microtask. */
+  constructor(onListenerError: (err: unknown) => void = rethrowLater) {
+    this.#onListenerError = onListenerError;
+  }
 
   /** Calls `fn` for every `event` until the returned function is called. */
   on<K extends keyof Events>(event: K, fn: Listener<Events[K]>): Unsubscribe {
@@ -54,9 +60,7 @@ export class Emitter<Events extends object> {
       try {
         (fn as Listener<Events[K]>)(payload);
       } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
+        this.#onListenerError(err);
       }
     }
   }
@@ -65,4 +69,10 @@ export class Emitter<Events extends object> {
   clear(): void {
     this.#listeners.clear();
   }
+}
+
+function rethrowLater(err: unknown): void {
+  queueMicrotask(() => {
+    throw err;
+  });
 }
