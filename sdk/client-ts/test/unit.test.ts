@@ -240,4 +240,40 @@ describe("scripted socket", () => {
     assert.equal(room.info?.peer, 2);
     client.close();
   });
+
+  it("reconnects at once when the browser reports the network back, and unhooks on close", async () => {
+    const hooks = new Map<string, () => void>();
+    const g = globalThis as { addEventListener?: unknown; removeEventListener?: unknown };
+    g.addEventListener = (type: string, fn: () => void) => hooks.set(type, fn);
+    g.removeEventListener = (type: string) => hooks.delete(type);
+    try {
+      const client = new WsprismClient({
+        url: "ws://gw",
+        tenant: "acme",
+        getTicket: () => "t",
+        WebSocket: ScriptedSocket,
+        liveness: false,
+        reconnect: { initialDelayMs: 60_000, maxDelayMs: 60_000, random: () => 0.99 },
+      });
+      const connected = client.connect();
+      await new Promise((r) => setImmediate(r));
+      const first = ScriptedSocket.last;
+      assert.ok(first);
+      first.deliver({ v: 1, svc: "sys", type: "authed", data: { tenant: "acme", user: "u", sid: "s1" } });
+      await connected;
+      first.close(1001, "draining");
+      assert.equal(client.state, "waiting");
+      const online = hooks.get("online");
+      assert.ok(online, "listens for online");
+      online();
+      await new Promise((r) => setImmediate(r));
+      assert.notEqual(ScriptedSocket.last, first, "a new attempt without waiting out the back-off");
+      assert.equal(client.state, "connecting");
+      client.close();
+      assert.equal(hooks.size, 0);
+    } finally {
+      delete g.addEventListener;
+      delete g.removeEventListener;
+    }
+  });
 });

@@ -32,10 +32,19 @@ const live = new Set<Gateway>();
 const tempDirs = new Set<string>();
 const proxies = new Set<Proxy>();
 
-process.on("exit", () => {
+/** Synchronous last-resort cleanup: kill every gateway, remove every temp dir. */
+function cleanupNow(): void {
   for (const gw of live) gw.child?.kill("SIGKILL");
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
+}
+process.on("exit", cleanupNow);
+// A run stopped from outside (Ctrl-C, a timeout) cleans up too.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    cleanupNow();
+    process.exit(128 + (signal === "SIGINT" ? 2 : 15));
+  });
+}
 
 /** A free loopback TCP port (bound, read and released). */
 export async function freePort(): Promise<number> {
@@ -105,6 +114,7 @@ export class Gateway {
   readonly port: number;
   readonly adminPort: number;
   readonly #configFile: string;
+  #startupMs = 30_000;
 
   private constructor(port: number, adminPort: number, configFile: string) {
     this.port = port;
@@ -133,6 +143,8 @@ export class Gateway {
     writeFileSync(file, JSON.stringify(config, null, 2));
     const gw = new Gateway(port, adminPort, file);
     live.add(gw);
+    // Plugins are compiled before the gateway listens; a debug build compiles slowly.
+    gw.#startupMs = opts.plugins === true ? 90_000 : 30_000;
     await gw.#spawn();
     return gw;
   }
@@ -157,7 +169,7 @@ export class Gateway {
       child.once("exit", (code, signal) => reject(new Error(`gateway exited (${code ?? signal}) during startup:\n${this.log}`)));
     });
     exited.catch(() => undefined);
-    await Promise.race([waitForHealth(this.port, 20_000), exited]);
+    await Promise.race([waitForHealth(this.port, this.#startupMs), exited]);
   }
 
   /** Kills the process (SIGKILL: no drain, sessions see the TCP connection drop) and waits for it. */
