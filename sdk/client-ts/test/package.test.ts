@@ -3,7 +3,8 @@
 // from Node, and no runtime dependencies.
 
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { describe, it } from "node:test";
@@ -35,11 +36,11 @@ describe("package", () => {
   });
 
   it("ships declarations without internals", () => {
-    const dts = readFileSync(dist("types/index.d.ts"), "utf8");
+    const dts = readFileSync(dist("esm/index.d.ts"), "utf8");
     assert.match(dts, /WsprismClient/);
-    const room = readFileSync(dist("types/room.d.ts"), "utf8");
+    const room = readFileSync(dist("esm/room.d.ts"), "utf8");
     assert.doesNotMatch(room, /^\s+_(dispatch|rejoin|resync|stopped|connectionLost)\(|interface RoomHost/m);
-    assert.doesNotMatch(readFileSync(dist("types/client.d.ts"), "utf8"), /_inFlight/);
+    assert.doesNotMatch(readFileSync(dist("esm/client.d.ts"), "utf8"), /_inFlight/);
     assert.match(room, /presence\(timeoutMs\?: number\): Promise<Presence>/);
   });
 
@@ -53,5 +54,42 @@ describe("package", () => {
     for (const name of API) assert.notEqual(lib[name], undefined, name);
     const esm = (await import(pathToFileURL(dist("browser/wsprism.esm.js")).href)) as Record<string, unknown>;
     for (const name of API) assert.notEqual(esm[name], undefined, name);
+  });
+
+  it("type-checks for ESM and CommonJS consumers through the exports map", () => {
+    // Inside the package, so that "@wsprism/client" resolves to itself.
+    const dir = path.join(PACKAGE_ROOT, "build", "consumer");
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(
+      path.join(dir, "esm.mts"),
+      [
+        'import WebSocket from "ws";',
+        'import { WsprismClient, wsHandshakeInspector, type Room, type HotFrame } from "@wsprism/client";',
+        'const c = new WsprismClient({ url: "ws://x", tenant: "t", getTicket: async () => "k", WebSocket, inspectHandshake: wsHandshakeInspector });',
+        'const r: Promise<Room> = c.join("r");',
+        'c.on("hot", (f: HotFrame) => f.peer);',
+        "// @ts-expect-error internals are not part of the published types",
+        "c._inFlight;",
+        "export { r };",
+      ].join("\n"),
+    );
+    writeFileSync(
+      path.join(dir, "cjs.cts"),
+      ['import sdk = require("@wsprism/client");', 'export const e: sdk.WsprismError = new sdk.WsprismError("TIMEOUT", "x");'].join("\n"),
+    );
+    writeFileSync(
+      path.join(dir, "tsconfig.json"),
+      JSON.stringify({
+        compilerOptions: { module: "Node16", moduleResolution: "Node16", target: "ES2022", lib: ["ES2022"], types: ["node"], strict: true, noEmit: true },
+        files: ["esm.mts", "cjs.cts"],
+      }),
+    );
+    const tsc = path.join(PACKAGE_ROOT, "node_modules", "typescript", "bin", "tsc");
+    try {
+      execFileSync(process.execPath, [tsc, "-p", dir], { encoding: "utf8", stdio: "pipe" });
+    } catch (err) {
+      const out = err as { stdout?: string; stderr?: string };
+      assert.fail(`consumer type-check failed:\n${out.stdout ?? ""}${out.stderr ?? ""}`);
+    }
   });
 });
