@@ -276,4 +276,42 @@ describe("scripted socket", () => {
       delete g.removeEventListener;
     }
   });
+
+  it("probes at once after a timer ran late (the machine slept), not before", async () => {
+    const client = new WsprismClient({
+      url: "ws://gw",
+      tenant: "acme",
+      getTicket: () => "t",
+      WebSocket: ScriptedSocket,
+      // Long bounds: only the late-timer rule can send a probe within this test.
+      liveness: { idleMs: 60_000, timeoutMs: 60_000 },
+    });
+    const connected = client.connect();
+    await new Promise((r) => setImmediate(r));
+    const sock = ScriptedSocket.last;
+    assert.ok(sock);
+    sock.deliver({ v: 1, svc: "sys", type: "authed", data: { tenant: "acme", user: "u", sid: "s" } });
+    await connected;
+    const realNow = Date.now;
+    try {
+      await new Promise((r) => setTimeout(r, 1_100)); // one ordinary tick (1 s)
+      assert.deepEqual(sock.sent, [], "no probe while awake and within idleMs");
+      const asleep = realNow();
+      Date.now = () => realNow() + 120_000 + (realNow() - asleep);
+      await new Promise((r) => setTimeout(r, 1_100));
+      const probe = sock.sent[0];
+      assert.equal(probe?.["svc"], "sys");
+      assert.equal(probe?.["type"], "ping");
+      assert.equal(typeof probe?.["seq"], "number");
+      // Its answer is swallowed, not reported as an error.
+      const errors: unknown[] = [];
+      client.on("error", (e) => errors.push(e));
+      sock.deliver({ v: 1, svc: "sys", type: "error", seq: probe?.["seq"], data: { code: "NOT_ALLOWED", msg: "no" } });
+      assert.deepEqual(errors, []);
+      assert.equal(client.state, "open");
+    } finally {
+      Date.now = realNow;
+      client.close();
+    }
+  });
 });
