@@ -33,3 +33,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 # smoke test runs every bench mode against an in-process gateway).
 echo "== tests"
 cargo test --workspace --all-targets
+
+# The TypeScript client SDK (sdk/client-ts): built, then tested against the
+# gateway binary the step above built, and its browser bundle in Chromium.
+echo "== client sdk"
+(
+  export WSPRISM_BIN="$PWD/target/debug/wsprism"
+  cd sdk/client-ts && npm ci --no-audit --no-fund && npm test
+)
