@@ -57,9 +57,8 @@ export interface LivenessOptions {
   timeoutMs?: number;
   /**
    * The probe message, sent with a fresh `seq`. Any answer counts, an error
-   * included. Default `{svc: "sys", type: "ping"}`, which every gateway answers
-   * with a `sys.error` (`NOT_ALLOWED` or `UNKNOWN_SERVICE`) carrying the `seq`;
-   * that refusal counts towards the session's error budget, one per probe.
+   * included. Default `{svc: "sys", type: "ping"}`, which the gateway always
+   * answers with `sys.pong` carrying the `seq` (never charged as a refusal).
    */
   probe?: { svc: string; type: string; room?: string; data?: unknown };
 }
@@ -543,6 +542,9 @@ export class WsprismClient {
         else this.#events.emit("error", err);
         return;
       }
+      case "pong":
+        if (typeof env.seq === "number") this.#probes.delete(env.seq);
+        return;
       case "resync":
         if (typeof env.room === "string") this.#rooms.get(env.room)?._resync(env);
         return;

@@ -134,7 +134,7 @@ describe("liveness", () => {
     const events = record(a);
     const probes: Envelope[] = [];
     a.on("message", (m) => {
-      if (m.svc === "sys" && m.type === "error") probes.push(m);
+      if (m.svc === "sys" && m.type === "pong") probes.push(m);
     });
     await a.connect();
     await sleep(1_200);
