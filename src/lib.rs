@@ -143,6 +143,10 @@ impl Server {
                 if dir.is_relative() {
                     plugins_cfg.dir = base_dir.join(dir).to_string_lossy().into_owned();
                 }
+                let cache = std::path::Path::new(&plugins_cfg.cache_dir);
+                if !plugins_cfg.cache_dir.is_empty() && cache.is_relative() {
+                    plugins_cfg.cache_dir = base_dir.join(cache).to_string_lossy().into_owned();
+                }
                 PluginHost::start_with_kv(
                     &plugins_cfg,
                     metrics.clone(),

@@ -3,10 +3,11 @@
 
 mod plugin_support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use plugin_support::*;
-use wsprism::config::Isolation;
+use wsprism::config::{Isolation, PluginsConfig};
 use wsprism::error::{ClientCode, OutputRule, PluginError, ToRefusal};
 use wsprism::plugin_host::EntryKind;
 use wsprism::realtime::outbox::Qos;
@@ -497,6 +498,69 @@ async fn per_message_isolation_uses_a_fresh_instance_per_call() {
         .await
         .expect_err("timeout");
     assert_eq!(e, PluginError::Timeout);
+}
+
+/// Issue 11 item 7: in `per_message` mode one tenant's burst of slow calls
+/// (here: 40 calls parked on a backend that does not answer) holds at most its
+/// own share of fresh instances, so another tenant's call is served at once
+/// instead of waiting for the shared budget until it times out (Overloaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_message_budget_is_per_tenant() {
+    use axum::routing::get;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let app = axum::Router::new().route(
+        "/hold",
+        get({
+            let release = Arc::clone(&release);
+            move || async move {
+                release.notified().await;
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = plugin_dir(&[("faults", "faults"), ("echo", "echo")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.isolation = Isolation::PerMessage;
+    cfg.call_timeout_ms = 3_000;
+    let h = start(&cfg).await;
+    let noisy = Tenant::with_yaml(
+        "noisy",
+        &format!(
+            "backend: {{ upstreams: {{ main: {{ url: 'http://{addr}', timeout_ms: 3000 }} }} }}"
+        ),
+    );
+    let mut parked = Vec::new();
+    for i in 0..40u64 {
+        let host = Arc::clone(&h.host);
+        let call = noisy.call(
+            &noisy.session(i + 1, &format!("u{i}"), &[]),
+            "faults",
+            "backend",
+            None,
+            r#"{"upstream":"main","path":"/hold"}"#,
+        );
+        parked.push(tokio::spawn(async move { host.call(call).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let quiet = Tenant::new("quiet");
+    let s = quiet.session(100, "q", &[]);
+    let e = h
+        .host
+        .call(quiet.call(&s, "echo", "t", None, r#"{"x":1}"#))
+        .await
+        .expect("the quiet tenant is served while the noisy one holds its share");
+    assert_eq!(reply_of(&e), ("t", r#"{"x":1}"#));
+    release.notify_waiters();
+    for p in parked {
+        let _ = p.await;
+    }
 }
 
 /// Rough per-call cost of echo on a warm instance (`cargo test -- --ignored --nocapture`).
@@ -1012,7 +1076,8 @@ async fn update_config_applies_to_new_calls() {
 }
 
 /// The demo builds committed in `plugins/` load with the current WIT, and the
-/// compiled artifacts land in the cache under `<dir>/.cache/`.
+/// compiled artifacts land in `cache_dir`, never in the plugin folder (issue
+/// 11: write access to `plugins/` must not amount to planting native code).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_demo_plugins_load_and_are_cached() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1021,7 +1086,12 @@ async fn shipped_demo_plugins_load_and_are_cached() {
         std::fs::copy(&src, dir.path().join(format!("{name}.wasm")))
             .unwrap_or_else(|e| panic!("{} (run scripts/build-plugins.sh): {e}", src.display()));
     }
-    let h = start(&plugins_cfg(dir.path())).await;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cfg = PluginsConfig {
+        cache_dir: cache.path().join("cc").display().to_string(),
+        ..plugins_cfg(dir.path())
+    };
+    let h = start(&cfg).await;
     assert_eq!(h.host.plugins(), vec!["echo".to_owned(), "vote".to_owned()]);
     let t = Tenant::new("acme");
     let s = t.session(1, "u", &[]);
@@ -1047,12 +1117,23 @@ async fn shipped_demo_plugins_load_and_are_cached() {
             .unwrap_or(0)
     }
     assert!(
-        count_files(&dir.path().join(".cache")) >= 2,
+        count_files(&cache.path().join("cc")) >= 2,
         "compiled artifacts are cached"
     );
+    assert_eq!(
+        count_files(dir.path()),
+        2,
+        "only the two .wasm files in the plugin dir"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(cache.path().join("cc"))
+        .expect("cache dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "cache dir is private: {mode:o}");
     drop(h);
     // A restart over the same dir serves the same versions (from the cache).
-    let h = start(&plugins_cfg(dir.path())).await;
+    let h = start(&cfg).await;
     assert_eq!(h.host.status("acme", "vote").state, "serving");
 }
 

@@ -247,7 +247,7 @@ pub struct PluginsConfig {
     pub watch: bool,
     /// CPU budget of one call (epoch deadline).
     pub call_timeout_ms: u64,
-    /// Linear memory cap of one instance.
+    /// Memory cap of one instance: all its linear memories together.
     pub max_memory_bytes: usize,
     /// Long-lived instances per (tenant, plugin).
     pub instances_per_plugin: usize,
@@ -256,6 +256,9 @@ pub struct PluginsConfig {
     /// Faults one session may cause within 10 s before the plugin refuses
     /// that session (only) for a back-off.
     pub max_faults_per_session: u32,
+    /// Compiled-code cache directory; "" = a private per-user directory. Never
+    /// inside `dir`; created 0700 and not used if another user can write it.
+    pub cache_dir: String,
 }
 
 impl Default for PluginsConfig {
@@ -268,6 +271,7 @@ impl Default for PluginsConfig {
             instances_per_plugin: 2,
             isolation: Isolation::Sharded,
             max_faults_per_session: DEFAULT_MAX_FAULTS_PER_SESSION,
+            cache_dir: String::new(),
         }
     }
 }

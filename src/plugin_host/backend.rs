@@ -2,7 +2,9 @@
 //! configured upstreams, and nowhere else.
 //!
 //! Owns: URL confinement (the path is appended to the upstream URL and the result
-//! must keep the upstream's scheme, host and port), header filtering, the timeout
+//! must keep the upstream's scheme, host, port and base path: dot segments,
+//! percent-encoded dots and backslashes are refused before parsing, and the
+//! parsed path must still start with the base path), header filtering, the timeout
 //! (the upstream's `timeout_ms`, cut further by the call's wall-clock deadline)
 //! and the response body cap. Called from `bindings.rs`; returns typed errors
 //! that become `host-error` results for the guest.
@@ -68,11 +70,23 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 ];
 
 /// Resolves `path` against the upstream's base URL, refusing anything that would
-/// leave it (userinfo tricks, absolute URLs, scheme-relative paths).
+/// leave it (userinfo tricks, absolute URLs, scheme-relative paths, `..` and
+/// its encodings, backslashes some servers read as `/`).
 pub(crate) fn resolve(base: &str, path: &str) -> Result<reqwest::Url, BackendError> {
     if !path.starts_with('/') || path.starts_with("//") {
         return Err(BackendError::InvalidArgument(
             "path must start with a single `/`".into(),
+        ));
+    }
+    let path_part = path.split(['?', '#']).next().unwrap_or_default();
+    let lower = path_part.to_ascii_lowercase();
+    if path_part.contains('\\')
+        || lower.contains("%2e")
+        || lower.contains("%5c")
+        || path_part.split('/').any(|seg| seg == "." || seg == "..")
+    {
+        return Err(BackendError::InvalidArgument(
+            "path must not contain dot segments, encoded dots or backslashes".into(),
         ));
     }
     let base_url = reqwest::Url::parse(base)
@@ -88,6 +102,16 @@ pub(crate) fn resolve(base: &str, path: &str) -> Result<reqwest::Url, BackendErr
     {
         return Err(BackendError::InvalidArgument(
             "path must stay on the upstream".into(),
+        ));
+    }
+    let base_path = base_url.path().trim_end_matches('/');
+    let under_base = url
+        .path()
+        .strip_prefix(base_path)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if !under_base {
+        return Err(BackendError::InvalidArgument(
+            "path must stay under the upstream's base path".into(),
         ));
     }
     Ok(url)
@@ -211,5 +235,34 @@ mod tests {
         for bad in ["@evil.com/", "//evil.com/x", "http://evil.com/", "x", ""] {
             assert!(resolve(base, bad).is_err(), "{bad}");
         }
+    }
+
+    /// Issue 11 item 7: a plugin confined to `http://host/game/` cannot reach
+    /// `/admin` on the same host by climbing out of the base path.
+    #[test]
+    fn paths_cannot_leave_the_base_path() {
+        let base = "http://127.0.0.1:3000/game/";
+        let ok = |p: &str| resolve(base, p).map(|u| u.path().to_owned());
+        assert_eq!(ok("/scores"), Ok("/game/scores".to_owned()));
+        assert_eq!(ok("/a/b.c/..x?q=../.."), Ok("/game/a/b.c/..x".to_owned()));
+        for bad in [
+            "/../admin",
+            "/a/../../admin",
+            "/./x",
+            "/a/..",
+            "/%2e%2e/admin",
+            "/%2E%2e/admin",
+            "/.%2e/admin",
+            "/a\\..\\..\\admin",
+            "/a%5c..%5cadmin",
+        ] {
+            assert!(
+                matches!(resolve(base, bad), Err(BackendError::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+        // A base path without a trailing slash is a prefix on a segment
+        // boundary, not a string prefix.
+        assert!(resolve("http://127.0.0.1:3000/game", "/x").is_ok_and(|u| u.path() == "/game/x"));
     }
 }

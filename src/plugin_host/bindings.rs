@@ -137,16 +137,39 @@ pub(crate) struct CpuMeter {
     pub(crate) exhausted: bool,
 }
 
-/// Memory accounting on top of [`StoreLimits`]: remembers that a grow was
-/// refused, so the resulting trap is reported as a memory limit hit.
+/// Memory accounting on top of [`StoreLimits`]: `max_memory_bytes` caps the
+/// instance as a whole, every linear memory of every core module in the
+/// component together (a component may hold several, and a per-memory cap
+/// would multiply), and a refused grow is remembered so the resulting trap is
+/// reported as a memory limit hit.
 #[derive(Debug)]
 pub(crate) struct MemoryLimiter {
-    /// The `StoreLimitsBuilder`-built cap.
+    /// The `StoreLimitsBuilder`-built per-memory cap and table limits.
     pub(crate) inner: StoreLimits,
+    /// The cap over all linear memories of the instance.
+    pub(crate) cap: usize,
+    /// Bytes of linear memory granted so far, all memories together.
+    pub(crate) total: usize,
     /// A memory or table grow was refused.
     pub(crate) hit: bool,
-    /// Largest linear memory size granted so far (high-water mark).
+    /// Largest total granted so far (high-water mark).
     pub(crate) peak: usize,
+}
+
+impl MemoryLimiter {
+    /// A limiter capping an instance's linear memories at `cap` bytes together.
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            inner: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(cap)
+                .trap_on_grow_failure(true)
+                .build(),
+            cap,
+            total: 0,
+            hit: false,
+            peak: 0,
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -156,9 +179,17 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.cap {
+            self.hit = true;
+            return Err(wasmtime::Error::msg(
+                "instance memory over max_memory_bytes (all linear memories together)",
+            ));
+        }
         let r = self.inner.memory_growing(current, desired, maximum);
         if matches!(r, Ok(true)) {
-            self.peak = self.peak.max(desired);
+            self.total = total;
+            self.peak = self.peak.max(total);
         } else {
             self.hit = true;
         }
@@ -242,14 +273,7 @@ impl HostState {
         Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                inner: wasmtime::StoreLimitsBuilder::new()
-                    .memory_size(max_memory_bytes)
-                    .trap_on_grow_failure(true)
-                    .build(),
-                hit: false,
-                peak: 0,
-            },
+            limiter: MemoryLimiter::new(max_memory_bytes),
             scope,
             kv,
             http,
@@ -605,5 +629,34 @@ impl self::wsprism::plugin::log::Host for HostState {
             Level::Error => tracing::error!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11 item 7: `max_memory_bytes` caps an instance, not each of its
+    /// linear memories: two memories of 40 MiB under a 64 MiB cap is a hit.
+    #[test]
+    fn memory_cap_covers_all_memories_of_an_instance() {
+        const MIB: usize = 1 << 20;
+        let mut l = MemoryLimiter::new(64 * MIB);
+        assert!(matches!(l.memory_growing(0, 40 * MIB, None), Ok(true)));
+        assert!(
+            l.memory_growing(0, 40 * MIB, None).is_err(),
+            "second memory"
+        );
+        assert!(l.hit);
+        // Growing the first memory within the total is fine.
+        let mut l = MemoryLimiter::new(64 * MIB);
+        assert!(matches!(l.memory_growing(0, 16 * MIB, None), Ok(true)));
+        assert!(matches!(l.memory_growing(0, 16 * MIB, None), Ok(true)));
+        assert!(matches!(
+            l.memory_growing(16 * MIB, 48 * MIB, None),
+            Ok(true)
+        ));
+        assert_eq!((l.total, l.peak, l.hit), (64 * MIB, 64 * MIB, false));
+        assert!(l.memory_growing(16 * MIB, 17 * MIB, None).is_err());
     }
 }

@@ -4,7 +4,8 @@
 //! artifact cache, pooling allocator probed with an on-demand fallback) and the
 //! ticker thread that advances the epoch. Used by `PluginHost::start`.
 
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -22,6 +23,70 @@ pub(crate) struct EngineInfo {
     pub(crate) pooling_max_memory: Option<usize>,
     /// Whether compiled artifacts are cached on disk.
     pub(crate) cached: bool,
+}
+
+/// The compiled-code cache directory for plugins in `plugins_dir`: `configured`
+/// when set, else a private per-user directory (`$XDG_CACHE_HOME/wsprism/plugins`,
+/// `$HOME/.cache/wsprism/plugins`, or `<tmp>/wsprism-<uid>/plugins`). Cached
+/// artifacts are native code the gateway runs, so the directory must never be
+/// writable by anyone who could not already run code as this user: it is
+/// created 0700, and refused when it lies inside the plugin folder (whoever
+/// may drop a `.wasm` could plant native code), is owned by another user, or
+/// is writable by group or others.
+///
+/// # Errors
+/// Why the directory cannot be used; the caller runs without a cache.
+pub(crate) fn cache_dir(configured: &str, plugins_dir: &Path) -> Result<PathBuf, String> {
+    let uid = rustix::process::geteuid().as_raw();
+    let dir = if configured.is_empty() {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache"))
+            })
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("wsprism-{uid}")));
+        base.join("wsprism").join("plugins")
+    } else {
+        PathBuf::from(configured)
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    let plugins = plugins_dir
+        .canonicalize()
+        .unwrap_or_else(|_| plugins_dir.to_path_buf());
+    if dir.starts_with(&plugins) {
+        return Err(format!(
+            "{} is inside the plugin folder {}; set gateway.plugins.cache_dir elsewhere",
+            dir.display(),
+            plugins.display()
+        ));
+    }
+    let meta =
+        std::fs::metadata(&dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
+    if meta.uid() != uid {
+        return Err(format!(
+            "{} belongs to uid {}, not this process's uid {uid}",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by group or others (mode {:o}); chmod 700 it",
+            dir.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(dir)
 }
 
 fn base_config(cache_dir: Option<&Path>) -> (Config, bool) {
@@ -133,5 +198,36 @@ mod tests {
         // Which allocator depends on the host's address-space limits; both work.
         eprintln!("pooling allocator: {}", info.pooling_max_memory.is_some());
         assert!(!info.cached);
+    }
+
+    #[test]
+    fn cache_dir_is_private_and_outside_the_plugin_folder() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let plugins = root.path().join("plugins");
+        std::fs::create_dir_all(&plugins).expect("plugins");
+        let path = |p: &Path| p.display().to_string();
+
+        let fresh = root.path().join("cache").join("wsprism");
+        let got = cache_dir(&path(&fresh), &plugins).expect("fresh dir");
+        let mode = std::fs::metadata(&got).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "created private: {mode:o}");
+
+        let inside = cache_dir(&path(&plugins.join(".cache")), &plugins).expect_err("inside");
+        assert!(inside.contains("inside the plugin folder"), "{inside}");
+
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = cache_dir(&path(&open), &plugins).expect_err("world-writable");
+        assert!(err.contains("writable by group or others"), "{err}");
+
+        // Owned by someone else (only checkable when we may chown, i.e. as root).
+        let foreign = root.path().join("foreign");
+        std::fs::create_dir(&foreign).expect("mkdir");
+        std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        if std::os::unix::fs::chown(&foreign, Some(65534), None).is_ok() {
+            let err = cache_dir(&path(&foreign), &plugins).expect_err("foreign owner");
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+        }
     }
 }

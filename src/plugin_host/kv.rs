@@ -22,6 +22,12 @@ pub const MAX_KEY_BYTES: usize = 256;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Keys one (tenant, plugin) scope may hold in [`MemoryKv`].
 pub const MAX_KEYS_PER_SCOPE: usize = 100_000;
+/// Bytes one (tenant, plugin) scope may hold in [`MemoryKv`] (keys, values and
+/// [`ENTRY_OVERHEAD_BYTES`] per entry): without it the key cap alone would let
+/// one plugin pin 100,000 × 64 KiB ≈ 6.5 GB.
+pub const MAX_BYTES_PER_SCOPE: usize = 64 * 1024 * 1024;
+/// What an entry costs beyond its key and value (map slot, expiry).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// A boxed future borrowed from the store.
 pub type KvFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -41,8 +47,9 @@ pub enum KvError {
     /// Key or value over its cap.
     #[error("key or value too large")]
     TooLarge,
-    /// The scope holds [`MAX_KEYS_PER_SCOPE`] keys.
-    #[error("kv scope is full ({MAX_KEYS_PER_SCOPE} keys)")]
+    /// The scope holds [`MAX_KEYS_PER_SCOPE`] keys or [`MAX_BYTES_PER_SCOPE`]
+    /// bytes.
+    #[error("kv scope is full ({MAX_KEYS_PER_SCOPE} keys or {MAX_BYTES_PER_SCOPE} bytes)")]
     Full,
     /// `incr` on a value that is not a decimal integer, or overflow.
     #[error("value is not an integer or the result overflows")]
@@ -99,12 +106,67 @@ impl Entry {
     }
 }
 
+/// What `key` holding `value` counts against [`MAX_BYTES_PER_SCOPE`].
+fn cost(key: &str, value: &str) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD_BYTES
+}
+
+/// One scope's keys and the bytes they hold.
+#[derive(Debug, Default)]
+struct Scope {
+    map: HashMap<String, Entry>,
+    bytes: usize,
+}
+
+impl Scope {
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let e = self.map.remove(key)?;
+        self.bytes -= cost(key, &e.value);
+        Some(e)
+    }
+
+    /// Whether `key` may take `new` bytes (replacing what it holds).
+    fn fits(&self, key: &str, new: usize) -> bool {
+        let old = self.map.get(key).map(|e| cost(key, &e.value));
+        (old.is_some() || self.map.len() < MAX_KEYS_PER_SCOPE)
+            && self.bytes - old.unwrap_or(0) + new <= MAX_BYTES_PER_SCOPE
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.map.retain(|k, e| {
+            let keep = e.live(now);
+            if !keep {
+                freed += cost(k, &e.value);
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+
+    /// Inserts or replaces, enforcing the key and byte caps (expired keys are
+    /// swept first when a cap is reached).
+    fn put(&mut self, key: &str, entry: Entry, now: Instant) -> Result<(), KvError> {
+        let new = cost(key, &entry.value);
+        if !self.fits(key, new) {
+            self.sweep(now);
+            if !self.fits(key, new) {
+                return Err(KvError::Full);
+            }
+        }
+        self.remove(key);
+        self.bytes += new;
+        self.map.insert(key.to_owned(), entry);
+        Ok(())
+    }
+}
+
 /// The in-process store: one map per scope behind its own lock, so operations of
 /// different plugins and tenants never contend and `incr` is trivially atomic.
 /// Expired keys are removed when touched and swept when a scope reaches its cap.
 #[derive(Debug, Default)]
 pub struct MemoryKv {
-    scopes: DashMap<KvScope, Arc<Mutex<HashMap<String, Entry>>>>,
+    scopes: DashMap<KvScope, Arc<Mutex<Scope>>>,
 }
 
 impl MemoryKv {
@@ -113,7 +175,7 @@ impl MemoryKv {
         Self::default()
     }
 
-    fn scope(&self, scope: &KvScope) -> Arc<Mutex<HashMap<String, Entry>>> {
+    fn scope(&self, scope: &KvScope) -> Arc<Mutex<Scope>> {
         if let Some(s) = self.scopes.get(scope) {
             return Arc::clone(s.value());
         }
@@ -127,32 +189,15 @@ impl MemoryKv {
         Ok(())
     }
 
-    /// Inserts or replaces, enforcing the key cap.
-    fn put(
-        map: &mut HashMap<String, Entry>,
-        key: &str,
-        entry: Entry,
-        now: Instant,
-    ) -> Result<(), KvError> {
-        if !map.contains_key(key) && map.len() >= MAX_KEYS_PER_SCOPE {
-            map.retain(|_, e| e.live(now));
-            if map.len() >= MAX_KEYS_PER_SCOPE {
-                return Err(KvError::Full);
-            }
-        }
-        map.insert(key.to_owned(), entry);
-        Ok(())
-    }
-
     fn get_sync(&self, scope: &KvScope, key: &str) -> Result<Option<String>, KvError> {
         Self::check_key(key)?;
         let now = Instant::now();
         let scope = self.scope(scope);
-        let mut map = scope.lock();
-        match map.get(key) {
+        let mut scope = scope.lock();
+        match scope.map.get(key) {
             Some(e) if e.live(now) => Ok(Some(e.value.clone())),
             Some(_) => {
-                map.remove(key);
+                scope.remove(key);
                 Ok(None)
             }
             None => Ok(None),
@@ -172,25 +217,24 @@ impl MemoryKv {
         }
         let now = Instant::now();
         let scope = self.scope(scope);
-        let mut map = scope.lock();
         let expires = ttl.map(|t| now + t);
-        Self::put(&mut map, key, Entry { value, expires }, now)
+        scope.lock().put(key, Entry { value, expires }, now)
     }
 
     fn delete_sync(&self, scope: &KvScope, key: &str) -> Result<bool, KvError> {
         Self::check_key(key)?;
         let now = Instant::now();
         let scope = self.scope(scope);
-        let mut map = scope.lock();
-        Ok(map.remove(key).is_some_and(|e| e.live(now)))
+        let removed = scope.lock().remove(key);
+        Ok(removed.is_some_and(|e| e.live(now)))
     }
 
     fn incr_sync(&self, scope: &KvScope, key: &str, delta: i64) -> Result<i64, KvError> {
         Self::check_key(key)?;
         let now = Instant::now();
         let scope = self.scope(scope);
-        let mut map = scope.lock();
-        let (current, expires) = match map.get(key) {
+        let mut scope = scope.lock();
+        let (current, expires) = match scope.map.get(key) {
             Some(e) if e.live(now) => (
                 e.value
                     .trim()
@@ -201,8 +245,7 @@ impl MemoryKv {
             _ => (0, None),
         };
         let next = current.checked_add(delta).ok_or(KvError::NotAnInteger)?;
-        Self::put(
-            &mut map,
+        scope.put(
             key,
             Entry {
                 value: next.to_string(),
@@ -297,5 +340,45 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(kv.get(&a, "k").await, Ok(None));
         assert_eq!(kv.incr(&a, "k", 1).await, Ok(1));
+    }
+
+    /// Issue 11 item 7: a scope is bounded in bytes, not only in keys; other
+    /// scopes are unaffected; deleting, replacing and expiry give bytes back.
+    #[tokio::test(start_paused = true)]
+    async fn scopes_are_bounded_in_bytes() {
+        let kv = MemoryKv::new();
+        let a = scope("a", "p");
+        let big = "x".repeat(MAX_VALUE_BYTES);
+        let per = MAX_VALUE_BYTES + ENTRY_OVERHEAD_BYTES + 8;
+        let fit = MAX_BYTES_PER_SCOPE / per;
+        for i in 0..fit {
+            kv.set(&a, &format!("k{i:07}"), big.clone(), None)
+                .await
+                .unwrap_or_else(|e| panic!("key {i}: {e}"));
+        }
+        assert_eq!(
+            kv.set(&a, "one-more", big.clone(), None).await,
+            Err(KvError::Full)
+        );
+        // Replacing a key with a value of its size fits; another scope is free.
+        assert!(kv.set(&a, "k0000000", big.clone(), None).await.is_ok());
+        assert!(
+            kv.set(&scope("b", "p"), "k", big.clone(), None)
+                .await
+                .is_ok()
+        );
+        // Deleting frees room.
+        assert_eq!(kv.delete(&a, "k0000001").await, Ok(true));
+        assert!(kv.set(&a, "one-more", big.clone(), None).await.is_ok());
+        // Expired keys are swept when the cap is reached.
+        kv.set(&a, "k0000002", big.clone(), Some(Duration::from_secs(1)))
+            .await
+            .expect("replace with ttl");
+        assert_eq!(
+            kv.set(&a, "two-more", big.clone(), None).await,
+            Err(KvError::Full)
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(kv.set(&a, "two-more", big, None).await.is_ok());
     }
 }

@@ -69,9 +69,13 @@ pub(crate) const MIN_INSTANTIATE_BUDGET: Duration = Duration::from_secs(1);
 /// check only fires at tick boundaries and a yielding guest waits for a worker.
 pub(crate) const WALL_CLOCK_SLACK: Duration = Duration::from_millis(250);
 
-/// Fresh instances being created at once in `per_message` mode (one
-/// semaphore per host): bounds the memory a burst of calls can claim.
+/// Fresh instances alive at once in `per_message` mode, over all tenants:
+/// bounds the memory a burst of calls can claim.
 pub(crate) const MAX_CONCURRENT_FRESH_INSTANCES: usize = 32;
+/// The share of [`MAX_CONCURRENT_FRESH_INSTANCES`] one tenant may hold, so one
+/// tenant's burst queues on its own budget and other tenants' calls still
+/// find instances.
+pub(crate) const MAX_CONCURRENT_FRESH_INSTANCES_PER_TENANT: usize = 8;
 
 /// Largest plugin file accepted (JS and Python components are 10–40 MiB).
 pub(crate) const MAX_PLUGIN_FILE_BYTES: u64 = 256 * 1024 * 1024;

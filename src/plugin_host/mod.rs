@@ -90,8 +90,10 @@ pub(crate) struct HostCore {
     tracker: TaskTracker,
     /// Cancelled on gateway shutdown or when the host is dropped.
     stop: CancellationToken,
-    /// Bounds fresh instances in `per_message` mode.
+    /// Bounds fresh instances in `per_message` mode, over all tenants.
     fresh: tokio::sync::Semaphore,
+    /// Each tenant's share of `fresh`.
+    fresh_per_tenant: NameMap<Arc<str>, Arc<tokio::sync::Semaphore>>,
     registry: loader::Registry,
     pools: NameMap<PoolKey, Arc<Pool>>,
     stats: NameMap<PoolKey, Arc<Stats>>,
@@ -165,7 +167,8 @@ impl PluginHost {
     /// spawned through `tracker` and stops on `shutdown`. A plugin that fails to
     /// load is logged and reported by `status`, not fatal.
     ///
-    /// Compiled artifacts are cached in `<dir>/.cache/`.
+    /// Compiled artifacts are cached in `cfg.cache_dir` (see
+    /// [`engine::cache_dir`]), never inside the plugin folder.
     ///
     /// # Errors
     /// The engine cannot be built or the epoch ticker cannot start. A watcher
@@ -209,25 +212,24 @@ impl PluginHost {
         if let Ok(abs) = tokio::fs::canonicalize(&dir).await {
             dir = abs;
         }
-        let cache_dir = dir.join(".cache");
-        let cache = (dir.is_absolute() && std::fs::create_dir_all(&cache_dir).is_ok())
-            .then_some(cache_dir.as_path());
+        let cache = match engine::cache_dir(&cfg.cache_dir, &dir) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!("plugin compile cache disabled: {e}");
+                None
+            }
+        };
         let engine = {
             let cfg = cfg.clone();
-            let cache = cache.map(|p| p.to_path_buf());
             tokio::task::spawn_blocking(move || engine::build(&cfg, cache.as_deref()))
                 .await
                 .map_err(|e| format!("engine build task failed: {e}"))??
         };
         let linker = bindings::linker(&engine.engine)
             .map_err(|e| format!("cannot link plugin imports: {e}"))?;
-        // Plugin backend calls must never leave the configured upstream, so
-        // they use a client that does not follow redirects. The gateway's
-        // client is the fallback only if that one cannot be built.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or(http);
+        // Plugin backend calls share the gateway's upstream client
+        // (`crate::backend`): no redirects, no proxies from the environment,
+        // a connect timeout and a bounded idle pool.
         let stop = shutdown.child_token();
         engine::start_ticker(engine.engine.clone(), stop.clone())?;
         let env = Arc::new(HostCore {
@@ -241,6 +243,7 @@ impl PluginHost {
             tracker,
             stop: stop.clone(),
             fresh: tokio::sync::Semaphore::new(limits::MAX_CONCURRENT_FRESH_INSTANCES),
+            fresh_per_tenant: NameMap::default(),
             registry: loader::Registry::default(),
             pools: NameMap::default(),
             stats: NameMap::default(),

@@ -37,7 +37,10 @@ use super::health::Culprit;
 pub(crate) use super::health::Stats;
 use super::instance::Instance;
 use super::kv::KvScope;
-use super::limits::{CallLimits, MAILBOX_CAPACITY, MAX_CALLS_PER_INSTANCE, RECYCLE_MEMORY_PERCENT};
+use super::limits::{
+    CallLimits, MAILBOX_CAPACITY, MAX_CALLS_PER_INSTANCE,
+    MAX_CONCURRENT_FRESH_INSTANCES_PER_TENANT, RECYCLE_MEMORY_PERCENT,
+};
 use super::loader::PluginVersion;
 use crate::config::{Isolation, TenantConfig};
 use crate::error::PluginError;
@@ -319,10 +322,29 @@ async fn run_routed(
         Isolation::PerMessage => {
             let limits = CallLimits::for_call(&cfg, Some(&*call.tenant_cfg));
             drop(cfg);
-            let _permit = tokio::time::timeout(limits.wall, env.fresh.acquire())
+            // The tenant's share first: a tenant flooding calls waits on its
+            // own budget and never holds the shared one while it waits.
+            let tenant = env
+                .fresh_per_tenant
+                .entry(Arc::clone(&key.0))
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(
+                        MAX_CONCURRENT_FRESH_INSTANCES_PER_TENANT,
+                    ))
+                })
+                .clone();
+            let permits = async {
+                let mine = tenant.acquire().await;
+                let shared = env.fresh.acquire().await;
+                (mine, shared)
+            };
+            let (mine, shared) = tokio::time::timeout(limits.wall, permits)
                 .await
-                .map_err(|_| PluginError::Overloaded)?
                 .map_err(|_| PluginError::Overloaded)?;
+            let _permits = (
+                mine.map_err(|_| PluginError::Overloaded)?,
+                shared.map_err(|_| PluginError::Overloaded)?,
+            );
             let mut slot = None;
             run(env, key, &pool.stats, &mut slot, &version, call).await
         }

@@ -424,6 +424,11 @@ impl TestConfig {
     pub fn plugin_host(mut self, dir: &std::path::Path) -> Self {
         self.plugin_host = true;
         self.gateway.plugins.dir = dir.display().to_string();
+        // The tests' shared compile cache, outside every plugin dir.
+        self.gateway.plugins.cache_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/wasm-examples/compile-cache")
+            .display()
+            .to_string();
         self
     }
 

@@ -128,6 +128,7 @@ pub fn plugin_dir(plugins: &[(&str, &str)]) -> tempfile::TempDir {
 pub fn plugins_cfg(dir: &Path) -> PluginsConfig {
     PluginsConfig {
         dir: dir.to_string_lossy().into_owned(),
+        cache_dir: compile_cache().to_string_lossy().into_owned(),
         watch: false,
         call_timeout_ms: 250,
         max_memory_bytes: 16 * 1024 * 1024,
@@ -339,8 +340,17 @@ fn build_with_script(script: &str, src: &Path, out: &Path, world: &str) -> Resul
     }
 }
 
-/// A persistent plugin dir for one of the large JS/Python components, so
-/// wasmtime's compile cache (`<dir>/.cache`) is reused across test runs.
+/// wasmtime's compile cache for the tests (outside every plugin dir, reused
+/// across test runs so the large JS/Python components compile once).
+pub fn compile_cache() -> PathBuf {
+    repo()
+        .join("target")
+        .join("wasm-examples")
+        .join("compile-cache")
+}
+
+/// A persistent plugin dir for one of the large JS/Python components (its
+/// builds are reused across test runs).
 pub fn jspy_dir(lang: &str) -> PathBuf {
     let d = repo()
         .join("target")
