@@ -2,20 +2,28 @@
 //! disconnects and reads presence/stats/plugin state.
 //!
 //! Owns: bearer-key authorization per tenant (missing or unknown key → 401, a key
-//! of another tenant → 403) and the JSON shapes of each endpoint. Every refusal
+//! of another tenant → 403; keys compared as SHA-256 digests in constant time,
+//! every configured key checked), the throttle on failed keys per client
+//! address ([`KeyFailures`]: once an address has failed more than
+//! [`MAX_KEY_FAILURES`] times in a minute it gets 429 `RATE_LIMITED` with
+//! `Retry-After` before any key is looked at) and the JSON shapes of each
+//! endpoint. Every refusal
 //! is an [`ApiError`] built from a code of the table in `crate::error`
 //! ([`ApiCode`]: the API's own `UNAUTHORIZED`/`FORBIDDEN`, or a `sys.error` code
 //! with its HTTP status), answered as `{"code","msg"}`.
 
 use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -32,8 +40,106 @@ use crate::tenant::{Tenant, TenantRuntime};
 /// Largest request body accepted by the server API.
 const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 
+/// Failed key checks one client address may make per minute before it is
+/// throttled: plenty for an operator's typo, nothing for guessing.
+const MAX_KEY_FAILURES: u32 = 20;
+/// Addresses tracked by [`KeyFailures`] at most (an address spray cannot grow
+/// memory; past it, expired entries are dropped first).
+const MAX_TRACKED_ADDRESSES: usize = 10_000;
+
+/// Failed API key checks per client address (IPv6 per /64).
+#[derive(Debug)]
+struct KeyFailures {
+    limiter: crate::policy::rate_limit::KeyedLimiter<IpAddr>,
+    /// Addresses refused until the instant (they spent their failures).
+    blocked: dashmap::DashMap<IpAddr, tokio::time::Instant>,
+}
+
+impl KeyFailures {
+    fn new() -> Self {
+        let per_minute =
+            std::num::NonZeroU32::new(MAX_KEY_FAILURES).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            limiter: crate::policy::rate_limit::keyed(governor::Quota::per_minute(per_minute)),
+            blocked: dashmap::DashMap::new(),
+        }
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
+            v4 => v4,
+        }
+    }
+
+    /// Seconds the address must still wait, if it is throttled.
+    fn throttled(&self, ip: IpAddr) -> Option<u64> {
+        let until = *self.blocked.get(&Self::key(ip))?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then(|| left.as_secs().max(1))
+    }
+
+    /// Counts a failed key check; past the budget the address is throttled.
+    fn failed(&self, ip: IpAddr) {
+        let key = Self::key(ip);
+        if self.limiter.len() >= MAX_TRACKED_ADDRESSES {
+            self.limiter.retain_recent();
+        }
+        if let Err(not_until) = self.limiter.check_key(&key) {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            if self.blocked.len() >= MAX_TRACKED_ADDRESSES {
+                let now = tokio::time::Instant::now();
+                self.blocked.retain(|_, until| *until > now);
+            }
+            if self.blocked.len() < MAX_TRACKED_ADDRESSES {
+                self.blocked.insert(
+                    key,
+                    tokio::time::Instant::now() + wait.max(Duration::from_secs(1)),
+                );
+            }
+        }
+    }
+}
+
+/// Refuses throttled addresses before any key is checked, and counts the
+/// 401 / 403 answers per address.
+async fn throttle_key_failures(
+    State(failures): State<Arc<KeyFailures>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = ip
+        && let Some(secs) = failures.throttled(ip)
+    {
+        let mut resp = ApiError::client(
+            ClientCode::RateLimited,
+            "too many failed API key checks from this address; wait Retry-After seconds",
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        return resp;
+    }
+    let resp = next.run(req).await;
+    if let Some(ip) = ip
+        && matches!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
+    {
+        failures.failed(ip);
+    }
+    resp
+}
+
 /// The server API routes (mounted on the admin router).
 pub(crate) fn router() -> Router<Arc<Gateway>> {
+    let failures = Arc::new(KeyFailures::new());
     Router::new()
         .route("/v1/api/tenants/{t}/publish", post(publish))
         .route("/v1/api/tenants/{t}/users/{u}/send", post(send))
@@ -42,6 +148,10 @@ pub(crate) fn router() -> Router<Arc<Gateway>> {
         .route("/v1/api/tenants/{t}/stats", get(stats))
         .route("/v1/api/tenants/{t}/plugins", get(plugins))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            failures,
+            throttle_key_failures,
+        ))
 }
 
 /// An API failure: a code from the table in `crate::error` plus a safe message.
@@ -92,13 +202,21 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Constant-time comparison, so key checks do not leak how much of a key matched.
+/// Constant-time comparison of the keys' SHA-256 digests: no early exit on the
+/// first differing byte or on a length mismatch, so the time a check takes
+/// says nothing about how much of a key matched or how long it is.
 fn same_key(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Whether `key` is one of `keys`, checking every one (no early exit on a match).
+fn any_key(keys: &[String], key: &str) -> bool {
+    keys.iter().fold(false, |found, k| found | same_key(k, key))
 }
 
 /// Resolves the tenant and checks the bearer key.
@@ -120,14 +238,14 @@ fn authorize(
         .tenant(tenant_id)
         .and_then(|t| t.runtime().map(|rt| (t, rt)));
     if let Some((t, rt)) = &target
-        && rt.cfg.api_keys.iter().any(|k| same_key(k, key))
+        && any_key(&rt.cfg.api_keys, key)
     {
         return Ok((Arc::clone(t), Arc::clone(rt)));
     }
-    let other_tenants_key = gw.tenants().iter().any(|t| {
-        t.runtime()
-            .is_some_and(|rt| rt.cfg.api_keys.iter().any(|k| same_key(k, key)))
-    });
+    let other_tenants_key = gw
+        .tenants()
+        .iter()
+        .any(|t| t.runtime().is_some_and(|rt| any_key(&rt.cfg.api_keys, key)));
     if other_tenants_key {
         return Err(ApiError::new(ApiCode::Forbidden));
     }

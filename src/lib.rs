@@ -255,6 +255,9 @@ impl Server {
         ));
         info!("wsPrism gateway active at {public_addr}");
         info!(admin = %admin_addr, "admin listener (metrics, server API) active");
+        if let Some(warning) = admin_exposure(admin_addr) {
+            warn!(admin = %admin_addr, "{warning}");
+        }
         for t in &cfg.tenants {
             info!("loaded tenant {:?}", t.id);
         }
@@ -290,6 +293,14 @@ impl Server {
         info!("gateway stopped");
         Ok(())
     }
+}
+
+/// The warning for an admin listener reachable from other machines: it serves
+/// the server API (guarded by API keys only), `/metrics` and the status page.
+fn admin_exposure(addr: SocketAddr) -> Option<&'static str> {
+    (!addr.ip().to_canonical().is_loopback()).then_some(
+        "gateway.admin_listen is not a loopback address: the server API, /metrics and the status page are reachable from the network; bind it to 127.0.0.1 or firewall it",
+    )
 }
 
 /// Parses a listen address from the config (validation already checked it; this
@@ -339,4 +350,20 @@ fn spawn_upkeep(gw: &Arc<Gateway>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_listener_off_loopback_is_warned_about() {
+        let at = |s: &str| admin_exposure(s.parse().expect("addr"));
+        assert!(at("127.0.0.1:9090").is_none());
+        assert!(at("[::1]:9090").is_none());
+        assert!(at("[::ffff:127.0.0.1]:9090").is_none());
+        assert!(at("0.0.0.0:9090").is_some());
+        assert!(at("10.1.2.3:9090").is_some());
+        assert!(at("[::]:9090").is_some());
+    }
 }

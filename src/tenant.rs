@@ -59,6 +59,12 @@ pub fn compile_all(
     base_dir: &Path,
     backend: &BackendClient,
 ) -> Result<HashMap<String, TenantRuntime>, ConfigError> {
+    for (a, b) in crate::auth::shared_jwt_keys(&cfg.tenants, base_dir) {
+        tracing::warn!(
+            tenants = %format!("{a}, {b}"),
+            "tenants {a:?} and {b:?} verify JWTs with the same key and the same audience/issuer: a token issued for one is accepted by the other; give each tenant its own key or a distinct `auth.audience`"
+        );
+    }
     let mut out = HashMap::new();
     let mut issues = Vec::new();
     for (i, t) in cfg.tenants.iter().enumerate() {

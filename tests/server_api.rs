@@ -236,3 +236,58 @@ async fn metrics_are_only_on_the_admin_listener() {
         .expect("get");
     assert_eq!(public.status().as_u16(), 404);
 }
+
+/// Issue 11 item 8: failed API keys are throttled per client address: after
+/// more than 20 failures in a minute the address gets 429 with `Retry-After`
+/// before any key is checked (a correct one too), while another address is
+/// unaffected.
+#[tokio::test]
+async fn failed_api_keys_are_throttled_per_address() {
+    let gw = TestGateway::start(cfg()).await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .expect("client")
+    };
+    let attacker = from([127, 0, 0, 2]);
+    let url = gw.admin_url("/v1/api/tenants/acme/stats");
+    let status = |c: &reqwest::Client, key: &'static str| {
+        let req = c.get(&url).bearer_auth(key);
+        async move { req.send().await.expect("request") }
+    };
+    // The 21st failure is the one past the budget; it is still answered.
+    for i in 0..21 {
+        let r = status(&attacker, "guess").await;
+        assert_eq!(r.status().as_u16(), 401, "attempt {i}");
+    }
+    let r = status(&attacker, "guess").await;
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry >= 1);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    // Throttled means no key is looked at, a right one included.
+    assert_eq!(
+        status(&attacker, "acme-key-0123456789")
+            .await
+            .status()
+            .as_u16(),
+        429
+    );
+    // Another address is served.
+    let operator = from([127, 0, 0, 3]);
+    assert_eq!(
+        status(&operator, "acme-key-0123456789")
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(status(&operator, "guess").await.status().as_u16(), 401);
+}

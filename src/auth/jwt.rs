@@ -252,6 +252,19 @@ fn hmac_key(
     Ok(DecodingKey::from_secret(secret.as_bytes()))
 }
 
+/// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn public_keys(
     tenant: &Arc<str>,
     auth: &AuthConfig,
@@ -294,10 +307,17 @@ fn public_keys(
         return Ok(Keys::Fixed(Arc::new(set)));
     }
     if let Some(url) = &auth.jwks_url {
+        // The URL is not quoted: it may come from `${VAR}` and carry a token.
         let parsed = reqwest::Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| ctx("jwks_url", format!("`{url}` is not an http(s) URL")))?;
+            .ok_or_else(|| ctx("jwks_url", "is not an http(s) URL".to_owned()))?;
+        if parsed.scheme() == "http" && !is_loopback_host(&parsed) {
+            return Err(ctx(
+                "jwks_url",
+                "must be https: keys fetched over plain http can be swapped by anyone on the path (http is accepted for loopback hosts only)".to_owned(),
+            ));
+        }
         return Ok(Keys::Remote(RemoteJwks::new(
             tenant.clone(),
             parsed,

@@ -222,6 +222,50 @@ type Context<'a> = &'a dyn Fn(&str, String) -> String;
 /// Reads an environment variable (`std::env::var` outside tests).
 type EnvLookup<'a> = &'a dyn Fn(&str) -> Result<String, std::env::VarError>;
 
+/// Pairs of JWT tenants that would accept each other's tokens: the same key
+/// material (the same secret value, key file content or JWKS URL) and nothing
+/// that tells their tokens apart (the same `audience` and `issuer`, or none).
+/// A user of one tenant could then connect to the other with their own token.
+/// Each pair is `(first tenant id, second tenant id)` in config order.
+pub fn shared_jwt_keys(tenants: &[TenantConfig], base_dir: &Path) -> Vec<(String, String)> {
+    shared_jwt_keys_with(tenants, base_dir, &|name| std::env::var(name))
+}
+
+fn shared_jwt_keys_with(
+    tenants: &[TenantConfig],
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Vec<(String, String)> {
+    use sha2::{Digest, Sha256};
+    let identity = |t: &TenantConfig| -> Option<[u8; 32]> {
+        let a = &t.auth;
+        if a.mode != AuthMode::Jwt {
+            return None;
+        }
+        let material: Vec<u8> = if let Some(var) = &a.secret_env {
+            [b"secret:".as_slice(), env(var).ok()?.as_bytes()].concat()
+        } else if let Some(file) = a.public_key_file.as_ref().or(a.jwks_file.as_ref()) {
+            [b"file:".as_slice(), &read_key_file(base_dir, file).ok()?].concat()
+        } else {
+            [b"url:".as_slice(), a.jwks_url.as_ref()?.as_bytes()].concat()
+        };
+        Some(Sha256::digest(&material).into())
+    };
+    let keyed: Vec<_> = tenants
+        .iter()
+        .filter_map(|t| Some((t, identity(t)?)))
+        .collect();
+    let mut pairs = Vec::new();
+    for (i, (a, ka)) in keyed.iter().enumerate() {
+        for (b, kb) in &keyed[i + 1..] {
+            if ka == kb && a.auth.audience == b.auth.audience && a.auth.issuer == b.auth.issuer {
+                pairs.push((a.id.clone(), b.id.clone()));
+            }
+        }
+    }
+    pairs
+}
+
 /// Largest key or JWKS file read at load; real ones are a few KiB.
 const MAX_KEY_FILE_BYTES: u64 = 1024 * 1024;
 

@@ -1144,3 +1144,79 @@ fn authenticator_and_its_future_can_cross_tasks() {
     send_sync(&auth);
     send(&auth.authenticate("dev", CLIENT_IP));
 }
+
+/// Issue 11 item 8: a JWKS fetched over plain http could be swapped on the
+/// path, so `jwks_url` must be https unless it names this machine; the error
+/// does not quote the URL (it may carry a token from `${VAR}`).
+#[test]
+fn jwks_url_must_be_https_unless_loopback() {
+    let with = |url: &str| {
+        let mut auth = jwt_auth(JwtAlgorithm::RS256);
+        auth.jwks_url = Some(url.to_owned());
+        try_build(&tenant(auth), &keys_dir())
+    };
+    for ok in [
+        "https://idp.example/jwks.json",
+        "http://127.0.0.1:8080/jwks.json",
+        "http://localhost/jwks.json",
+        "http://[::1]:9000/jwks.json",
+    ] {
+        assert!(with(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "http://idp.example/jwks.json?token=s3cret",
+        "http://10.0.0.5/jwks.json?token=s3cret",
+        "ftp://idp.example/jwks.json?token=s3cret",
+    ] {
+        let err = with(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+        let text = err.to_string();
+        assert!(text.contains("jwks_url"), "{text}");
+        assert!(!text.contains("s3cret"), "the URL is echoed: {text}");
+    }
+}
+
+/// Issue 11 item 8: two tenants that verify JWTs with the same key material
+/// and nothing telling their tokens apart are reported (the gateway warns at
+/// load); a distinct audience or key clears it.
+#[test]
+fn tenants_sharing_a_jwt_key_are_reported() {
+    let hs = |id: &str, env_name: &str, audience: Option<&str>| {
+        let mut t = tenant(AuthConfig {
+            secret_env: Some(env_name.to_owned()),
+            audience: audience.map(str::to_owned),
+            ..jwt_auth(JwtAlgorithm::HS256)
+        });
+        t.id = id.to_owned();
+        t
+    };
+    let env = |name: &str| match name {
+        "A_SECRET" | "SAME_VALUE" => Ok("the-same-secret-value-of-32-bytes!".to_owned()),
+        "OTHER" => Ok("another-secret-value-of-32-bytes!!".to_owned()),
+        _ => Err(std::env::VarError::NotPresent),
+    };
+    let pairs = |ts: &[TenantConfig]| super::shared_jwt_keys_with(ts, &keys_dir(), &env);
+    let a = hs("a", "A_SECRET", None);
+    // Same value under another variable name.
+    assert_eq!(
+        pairs(&[a.clone(), hs("b", "SAME_VALUE", None)]),
+        [("a".to_owned(), "b".to_owned())]
+    );
+    assert!(pairs(&[a.clone(), hs("b", "OTHER", None)]).is_empty());
+    assert!(pairs(&[a.clone(), hs("b", "A_SECRET", Some("game-b"))]).is_empty());
+    let mut st = tenant(AuthConfig::default());
+    st.id = "dev".into();
+    assert!(pairs(&[a.clone(), st]).is_empty());
+    // Public keys: the same file is the same key.
+    let rs = |id: &str| {
+        let mut t = tenant(AuthConfig {
+            public_key_file: Some("rsa_a.pub.pem".into()),
+            ..jwt_auth(JwtAlgorithm::RS256)
+        });
+        t.id = id.to_owned();
+        t
+    };
+    assert_eq!(
+        pairs(&[rs("x"), a, rs("y")]),
+        [("x".to_owned(), "y".to_owned())]
+    );
+}

@@ -128,17 +128,72 @@ pub fn parse_with_env(
         ));
     }
     let mut issues = Vec::new();
-    expand_env(&mut value, String::new(), env, &mut issues);
+    let mut expanded = Vec::new();
+    expand_env(&mut value, String::new(), env, &mut issues, &mut expanded);
     if !issues.is_empty() {
         return Err(ConfigError { issues });
     }
-    let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ConfigError::one(path, e.into_inner().to_string())
-    })?;
-    validate::validate(&cfg)?;
+    let redact_all = |e: ConfigError| ConfigError {
+        issues: e.issues.into_iter().map(|i| redact(i, &expanded)).collect(),
+    };
+    let cfg: Config = serde_path_to_error::deserialize(value)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::one(path, e.into_inner().to_string())
+        })
+        .map_err(redact_all)?;
+    validate::validate(&cfg).map_err(redact_all)?;
     Ok(cfg)
+}
+
+/// Keeps secrets out of an issue: a static ticket (a map key, so part of the
+/// path) becomes `<ticket>`, and values quoted in the message are dropped when
+/// the field holds a secret (`tickets`, `api_keys`, `secret…`) or came from a
+/// `${VAR}` (which may carry a token or password).
+fn redact(issue: ConfigIssue, expanded: &[String]) -> ConfigIssue {
+    let ConfigIssue { mut path, message } = issue;
+    if let Some(at) = path.find(".tickets.") {
+        let start = at + ".tickets.".len();
+        let end = path[start..]
+            .find(['.', '['])
+            .map_or(path.len(), |n| start + n);
+        path.replace_range(start..end, "<ticket>");
+    }
+    let secret_field = path.contains(".tickets")
+        || path.contains(".api_keys")
+        || path.contains("secret")
+        || expanded
+            .iter()
+            .any(|e| path == *e || path.starts_with(&format!("{e}.")));
+    let message = if secret_field {
+        unquote(&message)
+    } else {
+        message
+    };
+    ConfigIssue { path, message }
+}
+
+/// `message` with every part quoted in backticks or double quotes (how our
+/// messages and serde's quote values) replaced by `<redacted>`.
+fn unquote(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '`' || c == '"' {
+            // Skip to the closing quote (or the end: an unterminated quote
+            // hides the rest too).
+            for inner in chars.by_ref() {
+                if inner == c {
+                    break;
+                }
+            }
+            out.push_str("<redacted>");
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn yaml_location(e: &serde_yaml::Error) -> String {
@@ -148,21 +203,26 @@ fn yaml_location(e: &serde_yaml::Error) -> String {
     }
 }
 
-/// Replaces `${VAR}` in every string scalar (keys are left alone).
+/// Replaces `${VAR}` in every string scalar (keys are left alone) and records
+/// the paths of the strings it changed in `expanded`.
 fn expand_env(
     value: &mut serde_yaml::Value,
     path: String,
     env: &dyn Fn(&str) -> Option<String>,
     issues: &mut Vec<ConfigIssue>,
+    expanded: &mut Vec<String>,
 ) {
     match value {
         serde_yaml::Value::String(s) if s.contains("${") => match expand_str(s, env) {
-            Ok(expanded) => *s = expanded,
+            Ok(text) => {
+                *s = text;
+                expanded.push(path);
+            }
             Err(message) => issues.push(ConfigIssue { path, message }),
         },
         serde_yaml::Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                expand_env(item, format!("{path}[{i}]"), env, issues);
+                expand_env(item, format!("{path}[{i}]"), env, issues, expanded);
             }
         }
         serde_yaml::Value::Mapping(map) => {
@@ -179,10 +239,12 @@ fn expand_env(
                 } else {
                     format!("{path}.{key}")
                 };
-                expand_env(v, child, env, issues);
+                expand_env(v, child, env, issues, expanded);
             }
         }
-        serde_yaml::Value::Tagged(tagged) => expand_env(&mut tagged.value, path, env, issues),
+        serde_yaml::Value::Tagged(tagged) => {
+            expand_env(&mut tagged.value, path, env, issues, expanded);
+        }
         _ => {}
     }
 }

@@ -279,3 +279,53 @@ tenants:
     let paths: Vec<String> = issues(text).into_iter().map(|i| i.path).collect();
     assert_eq!(paths, ["gateway.proxy_protocol"]);
 }
+
+/// Issue 11 item 8: config errors never echo secrets: a static ticket is a
+/// map key (so part of the YAML path), API keys and `${VAR}`-expanded values
+/// may be quoted by parser messages.
+#[test]
+fn config_errors_do_not_echo_secrets() {
+    let text = r#"
+version: 1
+tenants:
+  - id: acme
+    auth: { tickets: { tkt-s3cret-1: [not, a, string], tkt-s3cret-2: "" } }
+    api_keys: ["short-s3cret"]
+"#;
+    let all = issues(text);
+    assert!(!all.is_empty());
+    for i in &all {
+        assert!(
+            !i.path.contains("s3cret") && !i.message.contains("s3cret"),
+            "{i}"
+        );
+    }
+    assert!(all.iter().any(|i| i.path.contains("<ticket>")), "{all:?}");
+    let text = r#"
+version: 1
+tenants:
+  - id: acme
+    auth: { tickets: { dev: dev } }
+    backend:
+      upstreams:
+        main: { url: "${HOOK_URL}" }
+"#;
+    let all = match parse_with_env(text, &env(&[("HOOK_URL", "ftp://host/hook?token=s3cret")])) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.issues,
+    };
+    assert_eq!(
+        all[0].path, "tenants[0].backend.upstreams.main.url",
+        "{all:?}"
+    );
+    assert!(all.iter().all(|i| !i.message.contains("s3cret")), "{all:?}");
+    let text = "version: 1\ngateway:\n  ping_interval_ms: \"${PING}\"\ntenants:\n  - id: acme\n    auth: { tickets: { dev: dev } }\n";
+    let all = match parse_with_env(text, &env(&[("PING", "p4ssw0rd")])) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.issues,
+    };
+    assert!(
+        all.iter().all(|i| !i.message.contains("p4ssw0rd")),
+        "{all:?}"
+    );
+}

@@ -328,7 +328,8 @@ fn validate_tenant(t: &TenantConfig, base: &str, issues: &mut Issues) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => issues.push(
                 format!("{path}.url"),
-                format!("`{}` is not an http(s) URL", up.url),
+                // Not quoted: it may come from `${VAR}` and carry a token.
+                "is not an http(s) URL; write scheme://host[:port][/base-path]".to_owned(),
             ),
         }
         issues.positive(&format!("{path}.timeout_ms"), up.timeout_ms);
@@ -359,11 +360,12 @@ fn validate_auth(t: &TenantConfig, base: &str, issues: &mut Issues) {
                     "static auth needs at least one ticket",
                 );
             }
-            for (ticket, user) in &a.tickets {
+            // Tickets are secrets: the path names the entry by position.
+            for (n, user) in a.tickets.values().enumerate() {
                 if user.is_empty() {
                     issues.push(
-                        format!("{path}.tickets.{ticket}"),
-                        "user id must not be empty",
+                        format!("{path}.tickets[entry {}]", n + 1),
+                        "user id must not be empty (tickets are not shown)",
                     );
                 }
             }
