@@ -94,7 +94,14 @@ pub struct Tenant {
     runtime: ArcSwapOption<TenantRuntime>,
     /// Sessions, users and rooms.
     pub broker: Arc<dyn Broker>,
+    /// Lifecycle webhooks (`backend.events`) in flight; past
+    /// [`MAX_EVENTS_IN_FLIGHT`] new events are dropped and counted, so a slow
+    /// backend under a connect storm cannot pile up tasks and sockets.
+    pub events_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Lifecycle webhooks one tenant may have in flight at once.
+pub const MAX_EVENTS_IN_FLIGHT: usize = 256;
 
 impl Tenant {
     /// A tenant serving `runtime`.
@@ -103,6 +110,7 @@ impl Tenant {
             id: Arc::from(id),
             runtime: ArcSwapOption::from_pointee(runtime),
             broker,
+            events_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_EVENTS_IN_FLIGHT)),
         }
     }
 

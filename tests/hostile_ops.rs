@@ -490,3 +490,64 @@ async fn a_second_sigterm_forces_the_exit() {
     );
     drop(stuck);
 }
+
+/// Issue 11 item 9: lifecycle webhooks are bounded in flight per tenant. A
+/// backend that never answers under a connect storm holds at most 256 event
+/// requests; the rest are dropped and counted (`result="dropped"`), and
+/// sessions connect as usual.
+#[tokio::test]
+async fn lifecycle_webhooks_are_bounded_in_flight() {
+    use axum::routing::post;
+    let (current, peak) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let app = axum::Router::new().route(
+        "/events",
+        post({
+            let (current, peak) = (Arc::clone(&current), Arc::clone(&peak));
+            move || async move {
+                let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                // Never answers within the test.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let cfg = TestConfig::tenant("acme")
+        .tickets(&[("t1", "u1")])
+        .policy(|p| p.sessions.max_sessions_per_user = 1000)
+        .backend(|b| {
+            b.upstreams.insert(
+                "hook".into(),
+                wsprism::config::UpstreamConfig {
+                    url: format!("http://{addr}/events"),
+                    timeout_ms: 30_000,
+                },
+            );
+            b.events.connect = Some("hook".into());
+        });
+    let gw = TestGateway::start(cfg).await;
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        clients.push(gw.client("acme", "t1").await);
+    }
+    let dropped = gw
+        .metric_at_least(
+            "wsprism_backend_calls_total{kind=\"connect\",result=\"dropped\",tenant=\"acme\"}",
+            44.0,
+        )
+        .await;
+    assert_eq!(dropped, 44.0);
+    eventually("the backend to see the admitted events", || async {
+        let now = current.load(Ordering::SeqCst);
+        if now == 256 { Ok(()) } else { Err(now) }
+    })
+    .await;
+    assert_eq!(peak.load(Ordering::SeqCst), 256);
+}

@@ -75,6 +75,31 @@ async fn relay_with_stamping_and_include_sender() {
     );
 }
 
+/// Issue 11 item 9: a client cannot set the stamped flag (0x80) itself and
+/// make a relay that forwards bytes as sent deliver a forged peer number.
+#[tokio::test]
+async fn client_set_stamp_flag_is_refused() {
+    let gw = TestGateway::start(cfg().policy(|p| p.hot_error_mode = HotErrorMode::Error)).await;
+    let mut a = gw.client("acme", "t1").await;
+    let mut b = gw.client("acme", "t2").await;
+    a.join("m").await;
+    b.join("m").await;
+    for svc in [1u8, 2, 3] {
+        let op = if svc == 3 { 7 } else { 9 };
+        // `flags|0x80`, then a "peer" of 42 and a payload.
+        a.send_bin(&[svc, op, 0x81, 42, 0, 0, 0, 0xEE]).await;
+        assert_eq!(
+            a.recv_type("error").await["data"]["code"],
+            "BAD_REQUEST",
+            "svc {svc}"
+        );
+    }
+    b.expect_silence(Duration::from_millis(200)).await;
+    // Without the flag the same frame is relayed.
+    a.send_bin(&[1, 9, 0x01, 42, 0, 0, 0, 0xEE]).await;
+    assert_eq!(b.recv_bin().await, vec![1, 9, 0x01, 42, 0, 0, 0, 0xEE]);
+}
+
 #[tokio::test]
 async fn echo_and_active_room_requirement() {
     let gw = TestGateway::start(cfg().policy(|p| p.hot_error_mode = HotErrorMode::Error)).await;

@@ -28,6 +28,12 @@ pub fn handle(ctx: &mut SessionCtx, data: Bytes) -> Flow {
     let Ok(frame) = hot::decode(data) else {
         return ctx.refuse_hot(ClientCode::BadRequest, mode);
     };
+    // The stamped flag is the gateway's word that a peer number follows; a
+    // client setting it could forge another member's peer on relays that
+    // forward bytes as sent.
+    if frame.flags & hot::FLAG_STAMPED != 0 {
+        return ctx.refuse_hot(ClientCode::BadRequest, mode);
+    }
     if !rt.policy.hot_allow.allows(frame.svc_id, frame.opcode) {
         return ctx.refuse_hot(ClientCode::NotAllowed, mode);
     }

@@ -248,9 +248,17 @@ fn notify_backend(hub: &Arc<Hub>, tenant: &Tenant, entry: &SessionEntry, event: 
         "user": &*entry.user,
         "sid": entry.sid,
     });
-    let hub2 = Arc::clone(hub);
     let tenant_id = Arc::clone(&tenant.id);
+    let Ok(permit) = Arc::clone(&tenant.events_in_flight).try_acquire_owned() else {
+        hub.metrics
+            .backend_calls
+            .with_label_values(&[&tenant_id, event, "dropped"])
+            .inc();
+        return;
+    };
+    let hub2 = Arc::clone(hub);
     hub.tasks.spawn(async move {
+        let _permit = permit;
         let result = match hub2.backend.post_event(&upstream, &body).await {
             Ok(status) if (200..300).contains(&status) => "ok",
             Ok(_) => "http_error",

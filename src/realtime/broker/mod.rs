@@ -526,9 +526,17 @@ impl Broker for LocalBroker {
                     }
                 }
             }
-            // Tenant cap after the kick decision: kicked sessions free their slot.
-            let live = self.session_count.load(Ordering::Acquire) - kicked.len() as u64;
-            if limits.max_sessions_total > 0 && live >= limits.max_sessions_total {
+            // Tenant cap after the kick decision: kicked sessions free their
+            // slot. Checked and taken in one atomic step, so concurrent
+            // connects of different users cannot both take the last slot.
+            let freed = kicked.len() as u64;
+            let max = limits.max_sessions_total;
+            let taken =
+                self.session_count
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                        (max == 0 || count.saturating_sub(freed) < max).then_some(count + 1)
+                    });
+            if taken.is_err() {
                 // Undo: the kicked sessions stay.
                 let mut restored: Vec<SessionId> = kicked.iter().map(|s| s.sid).collect();
                 restored.append(&mut sids);
@@ -536,7 +544,6 @@ impl Broker for LocalBroker {
                 return Err(RegisterError::TenantFull);
             }
             sids.push(entry.sid);
-            self.session_count.fetch_add(1, Ordering::AcqRel);
         }
         self.sessions.insert(entry.sid, entry);
         Ok(kicked)

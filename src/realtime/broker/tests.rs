@@ -247,3 +247,31 @@ fn presence_answers_are_capped_with_a_flag() {
     assert!(!truncated);
     assert_eq!(kept.len(), 10);
 }
+
+/// Issue 11 item 9: concurrent connects of different users cannot overshoot
+/// the tenant cap (the check and the count are one atomic step).
+#[test]
+fn tenant_cap_holds_under_concurrent_registration() {
+    let b = Arc::new(LocalBroker::new());
+    let capped = SessionLimits {
+        max_sessions_total: 10,
+        ..OPEN
+    };
+    let start = Arc::new(std::sync::Barrier::new(64));
+    let threads: Vec<_> = (0..64u64)
+        .map(|n| {
+            let (b, start) = (Arc::clone(&b), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                session(&b, n + 1, &format!("user-{n}"), capped).is_ok()
+            })
+        })
+        .collect();
+    let admitted = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or(false))
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(admitted, 10);
+    assert_eq!(b.stats().sessions, 10);
+}
