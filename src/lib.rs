@@ -68,7 +68,39 @@ use crate::session::HubParts;
 pub fn check_loadable(cfg: &Config, base_dir: &std::path::Path) -> Result<(), ConfigError> {
     tenant::compile_all(cfg, base_dir, &BackendClient::new())?;
     transport::tls::load(&cfg.gateway.tls, base_dir)?;
+    let dir = base_dir.join(&cfg.gateway.plugins.dir);
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| plugin_host::plugin_name(&e.path()))
+                .collect()
+        })
+        .unwrap_or_default();
+    warn_unloaded_routes(cfg, &files, "no such file in gateway.plugins.dir");
     Ok(())
+}
+
+/// Routes whose plugin is not in `loaded`, as (tenant, svc, plugin).
+fn unloaded_routes<'a>(cfg: &'a Config, loaded: &[String]) -> Vec<(&'a str, &'a str, &'a str)> {
+    cfg.tenants
+        .iter()
+        .flat_map(|t| t.routes.iter().map(move |r| (t.id.as_str(), r)))
+        .filter(|(_, r)| !loaded.contains(&r.plugin))
+        .map(|(t, r)| (t, r.svc.as_str(), r.plugin.as_str()))
+        .collect()
+}
+
+/// Warns about every route to a plugin that is not in `loaded`: its messages
+/// will be answered `SERVICE_UNAVAILABLE` until the plugin appears.
+fn warn_unloaded_routes(cfg: &Config, loaded: &[String], why: &str) {
+    for (tenant, svc, plugin) in unloaded_routes(cfg, loaded) {
+        warn!(
+            tenant,
+            svc,
+            plugin,
+            "route to a plugin that is not loaded ({why}); its messages get SERVICE_UNAVAILABLE until `{plugin}.wasm` loads"
+        );
+    }
 }
 
 /// How a server is started.
@@ -147,7 +179,7 @@ impl Server {
                 if !plugins_cfg.cache_dir.is_empty() && cache.is_relative() {
                     plugins_cfg.cache_dir = base_dir.join(cache).to_string_lossy().into_owned();
                 }
-                PluginHost::start_with_kv(
+                let host = PluginHost::start_with_kv(
                     &plugins_cfg,
                     metrics.clone(),
                     backend.http(),
@@ -156,7 +188,9 @@ impl Server {
                     kv,
                 )
                 .await
-                .map_err(StartupError::Plugins)?
+                .map_err(StartupError::Plugins)?;
+                warn_unloaded_routes(&cfg, &host.plugins(), "missing or failed to load");
+                host
             }
             None => Arc::new(NoPlugins),
         };
@@ -355,6 +389,17 @@ fn spawn_upkeep(gw: &Arc<Gateway>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_to_missing_plugins_are_found() {
+        let cfg = config::parse(
+            "version: 1\ntenants:\n  - id: a\n    auth: { tickets: { t: u } }\n    routes: [ { svc: echo, plugin: echo }, { svc: dice, plugin: dice } ]\n  - id: b\n    auth: { tickets: { t: u } }\n    routes: [ { svc: vote, plugin: vote } ]\n",
+        )
+        .expect("config");
+        let loaded = vec!["echo".to_owned(), "vote".to_owned()];
+        assert_eq!(unloaded_routes(&cfg, &loaded), [("a", "dice", "dice")]);
+        assert_eq!(unloaded_routes(&cfg, &[]).len(), 3);
+    }
 
     #[test]
     fn admin_listener_off_loopback_is_warned_about() {

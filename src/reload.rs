@@ -1,5 +1,12 @@
 //! Config hot reload: a file watch on the config file (debounced) and SIGHUP.
 //!
+//! The watch covers the config file's directory (and, when the path is a
+//! symlink, its target's directory), and after each burst of events compares
+//! the file's content with what it last saw: an edit, a copy-then-rename, or a
+//! Kubernetes ConfigMap update (an atomic swap of the `..data` symlink, which
+//! never touches the file's own name) all reload, and unrelated events in the
+//! directory do not.
+//!
 //! A valid file replaces tenant policy for new messages of existing sessions; an
 //! invalid one is refused whole and the old config keeps serving. Both outcomes
 //! are logged and counted in `wsprism_config_reloads_total{result}`.
@@ -55,26 +62,29 @@ pub fn reload(gw: &Gateway, path: &Path) -> bool {
 /// The watcher cannot be created (the gateway still runs; SIGHUP still works).
 pub fn watch(gw: Arc<Gateway>, path: PathBuf) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let file_name = path.file_name().map(ToOwned::to_owned);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && !ev.kind.is_access()
-            && ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == file_name.as_deref())
-        {
+        if res.is_ok_and(|ev| !ev.kind.is_access()) {
             let _ = tx.try_send(());
         }
     })?;
     // Watch the directory: editors and `mv` replace the file, which ends a watch
-    // on the file itself.
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    // on the file itself; a symlink's target directory too.
+    let parent = |p: &Path| {
+        p.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    let dir = parent(&path);
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    if let Ok(target) = std::fs::canonicalize(&path) {
+        let target_dir = parent(&target);
+        if std::fs::canonicalize(&dir).ok() != Some(target_dir.clone()) {
+            // Best effort: the link's own directory is watched either way.
+            let _ = watcher.watch(&target_dir, RecursiveMode::NonRecursive);
+        }
+    }
     let stop = gw.shutdown.clone();
+    let mut seen = digest(&path);
     gw.tasks.clone().spawn(async move {
         let _watcher = watcher;
         loop {
@@ -87,10 +97,28 @@ pub fn watch(gw: Arc<Gateway>, path: PathBuf) -> notify::Result<()> {
                     // Reading and parsing a hostile file can take a while: keep
                     // it off the runtime's worker threads.
                     let (gw2, path2) = (Arc::clone(&gw), path.clone());
-                    let _ = tokio::task::spawn_blocking(move || reload(&gw2, &path2)).await;
+                    let last = seen;
+                    let now = tokio::task::spawn_blocking(move || {
+                        let now = digest(&path2);
+                        if now != last {
+                            reload(&gw2, &path2);
+                        }
+                        now
+                    })
+                    .await;
+                    if let Ok(now) = now {
+                        seen = now;
+                    }
                 }
             }
         }
     });
     Ok(())
+}
+
+/// A digest of the file `path` resolves to now (symlinks followed), `None`
+/// when it cannot be read.
+fn digest(path: &Path) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
 }

@@ -563,6 +563,29 @@ async fn per_message_budget_is_per_tenant() {
     }
 }
 
+/// Issue 12 items 5 and 6: a symlinked plugin file is loaded (mounted
+/// volumes, release directories), and a `.wasm` whose name is not a plugin
+/// name (`dice.v2.wasm`) is logged at WARN instead of silently ignored.
+#[tokio::test]
+async fn symlinked_plugins_load_and_ignored_names_are_logged() {
+    let (captured, _guard) = plugin_support::Captured::warnings();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let echo = guests().join("echo.wasm");
+    std::fs::copy(&echo, elsewhere.path().join("echo-v7.wasm")).expect("copy");
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("echo-v7.wasm"),
+        dir.path().join("echo.wasm"),
+    )
+    .expect("symlink");
+    std::fs::copy(&echo, dir.path().join("dice.v2.wasm")).expect("copy");
+    let h = start(&plugins_cfg(dir.path())).await;
+    assert_eq!(h.host.plugins(), vec!["echo".to_owned()]);
+    let lines = captured.warn_lines("plugin file ignored");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("dice.v2.wasm"), "{}", lines[0]);
+}
+
 /// Rough per-call cost of echo on a warm instance (`cargo test -- --ignored --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test"]

@@ -7,7 +7,7 @@ mod plugin_support;
 use std::time::Duration;
 
 use common::{Client, TestConfig, TestGateway, eventually, eventually_within};
-use plugin_support::{deploy, guest, plugin_dir, variant};
+use plugin_support::{Captured, deploy, guest, plugin_dir, variant};
 use serde_json::{Value, json};
 
 /// Tenant `acme` (users u1..u3) routing `echo` and `vote` to their plugins, with
@@ -376,4 +376,51 @@ async fn room_hooks_gate_joins_and_hear_leaves() {
     // A room the hooks let through untouched: sys.joined, nothing else.
     a.join("plain").await;
     a.expect_silence(Duration::from_millis(200)).await;
+}
+
+/// Issue 12 item 5: plugin faults are logged at WARN with tenant, plugin,
+/// session and reason, at most once a second per (tenant, plugin); the next
+/// line says how many were left out. The single-threaded runtime keeps every
+/// task on this thread, under this test's subscriber.
+#[tokio::test]
+async fn plugin_faults_are_logged_at_warn_rate_limited() {
+    let (captured, _guard) = Captured::warnings();
+    let dir = plugin_dir(&[("faults", "faults"), ("echo", "echo")]);
+    let gw = TestGateway::start(
+        cfg(dir.path())
+            .route("faults", "faults")
+            .gateway(|g| g.plugins.max_faults_per_session = 100),
+    )
+    .await;
+    let mut bad = gw.connect("acme", "t1").await.expect("connect");
+    let authed = bad.recv_json().await;
+    let sid = authed["data"]["sid"].as_str().expect("sid").to_owned();
+    for seq in 1..=5u64 {
+        bad.send_json(json!({"v":1,"svc":"faults","type":"panic","seq":seq}))
+            .await;
+        assert_eq!(bad.recv_type("error").await["data"]["reason"], "trap");
+    }
+    let lines = captured.warn_lines("plugin call failed");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line = &lines[0];
+    for field in [
+        "tenant=acme",
+        "plugin=faults",
+        "reason=\"trap\"",
+        "faults_not_logged=0",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    assert!(line.contains(&format!("session_id={sid}")), "{line}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    bad.send_json(json!({"v":1,"svc":"faults","type":"loop","seq":9}))
+        .await;
+    assert_eq!(bad.recv_type("error").await["data"]["reason"], "timeout");
+    let lines = captured.warn_lines("plugin call failed");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[1].contains("reason=\"timeout\"") && lines[1].contains("faults_not_logged=4"),
+        "{}",
+        lines[1]
+    );
 }

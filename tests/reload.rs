@@ -119,3 +119,77 @@ async fn a_tenant_that_fails_to_compile_refuses_the_whole_reload() {
     );
     let _c = gw.client("acme", "t1").await;
 }
+
+/// Issue 12 item 6: a config mounted from a Kubernetes ConfigMap is a symlink
+/// whose target changes by an atomic swap of the `..data` symlink, never
+/// touching the file's own name. The watch follows it by content; an
+/// unrelated file in the directory reloads nothing.
+#[tokio::test]
+async fn configmap_symlink_swaps_reload_and_unrelated_events_do_not() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let v1 = cfg(&["room:*"], 65536, &[("t1", "u1")]).build();
+    let v2 = cfg(&["room:*"], 65536, &[("t1", "u1"), ("t2", "u2")]).build();
+    std::fs::create_dir(d.join("..2026_11_30_a")).expect("mkdir");
+    std::fs::write(d.join("..2026_11_30_a/wsprism.yaml"), &v1).expect("write");
+    symlink("..2026_11_30_a", d.join("..data")).expect("link data");
+    symlink("..data/wsprism.yaml", d.join("wsprism.yaml")).expect("link file");
+    let path = d.join("wsprism.yaml");
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server = wsprism::Server::bind(
+        wsprism::config::load(&path).expect("config"),
+        wsprism::ServerOptions {
+            config_path: Some(path.clone()),
+            bind: Some((loopback, loopback)),
+            ..wsprism::ServerOptions::default()
+        },
+    )
+    .await
+    .expect("bind");
+    let (addr, admin) = (
+        server.local_addr().expect("addr"),
+        server.admin_addr().expect("admin"),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(stop.clone()));
+    let status = |ticket: &'static str| async move {
+        let url = format!("ws://{addr}/v1/ws?tenant=acme&ticket={ticket}");
+        match tokio_tungstenite::connect_async(url).await {
+            Ok(_) => 101,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let reloads = || async move {
+        let text = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        metric(&text, "wsprism_config_reloads_total{result=\"ok\"}")
+    };
+    assert_eq!(status("t2").await, 401);
+
+    // An unrelated file changes: nothing is reloaded.
+    std::fs::write(d.join("notes.txt"), "hello").expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(reloads().await, 0.0);
+
+    // The kubelet's update: a new data dir, then an atomic swap of `..data`.
+    std::fs::create_dir(d.join("..2026_11_30_b")).expect("mkdir");
+    std::fs::write(d.join("..2026_11_30_b/wsprism.yaml"), &v2).expect("write");
+    symlink("..2026_11_30_b", d.join("..data_tmp")).expect("link tmp");
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("swap");
+    common::eventually("the swapped config to serve t2", || async {
+        match status("t2").await {
+            101 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert_eq!(reloads().await, 1.0);
+    stop.cancel();
+    let _ = task.await;
+}

@@ -81,7 +81,14 @@ struct Health {
     sessions: HashMap<SessionId, SessionFaults>,
     /// When stale session records are dropped next.
     prune_at: Option<Instant>,
+    /// When a fault was last logged at WARN, and faults not logged since.
+    last_logged: Option<Instant>,
+    unlogged: u64,
 }
+
+/// Faults of one (tenant, plugin) logged at WARN at most this often; the
+/// others are counted and the next line says how many were left out.
+pub(crate) const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A back-off and its streak.
 #[derive(Debug, Default)]
@@ -189,6 +196,23 @@ impl Health {
 }
 
 impl Stats {
+    /// Whether a fault at `now` may be logged at WARN ([`FAULT_LOG_INTERVAL`]);
+    /// `Some(n)` with the faults left out since the last line, `None` when
+    /// this one is only counted.
+    pub(crate) fn fault_log_slot(&self, now: Instant) -> Option<u64> {
+        let mut h = self.health.lock();
+        let due = h
+            .last_logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= FAULT_LOG_INTERVAL);
+        if due {
+            h.last_logged = Some(now);
+            Some(std::mem::take(&mut h.unlogged))
+        } else {
+            h.unlogged += 1;
+            None
+        }
+    }
+
     /// Whether the whole (tenant, plugin) is refused with `BackingOff` at `now`.
     pub(crate) fn backing_off(&self, now: Instant) -> bool {
         self.troubled.load(Ordering::Acquire) && self.health.lock().plugin.active(now)

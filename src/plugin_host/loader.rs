@@ -179,7 +179,9 @@ pub(crate) fn rfc3339(unix_secs: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
-/// The `*.wasm` files of the plugin directory, by plugin name.
+/// The `*.wasm` files of the plugin directory, by plugin name. Symlinks are
+/// followed (a plugin mounted from a ConfigMap or a release directory); a
+/// `.wasm` file whose name is not a plugin name is logged, not loaded.
 async fn list(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     let mut out = Vec::new();
     let mut rd = tokio::fs::read_dir(dir)
@@ -187,13 +189,22 @@ async fn list(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
         .map_err(|e| format!("cannot read plugin dir {}: {e}", dir.display()))?;
     while let Ok(Some(entry)) = rd.next_entry().await {
         let path = entry.path();
-        let is_file = entry
-            .file_type()
+        let is_file = tokio::fs::metadata(&path)
             .await
-            .map(|t| t.is_file())
+            .map(|m| m.is_file())
             .unwrap_or(false);
-        if let (true, Some(name)) = (is_file, plugin_name(&path)) {
-            out.push((name, path));
+        if !is_file {
+            continue;
+        }
+        match plugin_name(&path) {
+            Some(name) => out.push((name, path)),
+            None if path.extension().and_then(|e| e.to_str()) == Some("wasm") => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "plugin file ignored: name it <name>.wasm with a name of 1-64 letters, digits, `_` or `-` (the name is the plugin's route target)"
+                );
+            }
+            None => {}
         }
     }
     out.sort();
@@ -394,8 +405,15 @@ pub(crate) fn watch(env: &Arc<HostCore>) -> Result<(), String> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Any `.wasm` (ignored names too, so they are reported), or a
+        // symlink swap of a mounted directory (Kubernetes' `..data`).
         let relevant = match &res {
-            Ok(ev) => ev.paths.iter().any(|p| plugin_name(p).is_some()),
+            Ok(ev) => ev.paths.iter().any(|p| {
+                p.extension().and_then(|e| e.to_str()) == Some("wasm")
+                    || p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(".."))
+            }),
             // Overflow or watcher error: rescan to be safe.
             Err(_) => true,
         };

@@ -68,6 +68,12 @@ use crate::obs::metrics::Metrics;
 use crate::services::{BoxFuture, Effect, ExtService, PluginCall, PluginStatus};
 use bindings::HostState;
 pub use call::EntryKind;
+
+/// The plugin name of a file in the plugin folder (its stem, when the name is
+/// `<name>.wasm` with a valid name), as the loader sees it.
+pub fn plugin_name(path: &std::path::Path) -> Option<String> {
+    loader::plugin_name(path)
+}
 use kv::{KvStore, MemoryKv};
 use pool::{Pool, PoolKey, Stats};
 

@@ -246,9 +246,32 @@ async fn ready<'a>(
 /// Charges a fault (the instance is gone) to `culprit`, and logs the back-off
 /// it started, if any.
 fn note_fault(env: &HostCore, key: &PoolKey, stats: &Stats, culprit: Culprit<'_>, e: &PluginError) {
-    tracing::debug!(tenant = %key.0, plugin = %key.1, reason = e.label(), error = %e, "plugin instance dropped");
+    let now = Instant::now();
+    // Operators see faults (rate-limited per plugin and tenant); the detail
+    // is the engine's (trap kind, limit), never the message payload.
+    if let Some(left_out) = stats.fault_log_slot(now) {
+        match culprit {
+            Culprit::Call { sid, .. } => tracing::warn!(
+                tenant = %key.0,
+                plugin = %key.1,
+                session_id = %sid,
+                reason = e.label(),
+                error = %e,
+                faults_not_logged = left_out,
+                "plugin call failed; the instance is replaced"
+            ),
+            Culprit::Instantiate => tracing::warn!(
+                tenant = %key.0,
+                plugin = %key.1,
+                reason = e.label(),
+                error = %e,
+                faults_not_logged = left_out,
+                "plugin failed to start an instance"
+            ),
+        }
+    }
     let max_per_session = env.cfg.load().max_faults_per_session;
-    let started = stats.faulted(culprit, max_per_session, Instant::now());
+    let started = stats.faulted(culprit, max_per_session, now);
     if let (Some(period), Culprit::Call { sid, .. }) = (started.session, culprit) {
         // Per session, so `debug` (the session's own span names it too).
         tracing::debug!(tenant = %key.0, plugin = %key.1, session_id = %sid, backoff_ms = period.as_millis() as u64, "session keeps making the plugin fault; refusing it for a back-off");

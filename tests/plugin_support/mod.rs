@@ -459,3 +459,46 @@ pub fn counter_py() -> Option<PathBuf> {
     })
     .clone()
 }
+
+/// A `tracing` writer into a shared buffer: a test's own subscriber of WARN
+/// and above, set for the current thread (single-threaded tests keep every
+/// task on it).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Captures WARN and above on this thread until the guard drops.
+    pub fn warnings() -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The captured WARN lines containing `needle`.
+    pub fn warn_lines(&self, needle: &str) -> Vec<String> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}

@@ -17,9 +17,11 @@
 //! 100 probe sessions measure the round trip of their own chat message) →
 //! attack (the same traffic plus slowloris, silent sockets, ping floods, lying
 //! frame lengths, fragment hoarders, malformed JSON, handshake abuse, an IP
-//! spray, slow consumers, a reload storm and, with `--plugins`, plugin faults).
-//! Prints benign p50/p99 per phase, benign disconnects, and the gateway's peak
-//! RSS (VmHWM).
+//! spray, slow consumers, trickle readers, room floods, 64 KiB chat spam into
+//! benign rooms, connection floods past `max_connections`, a reload storm and,
+//! with `--plugins`, plugin faults while benign sessions call the same plugin).
+//! Prints benign p50/p99 per phase, benign disconnects, the benign plugin
+//! calls answered, and the gateway's peak RSS (VmHWM).
 //!
 //! A refused or failed step panics: in the driver that ends the soak with the
 //! reason, in an attack task only that attempt (see `main`'s panic hook).
@@ -84,7 +86,13 @@ fn args() -> Args {
     a
 }
 
-fn config(plugins: &Path, with_faults: bool, variant: u32) -> String {
+/// Connection cap of the soak gateway: room for the benign sessions and the
+/// attackers' sessions, so the connection flood reaches it.
+fn max_connections(sessions: usize) -> usize {
+    sessions + 1_500
+}
+
+fn config(plugins: &Path, with_faults: bool, variant: u32, sessions: usize) -> String {
     let routes = if with_faults {
         "    routes:\n      - { svc: faults, plugin: faults }\n"
     } else {
@@ -98,7 +106,8 @@ gateway:
   handshake_limit: {{ enabled: true, global_rps: 20000, global_burst: 40000, per_ip_rps: 20000, per_ip_burst: 40000, max_ip_entries: 2000 }}
   queues: {{ reliable_capacity: 256, lossy_capacity: 64 }}
   drain_grace_ms: 3000
-  plugins: {{ dir: "{}", watch: false, call_timeout_ms: 50 }}
+  max_connections: {}
+  plugins: {{ dir: "{}", watch: false, call_timeout_ms: 50, cache_dir: "{}" }}
 tenants:
   - id: soak
     auth:
@@ -112,7 +121,9 @@ tenants:
       error_budget: {{ max_errors: 50, window_ms: 10000 }}
 {routes}# reload-storm variant {variant}
 "#,
-        plugins.display()
+        max_connections(sessions),
+        plugins.display(),
+        plugins.with_file_name("compile-cache").display(),
     )
 }
 
@@ -199,6 +210,9 @@ struct Stats {
     latencies: [Mutex<Vec<u32>>; 2],
     attacks: AtomicU64,
     attack_cut: AtomicU64,
+    /// Benign calls to the plugin the fault attack also calls, and answers.
+    plugin_calls: AtomicU64,
+    plugin_answers: AtomicU64,
 }
 
 fn client_config() -> WebSocketConfig {
@@ -344,13 +358,160 @@ async fn attempt<Fut: std::future::Future<Output = bool> + Send + 'static>(
     }
 }
 
+/// A benign session calling the plugin the fault attack calls (`faults:count`,
+/// answered with a reply), one call in flight, counting answers within 5 s.
+async fn plugin_bystander(addr: SocketAddr, stats: Arc<Stats>) {
+    let Some(mut ws) = connect(addr, "benign").await else {
+        return;
+    };
+    let _authed = ws.next().await;
+    let mut seq = 0u64;
+    while !stats.stopping.load(Ordering::Relaxed) {
+        seq += 1;
+        let m = json!({"v":1,"svc":"faults","type":"count","seq":seq}).to_string();
+        if ws.send(Message::text(m)).await.is_err() {
+            return;
+        }
+        if stats.phase.load(Ordering::Relaxed) == 1 {
+            stats.plugin_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(m)) = ws.next().await {
+                let t = m.to_text().unwrap_or_default();
+                if t.contains("\"svc\":\"faults\"") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if matches!(answered, Ok(true)) && stats.phase.load(Ordering::Relaxed) == 1 {
+            stats.plugin_answers.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn spawn_attacks(
     addr: SocketAddr,
     stats: &Arc<Stats>,
     config_path: PathBuf,
     plugins: &Path,
     faults: bool,
+    sessions: usize,
 ) {
+    // Trickle readers: a small receive buffer in a busy room, a few bytes read
+    // now and then; the gateway must cut them (slow consumer) and reset.
+    spawn_attack(stats, 10, move |st| async move {
+        attempt(&st, async move {
+            let mut ws =
+                RawWs::connect_with_recv_buffer(addr, "/v1/ws?tenant=soak&ticket=bad", 4096).await;
+            let room = format!("room-{}", rand::random::<u32>() % 10);
+            let join = json!({"v":1,"svc":"room","type":"join","room":room}).to_string();
+            ws.send(&masked(TEXT, join.as_bytes())).await;
+            let (eof, _) = ws
+                .trickle_until_closed(16, Duration::from_millis(500), Duration::from_secs(60))
+                .await;
+            !matches!(eof, raw_ws::Eof::Open)
+        })
+        .await;
+    });
+    // Room floods: join rooms until ROOM_LIMIT.
+    spawn_attack(stats, 5, move |st| async move {
+        attempt(&st, async move {
+            let Some(mut ws) = connect(addr, "bad").await else {
+                return false;
+            };
+            let tag = rand::random::<u32>();
+            for n in 0..1_000 {
+                let m =
+                    json!({"v":1,"svc":"room","type":"join","room":format!("flood-{tag:x}-{n}")});
+                if ws.send(Message::text(m.to_string())).await.is_err() {
+                    return true;
+                }
+                while let Some(Ok(m)) = ws.next().await {
+                    let t = m.to_text().unwrap_or_default();
+                    if t.contains("ROOM_LIMIT") {
+                        return true;
+                    }
+                    if t.contains("\"joined\"") || t.contains("\"error\"") {
+                        break;
+                    }
+                }
+            }
+            false
+        })
+        .await;
+    });
+    // 64 KiB chat spam into benign rooms, as fast as the socket takes it: one
+    // spammer per room (room-0 .. room-3), each bounded by its connection's
+    // inbound byte rate (`max_bytes_per_sec`).
+    for target in 0..4 {
+        spawn_attack(stats, 1, move |st| async move {
+            attempt(&st, async move {
+                let Some(mut ws) = connect(addr, "bad").await else {
+                    return false;
+                };
+                let room = format!("room-{target}");
+                if !join(&mut ws, &room).await {
+                    return false;
+                }
+                let msg = "s".repeat(60 * 1024);
+                let m = json!({"v":1,"svc":"chat","type":"send","room":room,"data":{"msg":msg}})
+                    .to_string();
+                let (mut tx, mut rx) = ws.split();
+                let reader = tokio::spawn(async move {
+                    while let Some(Ok(m)) = rx.next().await {
+                        if matches!(m, Message::Close(_))
+                            || m.to_text().is_ok_and(|t| t.contains("RATE_LIMITED"))
+                        {
+                            return true;
+                        }
+                    }
+                    true
+                });
+                for _ in 0..2_000 {
+                    if tx.send(Message::text(m.clone())).await.is_err() || reader.is_finished() {
+                        break;
+                    }
+                }
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(10), reader).await,
+                    Ok(Ok(true))
+                )
+            })
+            .await;
+        });
+    }
+    // Connection floods: more silent sockets than the cap leaves free; the
+    // ones past it must get 503 or be closed at accept.
+    let flood = max_connections(sessions).saturating_sub(sessions) + 500;
+    spawn_attack(stats, 1, move |st| async move {
+        attempt(&st, async move {
+            let mut socks = Vec::with_capacity(flood);
+            for _ in 0..flood {
+                if let Ok(s) = TcpStream::connect(addr).await {
+                    socks.push(s);
+                }
+            }
+            // The last ones are past the cap (and its 503 margin).
+            let mut refused = false;
+            for s in socks.iter_mut().rev().take(50) {
+                let _ = s
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await;
+                let mut b = [0u8; 64];
+                match tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await {
+                    Ok(Ok(0) | Err(_)) => refused = true,
+                    Ok(Ok(n)) if b[..n].starts_with(b"HTTP/1.1 503") => refused = true,
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            refused
+        })
+        .await;
+    });
     // Slowloris: drip a request head a byte every 500 ms until cut.
     spawn_attack(stats, 200, move |st| async move {
         attempt(&st, async move {
@@ -535,12 +696,12 @@ fn spawn_attacks(
             let text = if i.is_multiple_of(3) {
                 "version: 1\ntenants: [".to_owned()
             } else {
-                config(&plugins, faults, i)
+                config(&plugins, faults, i, sessions)
             };
             let _ = tokio::fs::write(&config_path, text).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = tokio::fs::write(&config_path, config(&plugins, faults, 0)).await;
+        let _ = tokio::fs::write(&config_path, config(&plugins, faults, 0, sessions)).await;
     });
 }
 
@@ -582,7 +743,11 @@ async fn run(a: Args) {
             faults = true;
         }
     }
-    let gw = Gateway::start(&a.gateway_bin, dir.path(), &config(&plugins, faults, 0));
+    let gw = Gateway::start(
+        &a.gateway_bin,
+        dir.path(),
+        &config(&plugins, faults, 0, a.sessions),
+    );
     let addr = gw.addr;
     println!(
         "soak: gateway at {addr}, {} benign sessions, {} s per phase, plugin faults: {faults}",
@@ -614,6 +779,11 @@ async fn run(a: Args) {
         }
         i += n;
     }
+    if faults {
+        for _ in 0..20 {
+            tokio::spawn(plugin_bystander(addr, Arc::clone(&stats)));
+        }
+    }
     let (rss, _) = gw.rss_mib();
     println!(
         "soak: {connected}/{} benign sessions up after {:?}; gateway RSS {rss} MiB",
@@ -634,7 +804,14 @@ async fn run(a: Args) {
     stats.phase.store(1, Ordering::Relaxed);
     let disconnects_before = stats.benign_disconnects.load(Ordering::Relaxed);
     println!("soak: baseline done; starting attacks");
-    spawn_attacks(addr, &stats, gw.config.clone(), &plugins, faults);
+    spawn_attacks(
+        addr,
+        &stats,
+        gw.config.clone(),
+        &plugins,
+        faults,
+        a.sessions,
+    );
     let mut peak_attack = 0;
     let phase_end = Instant::now() + Duration::from_secs(a.phase_secs);
     while Instant::now() < phase_end {
@@ -663,6 +840,13 @@ async fn run(a: Args) {
         attack.len()
     );
     println!("benign disconnects:       {disconnects} (before attacks: {disconnects_before})");
+    if faults {
+        println!(
+            "benign plugin calls:      {} of {} answered during the attacks (same plugin as the faults)",
+            stats.plugin_answers.load(Ordering::Relaxed),
+            stats.plugin_calls.load(Ordering::Relaxed)
+        );
+    }
     println!(
         "attack attempts:          {} ({} ended by the gateway as expected)",
         stats.attacks.load(Ordering::Relaxed),
