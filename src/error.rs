@@ -228,11 +228,13 @@ pub enum CloseCode {
     IdleTimeout,
     /// 4004: disconnected through the server API.
     Disconnected,
+    /// 4005: the session's JWT expired (`auth.close_at_expiry`).
+    TokenExpired,
 }
 
 impl CloseCode {
     /// Every code, for docs and tests.
-    pub const ALL: [CloseCode; 11] = [
+    pub const ALL: [CloseCode; 12] = [
         Self::Normal,
         Self::GoingAway,
         Self::ProtocolError,
@@ -244,6 +246,7 @@ impl CloseCode {
         Self::SlowConsumer,
         Self::IdleTimeout,
         Self::Disconnected,
+        Self::TokenExpired,
     ];
 
     /// Numeric code.
@@ -260,6 +263,7 @@ impl CloseCode {
             Self::SlowConsumer => 4002,
             Self::IdleTimeout => 4003,
             Self::Disconnected => 4004,
+            Self::TokenExpired => 4005,
         }
     }
 
@@ -282,6 +286,7 @@ impl CloseCode {
             Self::SlowConsumer => "slow_consumer",
             Self::IdleTimeout => "idle_timeout",
             Self::Disconnected => "disconnected",
+            Self::TokenExpired => "token_expired",
         }
     }
 
@@ -301,6 +306,9 @@ impl CloseCode {
             Self::SlowConsumer => "slow consumer: the reliable queue overflowed",
             Self::IdleTimeout => "no inbound traffic (pongs included) for `idle_timeout_ms`",
             Self::Disconnected => "disconnected through the server API",
+            Self::TokenExpired => {
+                "the session's JWT reached its `exp` (`auth.close_at_expiry: true`)"
+            }
         }
     }
 
@@ -321,6 +329,7 @@ impl CloseCode {
             Self::Disconnected => {
                 "the backend ended the session; reconnect only if your app allows it"
             }
+            Self::TokenExpired => "reconnect with a fresh ticket",
         }
     }
 }

@@ -38,12 +38,13 @@ impl TenantRuntime {
     /// Key material or secrets that cannot be loaded, as a message.
     pub fn build(
         cfg: &TenantConfig,
+        queue_max_bytes: usize,
         base_dir: &Path,
         backend: &BackendClient,
     ) -> Result<Self, String> {
         Ok(Self {
             auth: Authenticator::from_config(cfg, base_dir, backend.http())?,
-            policy: Arc::new(TenantPolicy::compile(cfg)),
+            policy: Arc::new(TenantPolicy::compile_for_queue(cfg, queue_max_bytes)),
             cfg: Arc::new(cfg.clone()),
         })
     }
@@ -68,7 +69,7 @@ pub fn compile_all(
     let mut out = HashMap::new();
     let mut issues = Vec::new();
     for (i, t) in cfg.tenants.iter().enumerate() {
-        match TenantRuntime::build(t, base_dir, backend) {
+        match TenantRuntime::build(t, cfg.gateway.queues.max_bytes, base_dir, backend) {
             Ok(rt) => {
                 out.insert(t.id.clone(), rt);
             }

@@ -237,3 +237,33 @@ async fn webhook_refusal_and_outage_are_401() {
         401
     );
 }
+
+/// Issue 11 item 8: with `auth.close_at_expiry` a JWT session is closed with
+/// 4005 once its `exp` passes; without it a session outlives its token (the
+/// token is checked at the handshake only).
+#[tokio::test]
+async fn jwt_sessions_close_at_expiry_when_asked() {
+    let claims =
+        || json!({"sub":"alice","exp":now()+2,"iss":"https://issuer.test","aud":"wsprism"});
+    let gw = TestGateway::start(jwt_cfg().auth(|a| a.close_at_expiry = true)).await;
+    let short = token(Algorithm::RS256, &rsa("rsa_a.pem"), claims());
+    let mut c = gw.client("acme", &short).await;
+    assert_eq!(c.join("r").await["data"]["members"], 1);
+    assert_eq!(c.recv_close().await, Some(4005));
+    drop(c);
+    gw.metric_at_least(
+        "wsprism_sessions_closed_total{reason=\"token_expired\",tenant=\"acme\"}",
+        1.0,
+    )
+    .await;
+
+    let gw = TestGateway::start(jwt_cfg()).await;
+    let short = token(Algorithm::RS256, &rsa("rsa_a.pem"), claims());
+    let mut c = gw.client("acme", &short).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        c.join("r").await["data"]["members"],
+        1,
+        "still open past exp"
+    );
+}

@@ -188,7 +188,7 @@ async fn malformed_envelopes_get_errors_the_session_survives_and_abuse_is_cut_wi
     }
     // Binary frames where the tenant expects only text (no Hot Lane services,
     // empty hot allowlist): refused with an error frame, never relayed.
-    let binary_cases: [(&str, &[u8], &[&str]); 3] = [
+    let binary_cases: [(&str, &[u8], &[&str]); 4] = [
         (
             "JSON sent as binary",
             br#"{"v":1,"svc":"room","type":"join","room":"r"}"#,
@@ -196,8 +196,14 @@ async fn malformed_envelopes_get_errors_the_session_survives_and_abuse_is_cut_wi
         ),
         ("one byte", &[0x01], &["BAD_REQUEST"]),
         (
+            // Flags 0xff carry the gateway's stamped bit: refused first.
             "random header",
             &[0xff, 0xff, 0xff, 1, 2, 3],
+            &["BAD_REQUEST"],
+        ),
+        (
+            "random header without the stamped bit",
+            &[0xff, 0xff, 0x7f, 1],
             &["NOT_ALLOWED"],
         ),
     ];

@@ -105,7 +105,7 @@ impl JwtVerifier {
     }
 
     /// Verifies `token` and returns its user. The caller has checked its size.
-    pub(super) async fn verify(&self, token: &str) -> Result<Arc<str>, AuthError> {
+    pub(super) async fn verify(&self, token: &str) -> Result<super::Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("malformed token"))?;
         // Pinned algorithm, checked before any key lookup or JWKS fetch.
@@ -125,7 +125,13 @@ impl JwtVerifier {
                 key,
                 &self.validation,
             ) {
-                Ok(data) => return self.user(&data.claims),
+                Ok(data) => {
+                    return Ok(super::Identity {
+                        user: self.user(&data.claims)?,
+                        // Validation requires a numeric `exp`.
+                        expires_at: data.claims.get("exp").and_then(serde_json::Value::as_u64),
+                    });
+                }
                 // Another key of the set may have signed it; keep looking.
                 Err(e)
                     if matches!(

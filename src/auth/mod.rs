@@ -32,6 +32,25 @@ use crate::config::{AuthMode, TenantConfig};
 /// a hostile client from making us base64-decode and JSON-parse megabytes.
 pub const MAX_TICKET_BYTES: usize = 8 * 1024;
 
+/// Who a ticket names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id.
+    pub user: Arc<str>,
+    /// A JWT's `exp` (seconds since the Unix epoch); `None` for static
+    /// tickets and the webhook.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    fn user(user: Arc<str>) -> Self {
+        Self {
+            user,
+            expires_at: None,
+        }
+    }
+}
+
 /// Why a ticket was not accepted. Every variant is answered with HTTP 401; the
 /// `Display` text is safe for logs (it never contains the ticket or key material)
 /// but is not sent to clients.
@@ -182,15 +201,24 @@ impl Authenticator {
     /// Cancel safe: dropping the future abandons a webhook call or JWKS fetch; a
     /// JWKS fetch abandoned midway leaves the cached key set as it was.
     pub async fn authenticate(&self, ticket: &str, ip: IpAddr) -> Result<Arc<str>, AuthError> {
+        self.identify(ticket, ip).await.map(|id| id.user)
+    }
+
+    /// [`Authenticator::authenticate`] with what else the ticket says: a
+    /// JWT's expiry, for `auth.close_at_expiry`.
+    ///
+    /// # Errors
+    /// As [`Authenticator::authenticate`].
+    pub async fn identify(&self, ticket: &str, ip: IpAddr) -> Result<Identity, AuthError> {
         let result = if ticket.len() > MAX_TICKET_BYTES {
             Err(AuthError::TooLarge)
         } else if ticket.is_empty() {
             Err(AuthError::Invalid("empty ticket"))
         } else {
             match &self.verifier {
-                Verifier::Static(t) => t.lookup(ticket),
+                Verifier::Static(t) => t.lookup(ticket).map(Identity::user),
                 Verifier::Jwt(j) => j.verify(ticket).await,
-                Verifier::Webhook(w) => w.ask(ticket, ip).await,
+                Verifier::Webhook(w) => w.ask(ticket, ip).await.map(Identity::user),
             }
         };
         if let Err(e) = &result {

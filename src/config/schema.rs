@@ -408,6 +408,8 @@ pub struct AuthConfig {
     pub upstream: Option<String>,
     /// `webhook`: path on that upstream.
     pub path: Option<String>,
+    /// `jwt`: close a session when its token's `exp` passes (Close 4005).
+    pub close_at_expiry: bool,
 }
 
 /// `tenants[i].limits`; 0 means unlimited for the four caps.

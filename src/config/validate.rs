@@ -430,4 +430,10 @@ fn validate_auth(t: &TenantConfig, base: &str, issues: &mut Issues) {
             Some(_) => {}
         },
     }
+    if a.close_at_expiry && a.mode != AuthMode::Jwt {
+        issues.push(
+            format!("{path}.close_at_expiry"),
+            "only JWTs carry an expiry; set it with mode: jwt",
+        );
+    }
 }

@@ -74,10 +74,11 @@ pub(crate) async fn run(
     guard: SessionGuard,
     greeting: Greeting,
     budget: Arc<ReadBudget>,
+    expires: Option<Instant>,
 ) {
     let stop = guard.hub().shutdown.clone();
     let reset = tokio::select! {
-        reset = serve(&mut sink, &mut stream, guard, greeting, &budget) => reset,
+        reset = serve(&mut sink, &mut stream, guard, greeting, &budget, expires) => reset,
         () = stop.cancelled() => {
             debug!("session aborted at the end of the drain");
             false
@@ -92,13 +93,15 @@ pub(crate) async fn run(
 }
 
 /// Serves the session; `true` when the connection must be reset (see the
-/// module docs).
+/// module docs). At `expires` (a JWT's `exp` with `auth.close_at_expiry`) the
+/// session is closed with 4005 after its queued reliable messages.
 async fn serve(
     sink: &mut Sink,
     stream: &mut Stream,
     guard: SessionGuard,
     greeting: Greeting,
     budget: &ReadBudget,
+    expires: Option<Instant>,
 ) -> bool {
     let (ping_every, idle, send_timeout) = {
         let cfg = guard.hub().config();
@@ -125,9 +128,23 @@ async fn serve(
     let (end, writer_end) = {
         let reader = read_loop(stream, &mut ctx, budget, (idle, ping_every));
         let writer = writer::run(sink, outbox, counters, Some(greeting), send_timeout);
-        tokio::select! {
-            end = reader => (end, None),
-            done = writer => (ReaderEnd::Gone, Some(done)),
+        tokio::pin!(reader, writer);
+        // Boxed and only when set: most sessions have no expiry.
+        let mut expiry = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        loop {
+            tokio::select! {
+                end = &mut reader => break (end, None),
+                done = &mut writer => break (ReaderEnd::Gone, Some(done)),
+                () = async {
+                    if let Some(at) = expiry.as_mut() {
+                        at.await;
+                    }
+                }, if expiry.is_some() => {
+                    expiry = None;
+                    debug!("token expired; closing");
+                    outbox.close(CloseCode::TokenExpired, "token expired", true);
+                }
+            }
         }
     };
     // The close paths run once per session: boxed, so the future every live

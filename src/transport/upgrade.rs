@@ -50,6 +50,7 @@ use super::client_ip;
 use super::listener::ConnSlot;
 use super::session;
 use super::ws::{self, NotUpgrade, ReadBudget, Upgrade};
+use crate::auth::Identity;
 use crate::error::HandshakeRefusal;
 use crate::realtime::broker::RegisterError;
 use crate::session::Hub;
@@ -239,10 +240,10 @@ async fn admit(
     check_origin(&rt, headers).map_err(of_tenant)?;
     tenant_has_room(&tenant, &rt).map_err(of_tenant)?;
     within_global_limit(gw).map_err(of_tenant)?;
-    let user = authenticate(gw, &tenant, &rt, query.ticket, headers, remote)
+    let identity = authenticate(gw, &tenant, &rt, query.ticket, headers, remote)
         .await
         .map_err(of_tenant)?;
-    open_session(gw, &tenant, &rt, user, upgrade, slot, remote)
+    open_session(gw, &tenant, &rt, identity, upgrade, slot, remote)
         .await
         .map_err(of_tenant)
 }
@@ -272,6 +273,15 @@ fn within_global_limit(gw: &Hub) -> Result<(), HandshakeRefusal> {
 /// (`/v1/echo`).
 pub(super) fn within_handshake_limit(gw: &Hub, remote: SocketAddr) -> Result<(), HandshakeRefusal> {
     gw.handshake_limiter().check(remote.ip()).map_err(throttled)
+}
+
+/// The runtime instant of a JWT `exp` (seconds since the Unix epoch).
+fn expiry_instant(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(exp).saturating_sub(now);
+    tokio::time::Instant::now() + left
 }
 
 fn throttled(t: crate::policy::rate_limit::Throttled) -> HandshakeRefusal {
@@ -328,7 +338,7 @@ fn tenant_has_room(tenant: &Tenant, rt: &TenantRuntime) -> Result<(), HandshakeR
 }
 
 /// Step 9: the ticket from the query, else from `Authorization: Bearer`, checked
-/// by the tenant's authenticator. Returns the user id.
+/// by the tenant's authenticator. Returns who it names.
 async fn authenticate(
     gw: &Hub,
     tenant: &Tenant,
@@ -336,23 +346,20 @@ async fn authenticate(
     query_ticket: Option<String>,
     headers: &HeaderMap,
     remote: SocketAddr,
-) -> Result<Arc<str>, HandshakeRefusal> {
+) -> Result<Identity, HandshakeRefusal> {
     let ticket = query_ticket
         .or_else(|| bearer(headers))
         .ok_or(HandshakeRefusal::MissingTicket)?;
     if ticket.len() > MAX_TICKET_BYTES {
         return Err(HandshakeRefusal::Unauthorized);
     }
-    rt.auth
-        .authenticate(&ticket, remote.ip())
-        .await
-        .map_err(|e| {
-            gw.metrics
-                .backend_calls
-                .with_label_values(&[&tenant.id, "auth", e.label()])
-                .inc();
-            HandshakeRefusal::Unauthorized
-        })
+    rt.auth.identify(&ticket, remote.ip()).await.map_err(|e| {
+        gw.metrics
+            .backend_calls
+            .with_label_values(&[&tenant.id, "auth", e.label()])
+            .inc();
+        HandshakeRefusal::Unauthorized
+    })
 }
 
 /// Step 10: opens the session (`crate::session::open`: registration under the
@@ -364,7 +371,7 @@ async fn open_session(
     gw: &Arc<Hub>,
     tenant: &Arc<Tenant>,
     rt: &TenantRuntime,
-    user: Arc<str>,
+    identity: Identity,
     upgrade: &mut Option<Upgrade>,
     slot: Option<ConnSlot>,
     remote: SocketAddr,
@@ -372,12 +379,20 @@ async fn open_session(
     if upgrade.is_none() {
         return Err(HandshakeRefusal::NotUpgrade);
     }
-    let crate::session::Opened { guard, greeting } = crate::session::open(gw, tenant, rt, user)
-        .await
-        .map_err(|e| match e {
-            RegisterError::UserLimit => HandshakeRefusal::UserLimit,
-            RegisterError::TenantFull => HandshakeRefusal::TenantFull,
-        })?;
+    let expires = rt
+        .cfg
+        .auth
+        .close_at_expiry
+        .then_some(identity.expires_at)
+        .flatten()
+        .map(expiry_instant);
+    let crate::session::Opened { guard, greeting } =
+        crate::session::open(gw, tenant, rt, identity.user)
+            .await
+            .map_err(|e| match e {
+                RegisterError::UserLimit => HandshakeRefusal::UserLimit,
+                RegisterError::TenantFull => HandshakeRefusal::TenantFull,
+            })?;
     let Some(upgrade) = upgrade.take() else {
         return Err(HandshakeRefusal::NotUpgrade);
     };
@@ -413,7 +428,7 @@ async fn open_session(
                 }
             };
             let (sink, stream) = socket.split();
-            session::run(sink, stream, guard, greeting, budget).await;
+            session::run(sink, stream, guard, greeting, budget, expires).await;
         }
         .instrument(span),
     );
