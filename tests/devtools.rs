@@ -23,9 +23,15 @@ use plugin_support::{Tenant, counter_js, plugins_cfg, repo, sha256, start};
 use serde_json::{Value, json};
 use wsprism::services::{Effect, ExtService};
 
-/// The `wsprism` binary under test.
+/// The `wsprism` binary under test: this build's, or `WSPRISM_BIN` when set
+/// (as for the client SDK's tests; useful when another build shares the
+/// target dir and replaces `<target>/debug/wsprism`).
 fn wsprism() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wsprism"))
+    let bin = std::env::var_os("WSPRISM_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_wsprism")),
+        PathBuf::from,
+    );
+    Command::new(bin)
 }
 
 /// `<target>/devtools/<sub>`: caches that survive between runs.
