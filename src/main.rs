@@ -82,32 +82,50 @@ enum PluginCommand {
     /// Run one message through a component (any language) against an
     /// in-memory host and print what it did as JSON. Exits 0 on `ok`, 3 when
     /// the plugin refused, 4 when it failed, 1 when it could not be called.
-    Call {
-        /// The component, named `<plugin>.wasm`.
-        file: PathBuf,
-        /// The client's message, e.g. `{"type":"incr","room":"r1","data":{}}`
-        /// (`svc` defaults to the plugin name).
-        #[arg(long)]
-        message: String,
-        /// A kv entry set before the call (repeatable).
-        #[arg(long = "kv", value_name = "KEY=VALUE", value_parser = call::parse_kv)]
-        kv: Vec<(String, String)>,
-        /// The calling session's user.
-        #[arg(long, default_value = "dev")]
-        user: String,
-        /// A room the session has joined (repeatable; the last is active).
-        #[arg(long = "room", value_name = "ROOM")]
-        rooms: Vec<String>,
-        /// Tenant id.
-        #[arg(long, default_value = "dev")]
-        tenant: String,
-        /// CPU budget of the call (`gateway.plugins.call_timeout_ms`).
-        #[arg(long, default_value_t = wsprism::config::PluginsConfig::default().call_timeout_ms)]
-        call_timeout_ms: u64,
-        /// Memory cap of the instance (`gateway.plugins.max_memory_bytes`).
-        #[arg(long, default_value_t = wsprism::config::PluginsConfig::default().max_memory_bytes)]
-        max_memory_bytes: usize,
-    },
+    Call(CallArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CallArgs {
+    /// The component, named `<plugin>.wasm`.
+    file: PathBuf,
+    /// The client's message, e.g. `{"type":"incr","room":"r1","data":{}}`
+    /// (`svc` defaults to the plugin name).
+    #[arg(long)]
+    message: String,
+    /// A kv entry set before the call (repeatable).
+    #[arg(long = "kv", value_name = "KEY=VALUE", value_parser = call::parse_kv)]
+    kv: Vec<(String, String)>,
+    /// The calling session's user.
+    #[arg(long, default_value = "dev")]
+    user: String,
+    /// A room the session has joined (repeatable; the last is active).
+    #[arg(long = "room", value_name = "ROOM")]
+    rooms: Vec<String>,
+    /// Tenant id.
+    #[arg(long, default_value = "dev")]
+    tenant: String,
+    /// CPU budget of the call (`gateway.plugins.call_timeout_ms`).
+    #[arg(long, default_value_t = wsprism::config::PluginsConfig::default().call_timeout_ms)]
+    call_timeout_ms: u64,
+    /// Memory cap of the instance (`gateway.plugins.max_memory_bytes`).
+    #[arg(long, default_value_t = wsprism::config::PluginsConfig::default().max_memory_bytes)]
+    max_memory_bytes: usize,
+}
+
+impl From<CallArgs> for call::CallOptions {
+    fn from(a: CallArgs) -> Self {
+        Self {
+            wasm: a.file,
+            message: a.message,
+            kv: a.kv,
+            tenant: a.tenant,
+            user: a.user,
+            rooms: a.rooms,
+            call_timeout_ms: a.call_timeout_ms,
+            max_memory_bytes: a.max_memory_bytes,
+        }
+    }
 }
 
 fn parse_lang(s: &str) -> Result<scaffold::Lang, String> {
@@ -116,38 +134,20 @@ fn parse_lang(s: &str) -> Result<scaffold::Lang, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = match cli.command.unwrap_or(Command::Start) {
+    let result = match cli.command.unwrap_or(Command::Start) {
+        // The developer commands have their own output and exit codes.
         Command::New(NewCommand::Plugin { name, lang, dir }) => {
             return new_plugin(&name, lang, &dir);
         }
-        Command::Plugin(PluginCommand::Call {
-            file,
-            message,
-            kv,
-            user,
-            rooms,
-            tenant,
-            call_timeout_ms,
-            max_memory_bytes,
-        }) => {
-            return plugin_call(&call::CallOptions {
-                wasm: file,
-                message,
-                kv,
-                tenant,
-                user,
-                rooms,
-                call_timeout_ms,
-                max_memory_bytes,
-            });
+        Command::Plugin(PluginCommand::Call(args)) => return plugin_call(&args.into()),
+        Command::Check => {
+            wsprism::obs::logging::init(cli.log_format);
+            check(&cli.config)
         }
-        other => other,
-    };
-    wsprism::obs::logging::init(cli.log_format);
-    let result = match command {
-        Command::Check => check(&cli.config),
-        Command::Start => start(cli.config.clone()),
-        Command::New(_) | Command::Plugin(_) => return ExitCode::FAILURE,
+        Command::Start => {
+            wsprism::obs::logging::init(cli.log_format);
+            start(cli.config.clone())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
