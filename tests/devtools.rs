@@ -279,7 +279,7 @@ async fn new_python_plugin_builds_with_its_own_toolchain_and_echoes() {
 }
 
 #[test]
-fn new_plugin_refuses_bad_names_unknown_languages_and_non_empty_dirs() {
+fn new_plugin_writes_into_the_current_dir_and_refuses_bad_names_languages_and_dirs() {
     let parent = tempfile::tempdir().expect("tempdir");
     let new = |name: &str, lang: &str| {
         wsprism()
@@ -322,6 +322,16 @@ fn new_plugin_refuses_bad_names_unknown_languages_and_non_empty_dirs() {
     );
     // No folder was created for the refused names.
     assert_eq!(std::fs::read_dir(parent.path()).expect("dir").count(), 1);
+
+    // Without --dir the project goes into ./<name>, wherever that is.
+    let out = wsprism()
+        .args(["new", "plugin", "here", "--lang", "js"])
+        .current_dir(parent.path())
+        .output()
+        .expect("run wsprism");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(parent.path().join("here/src/app.js").is_file());
+    assert!(parent.path().join("here/build.sh").is_file());
 }
 
 /// The Rust SDK's test host: its own tests and the `echo` example's, natively.
