@@ -296,7 +296,7 @@ pub fn project(name: &str, lang: Lang) -> Result<Vec<ProjectFile>, ScaffoldError
                     "Cargo.toml",
                     render(include_str!("templates/rust/Cargo.toml"), &vars),
                 ),
-                ProjectFile::new("Cargo.lock", RUST_LOCK),
+                ProjectFile::new("Cargo.lock", project_lock()),
                 ProjectFile::new(
                     "src/lib.rs",
                     render(include_str!("templates/rust/lib.rs"), &vars),
@@ -313,7 +313,7 @@ pub fn project(name: &str, lang: Lang) -> Result<Vec<ProjectFile>, ScaffoldError
                     "src/app.js",
                     render(include_str!("templates/js/app.js"), &vars),
                 ),
-                ProjectFile::new("package.json", JS_PACKAGE),
+                ProjectFile::new("package.json", project_package_json()),
                 ProjectFile::new("package-lock.json", JS_LOCK),
                 ProjectFile::new(".gitignore", "/node_modules\n*.wasm\n"),
             ];
@@ -358,6 +358,35 @@ pub fn project(name: &str, lang: Lang) -> Result<Vec<ProjectFile>, ScaffoldError
         ..ProjectFile::new("build.sh", render(build, &vars))
     });
     Ok(files)
+}
+
+/// The examples' lock without the examples themselves: every registry
+/// package pinned, plus the SDK; cargo adds the project on its first build.
+fn project_lock() -> String {
+    let mut blocks = RUST_LOCK.split("\n[[package]]\n");
+    let mut lock = blocks.next().unwrap_or_default().to_owned();
+    for block in blocks {
+        let registry = block.contains("\nsource = ");
+        if registry || block.starts_with("name = \"wsprism-plugin\"\n") {
+            lock.push_str("\n[[package]]\n");
+            lock.push_str(block);
+        }
+    }
+    lock
+}
+
+/// The SDK's `package.json` without its scripts (they run the SDK's own
+/// type generator, which a project does not have).
+fn project_package_json() -> String {
+    match (
+        JS_PACKAGE.find(",\n  \"scripts\": {"),
+        JS_PACKAGE.find("\n  }\n}"),
+    ) {
+        (Some(start), Some(end)) if start < end => {
+            format!("{}{}", &JS_PACKAGE[..start], &JS_PACKAGE[end + 4..])
+        }
+        _ => JS_PACKAGE.to_owned(),
+    }
 }
 
 /// The SDK's manifest as a member of the project's workspace.
@@ -492,6 +521,28 @@ mod tests {
             file(&files, "sdk/rust/src/testing.rs").contents,
             RUST_SDK_TESTING
         );
+        let lock = &file(&files, "Cargo.lock").contents;
+        for pinned in [
+            "name = \"wsprism-plugin\"",
+            "name = \"wit-bindgen\"",
+            "name = \"serde_json\"",
+        ] {
+            assert!(lock.contains(pinned), "the lock lacks {pinned}");
+        }
+        for example in ["name = \"echo\"", "name = \"vote\"", "name = \"faults\""] {
+            assert!(!lock.contains(example), "the lock keeps {example}");
+        }
+    }
+
+    #[test]
+    fn js_projects_pin_the_sdk_toolchain_without_its_scripts() {
+        let files = project("demo", Lang::Js).expect("project");
+        let package: serde_json::Value =
+            serde_json::from_str(&file(&files, "package.json").contents).expect("valid JSON");
+        let sdk: serde_json::Value = serde_json::from_str(JS_PACKAGE).expect("valid JSON");
+        assert_eq!(package["devDependencies"], sdk["devDependencies"]);
+        assert!(sdk.get("scripts").is_some() && package.get("scripts").is_none());
+        assert_eq!(file(&files, "package-lock.json").contents, JS_LOCK);
     }
 
     #[test]
