@@ -430,11 +430,15 @@ impl TestHost {
 
     fn state(&self) -> &State {
         // Only `run` takes the state out, and it always puts it back.
-        self.state.as_ref().expect("TestHost state is present between calls")
+        self.state
+            .as_ref()
+            .expect("TestHost state is present between calls")
     }
 
     fn state_mut(&mut self) -> &mut State {
-        self.state.as_mut().expect("TestHost state is present between calls")
+        self.state
+            .as_mut()
+            .expect("TestHost state is present between calls")
     }
 
     /// The session's user.
@@ -517,9 +521,7 @@ impl TestHost {
     pub fn kv(&mut self) -> BTreeMap<String, String> {
         let state = self.state_mut();
         let now = state.now;
-        state
-            .kv
-            .retain(|_, e| e.expires.is_none_or(|t| t > now));
+        state.kv.retain(|_, e| e.expires.is_none_or(|t| t > now));
         state
             .kv
             .iter()
@@ -592,11 +594,7 @@ impl TestHost {
     }
 
     /// Runs one call with this host's state current on this thread.
-    fn run(
-        &mut self,
-        entry: Entry,
-        call: impl FnOnce(&Session) -> Result<(), Refusal>,
-    ) -> Outcome {
+    fn run(&mut self, entry: Entry, call: impl FnOnce(&Session) -> Result<(), Refusal>) -> Outcome {
         /// Puts the state back into the host even if the plugin panics.
         struct Restore<'a>(&'a mut Option<State>);
         impl Drop for Restore<'_> {
@@ -782,9 +780,7 @@ pub(crate) mod host {
         }
 
         fn not_an_integer() -> HostError {
-            HostError::InvalidArgument(
-                "value is not an integer or the result overflows".to_owned(),
-            )
+            HostError::InvalidArgument("value is not an integer or the result overflows".to_owned())
         }
 
         pub(crate) fn get(key: &str) -> Result<Option<String>, HostError> {
@@ -826,7 +822,10 @@ pub(crate) mod host {
                 check_key(key)?;
                 let (current, expires) = match s.live(key) {
                     Some(e) => (
-                        e.value.trim().parse::<i64>().map_err(|_| not_an_integer())?,
+                        e.value
+                            .trim()
+                            .parse::<i64>()
+                            .map_err(|_| not_an_integer())?,
                         e.expires,
                     ),
                     None => (0, None),
@@ -920,8 +919,14 @@ mod tests {
     #[test]
     fn kv_incr_ttl_and_delete_follow_the_gateway() {
         let mut host = TestHost::new();
-        assert_eq!(host.on_message::<Probe>(message("count", "null")).replies(), [("count", "1")]);
-        assert_eq!(host.on_message::<Probe>(message("count", "null")).replies(), [("count", "2")]);
+        assert_eq!(
+            host.on_message::<Probe>(message("count", "null")).replies(),
+            [("count", "1")]
+        );
+        assert_eq!(
+            host.on_message::<Probe>(message("count", "null")).replies(),
+            [("count", "2")]
+        );
         assert_eq!(host.kv_get("n").as_deref(), Some("2"));
         host.kv_set("n", "x");
         let out = host.on_message::<Probe>(message("count", "null"));
