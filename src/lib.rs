@@ -23,6 +23,7 @@ pub mod auth;
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod devtools;
 pub mod error;
 pub mod gateway;
 pub mod lanes;

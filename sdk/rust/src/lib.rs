@@ -29,6 +29,14 @@
 //! Build with `cargo build --release --target wasm32-wasip2` (crate type
 //! `cdylib`) and copy `target/wasm32-wasip2/release/<name>.wasm` into the
 //! gateway's plugin directory; it is picked up without a restart.
+//!
+//! # Two targets, one plugin
+//! On `wasm32` every host function is the real WIT import. Everywhere else
+//! (`cargo test` on your machine) the same functions talk to [`testing`], an
+//! in-memory host: kv with TTLs, captured replies / publishes / sends / joins
+//! / leaves and logs, and a fake [`Session`]. Plugin code needs no `cfg` of its
+//! own; [`export_plugin!`] exports the component on `wasm32` and only checks
+//! the type natively.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,10 +49,29 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__wsprism_export_world",
         default_bindings_module: "::wsprism_plugin::bindings",
+        additional_derives: [PartialEq, Eq],
     });
 }
 
-pub use bindings::wsprism::plugin::types::{HostError, Message, Qos, Refusal, Session};
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+// The host functions the wrappers below call: the WIT imports in a component,
+// the in-memory test host natively (where the imports cannot run).
+#[cfg(target_arch = "wasm32")]
+use bindings::wsprism::plugin::{backend as backend_host, kv as kv_host, log as log_host, realtime as realtime_host};
+#[cfg(not(target_arch = "wasm32"))]
+use testing::host::{backend as backend_host, kv as kv_host, log as log_host, realtime as realtime_host};
+
+pub use bindings::wsprism::plugin::types::{HostError, Message, Qos, Refusal};
+/// The session a call is about (see the WIT `session` resource).
+#[cfg(target_arch = "wasm32")]
+pub use bindings::wsprism::plugin::types::Session;
+/// The session a call is about: natively, the [`testing`] host's fake one.
+#[cfg(not(target_arch = "wasm32"))]
+pub use testing::Session;
+/// Log severity.
+pub use bindings::wsprism::plugin::log::Level;
 #[doc(hidden)]
 pub use serde_json as __serde_json;
 
@@ -88,6 +115,7 @@ pub trait Plugin {
 
 /// Exports a [`Plugin`] implementation as the component's entry points.
 /// Use it exactly once per plugin crate.
+#[cfg(target_arch = "wasm32")]
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
@@ -127,6 +155,19 @@ macro_rules! export_plugin {
             }
 
             $crate::bindings::__wsprism_export_world!(WsprismExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Natively there is no component to export: the macro only checks that the
+/// type implements [`Plugin`]; tests call it through [`testing::TestHost`].
+#[cfg(not(target_arch = "wasm32"))]
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: fn() = || {
+            fn exported<P: $crate::Plugin>() {}
+            exported::<$plugin>();
         };
     };
 }
@@ -182,7 +223,7 @@ fn to_json<T: Serialize + ?Sized>(data: &T) -> Result<String, HostError> {
 ///
 /// [`members`]: realtime::members
 pub mod realtime {
-    use super::{HostError, Qos, Serialize, bindings::wsprism::plugin::realtime as host, to_json};
+    use super::{HostError, Qos, Serialize, realtime_host as host, to_json};
 
     /// Sends `{"type":ty,"data":data}` to the calling session.
     ///
@@ -263,7 +304,7 @@ pub mod realtime {
 
 /// The key-value store of this plugin for the calling tenant.
 pub mod kv {
-    use super::{DeserializeOwned, HostError, Serialize, bindings::wsprism::plugin::kv as host, to_json};
+    use super::{DeserializeOwned, HostError, Serialize, kv_host as host, to_json};
 
     /// The text stored at `key`.
     ///
@@ -316,9 +357,9 @@ pub mod kv {
 
 /// HTTP calls to the tenant's configured upstreams.
 pub mod backend {
-    use super::{HostError, bindings::wsprism::plugin::backend as host};
+    use super::{HostError, backend_host as host};
 
-    pub use host::{Request, Response};
+    pub use super::bindings::wsprism::plugin::backend::{Request, Response};
 
     /// Sends `req`.
     ///
@@ -359,7 +400,7 @@ pub mod backend {
 
 /// Logging into the gateway's logs (tagged with tenant and plugin).
 pub mod log {
-    use super::bindings::wsprism::plugin::log::{Level, log};
+    use super::{Level, log_host::log};
 
     /// Trace-level line.
     pub fn trace(msg: &str) {

@@ -24,3 +24,46 @@ impl Plugin for Echo {
 }
 
 export_plugin!(Echo);
+
+/// Native tests through the SDK's in-memory host (`cargo test -p echo`).
+#[cfg(test)]
+mod tests {
+    use super::Echo;
+    use wsprism_plugin::Qos;
+    use wsprism_plugin::testing::{Effect, TestHost, message, room_message};
+
+    #[test]
+    fn replies_with_the_messages_own_type_and_data() {
+        let mut host = TestHost::new().user("alice");
+        let out = host.on_message::<Echo>(message("hello", r#"{"n":[1,2]}"#));
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(out.replies(), [("hello", r#"{"n":[1,2]}"#)]);
+    }
+
+    #[test]
+    fn broadcast_publishes_to_a_joined_room() {
+        let mut host = TestHost::new().in_room("lobby");
+        let out = host.on_message::<Echo>(room_message("broadcast", "lobby", "\"hi\""));
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(
+            out.effects,
+            [Effect::Publish {
+                room: "lobby".into(),
+                ty: "broadcast".into(),
+                data: "\"hi\"".into(),
+                qos: Qos::Reliable,
+                exclude_sender: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn broadcast_is_refused_outside_the_room_and_without_one() {
+        let mut host = TestHost::new().in_room("lobby");
+        let out = host.on_message::<Echo>(room_message("broadcast", "other", "1"));
+        assert_eq!(out.refusal().map(|r| r.code.as_str()), Some("NOT_IN_ROOM"));
+        let out = host.on_message::<Echo>(message("broadcast", "1"));
+        assert_eq!(out.refusal().map(|r| r.code.as_str()), Some("NO_ROOM"));
+        assert!(out.effects.is_empty());
+    }
+}
