@@ -276,10 +276,8 @@ fn spawn_signal_handlers(
                 _ = term.recv() => {}
                 _ = int.recv() => {}
                 _ = hup.recv() => {
-                    info!("SIGHUP: reloading config");
-                    let gw = std::sync::Arc::clone(&gw);
-                    let path = path.clone();
-                    let _ = tokio::task::spawn_blocking(move || reload::reload(&gw, &path)).await;
+                    info!("SIGHUP: reloading config and rescanning plugins");
+                    reload::on_sighup(std::sync::Arc::clone(&gw), path.clone()).await;
                     continue;
                 }
             }

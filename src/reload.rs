@@ -56,6 +56,13 @@ pub fn reload(gw: &Gateway, path: &Path) -> bool {
     }
 }
 
+/// SIGHUP: reloads the config and rescans the plugin folder.
+pub async fn on_sighup(gw: Arc<Gateway>, path: PathBuf) {
+    let gw2 = Arc::clone(&gw);
+    let _ = tokio::task::spawn_blocking(move || reload(&gw2, &path)).await;
+    gw.ext().rescan().await;
+}
+
 /// Watches the config file and reloads on change, until the gateway shuts down.
 ///
 /// # Errors

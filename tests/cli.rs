@@ -427,3 +427,40 @@ tenants:
     );
     drop(taken);
 }
+
+/// Issue 12 item 6: SIGHUP also rescans the plugin folder, for mounts whose
+/// changes the directory watch does not see (here `watch: false`).
+#[test]
+fn sighup_rescans_the_plugin_folder() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("mkdir");
+    let config = dir.path().join("wsprism.yaml");
+    let yaml = TestConfig::tenant("acme")
+        .gateway(|g| {
+            g.listen = "127.0.0.1:0".into();
+            g.admin_listen = "127.0.0.1:0".into();
+            g.plugins.dir = "plugins".into();
+            g.plugins.watch = false;
+            g.plugins.cache_dir = format!(
+                "{}/target/wasm-examples/compile-cache",
+                env!("CARGO_MANIFEST_DIR")
+            );
+        })
+        .tickets(&[("t1", "u1")])
+        .ext_allow(&["echo:*"])
+        .route("echo", "echo")
+        .build();
+    std::fs::write(&config, &yaml).expect("write");
+    let mut p = spawn(&config, &[]);
+    p.wait_line("route to a plugin that is not loaded");
+    p.wait_line("wsPrism gateway active at");
+    let echo = format!("{}/plugins/echo.wasm", env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(&echo, plugins.join("echo.wasm")).expect("copy echo.wasm");
+    p.signal("-HUP");
+    let line = p.wait_line("plugin loaded");
+    assert!(line.contains("echo"), "{line}");
+    p.signal("-TERM");
+    let (status, _) = p.finish();
+    assert!(status.success());
+}

@@ -403,22 +403,10 @@ impl KvStore for RecordingKv {
     }
 }
 
-/// Where compiled components are kept between calls:
-/// `$XDG_CACHE_HOME/wsprism/plugin-call`, else `~/.cache/wsprism/plugin-call`.
-/// Compiling a JavaScript or Python component takes seconds to minutes; the
-/// author calls the same file many times.
-fn compile_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("wsprism").join("plugin-call"))
-}
-
 /// A private folder for the one plugin, removed on drop. The host keeps its
-/// compiled-code cache in `<dir>/.cache`; that is a link to the user's own
-/// [`compile_cache_dir`] (created 0700), so a file already called once loads
-/// without compiling. Without a usable cache dir every call compiles.
+/// compiled-code cache outside it, in the user's private cache directory
+/// (`gateway.plugins.cache_dir`'s default), so a file already called once
+/// loads without compiling.
 struct PluginDir(PathBuf);
 
 impl PluginDir {
@@ -438,18 +426,7 @@ impl PluginDir {
             path: path.clone(),
             source,
         })?;
-        let dir = Self(path);
-        #[cfg(unix)]
-        if let Some(cache) = compile_cache_dir() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            if builder.create(&cache).is_ok() {
-                // Best effort: without the link the host caches inside `dir`.
-                let _ = std::os::unix::fs::symlink(&cache, dir.0.join(".cache"));
-            }
-        }
-        Ok(dir)
+        Ok(Self(path))
     }
 }
 

@@ -441,4 +441,9 @@ impl ExtService for PluginHost {
     fn config_changed(&self, cfg: &PluginsConfig) {
         self.update_config(cfg);
     }
+
+    fn rescan(&self) -> BoxFuture<()> {
+        let env = Arc::clone(&self.env);
+        Box::pin(async move { loader::rescan(&env).await })
+    }
 }

@@ -286,6 +286,12 @@ pub trait ExtService: Send + Sync + 'static {
 
     /// A config reload changed `gateway.plugins`; new calls use the new limits.
     fn config_changed(&self, _cfg: &crate::config::PluginsConfig) {}
+
+    /// Re-reads the plugin folder now (SIGHUP): for mounts whose changes the
+    /// directory watch does not see (some network filesystems), or `watch: false`.
+    fn rescan(&self) -> BoxFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 impl std::fmt::Debug for dyn ExtService {
