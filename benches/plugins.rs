@@ -143,7 +143,7 @@ fn fixture() -> Fixture {
         let host = PluginHost::start(
             &cfg.gateway.plugins,
             metrics.clone(),
-            backend.http(),
+            &backend,
             stop.clone(),
             tasks.clone(),
         )

@@ -183,7 +183,7 @@ impl Server {
                 let host = PluginHost::start_with_kv(
                     &plugins_cfg,
                     metrics.clone(),
-                    backend.http(),
+                    &backend,
                     stop.clone(),
                     tasks.clone(),
                     kv,

@@ -713,3 +713,79 @@ async fn a_crashed_node_leaves_presence_within_node_ttl() {
         "nothing of the dead node is left: {left:?}"
     );
 }
+
+/// Fills one scope with 64 KiB values until the store says it is full;
+/// returns how many fit and what deleting one and expiring one give back.
+async fn fill_scope(kv: &dyn KvStore, tenant: &str) -> Vec<String> {
+    let a = KvScope {
+        tenant: tenant.into(),
+        plugin: "big".into(),
+    };
+    let value = "v".repeat(MAX_VALUE_BYTES);
+    let mut out = Vec::new();
+    let mut fitted = 0;
+    for i in 0..2_000 {
+        match kv.set(&a, &format!("k{i:05}"), value.clone(), None).await {
+            Ok(()) => fitted += 1,
+            Err(e) => {
+                out.push(format!("full after {fitted}: {e:?}"));
+                break;
+            }
+        }
+    }
+    out.push(format!("{:?}", kv.incr(&a, "counter", 1).await));
+    out.push(format!("{:?}", kv.delete(&a, "k00001").await));
+    out.push(format!(
+        "{:?}",
+        kv.set(&a, "after-delete", value.clone(), None).await
+    ));
+    out.push(format!(
+        "{:?}",
+        kv.set(&a, "one-more", value.clone(), None).await
+    ));
+    // Replacing a key with a value of its size fits while full; once that
+    // one expires, its room is free again.
+    let ttl = Some(Duration::from_millis(300));
+    out.push(format!(
+        "{:?}",
+        kv.set(&a, "k00002", value.clone(), ttl).await
+    ));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    out.push(format!(
+        "{:?} after ttl",
+        kv.set(&a, "one-more", value, None).await
+    ));
+    out
+}
+
+/// Issue 11 item 7: a kv scope holds at most 64 MiB on every store, and the
+/// Redis store counts it atomically for all nodes (the same results as the
+/// in-process store); another scope is not affected.
+#[tokio::test]
+async fn kv_scopes_are_bounded_in_bytes_in_redis_too() {
+    let redis = RedisServer::start();
+    let stop = CancellationToken::new();
+    let node = bare_node(&redis, &stop).await;
+    let kv = RedisKv::new(Arc::clone(&node));
+    let local = fill_scope(&MemoryKv::new(), "acme").await;
+    assert!(local[0].starts_with("full after "), "{local:?}");
+    assert_eq!(
+        local[1..],
+        [
+            "Ok(1)",
+            "Ok(true)",
+            "Ok(())",
+            "Err(Full)",
+            "Ok(())",
+            "Ok(()) after ttl"
+        ],
+        "a counter fits in what remains; a delete and an expiry free room"
+    );
+    assert_eq!(fill_scope(&kv, "acme").await, local);
+    let other = KvScope {
+        tenant: "other".into(),
+        plugin: "big".into(),
+    };
+    assert_eq!(kv.set(&other, "k", "x".into(), None).await, Ok(()));
+    stop.cancel();
+}

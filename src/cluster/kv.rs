@@ -8,6 +8,13 @@
 //! and the same key and value size caps apply. While this node's Redis link
 //! is down every call fails at once with `Unavailable`, which the plugin sees
 //! as a `host-error`.
+//!
+//! A scope is bounded like the in-process one ([`MAX_KEYS_PER_SCOPE`] keys,
+//! [`MAX_BYTES_PER_SCOPE`] bytes), atomically across nodes: writes run as Lua
+//! scripts that keep, under the scope's hash tag, each key's cost
+//! (`…:kvsize:{t:p}`), its expiry (`…:kvexp:{t:p}`, a sorted set) and the
+//! scope's total (`…:kvbytes:{t:p}`); every write first drops the accounting
+//! of keys whose TTL has passed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,16 +22,113 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::Node;
-use crate::plugin_host::kv::{KvError, KvFuture, KvScope, KvStore, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::plugin_host::kv::{
+    ENTRY_OVERHEAD_BYTES, KvError, KvFuture, KvScope, KvStore, MAX_BYTES_PER_SCOPE, MAX_KEY_BYTES,
+    MAX_KEYS_PER_SCOPE, MAX_VALUE_BYTES,
+};
 
 /// Longest a kv call waits on Redis.
 const KV_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Expired keys whose accounting one write drops at most (the rest go with
+/// the next writes).
+const SWEEP_BATCH: u32 = 100;
+
+/// Shared by the write scripts: drops the accounting of expired keys.
+/// KEYS: size hash, expiry zset, total. ARGV[1]: now (ms).
+const SWEEP: &str = r"
+local function sweep(sizes, exps, total, now, batch)
+  local dead = redis.call('ZRANGEBYSCORE', exps, '-inf', now, 'LIMIT', 0, batch)
+  for _, k in ipairs(dead) do
+    local s = tonumber(redis.call('HGET', sizes, k) or '0')
+    redis.call('HDEL', sizes, k)
+    redis.call('ZREM', exps, k)
+    redis.call('DECRBY', total, s)
+  end
+end
+";
+
+/// `set`. KEYS: data, sizes, exps, total. ARGV: member, value, ttl ms (0 =
+/// none), now ms, max bytes, max keys, overhead, sweep batch. Returns 1, or
+/// -1 when the scope is full.
+const SET: &str = r"
+sweep(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[8])
+local member, value, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local old = tonumber(redis.call('HGET', KEYS[2], member) or '0')
+local new = #member + #value + tonumber(ARGV[7])
+local total = tonumber(redis.call('GET', KEYS[4]) or '0')
+if old == 0 and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then return -1 end
+if total - old + new > tonumber(ARGV[5]) then return -1 end
+if ttl > 0 then
+  redis.call('SET', KEYS[1], value, 'PX', ttl)
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[4]) + ttl, member)
+else
+  redis.call('SET', KEYS[1], value)
+  redis.call('ZADD', KEYS[3], '+inf', member)
+end
+redis.call('HSET', KEYS[2], member, new)
+redis.call('INCRBY', KEYS[4], new - old)
+return 1
+";
+
+/// `incr`. KEYS and ARGV as [`SET`] without value and ttl: member, now ms,
+/// max bytes, max keys, overhead, batch, delta. Returns the new value, or
+/// an error reply `FULL` when the scope is full.
+const INCR: &str = r"
+sweep(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[6])
+local member = ARGV[1]
+local old = tonumber(redis.call('HGET', KEYS[2], member) or '0')
+if old > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+  -- Expired, not swept yet: it starts again from 0, as a new key.
+  redis.call('HDEL', KEYS[2], member)
+  redis.call('ZREM', KEYS[3], member)
+  redis.call('DECRBY', KEYS[4], old)
+  old = 0
+end
+if old == 0 and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+  return redis.error_reply('FULL')
+end
+local n = redis.call('INCRBY', KEYS[1], ARGV[7])
+local new = #member + #tostring(n) + tonumber(ARGV[5])
+local total = tonumber(redis.call('GET', KEYS[4]) or '0')
+if total - old + new > tonumber(ARGV[3]) then
+  redis.call('DECRBY', KEYS[1], ARGV[7])
+  if old == 0 then redis.call('DEL', KEYS[1]) end
+  return redis.error_reply('FULL')
+end
+if old == 0 then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 then
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + pttl, member)
+  else
+    redis.call('ZADD', KEYS[3], '+inf', member)
+  end
+end
+redis.call('HSET', KEYS[2], member, new)
+redis.call('INCRBY', KEYS[4], new - old)
+return n
+";
+
+/// `delete`. KEYS as [`SET`]; ARGV: member. Returns the number deleted.
+const DELETE: &str = r"
+local member = ARGV[1]
+local old = tonumber(redis.call('HGET', KEYS[2], member) or '0')
+if old > 0 then
+  redis.call('HDEL', KEYS[2], member)
+  redis.call('ZREM', KEYS[3], member)
+  redis.call('DECRBY', KEYS[4], old)
+end
+return redis.call('DEL', KEYS[1])
+";
 
 /// Plugin kv in Redis.
 #[derive(Clone)]
 pub struct RedisKv {
     node: Arc<Node>,
     conn: ConnectionManager,
+    set: Arc<redis::Script>,
+    incr: Arc<redis::Script>,
+    delete: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisKv {
@@ -35,31 +139,70 @@ impl std::fmt::Debug for RedisKv {
     }
 }
 
+/// The Redis keys of one kv key: data, and its scope's sizes, expiries and
+/// total.
+struct Keys {
+    data: String,
+    sizes: String,
+    exps: String,
+    total: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl RedisKv {
     /// A store on `node`'s command connection to Redis.
     pub fn new(node: Arc<Node>) -> Self {
         let conn = node.commands.clone();
-        Self { node, conn }
+        let script = |body: &str| Arc::new(redis::Script::new(&format!("{SWEEP}{body}")));
+        Self {
+            node,
+            conn,
+            set: script(SET),
+            incr: script(INCR),
+            delete: Arc::new(redis::Script::new(DELETE)),
+        }
     }
 
-    fn key(&self, scope: &KvScope, key: &str) -> Result<String, KvError> {
+    fn keys(&self, scope: &KvScope, key: &str) -> Result<Keys, KvError> {
         if key.len() > MAX_KEY_BYTES {
             return Err(KvError::TooLarge);
         }
-        Ok(format!(
-            "{}:kv:{{{}:{}}}:{key}",
-            self.node.prefix, scope.tenant, scope.plugin
-        ))
+        let tag = format!("{{{}:{}}}", scope.tenant, scope.plugin);
+        let p = &self.node.prefix;
+        Ok(Keys {
+            data: format!("{p}:kv:{tag}:{key}"),
+            sizes: format!("{p}:kvsize:{tag}"),
+            exps: format!("{p}:kvexp:{tag}"),
+            total: format!("{p}:kvbytes:{tag}"),
+        })
     }
 
-    /// Runs `cmd`, failing fast while the node's Redis link is down.
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, KvError> {
-        if !self.node.is_up() {
-            return Err(KvError::Unavailable("cluster down".into()));
+    /// Fails fast while the node's Redis link is down.
+    fn check_up(&self) -> Result<(), KvError> {
+        if self.node.is_up() {
+            Ok(())
+        } else {
+            Err(KvError::Unavailable("cluster down".into()))
         }
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(KV_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
+    }
+
+    /// Maps a Redis failure (or timeout) to what the plugin sees.
+    fn failed<T>(
+        &self,
+        r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, KvError> {
+        match r {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e))
+                if e.detail().is_some_and(|d| d.contains("FULL")) || e.code() == Some("FULL") =>
+            {
+                Err(KvError::Full)
+            }
             // INCRBY on a value that is not an integer, or past i64.
             Ok(Err(e))
                 if e.detail()
@@ -77,6 +220,35 @@ impl RedisKv {
             }
         }
     }
+
+    /// Runs `cmd` with the kv timeout.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, KvError> {
+        self.check_up()?;
+        let mut conn = self.conn.clone();
+        let r = tokio::time::timeout(KV_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
+        self.failed(r)
+    }
+
+    /// An invocation of `script` over `keys`; the caller adds the arguments.
+    fn invocation<'s>(script: &'s redis::Script, keys: &Keys) -> redis::ScriptInvocation<'s> {
+        let mut inv = script.prepare_invoke();
+        inv.key(&keys.data)
+            .key(&keys.sizes)
+            .key(&keys.exps)
+            .key(&keys.total);
+        inv
+    }
+
+    /// Runs a script invocation with the kv timeout.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T, KvError> {
+        self.check_up()?;
+        let mut conn = self.conn.clone();
+        let r = tokio::time::timeout(KV_TIMEOUT, inv.invoke_async::<T>(&mut conn)).await;
+        self.failed(r)
+    }
 }
 
 impl KvStore for RedisKv {
@@ -86,8 +258,8 @@ impl KvStore for RedisKv {
         key: &'a str,
     ) -> KvFuture<'a, Result<Option<String>, KvError>> {
         Box::pin(async move {
-            let k = self.key(scope, key)?;
-            self.run(redis::Cmd::get(k)).await
+            let k = self.keys(scope, key)?;
+            self.run(redis::Cmd::get(k.data)).await
         })
     }
 
@@ -99,17 +271,24 @@ impl KvStore for RedisKv {
         ttl: Option<Duration>,
     ) -> KvFuture<'a, Result<(), KvError>> {
         Box::pin(async move {
-            let k = self.key(scope, key)?;
+            let k = self.keys(scope, key)?;
             if value.len() > MAX_VALUE_BYTES {
                 return Err(KvError::TooLarge);
             }
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(k).arg(value);
-            if let Some(ttl) = ttl {
-                cmd.arg("PX")
-                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-            }
-            self.run::<()>(cmd).await
+            let ttl_ms = ttl.map_or(0, |t| {
+                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+            });
+            let mut inv = Self::invocation(&self.set, &k);
+            inv.arg(key)
+                .arg(value)
+                .arg(ttl_ms)
+                .arg(now_ms())
+                .arg(MAX_BYTES_PER_SCOPE)
+                .arg(MAX_KEYS_PER_SCOPE)
+                .arg(ENTRY_OVERHEAD_BYTES)
+                .arg(SWEEP_BATCH);
+            let done: i64 = self.invoke(inv).await?;
+            if done < 0 { Err(KvError::Full) } else { Ok(()) }
         })
     }
 
@@ -119,8 +298,10 @@ impl KvStore for RedisKv {
         key: &'a str,
     ) -> KvFuture<'a, Result<bool, KvError>> {
         Box::pin(async move {
-            let k = self.key(scope, key)?;
-            Ok(self.run::<u64>(redis::Cmd::del(k)).await? > 0)
+            let k = self.keys(scope, key)?;
+            let mut inv = Self::invocation(&self.delete, &k);
+            inv.arg(key);
+            Ok(self.invoke::<u64>(inv).await? > 0)
         })
     }
 
@@ -131,10 +312,16 @@ impl KvStore for RedisKv {
         delta: i64,
     ) -> KvFuture<'a, Result<i64, KvError>> {
         Box::pin(async move {
-            let k = self.key(scope, key)?;
-            let mut cmd = redis::cmd("INCRBY");
-            cmd.arg(k).arg(delta);
-            self.run(cmd).await
+            let k = self.keys(scope, key)?;
+            let mut inv = Self::invocation(&self.incr, &k);
+            inv.arg(key)
+                .arg(now_ms())
+                .arg(MAX_BYTES_PER_SCOPE)
+                .arg(MAX_KEYS_PER_SCOPE)
+                .arg(ENTRY_OVERHEAD_BYTES)
+                .arg(SWEEP_BATCH)
+                .arg(delta);
+            self.invoke(inv).await
         })
     }
 }

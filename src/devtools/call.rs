@@ -546,7 +546,7 @@ pub async fn run(opts: &CallOptions, logs: &LogCapture) -> Result<CallReport, Ca
     let host = PluginHost::start_with_kv(
         &cfg,
         Metrics::new(),
-        reqwest::Client::new(),
+        &crate::backend::BackendClient::new(),
         stop.clone(),
         TaskTracker::new(),
         Arc::clone(&kv) as Arc<dyn KvStore>,

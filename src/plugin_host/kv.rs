@@ -27,7 +27,7 @@ pub const MAX_KEYS_PER_SCOPE: usize = 100_000;
 /// one plugin pin 100,000 × 64 KiB ≈ 6.5 GB.
 pub const MAX_BYTES_PER_SCOPE: usize = 64 * 1024 * 1024;
 /// What an entry costs beyond its key and value (map slot, expiry).
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// A boxed future borrowed from the store.
 pub type KvFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

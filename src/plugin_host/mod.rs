@@ -183,7 +183,7 @@ impl PluginHost {
     pub async fn start(
         cfg: &PluginsConfig,
         metrics: Metrics,
-        http: reqwest::Client,
+        http: &crate::backend::BackendClient,
         shutdown: tokio_util::sync::CancellationToken,
         tracker: tokio_util::task::TaskTracker,
     ) -> Result<Arc<Self>, String> {
@@ -206,7 +206,7 @@ impl PluginHost {
     pub async fn start_with_kv(
         cfg: &PluginsConfig,
         metrics: Metrics,
-        http: reqwest::Client,
+        http: &crate::backend::BackendClient,
         shutdown: CancellationToken,
         tracker: TaskTracker,
         kv: Arc<dyn KvStore>,
@@ -236,6 +236,7 @@ impl PluginHost {
         // Plugin backend calls share the gateway's upstream client
         // (`crate::backend`): no redirects, no proxies from the environment,
         // a connect timeout and a bounded idle pool.
+        let http = http.http();
         let stop = shutdown.child_token();
         engine::start_ticker(engine.engine.clone(), stop.clone())?;
         let env = Arc::new(HostCore {

@@ -158,7 +158,7 @@ pub async fn start(cfg: &PluginsConfig) -> Host {
     let host = PluginHost::start(
         cfg,
         metrics.clone(),
-        reqwest::Client::new(),
+        &wsprism::backend::BackendClient::new(),
         shutdown.clone(),
         tracker.clone(),
     )
