@@ -2,6 +2,7 @@
 //! that no secret or payload reaches the logs even at trace level.
 
 mod common;
+mod plugin_support;
 
 use common::TestConfig;
 
@@ -463,4 +464,111 @@ fn sighup_rescans_the_plugin_folder() {
     p.signal("-TERM");
     let (status, _) = p.finish();
     assert!(status.success());
+}
+
+/// Issue 11 item 7: plugin backend calls ignore proxy environment variables
+/// (a proxy set for the gateway's host must not see, or redirect, what a
+/// plugin sends to its tenant's upstream).
+#[tokio::test]
+async fn plugin_backend_calls_ignore_proxy_environment_variables() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A "proxy" that counts who connects, and the real upstream.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy_addr = proxy.local_addr().expect("addr");
+    let proxied = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&proxied);
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = proxy.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\ndirect",
+                    )
+                    .await;
+            });
+        }
+    });
+    let plugins = plugin_support::plugin_dir(&[("faults", "faults")]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("wsprism.yaml");
+    let yaml = TestConfig::tenant("acme")
+        .gateway(|g| {
+            g.listen = "127.0.0.1:0".into();
+            g.admin_listen = "127.0.0.1:0".into();
+            g.plugins.dir = plugins.path().display().to_string();
+            g.plugins.cache_dir = plugin_support::compile_cache().display().to_string();
+        })
+        .tickets(&[("t1", "u1")])
+        .ext_allow(&["faults:*"])
+        .route("faults", "faults")
+        .backend(|b| {
+            b.upstreams.insert(
+                "main".into(),
+                wsprism::config::UpstreamConfig {
+                    url: format!("http://{upstream_addr}"),
+                    timeout_ms: 2_000,
+                },
+            );
+        })
+        .build();
+    std::fs::write(&config, &yaml).expect("write");
+    let proxy_url = format!("http://{proxy_addr}");
+    let envs: Vec<(&str, &str)> = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .into_iter()
+        .map(|k| (k, proxy_url.as_str()))
+        .chain([("NO_PROXY", ""), ("no_proxy", ""), ("RUST_LOG", "info")])
+        .collect();
+    let mut p = spawn(&config, &envs);
+    let line = p.wait_line("wsPrism gateway active at");
+    // Plugins are loaded before the listener is announced.
+    let addr = addr_in(&line, "active at ");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?tenant=acme&ticket=t1"))
+            .await
+            .expect("connect");
+    let _authed = ws.next().await;
+    let call =
+        json!({"v":1,"svc":"faults","type":"backend","data":{"upstream":"main","path":"/x"}});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        call.to_string(),
+    ))
+    .await
+    .expect("send");
+    let reply = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer")
+            .expect("open")
+            .expect("frame");
+        let v: serde_json::Value =
+            serde_json::from_str(m.to_text().unwrap_or("{}")).unwrap_or_default();
+        if v["svc"] == "faults" {
+            break v;
+        }
+    };
+    assert_eq!(reply["type"], "backend", "{reply}");
+    assert_eq!(reply["data"]["body"], "direct", "{reply}");
+    assert_eq!(
+        proxied.load(Ordering::SeqCst),
+        0,
+        "the proxy saw the plugin's call"
+    );
+    p.signal("-TERM");
+    let _ = p.finish();
 }
