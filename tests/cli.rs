@@ -98,18 +98,30 @@ struct Proc {
 
 impl Proc {
     fn wait_line(&mut self, needle: &str) -> String {
-        // 200 polls of 100 ms: up to 20 s for the line to appear.
-        for _ in 0..200 {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.log.push(line.clone());
-                if line.contains(needle) {
-                    return line;
+        // Up to 60 s for the line to appear, however many lines come first (a
+        // cold plugin compile logs thousands at trace level); a process that
+        // exited ends the wait at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.log.push(line);
+                    if found {
+                        return self.log.last().cloned().unwrap_or_default();
+                    }
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
+        let tail = self.log.len().saturating_sub(50);
         panic!(
-            "no log line containing {needle:?}; got:\n{}",
-            self.log.join("\n")
+            "no log line containing {needle:?}; last lines:\n{}",
+            self.log[tail..].join("\n")
         );
     }
 
@@ -453,7 +465,8 @@ fn sighup_rescans_the_plugin_folder() {
         .route("echo", "echo")
         .build();
     std::fs::write(&config, &yaml).expect("write");
-    let mut p = spawn(&config, &[]);
+    // Info level: a cold compile of the plugin at trace level is thousands of lines.
+    let mut p = spawn(&config, &[("RUST_LOG", "info")]);
     p.wait_line("route to a plugin that is not loaded");
     p.wait_line("wsPrism gateway active at");
     let echo = format!("{}/plugins/echo.wasm", env!("CARGO_MANIFEST_DIR"));
