@@ -66,10 +66,7 @@ impl KeyFailures {
     }
 
     fn key(ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
-            v4 => v4,
-        }
+        crate::policy::rate_limit::network_of(ip, 64)
     }
 
     /// Seconds the address must still wait, if it is throttled.

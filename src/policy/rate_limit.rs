@@ -57,6 +57,19 @@ pub struct Throttled {
     pub retry_after_secs: u64,
 }
 
+/// The address a per-client budget is keyed by: IPv4 (also when IPv4-mapped)
+/// as is, IPv6 truncated to its network of `ipv6_prefix_len` bits (one host
+/// usually owns a /64).
+pub fn network_of(ip: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(ipv6_prefix_len.clamp(1, 128)))
+        .unwrap_or(0);
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & mask).into()),
+        v4 => v4,
+    }
+}
+
 /// The retry hint of a refused check.
 fn throttled(nu: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> Throttled {
     Throttled {
@@ -82,7 +95,7 @@ pub struct HandshakeLimiter {
     global: DirectLimiter,
     per_ip: KeyedLimiter<IpAddr>,
     max_ip_entries: usize,
-    ipv6_mask: u128,
+    ipv6_prefix_len: u8,
     /// Last time (nanos since `epoch`) the table was pruned, so a spray triggers at
     /// most one O(n) prune per second.
     last_prune: AtomicU64,
@@ -97,9 +110,7 @@ impl HandshakeLimiter {
             global: direct(quota(cfg.global_rps, cfg.global_burst)),
             per_ip: keyed(quota(cfg.per_ip_rps, cfg.per_ip_burst)),
             max_ip_entries: cfg.max_ip_entries.max(1),
-            ipv6_mask: u128::MAX
-                .checked_shl(128 - u32::from(cfg.ipv6_prefix_len.clamp(1, 128)))
-                .unwrap_or(0),
+            ipv6_prefix_len: cfg.ipv6_prefix_len,
             last_prune: AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
         }
@@ -118,10 +129,7 @@ impl HandshakeLimiter {
     /// The key an address is limited under: IPv4 (also when IPv4-mapped) as
     /// is, IPv6 truncated to its network.
     pub fn key(&self, ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & self.ipv6_mask).into()),
-            v4 => v4,
-        }
+        network_of(ip, self.ipv6_prefix_len)
     }
 
     /// Spends one attempt from `ip`'s (network's) budget.
