@@ -49,7 +49,7 @@ enum Command {
     /// Run the gateway (the default). Exits 64 on a bad config, 1 on other
     /// startup failures.
     Start,
-    /// Validate a config file and exit: 0 when valid, 64 with every error otherwise.
+    /// Validate a config file and exit: 0 when valid, 64 with its errors and their YAML paths otherwise.
     Check,
     /// Create a project.
     #[command(subcommand)]

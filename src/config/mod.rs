@@ -129,29 +129,101 @@ pub fn parse_with_env(
     }
     let mut issues = Vec::new();
     let mut expanded = Vec::new();
-    expand_env(&mut value, String::new(), env, &mut issues, &mut expanded);
+    expand_env(
+        &mut value,
+        String::new(),
+        &mut Vec::new(),
+        env,
+        &mut issues,
+        &mut expanded,
+    );
     if !issues.is_empty() {
         return Err(ConfigError { issues });
     }
     let redact_all = |e: ConfigError| ConfigError {
         issues: e.issues.into_iter().map(|i| redact(i, &expanded)).collect(),
     };
-    let cfg: Config = serde_path_to_error::deserialize(value)
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::one(path, e.into_inner().to_string())
-        })
-        .map_err(redact_all)?;
+    let cfg = deserialize_typed(value, &expanded).map_err(redact_all)?;
     validate::validate(&cfg).map_err(redact_all)?;
     Ok(cfg)
+}
+
+/// Deserializes the expanded tree into the schema. A `${VAR}` always expands
+/// to a string, so a field that wants a number or a boolean
+/// (`ping_interval_ms: ${PING_MS}`) would refuse it: when the schema refuses
+/// a value that came from an expansion, that value is re-read as a YAML
+/// scalar (`"25000"` → 25000, `"true"` → true) and the schema asked again.
+/// Only refused expansions are re-read, so a string field keeps `"007"`.
+fn deserialize_typed(
+    mut value: serde_yaml::Value,
+    expanded: &[(String, Vec<serde_yaml::Value>)],
+) -> Result<Config, ConfigError> {
+    // Each retry converts one more expanded value, so this ends.
+    for _ in 0..=expanded.len() {
+        let attempt = if expanded.is_empty() {
+            std::mem::take(&mut value)
+        } else {
+            value.clone()
+        };
+        let e = match serde_path_to_error::deserialize(attempt) {
+            Ok(cfg) => return Ok(cfg),
+            Err(e) => e,
+        };
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let retyped = expanded
+            .iter()
+            .find(|(p, _)| *p == path)
+            .and_then(|(_, at)| value_at(&mut value, at))
+            .is_some_and(retype_scalar);
+        if !retyped {
+            return Err(ConfigError::one(path, e.into_inner().to_string()));
+        }
+    }
+    Err(ConfigError::one("", "config could not be typed"))
+}
+
+/// The value under a path of mapping keys (strings) and sequence indices
+/// (numbers).
+fn value_at<'v>(
+    mut value: &'v mut serde_yaml::Value,
+    at: &[serde_yaml::Value],
+) -> Option<&'v mut serde_yaml::Value> {
+    for step in at {
+        while let serde_yaml::Value::Tagged(tagged) = value {
+            value = &mut tagged.value;
+        }
+        value = match (value, step) {
+            (serde_yaml::Value::Sequence(items), serde_yaml::Value::Number(i)) => {
+                items.get_mut(usize::try_from(i.as_u64()?).ok()?)?
+            }
+            (serde_yaml::Value::Mapping(map), key) => map.get_mut(key)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// Turns an expanded string that reads as a number or boolean into one;
+/// false when it is anything else (the schema's error then stands).
+fn retype_scalar(value: &mut serde_yaml::Value) -> bool {
+    let serde_yaml::Value::String(s) = value else {
+        return false;
+    };
+    match serde_yaml::from_str::<serde_yaml::Value>(s.trim()) {
+        Ok(v @ (serde_yaml::Value::Number(_) | serde_yaml::Value::Bool(_))) => {
+            *value = v;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Keeps secrets out of an issue: a static ticket (a map key, so part of the
 /// path) becomes `<ticket>`, and values quoted in the message are dropped when
 /// the field holds a secret (`tickets`, `api_keys`, `secret…`) or came from a
 /// `${VAR}` (which may carry a token or password).
-fn redact(issue: ConfigIssue, expanded: &[String]) -> ConfigIssue {
+fn redact(issue: ConfigIssue, expanded: &[(String, Vec<serde_yaml::Value>)]) -> ConfigIssue {
     let ConfigIssue { mut path, message } = issue;
     if let Some(at) = path.find(".tickets.") {
         let start = at + ".tickets.".len();
@@ -165,7 +237,7 @@ fn redact(issue: ConfigIssue, expanded: &[String]) -> ConfigIssue {
         || path.contains("secret")
         || expanded
             .iter()
-            .any(|e| path == *e || path.starts_with(&format!("{e}.")));
+            .any(|(e, _)| path == *e || path.starts_with(&format!("{e}.")));
     let message = if secret_field {
         unquote(&message)
     } else {
@@ -204,25 +276,29 @@ fn yaml_location(e: &serde_yaml::Error) -> String {
 }
 
 /// Replaces `${VAR}` in every string scalar (keys are left alone) and records
-/// the paths of the strings it changed in `expanded`.
+/// the strings it changed in `expanded`: their YAML path as errors print it,
+/// and the keys / indices leading to them.
 fn expand_env(
     value: &mut serde_yaml::Value,
     path: String,
+    steps: &mut Vec<serde_yaml::Value>,
     env: &dyn Fn(&str) -> Option<String>,
     issues: &mut Vec<ConfigIssue>,
-    expanded: &mut Vec<String>,
+    expanded: &mut Vec<(String, Vec<serde_yaml::Value>)>,
 ) {
     match value {
         serde_yaml::Value::String(s) if s.contains("${") => match expand_str(s, env) {
             Ok(text) => {
                 *s = text;
-                expanded.push(path);
+                expanded.push((path, steps.clone()));
             }
             Err(message) => issues.push(ConfigIssue { path, message }),
         },
         serde_yaml::Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                expand_env(item, format!("{path}[{i}]"), env, issues, expanded);
+                steps.push(serde_yaml::Value::Number(i.into()));
+                expand_env(item, format!("{path}[{i}]"), steps, env, issues, expanded);
+                steps.pop();
             }
         }
         serde_yaml::Value::Mapping(map) => {
@@ -239,11 +315,13 @@ fn expand_env(
                 } else {
                     format!("{path}.{key}")
                 };
-                expand_env(v, child, env, issues, expanded);
+                steps.push(k.clone());
+                expand_env(v, child, steps, env, issues, expanded);
+                steps.pop();
             }
         }
         serde_yaml::Value::Tagged(tagged) => {
-            expand_env(&mut tagged.value, path, env, issues, expanded);
+            expand_env(&mut tagged.value, path, steps, env, issues, expanded);
         }
         _ => {}
     }

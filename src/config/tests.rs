@@ -329,3 +329,40 @@ tenants:
         "{all:?}"
     );
 }
+
+#[test]
+fn env_vars_fill_numeric_and_boolean_fields() {
+    let text = "version: 1\ngateway:\n  ping_interval_ms: ${PING}\n  plugins: { watch: \"${WATCH}\", max_memory_bytes: \"${MEM}\" }\ntenants:\n  - id: acme\n    auth: { tickets: { \"${TICKET}\": dev } }\n    api_keys: [\"${KEY}\"]\n";
+    let cfg = parse_with_env(
+        text,
+        &env(&[
+            ("PING", "25000"),
+            ("WATCH", "false"),
+            ("MEM", "33554432"),
+            ("TICKET", "t"),
+            ("KEY", "00000000000000000000"),
+        ]),
+    )
+    .expect("numbers and booleans from the environment");
+    assert_eq!(cfg.gateway.ping_interval_ms, 25000);
+    assert!(!cfg.gateway.plugins.watch);
+    assert_eq!(cfg.gateway.plugins.max_memory_bytes, 33_554_432);
+    // A string field keeps the digits as text.
+    assert_eq!(cfg.tenants[0].api_keys, vec!["00000000000000000000"]);
+
+    // Not a number: the schema's error stands, at the field's path, without
+    // the value (it came from the environment).
+    let e = parse_with_env(
+        text,
+        &env(&[
+            ("PING", "soon"),
+            ("WATCH", "false"),
+            ("MEM", "1"),
+            ("TICKET", "t"),
+            ("KEY", "00000000000000000000"),
+        ]),
+    )
+    .expect_err("not a number");
+    assert_eq!(e.issues[0].path, "gateway.ping_interval_ms", "{e}");
+    assert!(!e.issues[0].message.contains("soon"), "{e}");
+}
