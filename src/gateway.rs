@@ -101,6 +101,7 @@ impl Gateway {
             let Some(rt) = runtimes.remove(&t.id) else {
                 continue;
             };
+            let history = rt.policy.publish.history;
             let tenant = match old.get(&t.id) {
                 Some(existing) => {
                     match existing.runtime() {
@@ -121,6 +122,7 @@ impl Gateway {
                 }
             };
             tenant.broker.presence_events(t.rooms.presence_events);
+            tenant.broker.history_policy(history);
             next.insert(t.id.clone(), tenant);
         }
         for (id, tenant) in old.iter() {

@@ -789,3 +789,217 @@ async fn kv_scopes_are_bounded_in_bytes_in_redis_too() {
     assert_eq!(kv.set(&other, "k", "x".into(), None).await, Ok(()));
     stop.cancel();
 }
+
+/// [`node`] with room history (100 publications, 10 minutes) and room for
+/// bursts of chat.
+fn with_history(cfg: TestConfig) -> TestConfig {
+    cfg.policy(|p| p.rate_limit_burst = 1000).rooms(|r| {
+        r.history_size = 100;
+        r.history_ttl_ms = 600_000;
+    })
+}
+
+/// Reads `n` chat messages as (offset, epoch, text); fails on `sys.resync`
+/// (nothing may be missed) and skips other frames.
+async fn recorded(c: &mut Client, n: usize) -> Vec<(u64, String, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = c.recv_json().await;
+        assert_ne!(v["type"], "resync", "nothing was to be missed: {v}");
+        if v["type"] == "msg" {
+            out.push((
+                v["offset"].as_u64().expect("offset"),
+                v["epoch"].as_str().expect("epoch").to_owned(),
+                v["data"]["msg"].as_str().expect("text").to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// Joins `room` with `since`; returns the frames up to `sys.joined`.
+async fn join_since(c: &mut Client, room: &str, since: Value) -> Vec<Value> {
+    c.send_json(json!({"v":1,"svc":"room","type":"join","room":room,"data":{"since":since}}))
+        .await;
+    let mut frames = Vec::new();
+    loop {
+        let v = c.recv_json().await;
+        let done = v["type"] == "joined";
+        frames.push(v);
+        if done {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test]
+async fn history_is_one_sequence_across_nodes_and_recovers_on_any_node() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, with_history).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u2 = b.client("acme", "t2").await;
+    let j1 = u1.join("lobby").await;
+    let j2 = u2.join("lobby").await;
+    let epoch = j1["data"]["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(j2["data"]["epoch"], epoch.as_str(), "one epoch per room");
+    assert_eq!(j2["data"]["offset"], 0);
+    subscribed(&redis, &room_channel("lobby"), 2).await;
+
+    // Both nodes publish at once: one offset sequence, seen in one order.
+    for i in 0..4 {
+        chat(&mut u1, "lobby", &format!("a{i}")).await;
+        chat(&mut u2, "lobby", &format!("b{i}")).await;
+    }
+    let seen1 = recorded(&mut u1, 8).await;
+    let seen2 = recorded(&mut u2, 8).await;
+    assert_eq!(seen1, seen2, "same frames in the same order on both nodes");
+    let offsets: Vec<u64> = seen1.iter().map(|(o, _, _)| *o).collect();
+    assert_eq!(offsets, (1..=8).collect::<Vec<_>>(), "gap-free: {seen1:?}");
+    assert!(seen1.iter().all(|(_, e, _)| *e == epoch));
+
+    // Recovery on either node, whichever node published.
+    let mut u3 = b.client("acme", "t3").await;
+    let frames = join_since(&mut u3, "lobby", json!({"epoch": epoch, "offset": 2})).await;
+    let (joined, replay) = frames.split_last().expect("joined");
+    assert_eq!(joined["data"]["recovered"], true, "{frames:?}");
+    assert_eq!(joined["data"]["offset"], 8);
+    let replayed: Vec<(u64, String)> = replay
+        .iter()
+        .map(|v| {
+            (
+                v["offset"].as_u64().expect("offset"),
+                v["data"]["msg"].as_str().expect("msg").to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = seen1[2..].iter().map(|(o, _, t)| (*o, t.clone())).collect();
+    assert_eq!(replayed, expected);
+    let mut u4 = a.client("acme", "t4").await;
+    let frames = join_since(&mut u4, "lobby", json!({"epoch": epoch, "offset": 7})).await;
+    assert_eq!(frames.len(), 2, "offset 8, then joined: {frames:?}");
+    assert_eq!(frames[0]["offset"], 8);
+    assert_eq!(frames[1]["data"]["recovered"], true);
+    // The whole history is in Redis: one stream per room.
+    let len: u64 = redis.cmd(&["XLEN", "wsprism:history:{acme:lobby}"]);
+    assert_eq!(len, 8);
+
+    // Redis loses its data: the next publication starts a new epoch on
+    // every node, and positions in the old one cannot be recovered.
+    let _: () = redis.cmd(&["FLUSHALL"]);
+    chat(&mut u2, "lobby", "fresh").await;
+    let after = recorded(&mut u1, 1).await;
+    let (offset, new_epoch, text) = &after[0];
+    assert_eq!((*offset, text.as_str()), (1, "fresh"));
+    assert_ne!(*new_epoch, epoch, "a new epoch after the flush");
+    assert_eq!(recorded(&mut u2, 1).await, after);
+    let mut late = a.client("acme", "t3").await;
+    let frames = join_since(&mut late, "lobby", json!({"epoch": epoch, "offset": 8})).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["data"]["recovered"], false);
+    assert_eq!(frames[0]["data"]["epoch"], new_epoch.as_str());
+}
+
+#[tokio::test]
+async fn a_node_that_missed_recorded_publications_repairs_them_from_redis() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, with_history).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u2 = b.client("acme", "t2").await;
+    let mut u4 = b.client("acme", "t4").await;
+    for c in [&mut u1, &mut u2, &mut u4] {
+        c.join("lobby").await;
+    }
+    subscribed(&redis, &room_channel("lobby"), 2).await;
+    subscribed(&redis, &user_channel("u4"), 1).await;
+
+    // Cut node b's pub/sub link only: it is the one subscribed to three
+    // channels (the room and two users; node a has the room and one user).
+    let clients: String = redis.cmd(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+    let id = clients
+        .lines()
+        .find(|l| l.contains(" sub=3 "))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("node b's pub/sub client in {clients}"))
+        .to_owned();
+    let killed: u64 = redis.cmd(&["CLIENT", "KILL", "ID", &id]);
+    assert_eq!(killed, 1);
+    // Node a goes on publishing while b reconnects (≥ 50 ms back-off):
+    // some of these reach Redis while b is not subscribed.
+    for i in 0..30 {
+        chat(&mut u1, "lobby", &format!("m{i}")).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let on_a = recorded(&mut u1, 30).await;
+    // b's members get every one, in order, and no resync: b repaired the
+    // gap from the room's stream when it resubscribed.
+    assert_eq!(recorded(&mut u2, 30).await, on_a);
+    assert_eq!(recorded(&mut u4, 30).await, on_a);
+    let offsets: Vec<u64> = on_a.iter().map(|(o, _, _)| *o).collect();
+    assert_eq!(offsets, (1..=30).collect::<Vec<_>>());
+    assert!(
+        metric(
+            &b.metrics().await,
+            "wsprism_cluster_reconnects_total{link=\"pubsub\"}"
+        ) >= 1.0,
+        "node b's link was cut and restored"
+    );
+}
+
+#[tokio::test]
+async fn history_during_a_redis_outage_is_local_and_members_resync_after() {
+    let mut redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, with_history).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u3 = a.client("acme", "t3").await;
+    let mut u2 = b.client("acme", "t2").await;
+    for c in [&mut u1, &mut u3, &mut u2] {
+        c.join("lobby").await;
+    }
+    subscribed(&redis, &room_channel("lobby"), 2).await;
+    chat(&mut u1, "lobby", "before").await;
+    let before = recorded(&mut u3, 1).await;
+    assert_eq!(recorded(&mut u2, 1).await, before);
+    let shared = before[0].1.clone();
+
+    redis.kill();
+    eventually("node a degraded", || async {
+        readyz(&a).await.1["cluster"] == "down"
+    })
+    .await;
+    // Local members still get recorded publications, under an epoch of
+    // node a's own: no client can mistake them for the shared sequence.
+    chat(&mut u1, "lobby", "during").await;
+    let during = recorded(&mut u3, 1).await;
+    assert_eq!(during[0].2, "during");
+    assert_ne!(during[0].1, shared, "a local epoch while Redis is away");
+    let mut u4 = b.client("acme", "t4").await;
+    let frames = join_since(
+        &mut u4,
+        "lobby",
+        json!({"epoch": during[0].1, "offset": during[0].0 - 1}),
+    )
+    .await;
+    assert_eq!(frames.last().expect("joined")["data"]["recovered"], false);
+
+    redis.restart();
+    // Redis came back empty: every member is told to resync to the new
+    // shared position.
+    let r3 = u3.recv_type("resync").await;
+    let r2 = u2.recv_type("resync").await;
+    let epoch = r3["data"]["epoch"].as_str().expect("epoch").to_owned();
+    assert_ne!(epoch, during[0].1);
+    assert_ne!(epoch, shared, "Redis lost its data: a new epoch");
+    assert_eq!(r2["data"]["epoch"], epoch.as_str(), "{r2}");
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    chat(&mut u2, "lobby", "after").await;
+    assert_eq!(u2.recv_type("msg").await["data"]["msg"], "after");
+    let m = loop {
+        let m = u1.recv_type("msg").await;
+        if m["data"]["msg"] == "after" {
+            break m;
+        }
+    };
+    assert_eq!(m["epoch"], epoch.as_str());
+    assert_eq!(m["offset"], 1);
+}

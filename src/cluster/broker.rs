@@ -13,7 +13,6 @@
 //! it has members in, the members the other nodes announced ([`Remote`]),
 //! seeded from the presence hash when it subscribes.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dashmap::DashMap;
 use tungstenite::Message;
 
-use super::wire::BusMessage;
-use super::{Node, Topic};
+use super::wire::{BusMessage, RecordedTemplate};
+use super::{Node, Recorded, Topic};
 use crate::error::{CloseCode, RoomError};
 use crate::realtime::SessionId;
 use crate::realtime::broker::{
@@ -116,6 +115,8 @@ pub(crate) struct Shard {
     pub remote: Remote,
     /// Whether the tenant announces `member_joined` / `member_left`.
     pub presence_events: AtomicBool,
+    /// The tenant's room history settings (none: no history).
+    pub history: parking_lot::Mutex<Option<HistoryPolicy>>,
 }
 
 /// The broker of one tenant in `cluster.mode: redis`.
@@ -133,6 +134,7 @@ impl ClusterBroker {
             local: LocalBroker::with_peer_slot(Arc::clone(&node.slot)),
             remote: Remote::default(),
             presence_events: AtomicBool::new(false),
+            history: parking_lot::Mutex::new(None),
         });
         node.attach(&shard);
         Self { shard, node }
@@ -357,18 +359,47 @@ impl Broker for ClusterBroker {
         exclude: Option<SessionId>,
         encode: &dyn Fn(u64, &str) -> Message,
     ) -> Delivery {
-        // The frame the local history recorded is the one other nodes get.
-        let sent = RefCell::new(None);
-        let delivery = self
-            .local()
-            .publish_recorded(room, policy, exclude, &|offset, epoch| {
-                let msg = encode(offset, epoch);
-                *sent.borrow_mut() = Some(msg.clone());
-                msg
+        // Redis numbers the publication and publishes it; this node delivers
+        // it when it comes back on the room channel, like every other node
+        // (README "Cluster"). That needs both links, and the room channel
+        // subscribed when the room has local members.
+        let channel = self.channel(Topic::Room, room);
+        let members = self.local().room_size(room);
+        let shared =
+            self.node.is_up() && (members == 0 || self.node.subscribed.contains_key(&channel));
+        let template = shared
+            .then(|| {
+                RecordedTemplate::new(self.node.nonce, exclude.map_or(0, SessionId::get), encode)
+            })
+            .flatten();
+        if let Some(template) = template {
+            let queued = self.node.queue_recorded(Recorded {
+                tenant: Arc::clone(&self.shard.tenant),
+                room: room.to_owned(),
+                channel,
+                template,
+                exclude,
+                policy,
             });
-        if let Some(msg) = sent.into_inner() {
-            self.bus_room(room, &msg, Qos::Reliable);
+            match queued {
+                // The local members it will reach, as far as known now.
+                Ok(()) => {
+                    return Delivery {
+                        delivered: members.saturating_sub(usize::from(exclude.is_some())),
+                        ..Delivery::default()
+                    };
+                }
+                Err(r) => {
+                    self.node.metrics.error("publish", 1);
+                    self.node.record_locally(&r);
+                    return Delivery::default();
+                }
+            }
         }
+        // Redis away: this node's members are served under an epoch of its
+        // own; the other nodes' members get `sys.resync` once it is back.
+        let (delivery, msg) = self.local().publish_diverged(room, policy, exclude, encode);
+        self.bus_room(room, &msg, Qos::Reliable);
         delivery
     }
 
@@ -405,5 +436,9 @@ impl Broker for ClusterBroker {
 
     fn presence_events(&self, on: bool) {
         self.shard.presence_events.store(on, Ordering::Release);
+    }
+
+    fn history_policy(&self, policy: Option<HistoryPolicy>) {
+        *self.shard.history.lock() = policy;
     }
 }

@@ -34,6 +34,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) const SUBSCRIBE_BATCH: usize = 512;
 /// Publications per pipeline.
 const PUBLISH_BATCH: usize = 512;
+/// How long a reconnected subscriber retries the presence and history
+/// snapshot.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(2);
 /// How often the subscriber pings an idle pub/sub link.
 const PUBSUB_PING: Duration = Duration::from_secs(1);
 
@@ -110,7 +113,9 @@ pub(super) async fn publisher(
             n = rx.recv_many(&mut batch, PUBLISH_BATCH) => if n == 0 { return } else { false },
             _ = idle.tick() => true,
         };
-        if retry_at.is_some_and(|t| Instant::now() < t) {
+        // Skip Redis for a moment after a failure, unless the heartbeat has
+        // seen it answer since (it is back: try at once).
+        if retry_at.is_some_and(|t| Instant::now() < t) && !node.is_up() {
             note_lost(&node, &mut lost, batch.drain(..));
             continue;
         }
@@ -127,6 +132,11 @@ pub(super) async fn publisher(
                 Outgoing::Command(cmd) => {
                     pipe.add_command(std::mem::replace(cmd, redis::Cmd::new()))
                         .ignore();
+                }
+                // One script call: offset, stream, publish.
+                Outgoing::Recorded(r) => {
+                    pipe.add_command(node.record_cmd(r)).ignore();
+                    published += 1;
                 }
             }
         }
@@ -169,15 +179,23 @@ pub(super) async fn publisher(
 }
 
 /// Counts dropped publications and remembers their rooms (dropped presence
-/// writes are re-asserted when the link is back).
+/// writes are re-asserted when the link is back). Recorded publications are
+/// delivered locally under the node's own epoch instead (their local
+/// members have not seen them yet).
 fn note_lost(node: &Node, lost: &mut HashSet<String>, dropped: impl Iterator<Item = Outgoing>) {
     let mut n = 0;
     for o in dropped {
-        if let Outgoing::Publish { channel, .. } = o {
-            n += 1;
-            if matches!(node.parse_channel(&channel), Some((Topic::Room, _, _))) {
-                lost.insert(channel);
+        let channel = match o {
+            Outgoing::Publish { channel, .. } => channel,
+            Outgoing::Recorded(r) => {
+                node.record_locally(&r);
+                r.channel
             }
+            Outgoing::Command(_) => continue,
+        };
+        n += 1;
+        if matches!(node.parse_channel(&channel), Some((Topic::Room, _, _))) {
+            lost.insert(channel);
         }
     }
     node.metrics.error("publish", n);
@@ -225,10 +243,11 @@ pub(super) async fn subscriber(
             }
             continue;
         }
-        if let Err(e) = node.snapshot(&wanted).await {
+        let synced = snapshot_soon(&node, &wanted).await.unwrap_or_else(|e| {
             tracing::warn!(node = %node.id, error = %e, "cluster presence snapshot failed");
             node.metrics.error("snapshot", 1);
-        }
+            HashSet::new()
+        });
         for ch in wanted {
             node.subscribed.insert(ch, ());
         }
@@ -240,7 +259,7 @@ pub(super) async fn subscriber(
         if connected_before {
             node.metrics.reconnects.with_label_values(&["pubsub"]).inc();
             tracing::info!(node = %node.id, channels = node.subscribed.len(), "cluster pub/sub link restored");
-            node.resync_local_rooms();
+            node.resync_local_rooms(&synced);
         } else {
             tracing::info!(node = %node.id, "cluster pub/sub link up");
         }
@@ -286,6 +305,20 @@ pub(super) async fn subscriber(
         drop(stream);
         if !backoff.wait(&stop).await {
             return;
+        }
+    }
+}
+
+/// [`Node::snapshot`] after a reconnect: the command link may come back a
+/// moment after the pub/sub one (Redis restarting), so failures are retried
+/// for up to [`SNAPSHOT_PATIENCE`] before members are only told to resync.
+async fn snapshot_soon(node: &Node, wanted: &[String]) -> redis::RedisResult<HashSet<String>> {
+    let deadline = Instant::now() + SNAPSHOT_PATIENCE;
+    loop {
+        match node.snapshot(wanted).await {
+            Ok(synced) => return Ok(synced),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(MIN_BACKOFF * 2).await,
         }
     }
 }

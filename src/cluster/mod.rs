@@ -17,6 +17,18 @@
 //! to a user channel while the user has local sessions, so each node receives
 //! a publication once however many local members it has.
 //!
+//! Room history (tenants with `rooms.history_size`) is one sequence per room
+//! in Redis, whichever node publishes: a script assigns the offset (a
+//! counter in `<prefix>:history-meta:{…}` beside the room's epoch), appends
+//! the frame to the stream `<prefix>:history:{…}` (trimmed to
+//! `history_size`, expiring after `history_ttl_ms`) and publishes it, all in
+//! one command. Every node delivers recorded frames as they come from Redis,
+//! the publisher too, so members everywhere see offsets in one order; each
+//! node mirrors the stream of its subscribed rooms for recovery. When Redis
+//! is unreachable a node records under an epoch of its own (clients that
+//! recover elsewhere start over); when it is back, rooms are synced from the
+//! stream: missed frames are delivered, or members get `sys.resync`.
+//!
 //! [`Broker`]: crate::realtime::broker::Broker
 
 mod broker;
@@ -44,9 +56,10 @@ use crate::obs::metrics::Metrics;
 use crate::protocol::ext::{Outgoing as ExtFrame, member_event, raw, sys_kicked};
 use crate::realtime::SessionId;
 use crate::realtime::broker::{BoxFuture, Broker as _, LocalBroker, SessionLimits, TenantStats};
+use crate::realtime::history::{HistoryPolicy, Retained, Synced};
 use crate::realtime::outbox::Qos;
 use broker::{RemoteMember, Shard};
-use wire::BusMessage;
+use wire::{BusMessage, RecordedTemplate};
 
 /// Publications queued for Redis before new ones are dropped (counted as
 /// errors): a node cut off from Redis must not grow without bound.
@@ -178,6 +191,20 @@ enum Outgoing {
     },
     /// A state write (presence) sent in the same pipeline.
     Command(redis::Cmd),
+    /// A publication to record in a room's history and publish (one
+    /// script call).
+    Recorded(Box<Recorded>),
+}
+
+/// A reliable room publication waiting for its offset from Redis.
+#[derive(Debug)]
+struct Recorded {
+    tenant: Arc<str>,
+    room: String,
+    channel: String,
+    template: RecordedTemplate,
+    exclude: Option<SessionId>,
+    policy: HistoryPolicy,
 }
 
 /// A request to the subscriber: re-evaluate whether `channel` is wanted,
@@ -415,6 +442,50 @@ impl Node {
         format!("{}:presence:{{{tenant}:{room}}}", self.prefix)
     }
 
+    /// Key of a room's history stream (entry id `<offset>-1`, fields `t`:
+    /// published at (ms), `p`: the bus payload); it shares the room
+    /// channel's hash tag.
+    fn history_key(&self, tenant: &str, room: &str) -> String {
+        format!("{}:history:{{{tenant}:{room}}}", self.prefix)
+    }
+
+    /// Key of a room's history position (a hash: `epoch`, `offset`).
+    fn history_meta_key(&self, tenant: &str, room: &str) -> String {
+        format!("{}:history-meta:{{{tenant}:{room}}}", self.prefix)
+    }
+
+    /// The script call that records `r` and publishes it.
+    fn record_cmd(&self, r: &Recorded) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        let ttl_ms = u64::try_from(r.policy.ttl.as_millis()).unwrap_or(u64::MAX);
+        cmd.arg(RECORD)
+            .arg(2)
+            .arg(self.history_meta_key(&r.tenant, &r.room))
+            .arg(self.history_key(&r.tenant, &r.room))
+            .arg(&r.channel)
+            .arg(&r.template.head)
+            .arg(&r.template.middle)
+            .arg(&r.template.tail)
+            .arg(fresh_epoch())
+            .arg(r.policy.size)
+            .arg(ttl_ms.max(1))
+            .arg(link::now_ms())
+            .arg(ttl_ms.saturating_add(META_GRACE_MS));
+        cmd
+    }
+
+    /// Records `r` on this node alone (Redis unreachable): an epoch of the
+    /// node's own, local delivery at once.
+    fn record_locally(&self, r: &Recorded) {
+        if let Some(shard) = self.shard(&r.tenant) {
+            shard
+                .local
+                .publish_diverged(&r.room, r.policy, r.exclude, &|offset, epoch| {
+                    r.template.frame(offset, epoch)
+                });
+        }
+    }
+
     /// Key of the presence hashes a node wrote to (a set), for clean-up
     /// after it dies.
     fn node_rooms_key(&self, id: &str) -> String {
@@ -556,6 +627,17 @@ impl Node {
         }
     }
 
+    /// Queues a recorded publication; gives it back when the queue is full.
+    fn queue_recorded(&self, r: Recorded) -> Result<(), Box<Recorded>> {
+        match self.publish_tx.try_send(Outgoing::Recorded(Box::new(r))) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.into_inner() {
+                Outgoing::Recorded(r) => Err(r),
+                _ => unreachable!("the item sent is the one returned"),
+            },
+        }
+    }
+
     /// Queues the presence record of a local member.
     fn record_member(&self, tenant: &str, room: &str, peer: u32, user: &str) {
         let key = self.presence_key(tenant, room);
@@ -657,9 +739,15 @@ impl Node {
     }
 
     /// Seeds the replica of each room channel in `channels` from its
-    /// presence hash (right after subscribing, so later announcements apply
-    /// on top).
-    async fn snapshot(&self, channels: &[String]) -> redis::RedisResult<()> {
+    /// presence hash, and syncs the history mirror of rooms that keep one
+    /// (right after subscribing, so later announcements and publications
+    /// apply on top). Returns the rooms whose history was synced: their
+    /// members got what they missed, or `sys.resync`.
+    async fn snapshot(
+        &self,
+        channels: &[String],
+    ) -> redis::RedisResult<std::collections::HashSet<String>> {
+        let mut synced = std::collections::HashSet::new();
         let rooms: Vec<(Arc<Shard>, &str)> = channels
             .iter()
             .filter_map(|c| match self.parse_channel(c) {
@@ -669,13 +757,44 @@ impl Node {
             .collect();
         for chunk in rooms.chunks(link::SUBSCRIBE_BATCH) {
             let mut pipe = redis::pipe();
+            let mut histories = Vec::new();
             for (shard, room) in chunk {
                 pipe.cmd("HGETALL")
                     .arg(self.presence_key(&shard.tenant, room));
             }
+            for (shard, room) in chunk {
+                if let Some(policy) = *shard.history.lock() {
+                    let ttl_ms = u64::try_from(policy.ttl.as_millis()).unwrap_or(u64::MAX);
+                    pipe.cmd("EVAL")
+                        .arg(HISTORY)
+                        .arg(2)
+                        .arg(self.history_meta_key(&shard.tenant, room))
+                        .arg(self.history_key(&shard.tenant, room))
+                        .arg(fresh_epoch())
+                        .arg(ttl_ms.saturating_add(META_GRACE_MS));
+                    histories.push((shard, *room, policy));
+                }
+            }
             let mut conn = self.commands.clone();
-            let replies: Vec<HashMap<u32, String>> =
-                link::call(pipe.query_async(&mut conn)).await?;
+            let mut replies: Vec<redis::Value> = link::call(pipe.query_async(&mut conn)).await?;
+            let history_replies = replies.split_off(chunk.len());
+            for ((shard, room, policy), reply) in histories.into_iter().zip(history_replies) {
+                let Some((epoch, last, entries)) = history_reply(reply) else {
+                    self.metrics.error("snapshot", 1);
+                    continue;
+                };
+                let outcome = shard
+                    .local
+                    .sync_history(room, (&epoch, last), entries, policy);
+                if outcome == Synced::Reset && shard.local.room_size(room) > 0 {
+                    resync(&shard.local, room);
+                }
+                synced.insert(self.channel(Topic::Room, &shard.tenant, room));
+            }
+            let replies: Vec<HashMap<u32, String>> = replies
+                .into_iter()
+                .map(|v| redis::from_redis_value(v).unwrap_or_default())
+                .collect();
             for ((shard, room), members) in chunk.iter().zip(replies) {
                 let members = members
                     .into_iter()
@@ -695,7 +814,7 @@ impl Node {
                 shard.remote.replace(room, members);
             }
         }
-        Ok(())
+        Ok(synced)
     }
 
     /// A peer node stopped heartbeating: its members leave every room here
@@ -759,10 +878,13 @@ impl Node {
                 return;
             }
         };
-        if origin == self.nonce {
+        let own = origin == self.nonce;
+        if own && !matches!(msg, BusMessage::Recorded { .. }) {
             return;
         }
-        self.metrics.received.inc();
+        if !own {
+            self.metrics.received.inc();
+        }
         let Some((topic, tenant, name)) = self.parse_channel(channel) else {
             return;
         };
@@ -780,6 +902,20 @@ impl Node {
             (Topic::User, BusMessage::Disconnect { code, notice }) => {
                 local.disconnect_user(name, notice.as_ref(), code);
             }
+            (Topic::Room, BusMessage::Recorded { exclude, frame }) => {
+                // Session ids are per node: only the publisher's exclusion
+                // means anything here.
+                let exclude = (own && exclude != 0).then(|| SessionId::new(exclude));
+                let policy = *shard.history.lock();
+                match (wire::recorded_position(&frame), policy) {
+                    (Some(position), Some(policy)) => {
+                        local.publish_shared(name, position, &frame, policy, exclude);
+                    }
+                    _ => {
+                        local.publish(name, &frame, Qos::Reliable, exclude);
+                    }
+                }
+            }
             (Topic::Room, BusMessage::Resync) => resync(local, name),
             (Topic::Room, BusMessage::Joined { peer, node, user }) => {
                 let member = RemoteMember {
@@ -795,11 +931,14 @@ impl Node {
     }
 
     /// After a pub/sub outage this node cannot know what its sessions
-    /// missed: every local member of every room gets `sys.resync`.
-    fn resync_local_rooms(&self) {
+    /// missed in rooms without history (or whose history could not be
+    /// synced): every local member of those gets `sys.resync`.
+    fn resync_local_rooms(&self, synced: &std::collections::HashSet<String>) {
         for shard in self.shards() {
             for room in shard.local.room_names() {
-                resync(&shard.local, &room);
+                if !synced.contains(&self.channel(Topic::Room, &shard.tenant, &room)) {
+                    resync(&shard.local, &room);
+                }
             }
         }
     }
@@ -821,6 +960,73 @@ end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 return kicked
 ";
+
+/// Milliseconds a room's history position outlives its stream, so a quiet
+/// room keeps its epoch a little past its last retained publication.
+const META_GRACE_MS: u64 = 600_000;
+
+/// Records one publication in a room's history and publishes it.
+/// KEYS[1]: the room's position hash, KEYS[2]: its stream. ARGV: channel,
+/// payload head, middle, tail (see `wire::RecordedTemplate`), a fresh epoch
+/// (used when the room has none: new, expired or lost), history size,
+/// history TTL (ms), now (ms), position TTL (ms). Returns the offset.
+const RECORD: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local payload = ARGV[2] .. offset .. ARGV[3] .. epoch .. ARGV[4]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], offset .. '-1', 't', ARGV[8], 'p', payload)
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
+redis.call('PUBLISH', ARGV[1], payload)
+return offset
+";
+
+/// A room's history position and retained publications (creating the
+/// position under a fresh epoch when the room has none).
+/// KEYS[1]: position hash, KEYS[2]: stream. ARGV: fresh epoch, position TTL.
+/// Returns {epoch, offset, XRANGE of the stream}.
+const HISTORY: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return {epoch, redis.call('HGET', KEYS[1], 'offset'), redis.call('XRANGE', KEYS[2], '-', '+')}
+";
+
+fn fresh_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Reads a [`HISTORY`] reply: epoch, newest offset and the retained frames
+/// (offset, when published, frame), oldest first.
+fn history_reply(reply: redis::Value) -> Option<(String, u64, Vec<Retained>)> {
+    type Stream = Vec<(String, HashMap<String, Vec<u8>>)>;
+    let (epoch, offset, entries): (String, u64, Stream) = redis::from_redis_value(reply).ok()?;
+    let now_ms = link::now_ms();
+    let now = tokio::time::Instant::now();
+    let mut out = Vec::with_capacity(entries.len());
+    for (id, mut fields) in entries {
+        let at: u64 = std::str::from_utf8(fields.get("t")?).ok()?.parse().ok()?;
+        let payload = fields.remove("p")?;
+        let offset: u64 = id.split_once('-')?.0.parse().ok()?;
+        let (_, BusMessage::Recorded { frame, .. }) =
+            BusMessage::decode(bytes::Bytes::from(payload)).ok()?
+        else {
+            return None;
+        };
+        let age = Duration::from_millis(now_ms.saturating_sub(at));
+        out.push((offset, now.checked_sub(age).unwrap_or(now), frame));
+    }
+    Some((epoch, offset, out))
+}
 
 /// Sends every local member of `room` `sys.resync` with the room's history
 /// position (README "Room history and recovery"), or no position when the

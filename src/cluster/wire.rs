@@ -13,10 +13,14 @@
 //!   5 member joined:             [peer: u32][node id length: u8][node id][user…]
 //!   6 member left:               [peer: u32]
 //!   7 kick (4001):               [session members, newline separated]
+//!   8 recorded room frame:       [excluded session: u64, 0 none][text payload…]
 //! ```
 //!
 //! `origin` is the publishing node's process nonce: a node receives its own
-//! publications back from Redis and skips them (it delivered locally at once).
+//! publications back from Redis and skips them (it delivered locally at once),
+//! except recorded ones (kind 8): Redis assigns their offsets and publishes
+//! them, so every node, the publisher included, delivers them in Redis's
+//! order; the excluded session is one of the publisher's.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tungstenite::Message;
@@ -68,6 +72,14 @@ pub(crate) enum BusMessage {
     Left {
         /// Peer number.
         peer: u32,
+    },
+    /// A reliable room frame with a history offset and epoch assigned by
+    /// Redis (README "Cluster"), for every node including the publisher.
+    Recorded {
+        /// The publisher's session that does not get it (0: none).
+        exclude: u64,
+        /// The client frame (text: it carries `offset` and `epoch`).
+        frame: Message,
     },
     /// Replace these sessions of the channel's user (`<node>/<sid>` each):
     /// `sys.kicked`, then Close 4001.
@@ -137,6 +149,14 @@ impl BusMessage {
                 let mut buf = BytesMut::with_capacity(HEADER + 4);
                 header(&mut buf, 6, origin);
                 buf.put_u32_le(*peer);
+                return buf.to_vec();
+            }
+            Self::Recorded { exclude, frame } => {
+                let payload = frame_parts(frame).1;
+                let mut buf = BytesMut::with_capacity(HEADER + 8 + payload.len());
+                header(&mut buf, 8, origin);
+                buf.put_u64_le(*exclude);
+                buf.put_slice(payload);
                 return buf.to_vec();
             }
             Self::Kick { members } => {
@@ -229,6 +249,17 @@ impl BusMessage {
                         .collect(),
                 }
             }
+            8 => {
+                if raw.len() < HEADER + 8 {
+                    return Err(WireError::Truncated);
+                }
+                let mut exclude = [0u8; 8];
+                exclude.copy_from_slice(&raw[HEADER..HEADER + 8]);
+                Self::Recorded {
+                    exclude: u64::from_le_bytes(exclude),
+                    frame: frame(0, raw.slice(HEADER + 8..))?,
+                }
+            }
             6 => {
                 let body = &raw[HEADER..];
                 if body.len() < 4 {
@@ -242,6 +273,80 @@ impl BusMessage {
         };
         Ok((origin, msg))
     }
+}
+
+/// A recorded publication's bus payload with holes for the offset and the
+/// epoch, which only Redis knows: `head`, offset digits, `middle`, epoch,
+/// `tail` (the script that assigns them concatenates the parts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecordedTemplate {
+    /// The bus header and the frame up to the offset digits.
+    pub head: Vec<u8>,
+    /// Between the offset digits and the epoch.
+    pub middle: String,
+    /// After the epoch.
+    pub tail: String,
+}
+
+/// Stand-ins the encoder is asked to write, found again to cut the frame.
+const OFFSET_MARK: u64 = u64::MAX;
+const EPOCH_MARK: &str = "0000000000000000";
+
+impl RecordedTemplate {
+    /// Cuts the frame `encode` builds (offset and epoch as in
+    /// [`crate::protocol::ext::Outgoing`]: `"offset":N,"epoch":"E"` before
+    /// any `data`) into a template; `None` when the frame has no such pair.
+    pub(crate) fn new(
+        origin: u64,
+        exclude: u64,
+        encode: &dyn Fn(u64, &str) -> Message,
+    ) -> Option<Self> {
+        let Message::Text(text) = encode(OFFSET_MARK, EPOCH_MARK) else {
+            return None;
+        };
+        let text = text.as_str();
+        // Field names are quoted and string values escape quotes, so the
+        // first `"offset":` is the envelope's own.
+        let key = "\"offset\":";
+        let at = text.find(key)? + key.len();
+        let digits = OFFSET_MARK.to_string();
+        let rest = text[at..].strip_prefix(digits.as_str())?;
+        let middle = ",\"epoch\":\"";
+        let after = rest.strip_prefix(middle)?.strip_prefix(EPOCH_MARK)?;
+        let mut head = BusMessage::Recorded {
+            exclude,
+            frame: Message::text(&text[..at]),
+        }
+        .encode(origin);
+        head.shrink_to_fit();
+        Some(Self {
+            head,
+            middle: middle.to_owned(),
+            tail: after.to_owned(),
+        })
+    }
+
+    /// The frame for `offset` and `epoch` (what Redis would publish),
+    /// without the bus header.
+    pub(crate) fn frame(&self, offset: u64, epoch: &str) -> Message {
+        let head = std::str::from_utf8(&self.head[HEADER + 8..]).unwrap_or_default();
+        Message::text(format!("{head}{offset}{}{epoch}{}", self.middle, self.tail))
+    }
+}
+
+/// The offset and epoch of a recorded frame (see [`RecordedTemplate`]).
+pub(crate) fn recorded_position(frame: &Message) -> Option<(u64, &str)> {
+    let Message::Text(text) = frame else {
+        return None;
+    };
+    let text = text.as_str();
+    let key = "\"offset\":";
+    let rest = &text[text.find(key)? + key.len()..];
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    let offset = rest[..end].parse().ok()?;
+    let epoch = rest[end..].strip_prefix(",\"epoch\":\"")?;
+    let epoch = &epoch[..epoch.find('"')?];
+    Some((offset, epoch))
 }
 
 fn header(buf: &mut BytesMut, kind: u8, origin: u64) {
@@ -287,6 +392,41 @@ mod tests {
     }
 
     #[test]
+    fn recorded_frames_are_cut_around_offset_and_epoch() {
+        let encode = |offset: u64, epoch: &str| {
+            crate::protocol::ext::Outgoing::new("chat", "msg")
+                .room(Some("r\"offset\":1"))
+                .offset(Some(offset))
+                .epoch(Some(epoch))
+                .data(Some(&crate::protocol::ext::raw(
+                    &serde_json::json!({"offset": 5, "epoch": "x"}),
+                )))
+                .encode()
+        };
+        let t = RecordedTemplate::new(9, 42, &encode).expect("template");
+        assert_eq!(
+            t.frame(17, "abcdef0123456789"),
+            encode(17, "abcdef0123456789")
+        );
+        // What the script publishes decodes as the frame Redis numbered.
+        let mut payload = t.head.clone();
+        payload.extend_from_slice(format!("17{}e1{}", t.middle, t.tail).as_bytes());
+        let (origin, msg) = BusMessage::decode(Bytes::from(payload)).expect("decode");
+        assert_eq!(origin, 9);
+        let BusMessage::Recorded { exclude, frame } = msg else {
+            panic!("{msg:?}");
+        };
+        assert_eq!(exclude, 42);
+        assert_eq!(frame, encode(17, "e1"));
+        assert_eq!(recorded_position(&frame), Some((17, "e1")));
+        // No offset in the frame: nothing to cut.
+        assert_eq!(
+            RecordedTemplate::new(9, 0, &|_, _| Message::text(r#"{"v":1}"#)),
+            None
+        );
+    }
+
+    #[test]
     fn every_kind_round_trips() {
         round_trip(BusMessage::Room {
             qos: Qos::Reliable,
@@ -315,6 +455,10 @@ mod tests {
             user: "user:élan".into(),
         });
         round_trip(BusMessage::Left { peer: 9 });
+        round_trip(BusMessage::Recorded {
+            exclude: 7,
+            frame: Message::text(r#"{"v":1,"offset":3,"epoch":"e"}"#),
+        });
         round_trip(BusMessage::Kick {
             members: vec!["edge-1/7".into(), "edge-2/42".into()],
         });

@@ -20,6 +20,9 @@ pub struct HistoryPolicy {
     pub ttl: Duration,
 }
 
+/// One retained publication: its offset, when it was published, the frame.
+pub type Retained = (u64, Instant, Message);
+
 /// A client's last seen position in a room.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +39,10 @@ pub struct RoomHistory {
     epoch: String,
     /// Offset the next publication gets (the first is 1).
     next_offset: u64,
-    entries: VecDeque<(u64, Instant, Message)>,
+    entries: VecDeque<Retained>,
+    /// The epoch is this node's own while the shared (Redis) sequence is
+    /// unreachable (see [`RoomHistory::diverge`]).
+    local_only: bool,
 }
 
 impl Default for RoomHistory {
@@ -58,9 +64,10 @@ impl RoomHistory {
     /// An empty history with a fresh epoch.
     pub fn new() -> Self {
         Self {
-            epoch: format!("{:016x}", rand::random::<u64>()),
+            epoch: fresh_epoch(),
             next_offset: 1,
             entries: VecDeque::new(),
+            local_only: false,
         }
     }
 
@@ -130,6 +137,101 @@ impl RoomHistory {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Takes a publication whose offset and epoch were assigned elsewhere
+    /// (cluster mode: by Redis, for every node). Returns false for one
+    /// already held (not to be delivered twice). A new epoch starts the
+    /// history over; an offset past the next expected one leaves a gap, so
+    /// what came before can no longer be recovered here.
+    pub fn insert(
+        &mut self,
+        offset: u64,
+        epoch: &str,
+        msg: Message,
+        policy: HistoryPolicy,
+        now: Instant,
+    ) -> bool {
+        if epoch != self.epoch {
+            epoch.clone_into(&mut self.epoch);
+            self.local_only = false;
+            self.entries.clear();
+        } else if offset < self.next_offset {
+            return false;
+        } else if offset > self.next_offset {
+            self.entries.clear();
+        }
+        self.next_offset = offset + 1;
+        self.entries.push_back((offset, now, msg));
+        self.trim(policy, now);
+        true
+    }
+
+    /// Leaves the shared sequence (cluster mode, Redis unreachable): the
+    /// room goes on under a fresh epoch of this node's own, so no client
+    /// mistakes these offsets for the shared ones. Idempotent until the
+    /// history is synced again.
+    pub fn diverge(&mut self) {
+        if !self.local_only {
+            self.epoch = fresh_epoch();
+            self.entries.clear();
+            self.local_only = true;
+        }
+    }
+
+    /// Brings the history in line with the shared one (`epoch`, newest
+    /// offset `last`, the retained `entries` oldest first, each with its
+    /// offset and when it was published).
+    pub fn sync(
+        &mut self,
+        epoch: &str,
+        last: u64,
+        entries: Vec<Retained>,
+        policy: HistoryPolicy,
+        now: Instant,
+    ) -> Synced {
+        if epoch == self.epoch && !self.local_only {
+            if last <= self.last_offset() {
+                return Synced::Current;
+            }
+            let behind = self.last_offset();
+            if entries.iter().any(|(o, _, _)| *o == behind + 1)
+                && entries.last().is_some_and(|(o, _, _)| *o == last)
+            {
+                let missed: Vec<_> = entries
+                    .into_iter()
+                    .filter(|(o, _, _)| *o > behind)
+                    .collect();
+                let frames = missed.iter().map(|(_, _, m)| m.clone()).collect();
+                self.entries.extend(missed);
+                self.next_offset = last + 1;
+                self.trim(policy, now);
+                return Synced::Repaired(frames);
+            }
+        }
+        self.entries = entries.into();
+        epoch.clone_into(&mut self.epoch);
+        self.local_only = false;
+        self.next_offset = last + 1;
+        self.trim(policy, now);
+        Synced::Reset
+    }
+}
+
+/// What [`RoomHistory::sync`] did.
+#[derive(Debug, PartialEq)]
+pub enum Synced {
+    /// Nothing was missing.
+    Current,
+    /// These publications were missing and are now held, in offset order:
+    /// deliver them to the room's members.
+    Repaired(Vec<Message>),
+    /// The history was replaced (another epoch, or a gap that cannot be
+    /// filled): members should be told to resync.
+    Reset,
+}
+
+fn fresh_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 #[cfg(test)]
@@ -256,5 +358,63 @@ mod tests {
             h.epoch(),
             "a new history has a new epoch"
         );
+    }
+
+    #[test]
+    fn shared_offsets_are_taken_once_and_in_order() {
+        let p = policy(10, 60_000);
+        let now = Instant::now();
+        let mut h = RoomHistory::new();
+        assert!(h.insert(1, "e1", enc(1, "e1"), p, now));
+        assert!(h.insert(2, "e1", enc(2, "e1"), p, now));
+        assert!(!h.insert(2, "e1", enc(2, "e1"), p, now), "duplicate");
+        assert_eq!((h.epoch(), h.last_offset()), ("e1", 2));
+        let since = |offset| Since {
+            epoch: "e1".into(),
+            offset,
+        };
+        assert_eq!(
+            texts(h.recover(&since(0), p, now)),
+            Some(vec!["1".into(), "2".into()])
+        );
+        // A gap: 3 never arrived, so nothing before 4 can be recovered.
+        assert!(h.insert(4, "e1", enc(4, "e1"), p, now));
+        assert_eq!(texts(h.recover(&since(1), p, now)), None);
+        assert_eq!(texts(h.recover(&since(3), p, now)), Some(vec!["4".into()]));
+        // A new epoch (Redis lost its data) starts over.
+        assert!(h.insert(1, "e2", enc(1, "e2"), p, now));
+        assert_eq!((h.epoch(), h.last_offset()), ("e2", 1));
+        assert_eq!(texts(h.recover(&since(4), p, now)), None);
+    }
+
+    #[test]
+    fn sync_repairs_a_contiguous_gap_and_resets_otherwise() {
+        let p = policy(10, 60_000);
+        let now = Instant::now();
+        let shared = |from: u64, to: u64| {
+            (from..=to)
+                .map(|o| (o, now, enc(o, "e1")))
+                .collect::<Vec<_>>()
+        };
+        let mut h = RoomHistory::new();
+        assert_eq!(h.sync("e1", 2, shared(1, 2), p, now), Synced::Reset);
+        assert_eq!(h.sync("e1", 2, shared(1, 2), p, now), Synced::Current);
+        match h.sync("e1", 4, shared(1, 4), p, now) {
+            Synced::Repaired(frames) => assert_eq!(frames.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.last_offset(), 4);
+        // Trimmed in Redis past what this node holds: cannot be repaired.
+        assert_eq!(h.sync("e1", 9, shared(7, 9), p, now), Synced::Reset);
+        assert_eq!(h.last_offset(), 9);
+        // Local-only publications (Redis away) never count as shared ones.
+        h.diverge();
+        let local = h.epoch().to_owned();
+        assert_ne!(local, "e1");
+        h.record(p, now, &enc);
+        h.diverge();
+        assert_eq!(h.epoch(), local, "diverge is idempotent");
+        assert_eq!(h.sync("e1", 9, shared(7, 9), p, now), Synced::Reset);
+        assert_eq!((h.epoch(), h.last_offset()), ("e1", 9));
     }
 }

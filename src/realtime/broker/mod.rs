@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use tungstenite::Message;
 
 use super::SessionId;
-use super::history::{HistoryPolicy, Recovery, RoomHistory, Since};
+use super::history::{HistoryPolicy, Recovery, Retained, RoomHistory, Since, Synced};
 use super::outbox::{Outbox, Pushed, Qos};
 use crate::error::{CloseCode, RoomError};
 
@@ -330,6 +330,11 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// `member_left`, for members it removes on its own (a cluster broker
     /// whose peer node died). Applied with every config.
     fn presence_events(&self, _on: bool) {}
+
+    /// Tells the broker the tenant's room history settings, for
+    /// publications it records on its own (a cluster broker applying those
+    /// of other nodes). Applied with every config.
+    fn history_policy(&self, _policy: Option<HistoryPolicy>) {}
 }
 
 /// A room's history position as a join reports it.
@@ -456,6 +461,66 @@ impl LocalBroker {
         let h = self.histories.get(room)?;
         let h = h.lock();
         Some((h.epoch().to_owned(), h.last_offset()))
+    }
+
+    /// Takes a publication recorded elsewhere (cluster mode: offset and
+    /// epoch assigned by Redis) into `room`'s history and, unless it was
+    /// already held, delivers it to the local members (but `exclude`).
+    /// `None` when it was a duplicate.
+    pub fn publish_shared(
+        &self,
+        room: &str,
+        (offset, epoch): (u64, &str),
+        msg: &Message,
+        policy: HistoryPolicy,
+        exclude: Option<SessionId>,
+    ) -> Option<Delivery> {
+        let history = self.history(room);
+        let mut h = history.lock();
+        let now = tokio::time::Instant::now();
+        if !h.insert(offset, epoch, msg.clone(), policy, now) {
+            return None;
+        }
+        // Under the history lock: members see offsets in order.
+        Some(self.publish(room, msg, Qos::Reliable, exclude))
+    }
+
+    /// [`Broker::publish_recorded`] under an epoch of this broker's own
+    /// (cluster mode while the shared sequence is unreachable, see
+    /// [`RoomHistory::diverge`]).
+    pub fn publish_diverged(
+        &self,
+        room: &str,
+        policy: HistoryPolicy,
+        exclude: Option<SessionId>,
+        encode: &dyn Fn(u64, &str) -> Message,
+    ) -> (Delivery, Message) {
+        let history = self.history(room);
+        let mut h = history.lock();
+        h.diverge();
+        let msg = h.record(policy, tokio::time::Instant::now(), encode);
+        (self.publish(room, &msg, Qos::Reliable, exclude), msg)
+    }
+
+    /// Brings `room`'s history in line with the shared one (cluster mode,
+    /// after subscribing or after an outage) and delivers what the local
+    /// members missed, when that is a contiguous run; see [`RoomHistory::sync`].
+    pub fn sync_history(
+        &self,
+        room: &str,
+        (epoch, last): (&str, u64),
+        entries: Vec<Retained>,
+        policy: HistoryPolicy,
+    ) -> Synced {
+        let history = self.history(room);
+        let mut h = history.lock();
+        let synced = h.sync(epoch, last, entries, policy, tokio::time::Instant::now());
+        if let Synced::Repaired(frames) = &synced {
+            for f in frames {
+                self.publish(room, f, Qos::Reliable, None);
+            }
+        }
+        synced
     }
 
     fn remove_member(&self, room_name: &str, sid: SessionId) -> Option<u32> {
