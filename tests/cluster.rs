@@ -703,6 +703,11 @@ async fn a_crashed_node_leaves_presence_within_node_ttl() {
         redis.cmd::<u64>(&["HLEN", "wsprism:presence:{acme:lobby}"]) == 1
     })
     .await;
+    eventually("the dead node's seats are given back", || async {
+        redis.cmd::<u64>(&["ZCARD", "wsprism:seats:{acme}:lobby"]) == 1
+            && redis.cmd::<Option<u64>>(&["HGET", "wsprism:rooms:{acme}", "lobby"]) == Some(1)
+    })
+    .await;
     eventually("u2 admitted once the dead node is buried", || async {
         admitted(&a, "t2").await.0 == 101
     })
@@ -1002,4 +1007,99 @@ async fn history_during_a_redis_outage_is_local_and_members_resync_after() {
     };
     assert_eq!(m["epoch"], epoch.as_str());
     assert_eq!(m["offset"], 1);
+}
+
+#[tokio::test]
+async fn tenant_and_room_caps_count_every_node() {
+    let redis = RedisServer::start();
+    let caps = |cfg: TestConfig| {
+        cfg.limits(|l| {
+            l.max_sessions_total = 3;
+            l.max_users_per_room = 2;
+            l.max_rooms_total = 2;
+        })
+    };
+    let (a, b) = two_nodes(&redis, caps).await;
+
+    // max_sessions_total: three sessions over two nodes fill the tenant;
+    // concurrent connects to both nodes never pass it.
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u2 = b.client("acme", "t2").await;
+    let attempts = (0..6).map(|i| admitted(if i % 2 == 0 { &a } else { &b }, "t3"));
+    let results = futures_util::future::join_all(attempts).await;
+    let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 101).count(),
+        1,
+        "one slot was left: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 101 || *s == 503),
+        "{statuses:?}"
+    );
+    let mut u3 = results
+        .into_iter()
+        .find_map(|(_, c)| c)
+        .expect("the admitted one");
+
+    // max_users_per_room: two members, one per node, fill the room.
+    u1.join("r1").await;
+    u2.join("r1").await;
+    u3.send_json(json!({"v":1,"svc":"room","type":"join","room":"r1","seq":7}))
+        .await;
+    let refused = u3.recv_type("error").await;
+    assert_eq!(refused["data"]["code"], "ROOM_FULL", "{refused}");
+    assert_eq!(refused["seq"], 7);
+    // max_rooms_total: r1 and r2 exist (on different nodes' members), so a
+    // third room is refused wherever it is asked for.
+    u3.join("r2").await;
+    u1.send_json(json!({"v":1,"svc":"room","type":"join","room":"r3","seq":8}))
+        .await;
+    let refused = u1.recv_type("error").await;
+    assert_eq!(refused["data"]["code"], "ROOM_LIMIT", "{refused}");
+    let rooms: std::collections::HashMap<String, u64> =
+        redis.cmd(&["HGETALL", "wsprism:rooms:{acme}"]);
+    assert_eq!(rooms.get("r1"), Some(&2), "{rooms:?}");
+    assert_eq!(rooms.get("r2"), Some(&1), "{rooms:?}");
+
+    // Leaving frees the seat on every node; a room with no member left
+    // frees its place among the rooms.
+    u2.send_json(json!({"v":1,"svc":"room","type":"leave","room":"r1"}))
+        .await;
+    let mut seated = false;
+    for _ in 0..50 {
+        u3.send_json(json!({"v":1,"svc":"room","type":"join","room":"r1"}))
+            .await;
+        let v = loop {
+            let v = u3.recv_json().await;
+            if v["type"] == "joined" || v["type"] == "error" {
+                break v;
+            }
+        };
+        if v["type"] == "joined" {
+            seated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seated, "the seat u2 left was freed");
+    u3.send_json(json!({"v":1,"svc":"room","type":"leave","room":"r2"}))
+        .await;
+    eventually("room freed", || async {
+        let rooms: std::collections::HashMap<String, u64> =
+            redis.cmd(&["HGETALL", "wsprism:rooms:{acme}"]);
+        !rooms.contains_key("r2")
+    })
+    .await;
+    u1.send_json(json!({"v":1,"svc":"room","type":"join","room":"r3","seq":9}))
+        .await;
+    assert_eq!(u1.recv_type("joined").await["seq"], 9);
+
+    // A closed session frees its tenant slot on every node.
+    drop(u2);
+    eventually("tenant slot freed", || async {
+        let (s, _c) = admitted(&a, "t4").await;
+        s == 101
+    })
+    .await;
 }

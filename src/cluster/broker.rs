@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use tungstenite::Message;
@@ -117,6 +117,19 @@ pub(crate) struct Shard {
     pub presence_events: AtomicBool,
     /// The tenant's room history settings (none: no history).
     pub history: parking_lot::Mutex<Option<HistoryPolicy>>,
+    /// The tenant's `max_sessions_total` as last admitted against (0: none).
+    pub sessions_cap: AtomicU64,
+    /// Seats taken by [`Broker::prepare_join`] for joins not applied yet.
+    seats: DashMap<(SessionId, Arc<str>), Seat>,
+}
+
+/// A seat taken (or refused) before a join is applied.
+#[derive(Debug, Clone, Copy)]
+enum Seat {
+    /// Taken in Redis: the join keeps it (or gives it back).
+    Taken,
+    /// Refused by a cluster-wide room cap: the join fails with this.
+    Refused(RoomError),
 }
 
 /// The broker of one tenant in `cluster.mode: redis`.
@@ -135,6 +148,8 @@ impl ClusterBroker {
             remote: Remote::default(),
             presence_events: AtomicBool::new(false),
             history: parking_lot::Mutex::new(None),
+            sessions_cap: AtomicU64::new(0),
+            seats: DashMap::new(),
         });
         node.attach(&shard);
         Self { shard, node }
@@ -175,9 +190,17 @@ impl ClusterBroker {
     }
 
     /// Records and announces a new local member of `room`.
-    fn member_joined(&self, room: &str, joined: &Joined, user: &str) {
+    fn member_joined(&self, sid: SessionId, room: &str, joined: &Joined, user: &str) {
         if !joined.new {
             return;
+        }
+        // A seat taken before the join stays; a join that did not wait for
+        // one (no room cap, or Redis away) is counted now.
+        if !matches!(
+            self.shard.seats.remove(&(sid, Arc::from(room))),
+            Some((_, Seat::Taken))
+        ) {
+            self.node.record_seat(&self.shard.tenant, room, sid);
         }
         self.node
             .record_member(&self.shard.tenant, room, joined.peer, user);
@@ -196,11 +219,34 @@ impl ClusterBroker {
     }
 
     /// Removes and announces a local member of `room` that left.
-    fn member_left(&self, room: &str, peer: u32) {
+    fn member_left(&self, sid: SessionId, room: &str, peer: u32) {
+        self.node
+            .release_seat(&self.shard.tenant, room, &self.node.session_member(sid));
         self.node.forget_member(&self.shard.tenant, room, peer);
         self.bus(Topic::Room, room, &BusMessage::Left { peer });
         if self.local().room_size(room) == 0 {
             self.room_changed(room);
+        }
+    }
+
+    /// The refusal a cluster-wide room cap gave this join, if any.
+    fn seat_refused(&self, sid: SessionId, room: &str) -> Result<(), RoomError> {
+        let key = (sid, Arc::from(room));
+        match self
+            .shard
+            .seats
+            .remove_if(&key, |_, s| matches!(s, Seat::Refused(_)))
+        {
+            Some((_, Seat::Refused(e))) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives back a seat taken for a join that did not happen.
+    fn give_back_seat(&self, sid: SessionId, room: &str) {
+        if let Some((_, Seat::Taken)) = self.shard.seats.remove(&(sid, Arc::from(room))) {
+            self.node
+                .release_seat(&self.shard.tenant, room, &self.node.session_member(sid));
         }
     }
 
@@ -238,13 +284,16 @@ impl Broker for ClusterBroker {
             // Redis away: the caps count this node only until it is back.
             return None;
         }
+        self.shard
+            .sessions_cap
+            .store(limits.max_sessions_total, Ordering::Release);
         let node = Arc::clone(&self.node);
         let shard = Arc::clone(&self.shard);
         let user = user.to_owned();
         Some(Box::pin(async move {
             match node.reserve(&shard.tenant, &user, sid, limits).await {
-                Ok(None) => Err(RegisterError::UserLimit),
-                Ok(Some(kicked)) => {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(kicked)) => {
                     if !kicked.is_empty() {
                         node.kick_local(&shard, &kicked);
                         let channel = node.channel(Topic::User, &shard.tenant, &user);
@@ -271,7 +320,18 @@ impl Broker for ClusterBroker {
             }
         }
         for (room, peer) in &left {
-            self.member_left(room, *peer);
+            self.member_left(sid, room, *peer);
+        }
+        // Seats taken for joins that never happened.
+        let unused: Vec<Arc<str>> = self
+            .shard
+            .seats
+            .iter()
+            .filter(|e| e.key().0 == sid)
+            .map(|e| Arc::clone(&e.key().1))
+            .collect();
+        for room in unused {
+            self.give_back_seat(sid, &room);
         }
         left
     }
@@ -281,16 +341,20 @@ impl Broker for ClusterBroker {
     }
 
     fn join(&self, sid: SessionId, room: &str, limits: RoomLimits) -> Result<Joined, RoomError> {
-        let joined = self.local().join(sid, room, limits)?;
+        self.seat_refused(sid, room)?;
+        let joined = self
+            .local()
+            .join(sid, room, limits)
+            .inspect_err(|_| self.give_back_seat(sid, room))?;
         if let Some(s) = self.local().session(sid) {
-            self.member_joined(room, &joined, &s.user);
+            self.member_joined(sid, room, &joined, &s.user);
         }
         Ok(self.with_remote(room, joined))
     }
 
     fn leave(&self, sid: SessionId, room: &str) -> Result<u32, RoomError> {
         let peer = self.local().leave(sid, room)?;
-        self.member_left(room, peer);
+        self.member_left(sid, room, peer);
         Ok(peer)
     }
 
@@ -412,6 +476,7 @@ impl Broker for ClusterBroker {
         since: Option<&Since>,
         notice: &dyn Fn(&Joined, &HistoryState) -> Message,
     ) -> Result<Joined, RoomError> {
+        self.seat_refused(sid, room)?;
         let remote = self.shard.remote.count(room);
         let joined = self
             .local()
@@ -419,9 +484,10 @@ impl Broker for ClusterBroker {
                 let mut j = j.clone();
                 j.members += remote;
                 notice(&j, h)
-            })?;
+            })
+            .inspect_err(|_| self.give_back_seat(sid, room))?;
         if let Some(s) = self.local().session(sid) {
-            self.member_joined(room, &joined, &s.user);
+            self.member_joined(sid, room, &joined, &s.user);
         }
         Ok(self.with_remote(room, joined))
     }
@@ -430,8 +496,39 @@ impl Broker for ClusterBroker {
         self.local().prune_history(policy);
     }
 
-    fn prepare_join(&self, room: &str) -> Option<BoxFuture> {
-        self.node.subscribe_now(self.channel(Topic::Room, room))
+    fn prepare_join(&self, sid: SessionId, room: &str, limits: RoomLimits) -> Option<BoxFuture> {
+        let subscribe = self.node.subscribe_now(self.channel(Topic::Room, room));
+        let capped = limits.max_users_per_room > 0 || limits.max_rooms_total > 0;
+        let member = self.local().session(sid).is_some_and(|s| s.in_room(room));
+        if !capped || member || !self.node.commands_up.load(Ordering::Acquire) {
+            // Nothing to count against (the seat is recorded at the join),
+            // or Redis away: this node's caps only.
+            return subscribe;
+        }
+        let node = Arc::clone(&self.node);
+        let shard = Arc::clone(&self.shard);
+        let room: Arc<str> = Arc::from(room);
+        Some(Box::pin(async move {
+            if let Some(subscribed) = subscribe {
+                subscribed.await;
+            }
+            match node.take_seat(&shard.tenant, &room, sid, limits).await {
+                Ok(Ok(())) => {
+                    shard.seats.insert((sid, room), Seat::Taken);
+                }
+                Ok(Err(e)) => {
+                    shard.seats.insert((sid, room), Seat::Refused(e));
+                }
+                Err(e) => {
+                    node.metrics.error("seat", 1);
+                    tracing::debug!(node = %node.id, error = %e, "cluster room caps fell back to this node's");
+                }
+            }
+        }))
+    }
+
+    fn cancel_join(&self, sid: SessionId, room: &str) {
+        self.give_back_seat(sid, room);
     }
 
     fn presence_events(&self, on: bool) {

@@ -490,6 +490,10 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
                         node.metrics.error("sessions", 1);
                         tracing::debug!(node = %node.id, error = %e, "cluster session re-assert failed");
                     }
+                    if let Err(e) = node.reconcile_seats().await {
+                        node.metrics.error("seats", 1);
+                        tracing::debug!(node = %node.id, error = %e, "cluster seat re-assert failed");
+                    }
                 }
                 was_up = true;
                 ever_up = true;

@@ -52,10 +52,13 @@ pub use kv::RedisKv;
 
 use crate::config::ClusterConfig;
 use crate::error::CloseCode;
+use crate::error::RoomError;
 use crate::obs::metrics::Metrics;
 use crate::protocol::ext::{Outgoing as ExtFrame, member_event, raw, sys_kicked};
 use crate::realtime::SessionId;
-use crate::realtime::broker::{BoxFuture, Broker as _, LocalBroker, SessionLimits, TenantStats};
+use crate::realtime::broker::{
+    BoxFuture, Broker as _, LocalBroker, RegisterError, RoomLimits, SessionLimits, TenantStats,
+};
 use crate::realtime::history::{HistoryPolicy, Retained, Synced};
 use crate::realtime::outbox::Qos;
 use broker::{RemoteMember, Shard};
@@ -498,6 +501,31 @@ impl Node {
         format!("{}:sessions:{{{tenant}:{user}}}", self.prefix)
     }
 
+    /// Key of the tenant's sessions on every node (a sorted set:
+    /// `<node>/<sid>` by admission time), kept while `max_sessions_total`
+    /// is set.
+    fn tenant_sessions_key(&self, tenant: &str) -> String {
+        format!("{}:tenant-sessions:{{{tenant}}}", self.prefix)
+    }
+
+    /// Key of the tenant's room table (a hash: room → members on every
+    /// node), for `max_rooms_total`. The seat sets share its hash tag, so one
+    /// script reads both.
+    fn rooms_key(&self, tenant: &str) -> String {
+        format!("{}:rooms:{{{tenant}}}", self.prefix)
+    }
+
+    /// Key of a room's seats (a sorted set: `<node>/<sid>` by join time),
+    /// for `max_users_per_room`.
+    fn seats_key(&self, tenant: &str, room: &str) -> String {
+        format!("{}:seats:{{{tenant}}}:{room}", self.prefix)
+    }
+
+    /// Key of the seat sets a node wrote to (a set), for clean-up.
+    fn node_seats_key(&self, id: &str) -> String {
+        format!("{}:node-seats:{{{id}}}", self.prefix)
+    }
+
     /// Key of the session sets a node wrote to (a set), for clean-up.
     fn node_users_key(&self, id: &str) -> String {
         format!("{}:node-users:{{{id}}}", self.prefix)
@@ -514,41 +542,233 @@ impl Node {
         (node == self.id).then(|| sid.parse().ok().map(SessionId::new))?
     }
 
-    /// Admits a session of `user` against the cluster-wide per-user cap
-    /// (one script, atomic across nodes); returns the members to kick.
-    /// `Ok(None)`: the user is at the cap and the policy denies.
+    /// Admits a session of `user` against the cluster-wide caps: the
+    /// tenant's `max_sessions_total` (when set) and the per-user cap, each
+    /// one script, atomic across nodes; returns the members to kick.
     async fn reserve(
         &self,
         tenant: &str,
         user: &str,
         sid: SessionId,
         limits: SessionLimits,
-    ) -> redis::RedisResult<Option<Vec<String>>> {
-        let key = self.sessions_key(tenant, user);
+    ) -> redis::RedisResult<Result<Vec<String>, RegisterError>> {
+        let member = self.session_member(sid);
         let mut conn = self.commands.clone();
+        let total = limits.max_sessions_total;
+        let tenant_key = self.tenant_sessions_key(tenant);
+        // 2: over the tenant cap, admitted only if the user's cap kicks one
+        // of its sessions (which frees a slot, as in local mode).
+        let mut over = false;
+        if total > 0 {
+            let taken: u8 = link::call(
+                redis::cmd("EVAL")
+                    .arg(TAKE_TENANT_SLOT)
+                    .arg(1)
+                    .arg(&tenant_key)
+                    .arg(&member)
+                    .arg(total)
+                    .arg(u8::from(limits.kick_oldest))
+                    .arg(link::now_ms())
+                    .query_async(&mut conn),
+            )
+            .await?;
+            match taken {
+                0 => return Ok(Err(RegisterError::TenantFull)),
+                2 => over = true,
+                _ => {}
+            }
+            let mut index = redis::cmd("SADD");
+            index.arg(self.node_users_key(&self.id)).arg(&tenant_key);
+            self.queue(Outgoing::Command(index));
+        }
+        let key = self.sessions_key(tenant, user);
         let reply = link::call(
             self.reserve
                 .key(&key)
-                .arg(self.session_member(sid))
+                .arg(&member)
                 .arg(limits.max_sessions_per_user.max(1))
                 .arg(u8::from(limits.kick_oldest))
                 .arg(link::now_ms())
                 .invoke_async::<Option<Vec<String>>>(&mut conn),
         )
-        .await?;
+        .await;
+        let verdict = match reply {
+            Ok(None) => Err(RegisterError::UserLimit),
+            Ok(Some(kicked)) if over && kicked.is_empty() => {
+                // Nothing freed: the tenant slot taken above goes back.
+                let mut rem = redis::cmd("ZREM");
+                rem.arg(&key).arg(&member);
+                self.queue(Outgoing::Command(rem));
+                Err(RegisterError::TenantFull)
+            }
+            Ok(Some(kicked)) => Ok(kicked),
+            Err(e) => {
+                if total > 0 {
+                    self.release_tenant_slot(tenant, sid);
+                }
+                return Err(e);
+            }
+        };
+        if verdict.is_err() && total > 0 {
+            self.release_tenant_slot(tenant, sid);
+        }
         let mut index = redis::cmd("SADD");
         index.arg(self.node_users_key(&self.id)).arg(key);
         self.queue(Outgoing::Command(index));
-        Ok(reply)
+        Ok(verdict)
     }
 
     /// Queues the removal of a closed (or refused) local session from its
-    /// user's session set.
+    /// user's session set and the tenant's.
     fn release_session(&self, tenant: &str, user: &str, sid: SessionId) {
         let mut rem = redis::cmd("ZREM");
         rem.arg(self.sessions_key(tenant, user))
             .arg(self.session_member(sid));
         self.queue(Outgoing::Command(rem));
+        self.release_tenant_slot(tenant, sid);
+    }
+
+    fn release_tenant_slot(&self, tenant: &str, sid: SessionId) {
+        let mut rem = redis::cmd("ZREM");
+        rem.arg(self.tenant_sessions_key(tenant))
+            .arg(self.session_member(sid));
+        self.queue(Outgoing::Command(rem));
+    }
+
+    /// Takes `sid`'s seat in `room` against the cluster-wide room caps
+    /// (one script over the tenant's room table and the room's seats).
+    async fn take_seat(
+        &self,
+        tenant: &str,
+        room: &str,
+        sid: SessionId,
+        limits: RoomLimits,
+    ) -> redis::RedisResult<Result<(), RoomError>> {
+        let mut conn = self.commands.clone();
+        let taken: i8 = link::call(
+            self.seat_cmd(tenant, room, sid, limits)
+                .query_async(&mut conn),
+        )
+        .await?;
+        let mut index = redis::cmd("SADD");
+        index
+            .arg(self.node_seats_key(&self.id))
+            .arg(self.seats_key(tenant, room));
+        self.queue(Outgoing::Command(index));
+        Ok(match taken {
+            1 => Ok(()),
+            0 => Err(RoomError::RoomFull),
+            _ => Err(RoomError::RoomLimit),
+        })
+    }
+
+    fn seat_cmd(&self, tenant: &str, room: &str, sid: SessionId, limits: RoomLimits) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(TAKE_SEAT)
+            .arg(2)
+            .arg(self.rooms_key(tenant))
+            .arg(self.seats_key(tenant, room))
+            .arg(self.session_member(sid))
+            .arg(room)
+            .arg(limits.max_users_per_room)
+            .arg(limits.max_rooms_total)
+            .arg(link::now_ms());
+        cmd
+    }
+
+    /// Queues a seat with no cap check (the member joined without waiting:
+    /// no room cap was set, or Redis was away), so the counts stay true.
+    fn record_seat(&self, tenant: &str, room: &str, sid: SessionId) {
+        self.queue(Outgoing::Command(self.seat_cmd(
+            tenant,
+            room,
+            sid,
+            RoomLimits::default(),
+        )));
+        let mut index = redis::cmd("SADD");
+        index
+            .arg(self.node_seats_key(&self.id))
+            .arg(self.seats_key(tenant, room));
+        self.queue(Outgoing::Command(index));
+    }
+
+    /// Queues the release of a seat.
+    fn release_seat(&self, tenant: &str, room: &str, member: &str) {
+        self.queue(Outgoing::Command(self.unseat_cmd(tenant, room, member)));
+    }
+
+    fn unseat_cmd(&self, tenant: &str, room: &str, member: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RELEASE_SEAT)
+            .arg(2)
+            .arg(self.rooms_key(tenant))
+            .arg(self.seats_key(tenant, room))
+            .arg(member)
+            .arg(room);
+        cmd
+    }
+
+    /// Releases every seat that `gone` picks among those the seat sets in
+    /// `index` (a node's `node-seats` set) hold.
+    async fn release_seats(
+        &self,
+        index: &str,
+        gone: impl Fn(&str, &str, &str) -> bool,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.commands.clone();
+        let keys: Vec<String> =
+            link::call(redis::Cmd::smembers(index).query_async(&mut conn)).await?;
+        let head = format!("{}:seats:{{", self.prefix);
+        for key in keys {
+            let Some((tenant, room)) = key.strip_prefix(&head).and_then(|r| r.split_once("}:"))
+            else {
+                continue;
+            };
+            let members: Vec<String> =
+                link::call(redis::Cmd::zrange(&key, 0, -1).query_async(&mut conn)).await?;
+            let mut pipe = redis::pipe();
+            let mut any = false;
+            for m in members.iter().filter(|m| gone(tenant, room, m)) {
+                pipe.add_command(self.unseat_cmd(tenant, room, m)).ignore();
+                any = true;
+            }
+            if any {
+                link::call(pipe.query_async::<()>(&mut conn)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the seat sets agree with this node's rooms (after Redis was
+    /// away): seats of members that left meanwhile go, every local member
+    /// has one.
+    async fn reconcile_seats(&self) -> redis::RedisResult<()> {
+        let index = self.node_seats_key(&self.id);
+        let mut live = std::collections::HashSet::new();
+        for shard in self.shards() {
+            for room in shard.local.room_names() {
+                for s in shard.local.room_sessions(&room) {
+                    live.insert((
+                        shard.tenant.to_string(),
+                        room.to_string(),
+                        self.session_member(s),
+                    ));
+                }
+            }
+        }
+        self.release_seats(&index, |tenant, room, m| {
+            self.local_sid(m).is_some()
+                && !live.contains(&(tenant.to_owned(), room.to_owned(), m.to_owned()))
+        })
+        .await?;
+        for shard in self.shards() {
+            for room in shard.local.room_names() {
+                for sid in shard.local.room_sessions(&room) {
+                    self.record_seat(&shard.tenant, &room, sid);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Closes the local sessions among `members` as replaced (4001).
@@ -579,6 +799,8 @@ impl Node {
         let mut pipe = redis::pipe();
         let now = link::now_ms();
         for shard in self.shards() {
+            let counted = shard.sessions_cap.load(Ordering::Acquire) > 0;
+            let tenant_key = self.tenant_sessions_key(&shard.tenant);
             for s in shard.local.sessions() {
                 let key = self.sessions_key(&shard.tenant, &s.user);
                 pipe.cmd("ZADD")
@@ -588,6 +810,15 @@ impl Node {
                     .arg(self.session_member(s.sid))
                     .ignore();
                 pipe.cmd("SADD").arg(&index).arg(&key).ignore();
+                if counted {
+                    pipe.cmd("ZADD")
+                        .arg(&tenant_key)
+                        .arg("NX")
+                        .arg(now)
+                        .arg(self.session_member(s.sid))
+                        .ignore();
+                    pipe.cmd("SADD").arg(&index).arg(&tenant_key).ignore();
+                }
             }
         }
         link::call(pipe.query_async::<()>(&mut conn)).await
@@ -851,8 +1082,11 @@ impl Node {
         let prefix = format!("{dead}/");
         self.remove_session_members(&users, |m| m.starts_with(&prefix))
             .await?;
+        let seats = self.node_seats_key(dead);
+        self.release_seats(&seats, |_, _, m| m.starts_with(&prefix))
+            .await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(&index).arg(&users).ignore();
+        pipe.cmd("DEL").arg(&index).arg(&users).arg(&seats).ignore();
         link::call(pipe.query_async::<()>(&mut conn)).await?;
         tracing::warn!(node = %self.id, dead, "cluster node silent past node_ttl_ms; its sessions left presence");
         Ok(())
@@ -959,6 +1193,45 @@ if n >= cap then
 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 return kicked
+";
+
+/// Takes a slot of the tenant's `max_sessions_total`.
+/// KEYS[1]: the tenant's session set. ARGV: member, cap, kick (1/0), now.
+/// Returns 1 (taken), 0 (at the cap: refused) or 2 (at the cap but taken,
+/// to be kept only if the user's cap kicks a session).
+const TAKE_TENANT_SLOT: &str = r"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+local over = redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2])
+if over and ARGV[3] ~= '1' then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+if over then return 2 end
+return 1
+";
+
+/// Takes a member's seat in a room against `max_users_per_room` and, for
+/// a room with no member anywhere yet, `max_rooms_total` (0: no cap).
+/// KEYS[1]: the tenant's room table, KEYS[2]: the room's seats. ARGV:
+/// member, room, max users, max rooms, now. Returns 1 (seated), 0 (room
+/// full) or -1 (too many rooms).
+const TAKE_SEAT: &str = r"
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 1 end
+local n = redis.call('ZCARD', KEYS[2])
+local max_rooms = tonumber(ARGV[4])
+if n == 0 and max_rooms > 0 and redis.call('HLEN', KEYS[1]) >= max_rooms then return -1 end
+local max_users = tonumber(ARGV[3])
+if max_users > 0 and n >= max_users then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], n + 1)
+return 1
+";
+
+/// Releases a seat (KEYS and the first two ARGV as [`TAKE_SEAT`]); the
+/// room leaves the table with its last seat.
+const RELEASE_SEAT: &str = r"
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+local n = redis.call('ZCARD', KEYS[2])
+if n == 0 then redis.call('HDEL', KEYS[1], ARGV[2]) else redis.call('HSET', KEYS[1], ARGV[2], n) end
+return 1
 ";
 
 /// Milliseconds a room's history position outlives its stream, so a quiet

@@ -15,7 +15,6 @@ use tungstenite::Utf8Bytes;
 use super::{Flow, SessionCtx};
 use crate::error::{ClientCode, CloseCode, Refusal, ToRefusal};
 use crate::protocol::ext::{self, Envelope, sys_ack, sys_pong};
-use crate::realtime::broker::Broker;
 use crate::realtime::outbox::Qos;
 use crate::services::effects::{self, Target};
 use crate::services::room::{self, Request};
@@ -95,7 +94,7 @@ async fn room_request(
         Request::Leave { room } => Some(room),
         Request::Join { .. } | Request::Presence { .. } => None,
     };
-    ready_for_joins(broker, &effects).await;
+    ready_for_joins(ctx, rt, &effects).await;
     let Some(name) = hook_room else {
         return effects::apply(target(ctx, rt), "room", effects);
     };
@@ -104,7 +103,13 @@ async fn room_request(
     let mut session = ctx.info();
     let done = if joining {
         session.rooms = SessionRooms::Fixed(ctx.entry.rooms());
-        let done = room_hooks(ctx, rt, &session, name, true).await?;
+        let done = match room_hooks(ctx, rt, &session, name, true).await {
+            Ok(done) => done,
+            Err(refusal) => {
+                broker.cancel_join(ctx.entry.sid, name);
+                return Err(refusal);
+            }
+        };
         effects::apply(target(ctx, rt), "room", effects)?;
         done
     } else {
@@ -115,7 +120,7 @@ async fn room_request(
             .unwrap_or_default()
     };
     for (svc, effects) in done {
-        ready_for_joins(broker, &effects).await;
+        ready_for_joins(ctx, rt, &effects).await;
         // The join or leave stands; an oversized hook payload is only logged.
         if let Err(r) = effects::apply(target(ctx, rt), svc, effects) {
             tracing::debug!(svc, code = r.code.as_str(), "room hook effect refused");
@@ -196,17 +201,19 @@ async fn call_plugin(
         tracing::debug!(plugin = %plugin, error = %e, "plugin call failed");
         e.to_refusal()
     })?;
-    ready_for_joins(ctx.tenant.broker.as_ref(), &effects).await;
+    ready_for_joins(ctx, rt, &effects).await;
     effects::apply(target(ctx, rt), &svc, effects)
 }
 
-/// Waits until the broker is ready for every join among `effects` (in
-/// cluster mode the node first subscribes the room and learns its members on
-/// other nodes, README "Cluster"); no wait in local mode.
-async fn ready_for_joins(broker: &dyn Broker, effects: &[Effect]) {
+/// Waits until the broker is ready for every join of this session among
+/// `effects` (in cluster mode the node first subscribes the room, learns its
+/// members on other nodes and takes a seat against the cluster-wide room
+/// caps, README "Cluster"); no wait in local mode.
+async fn ready_for_joins(ctx: &SessionCtx, rt: &TenantRuntime, effects: &[Effect]) {
+    let broker = ctx.tenant.broker.as_ref();
     for e in effects {
         if let Effect::Join { room, .. } = e
-            && let Some(ready) = broker.prepare_join(room)
+            && let Some(ready) = broker.prepare_join(ctx.entry.sid, room, rt.policy.room_limits)
         {
             ready.await;
         }

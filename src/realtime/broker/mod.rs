@@ -319,12 +319,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Work to finish before a join of `room` is applied: in cluster mode
+    /// Work to finish before session `sid` joins `room`: in cluster mode
     /// the node subscribes the room and learns its members on other nodes
-    /// first. `None` (the local broker, always) means nothing to wait for.
-    fn prepare_join(&self, _room: &str) -> Option<BoxFuture> {
+    /// first, and takes the session's seat against the cluster-wide room
+    /// caps (a refused seat makes the join that follows fail). `None` (the
+    /// local broker, always) means nothing to wait for.
+    fn prepare_join(&self, _sid: SessionId, _room: &str, _limits: RoomLimits) -> Option<BoxFuture> {
         None
     }
+
+    /// A prepared join of `room` by `sid` will not happen (a room hook
+    /// refused it): give back what [`Broker::prepare_join`] took.
+    fn cancel_join(&self, _sid: SessionId, _room: &str) {}
 
     /// Tells the broker whether the tenant announces `member_joined` /
     /// `member_left`, for members it removes on its own (a cluster broker
@@ -440,6 +446,13 @@ impl LocalBroker {
                 .iter()
                 .map(|m| (m.peer, Arc::clone(&m.user)))
                 .collect()
+        })
+    }
+
+    /// The sessions that are members of `room`.
+    pub fn room_sessions(&self, room: &str) -> Vec<SessionId> {
+        self.rooms.get(room).map_or_else(Vec::new, |r| {
+            r.inner.read().members.iter().map(|m| m.sid).collect()
         })
     }
 
