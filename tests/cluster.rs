@@ -531,6 +531,10 @@ struct Process {
 
 impl Process {
     fn start(cfg: TestConfig) -> Self {
+        Self::start_with_env(cfg, &[])
+    }
+
+    fn start_with_env(cfg: TestConfig, env: &[(&str, &std::path::Path)]) -> Self {
         use std::io::BufRead;
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("wsprism.yaml");
@@ -545,6 +549,7 @@ impl Process {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -1102,4 +1107,24 @@ async fn tenant_and_room_caps_count_every_node() {
         s == 101
     })
     .await;
+}
+
+#[tokio::test]
+async fn nodes_reach_redis_over_tls() {
+    let redis = RedisServer::start_tls();
+    assert!(redis.url().starts_with("rediss://"));
+    // The nodes verify Redis's certificate against the CA the environment
+    // names (SSL_CERT_FILE), as a deployment with a private CA would.
+    let ca = redis.ca_file();
+    let a = Process::start_with_env(node(&redis, "a"), &[("SSL_CERT_FILE", &ca)]);
+    let b = Process::start_with_env(node(&redis, "b"), &[("SSL_CERT_FILE", &ca)]);
+    let mut u1 = a.client("t1").await;
+    let mut u2 = b.client("t2").await;
+    u1.join("lobby").await;
+    u2.join("lobby").await;
+    subscribed(&redis, &room_channel("lobby"), 2).await;
+    chat(&mut u1, "lobby", "over tls").await;
+    assert_eq!(chat_msg(&mut u2).await, "over tls");
+    let nodes: Vec<String> = redis.cmd(&["ZRANGE", "wsprism:{nodes}", "0", "-1"]);
+    assert_eq!(nodes, ["a", "b"]);
 }

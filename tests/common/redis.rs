@@ -9,6 +9,8 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// TLS only (`rediss://`): the CA that signed the server certificate.
+    ca: Option<Vec<u8>>,
 }
 
 impl RedisServer {
@@ -22,14 +24,65 @@ impl RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
+            ca: None,
         };
         s.spawn();
         s
     }
 
+    /// Starts a server that speaks only TLS, with a certificate for
+    /// 127.0.0.1 signed by a fresh CA (written to [`RedisServer::ca_file`]).
+    #[allow(dead_code)]
+    pub fn start_tls() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wsprism test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("server params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("server cert");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca");
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).expect("write cert");
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).expect("write key");
+        let mut s = Self {
+            port,
+            child: None,
+            dir,
+            ca: Some(ca.pem().into_bytes()),
+        };
+        s.spawn();
+        s
+    }
+
+    /// The CA file of a TLS server.
+    #[allow(dead_code)]
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        if self.ca.is_some() {
+            let file = |f: &str| self.dir.path().join(f).display().to_string();
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", &file("cert.pem")])
+                .args(["--tls-key-file", &file("key.pem")])
+                .args(["--tls-ca-cert-file", &file("ca.pem")])
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "no"])
             .arg("--dir")
@@ -55,11 +108,22 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
+        let client = match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+            None => redis::Client::open(self.url())?,
+        };
+        client.get_connection_with_timeout(Duration::from_secs(1))
     }
 
     /// Runs one command and returns its reply.
