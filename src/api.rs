@@ -322,7 +322,12 @@ struct PublishBody {
     data: Option<Box<RawValue>>,
     #[serde(default)]
     qos: Qos,
+    /// Conflation key (lossy only, SPEC §6).
+    key: Option<String>,
 }
+
+/// Longest conflation key accepted (bytes).
+const MAX_KEY_BYTES: usize = 256;
 
 async fn publish(
     State(gw): State<Arc<Gateway>>,
@@ -334,6 +339,20 @@ async fn publish(
         let (tenant, rt) = authorize(&gw, &t, &headers)?;
         let b: PublishBody = parse(&body?)?;
         check_svc(&b.svc)?;
+        if let Some(key) = &b.key {
+            if b.qos != Qos::Lossy {
+                return Err(ApiError::client(
+                    ClientCode::BadRequest,
+                    "\"key\" conflates lossy publications; add \"qos\":\"lossy\"",
+                ));
+            }
+            if key.is_empty() || key.len() > MAX_KEY_BYTES {
+                return Err(ApiError::client(
+                    ClientCode::BadRequest,
+                    format!("\"key\" must be 1 to {MAX_KEY_BYTES} bytes"),
+                ));
+            }
+        }
         let data = data_or_null(b.data);
         let d = crate::services::publish_to_room(
             tenant.broker.as_ref(),
@@ -344,6 +363,7 @@ async fn publish(
                 ty: &b.ty,
                 data: &data,
                 qos: b.qos,
+                key: b.key.as_deref(),
                 exclude: None,
             },
         )

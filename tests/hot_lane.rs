@@ -23,6 +23,7 @@ fn cfg() -> TestConfig {
                 kind: HotServiceKind::Relay,
                 include_sender: true,
                 stamp_sender: true,
+                conflate: false,
             });
         })
 }
@@ -319,5 +320,98 @@ async fn a_blocked_socket_write_ends_the_session_after_writer_send_timeout() {
     assert_eq!(
         sender.recv_type("presence").await["data"]["users"],
         json!(["u1"])
+    );
+}
+
+/// Reads binary frames until `c` is quiet for 500 ms; returns the counter
+/// each carried (bytes 3..7 of [`counted`]).
+async fn counters(c: &mut common::Client) -> Vec<u32> {
+    let mut seen = Vec::new();
+    while let Some(m) = c.try_recv(Duration::from_millis(500)).await {
+        if let tokio_tungstenite::tungstenite::Message::Binary(b) = m {
+            seen.push(u32::from_le_bytes([b[3], b[4], b[5], b[6]]));
+        }
+    }
+    seen
+}
+
+/// A Hot Lane frame on `svc` carrying counter `n` and 8 KiB of padding.
+fn counted(svc: u8, n: u32) -> Vec<u8> {
+    let mut frame = vec![svc, 5, 0];
+    frame.extend_from_slice(&n.to_le_bytes());
+    frame.extend(std::iter::repeat_n(7u8, 8 * 1024));
+    frame
+}
+
+#[tokio::test]
+async fn a_conflating_relay_gives_a_slow_receiver_the_latest_frame_not_a_backlog() {
+    let gw = TestGateway::start(flood(60_000, 64, 64).hot_allow(&["4:*"]).with_tenant(|t| {
+        t.hot_services.push(HotServiceConfig {
+            id: 4,
+            kind: HotServiceKind::Relay,
+            include_sender: false,
+            stamp_sender: false,
+            conflate: true,
+        });
+    }))
+    .await;
+    // Room "c" relays on the conflating service 4, room "p" on the plain
+    // lossy relay 1; each receiver stops reading while its sender streams
+    // far more than the socket buffers hold.
+    let mut sender_c = gw.client("acme", "t1").await;
+    let mut sink_c = gw.client("acme", "t2").await;
+    let mut sender_p = gw.client("acme", "t3").await;
+    let mut sink_p = gw.client("acme", "t1").await;
+    sender_c.join("c").await;
+    sink_c.join("c").await;
+    sender_p.join("p").await;
+    sink_p.join("p").await;
+    const N: u32 = 1600;
+    for n in 0..N {
+        sender_c.send_bin(&counted(4, n)).await;
+        sender_p.send_bin(&counted(1, n)).await;
+    }
+    gw.metric_at_least(
+        "wsprism_messages_in_total{lane=\"hot\",tenant=\"acme\"}",
+        f64::from(2 * N),
+    )
+    .await;
+    let plain = counters(&mut sink_p).await;
+    let latest = counters(&mut sink_c).await;
+    // Both end on the newest frame, in order.
+    assert_eq!(plain.last(), Some(&(N - 1)));
+    assert_eq!(latest.last(), Some(&(N - 1)), "the latest state arrives");
+    assert!(latest.windows(2).all(|w| w[0] < w[1]), "in order");
+    // The plain receiver also gets the backlog its lossy queue held (up to
+    // 64 frames); the conflating one held one frame for its one key.
+    assert!(
+        plain.len() >= latest.len() + 32,
+        "plain {} frames, conflated {}",
+        plain.len(),
+        latest.len()
+    );
+    assert!(latest.len() < N as usize, "the stream outran the receiver");
+}
+
+#[tokio::test]
+async fn conflate_is_refused_on_an_echo_service() {
+    let cfg = TestConfig::tenant("acme")
+        .tickets(&[("t1", "u1")])
+        .with_tenant(|t| {
+            t.hot_services.push(HotServiceConfig {
+                id: 2,
+                kind: HotServiceKind::Echo,
+                include_sender: false,
+                stamp_sender: false,
+                conflate: true,
+            });
+        })
+        .build();
+    let e = wsprism::config::parse(&cfg).expect_err("conflate on echo");
+    assert!(
+        e.issues
+            .iter()
+            .any(|i| i.path == "tenants[0].hot_services[0].conflate"),
+        "{e}"
     );
 }

@@ -68,6 +68,7 @@ async fn echo_broadcast_publishes_to_a_joined_room() {
                 ty,
                 data,
                 qos,
+                key: None,
                 exclude_sender,
             },
         ] => {

@@ -25,6 +25,7 @@ async fn exercise_counter(h: &Host, plugin: &str) {
                     ty,
                     data,
                     qos: Qos::Reliable,
+                    key: None,
                     exclude_sender: false,
                 },
             ] => {

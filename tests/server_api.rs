@@ -291,3 +291,98 @@ async fn failed_api_keys_are_throttled_per_address() {
     );
     assert_eq!(status(&operator, "guess").await.status().as_u16(), 401);
 }
+
+/// Publishes `n` lossy messages of ~16 KiB to `room`, with `key` when given.
+async fn stream(gw: &TestGateway, room: &str, key: Option<&str>, n: u32) {
+    let pad = "x".repeat(16 * 1024);
+    for i in 0..n {
+        let mut body = json!({"room": room, "svc": "game", "type": "pos", "qos": "lossy",
+                              "data": {"n": i, "pad": pad}});
+        if let Some(k) = key {
+            body["key"] = json!(k);
+        }
+        let (status, v) = call(gw, "POST", "/v1/api/tenants/acme/publish", KEY, Some(body)).await;
+        assert_eq!(status, 200, "{v}");
+    }
+}
+
+/// The `data.n` of every frame `c` receives until it is quiet for 500 ms.
+async fn positions(c: &mut common::Client) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while let Some(m) = c.try_recv(std::time::Duration::from_millis(500)).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).expect("json");
+            if v["type"] == "pos" {
+                seen.push(v["data"]["n"].as_u64().expect("n"));
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_keyed_lossy_publish_is_latest_wins_for_a_slow_receiver() {
+    let gw = TestGateway::start(
+        TestConfig::tenant("acme")
+            .api_key("acme-key-0123456789")
+            .tickets(&[("t1", "u1"), ("t2", "u2")])
+            .limits(|l| l.max_frame_bytes = 64 * 1024)
+            .ext_allow(&["room:*"])
+            .gateway(|g| {
+                g.writer_send_timeout_ms = 60_000;
+                g.queues.lossy_capacity = 64;
+                g.queues.max_bytes = 4 * 1024 * 1024;
+            }),
+    )
+    .await;
+    let p = "/v1/api/tenants/acme/publish";
+    // A key needs lossy QoS and a sane length.
+    let (status, v) = call(
+        &gw,
+        "POST",
+        p,
+        KEY,
+        Some(json!({"room":"k","svc":"game","type":"pos","data":1,"key":"me"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("BAD_REQUEST")),
+        "{v}"
+    );
+    let long = "k".repeat(257);
+    let (status, _) = call(
+        &gw,
+        "POST",
+        p,
+        KEY,
+        Some(json!({"room":"k","svc":"game","type":"pos","data":1,"qos":"lossy","key":long})),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Two receivers stop reading: one room gets keyed positions, the other
+    // the same stream without a key.
+    let mut keyed = gw.client("acme", "t1").await;
+    let mut plain = gw.client("acme", "t2").await;
+    keyed.join("k").await;
+    plain.join("u").await;
+    const N: u32 = 1000;
+    stream(&gw, "k", Some("player-7"), N).await;
+    stream(&gw, "u", None, N).await;
+    let latest = positions(&mut keyed).await;
+    let backlog = positions(&mut plain).await;
+    assert_eq!(
+        latest.last(),
+        Some(&u64::from(N - 1)),
+        "the newest position arrives"
+    );
+    assert_eq!(backlog.last(), Some(&u64::from(N - 1)));
+    assert!(latest.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert!(
+        backlog.len() >= latest.len() + 32,
+        "unkeyed {} frames, keyed {}",
+        backlog.len(),
+        latest.len()
+    );
+}

@@ -364,6 +364,25 @@ impl Broker for ClusterBroker {
         delivery
     }
 
+    fn publish_latest(
+        &self,
+        room: &str,
+        msg: &Message,
+        key: u64,
+        exclude: Option<SessionId>,
+    ) -> Delivery {
+        let delivery = self.local().publish_latest(room, msg, key, exclude);
+        self.bus(
+            Topic::Room,
+            room,
+            &BusMessage::Latest {
+                key,
+                frame: msg.clone(),
+            },
+        );
+        delivery
+    }
+
     fn send_to_user(&self, user: &str, msg: &Message, qos: Qos) -> Delivery {
         let delivery = self.local().send_to_user(user, msg, qos);
         self.bus(

@@ -1150,6 +1150,9 @@ impl Node {
                     }
                 }
             }
+            (Topic::Room, BusMessage::Latest { key, frame }) => {
+                local.publish_latest(name, &frame, key, None);
+            }
             (Topic::Room, BusMessage::Resync) => resync(local, name),
             (Topic::Room, BusMessage::Joined { peer, node, user }) => {
                 let member = RemoteMember {

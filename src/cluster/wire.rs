@@ -14,6 +14,7 @@
 //!   6 member left:               [peer: u32]
 //!   7 kick (4001):               [session members, newline separated]
 //!   8 recorded room frame:       [excluded session: u64, 0 none][text payload…]
+//!   9 latest-wins room frame:    [conflation key: u64][frame: 0 text | 1 binary][payload…]
 //! ```
 //!
 //! `origin` is the publishing node's process nonce: a node receives its own
@@ -79,6 +80,14 @@ pub(crate) enum BusMessage {
         /// The publisher's session that does not get it (0: none).
         exclude: u64,
         /// The client frame (text: it carries `offset` and `epoch`).
+        frame: Message,
+    },
+    /// A lossy frame for every local member of the channel's room that
+    /// replaces a queued one with the same conflation key (SPEC §6).
+    Latest {
+        /// The conflation key.
+        key: u64,
+        /// The client frame.
         frame: Message,
     },
     /// Replace these sessions of the channel's user (`<node>/<sid>` each):
@@ -156,6 +165,15 @@ impl BusMessage {
                 let mut buf = BytesMut::with_capacity(HEADER + 8 + payload.len());
                 header(&mut buf, 8, origin);
                 buf.put_u64_le(*exclude);
+                buf.put_slice(payload);
+                return buf.to_vec();
+            }
+            Self::Latest { key, frame } => {
+                let (ty, payload) = frame_parts(frame);
+                let mut buf = BytesMut::with_capacity(HEADER + 9 + payload.len());
+                header(&mut buf, 9, origin);
+                buf.put_u64_le(*key);
+                buf.put_u8(ty);
                 buf.put_slice(payload);
                 return buf.to_vec();
             }
@@ -258,6 +276,17 @@ impl BusMessage {
                 Self::Recorded {
                     exclude: u64::from_le_bytes(exclude),
                     frame: frame(0, raw.slice(HEADER + 8..))?,
+                }
+            }
+            9 => {
+                if raw.len() < HEADER + 9 {
+                    return Err(WireError::Truncated);
+                }
+                let mut key = [0u8; 8];
+                key.copy_from_slice(&raw[HEADER..HEADER + 8]);
+                Self::Latest {
+                    key: u64::from_le_bytes(key),
+                    frame: frame(raw[HEADER + 8], raw.slice(HEADER + 9..))?,
                 }
             }
             6 => {
@@ -455,6 +484,10 @@ mod tests {
             user: "user:élan".into(),
         });
         round_trip(BusMessage::Left { peer: 9 });
+        round_trip(BusMessage::Latest {
+            key: 0x1234_5678_9abc_def0,
+            frame: Message::binary(vec![1, 2, 0, 9, 9]),
+        });
         round_trip(BusMessage::Recorded {
             exclude: 7,
             frame: Message::text(r#"{"v":1,"offset":3,"epoch":"e"}"#),

@@ -632,6 +632,11 @@ pub struct HotServiceConfig {
     /// `relay`: prefix the payload with the sender's peer number, set flag 0x80.
     #[serde(default)]
     pub stamp_sender: bool,
+    /// `relay`: latest wins (SPEC §6). A frame replaces the still-queued
+    /// frame of the same sender, svc and opcode in each receiver's lossy
+    /// queue, so a slow receiver gets the newest state, not a backlog.
+    #[serde(default)]
+    pub conflate: bool,
 }
 
 /// `tenants[i].backend`.

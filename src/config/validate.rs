@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use super::{
-    AuthMode, ClusterConfig, Config, ConfigError, ConfigIssue, JwtAlgorithm, TenantConfig,
+    AuthMode, ClusterConfig, Config, ConfigError, ConfigIssue, HotServiceKind, JwtAlgorithm,
+    TenantConfig,
 };
 
 /// Largest frame limit accepted (16 MiB); a realtime gateway has no business
@@ -318,6 +319,12 @@ fn validate_tenant(t: &TenantConfig, base: &str, issues: &mut Issues) {
             issues.push(
                 format!("{base}.hot_services[{j}].id"),
                 format!("svc_id {} is configured twice", s.id),
+            );
+        }
+        if s.conflate && s.kind != HotServiceKind::Relay {
+            issues.push(
+                format!("{base}.hot_services[{j}].conflate"),
+                "only a relay conflates (an echo has one receiver, the sender)",
             );
         }
     }

@@ -164,6 +164,9 @@ pub struct Publish {
     pub data: Box<RawValue>,
     /// `reliable` or `lossy`.
     pub qos: &'static str,
+    /// Conflation key (`publish-latest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The sender is left out.
     pub exclude_sender: bool,
 }
@@ -634,6 +637,7 @@ impl CallReport {
                 ty,
                 data,
                 qos,
+                key,
                 exclude_sender,
             } => self.publishes.push(Publish {
                 room,
@@ -643,6 +647,7 @@ impl CallReport {
                     Qos::Reliable => "reliable",
                     Qos::Lossy => "lossy",
                 },
+                key,
                 exclude_sender,
             }),
             Effect::SendToUser { user, ty, data } => self.sends.push(Send { user, ty, data }),

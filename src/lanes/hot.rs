@@ -10,7 +10,7 @@ use super::{Flow, SessionCtx};
 use crate::config::HotServiceKind;
 use crate::error::{ClientCode, CloseCode};
 use crate::protocol::hot;
-use crate::realtime::outbox::Qos;
+use crate::realtime::outbox::{Qos, conflation_key};
 
 /// Handles one binary frame.
 pub fn handle(ctx: &mut SessionCtx, data: Bytes) -> Flow {
@@ -60,7 +60,17 @@ pub fn handle(ctx: &mut SessionCtx, data: Bytes) -> Flow {
                 Message::Binary(frame.frame)
             };
             let exclude = (!service.include_sender).then_some(ctx.entry.sid);
-            ctx.tenant.broker.publish(&room, &msg, Qos::Lossy, exclude);
+            if service.conflate {
+                // Latest wins per sender, svc and opcode.
+                let key = conflation_key(&[
+                    b"relay",
+                    &ctx.entry.sid.get().to_le_bytes(),
+                    &[frame.svc_id, frame.opcode],
+                ]);
+                ctx.tenant.broker.publish_latest(&room, &msg, key, exclude);
+            } else {
+                ctx.tenant.broker.publish(&room, &msg, Qos::Lossy, exclude);
+            }
         }
     }
     Flow::Continue

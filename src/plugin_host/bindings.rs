@@ -449,6 +449,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
             ty,
             data,
             qos,
+            key: None,
             exclude_sender,
         });
         Ok(Ok(()))

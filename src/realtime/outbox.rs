@@ -7,7 +7,10 @@
 //! queue marks the session a slow consumer: both queues are dropped at once and
 //! the writer is asked to cut the session (4002, see `transport::writer`);
 //! nothing is silently dropped while the session lives. A full lossy queue drops
-//! its oldest frame and counts it. Producers (rooms, services, the server API)
+//! its oldest frame and counts it. A lossy frame may carry a conflation key
+//! (latest wins, SPEC §6): it then replaces, in place, a still-queued lossy
+//! frame with the same key, so a receiver that falls behind gets the latest
+//! state of each key, never a backlog. Producers (rooms, services, the server API)
 //! push already-encoded frames whose bytes are shared between recipients; pushing
 //! never awaits and never allocates once the queue has grown to its working size.
 
@@ -20,6 +23,25 @@ use tungstenite::Message;
 
 use crate::config::DEFAULT_QUEUE_MAX_BYTES;
 use crate::error::CloseCode;
+
+/// The conflation key of a lossy frame that has none.
+pub const NO_KEY: u64 = 0;
+
+/// A conflation key for `parts` (FNV-1a over each part and a separator;
+/// stable across processes and builds, so every node of a cluster keys a
+/// frame alike). Never [`NO_KEY`].
+pub fn conflation_key(parts: &[&[u8]]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut h = OFFSET;
+    for part in parts {
+        for b in part.iter().chain(&[0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    h.max(1)
+}
 
 /// Delivery class of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -92,7 +114,7 @@ impl Queues {
     /// Drops the oldest lossy frame; `false` if there was none.
     fn drop_oldest_lossy(&mut self) -> bool {
         match self.lossy.pop_front() {
-            Some(old) => {
+            Some((_, old)) => {
                 self.bytes -= frame_bytes(&old);
                 true
             }
@@ -104,7 +126,8 @@ impl Queues {
 #[derive(Debug, Default)]
 struct Queues {
     reliable: VecDeque<Message>,
-    lossy: VecDeque<Message>,
+    /// Lossy frames with their conflation key ([`NO_KEY`]: none).
+    lossy: VecDeque<(u64, Message)>,
     /// Payload bytes held by both queues (see [`frame_bytes`]).
     bytes: usize,
     close: Option<CloseRequest>,
@@ -191,6 +214,17 @@ impl Outbox {
     /// consumer (both queues dropped, a cut requested). Lossy: the oldest lossy
     /// frames are dropped (counted) until the frame fits both bounds.
     pub fn push(&self, msg: Message, qos: Qos) -> Pushed {
+        self.push_keyed(msg, qos, NO_KEY)
+    }
+
+    /// [`Outbox::push`] of a lossy frame with a conflation `key`: a queued
+    /// lossy frame with the same key is replaced in place (the new frame
+    /// takes its place in the queue; nothing is counted as dropped; a larger
+    /// one that would break the byte bound is queued anew instead). Without
+    /// one queued (and always when `key` is [`NO_KEY`] or the frame is
+    /// reliable) it is a plain push. The queue is only searched when it
+    /// holds lossy frames, so an idle or keeping-up receiver pays nothing.
+    pub fn push_keyed(&self, msg: Message, qos: Qos, key: u64) -> Pushed {
         let len = frame_bytes(&msg);
         let (outcome, dropped) = {
             let mut q = self.queues.lock();
@@ -224,7 +258,22 @@ impl Outbox {
                         }
                     }
                 }
-                Qos::Lossy => {
+                Qos::Lossy => 'lossy: {
+                    if key != NO_KEY
+                        && let Some(at) = q.lossy.iter().rposition(|(k, _)| *k == key)
+                    {
+                        let old_len = frame_bytes(&q.lossy[at].1);
+                        if q.bytes - old_len + len <= self.max_bytes {
+                            q.lossy[at].1 = msg;
+                            q.bytes = q.bytes - old_len + len;
+                            break 'lossy Pushed::Queued;
+                        }
+                        // The newer frame is larger and does not fit where
+                        // the old one was: the old one goes, the new one
+                        // queues as any lossy frame.
+                        q.lossy.remove(at);
+                        q.bytes -= old_len;
+                    }
                     if q.lossy.len() >= self.lossy_capacity && q.drop_oldest_lossy() {
                         dropped += 1;
                     }
@@ -232,7 +281,7 @@ impl Outbox {
                         dropped += 1;
                     }
                     q.bytes += len;
-                    q.lossy.push_back(msg);
+                    q.lossy.push_back((key, msg));
                     if dropped > 0 {
                         Pushed::DroppedOldest
                     } else {
@@ -357,7 +406,7 @@ impl Outbox {
                 out.extend(q.reliable.drain(..take_r));
                 if q.reliable.is_empty() && q.close.is_none() {
                     let take_l = q.lossy.len().min(max.saturating_sub(take_r));
-                    out.extend(q.lossy.drain(..take_l));
+                    out.extend(q.lossy.drain(..take_l).map(|(_, m)| m));
                 }
                 let taken: usize = out[before..].iter().map(frame_bytes).sum();
                 q.bytes -= taken;
@@ -421,6 +470,54 @@ mod tests {
         let mut out = Vec::new();
         o.next_batch(&mut out, 64).await;
         assert_eq!(out, vec![bin(2), bin(3)]);
+    }
+
+    #[tokio::test]
+    async fn keyed_lossy_frames_replace_their_queued_predecessor_in_place() {
+        let o = Outbox::new(8, 4);
+        let (a, b) = (conflation_key(&[b"a"]), conflation_key(&[b"b"]));
+        assert_ne!(a, b);
+        assert_ne!(a, NO_KEY);
+        o.push_keyed(bin(1), Qos::Lossy, a);
+        o.push_keyed(bin(2), Qos::Lossy, b);
+        o.push(bin(3), Qos::Lossy);
+        // Newer states of a and b take their predecessors' places.
+        for n in 4..20 {
+            assert_eq!(
+                o.push_keyed(bin(n), Qos::Lossy, if n % 2 == 0 { a } else { b }),
+                Pushed::Queued
+            );
+        }
+        assert_eq!(o.depth(), (0, 3), "one frame per key, plus the unkeyed one");
+        assert_eq!(o.lossy_dropped(), 0, "replacing is not dropping");
+        assert_eq!(o.queued_bytes(), 3);
+        let mut out = Vec::new();
+        o.next_batch(&mut out, 64).await;
+        assert_eq!(out, vec![bin(18), bin(19), bin(3)]);
+        // Once drained, the next frame of a key is queued anew.
+        o.push_keyed(bin(20), Qos::Lossy, a);
+        assert_eq!(o.depth(), (0, 1));
+        // Reliable frames and unkeyed lossy frames never conflate.
+        o.push_keyed(text("r"), Qos::Reliable, a);
+        o.push_keyed(text("r"), Qos::Reliable, a);
+        o.push(bin(21), Qos::Lossy);
+        o.push(bin(21), Qos::Lossy);
+        assert_eq!(o.depth(), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn a_larger_keyed_frame_that_breaks_the_byte_bound_queues_anew() {
+        let o = Outbox::new(8, 8).with_max_bytes(10);
+        let k = conflation_key(&[b"k"]);
+        o.push_keyed(Message::Binary(Bytes::from(vec![1; 4])), Qos::Lossy, k);
+        o.push(Message::Binary(Bytes::from(vec![2; 4])), Qos::Lossy);
+        // 4 + 4 - 4 + 8 = 12 > 10: the old k goes, older frames give way.
+        o.push_keyed(Message::Binary(Bytes::from(vec![3; 8])), Qos::Lossy, k);
+        assert!(o.queued_bytes() <= 10);
+        let mut out = Vec::new();
+        o.next_batch(&mut out, 64).await;
+        assert_eq!(out.last(), Some(&Message::Binary(Bytes::from(vec![3; 8]))));
+        assert_eq!(out.len(), 1, "{out:?}");
     }
 
     #[tokio::test]

@@ -51,6 +51,7 @@ pub(crate) fn handle(caller: Caller<'_>, env: &Envelope) -> Result<Vec<Effect>, 
             msg: &send.msg,
         }),
         qos: Qos::Reliable,
+        key: None,
         exclude_sender: false,
     }])
 }

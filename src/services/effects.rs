@@ -20,7 +20,7 @@ use crate::policy::{PublishLimits, TenantPolicy};
 use crate::protocol::ext::{Outgoing, member_event, raw};
 use crate::realtime::broker::{Broker, Delivery, SessionEntry};
 use crate::realtime::history::Since;
-use crate::realtime::outbox::Qos;
+use crate::realtime::outbox::{Qos, conflation_key};
 
 /// Where effects land.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +52,7 @@ pub(crate) fn apply(target: Target<'_>, svc: &str, effects: Vec<Effect>) -> Resu
                 ty,
                 data,
                 qos,
+                key,
                 exclude_sender,
             } => {
                 let exclude = target.caller.filter(|_| exclude_sender).map(|c| c.sid);
@@ -61,6 +62,7 @@ pub(crate) fn apply(target: Target<'_>, svc: &str, effects: Vec<Effect>) -> Resu
                     ty: &ty,
                     data: &data,
                     qos,
+                    key: key.as_deref(),
                     exclude,
                 };
                 publish_to_room(target.broker, limits, p)
@@ -139,6 +141,12 @@ pub(crate) fn publish_to_room(
         .room(Some(p.room))
         .data(Some(p.data));
     match (p.qos, limits.history) {
+        (Qos::Lossy, _) if let Some(key) = p.key => {
+            // Latest wins per (svc, key) in every receiver's lossy queue.
+            let msg = base.encode_within(limits.max_frame_bytes)?;
+            let key = conflation_key(&[b"key", p.svc.as_bytes(), key.as_bytes()]);
+            Ok(broker.publish_latest(p.room, &msg, key, p.exclude))
+        }
         (Qos::Reliable, Some(history)) => {
             // Check the size with the widest offset and an epoch-sized string;
             // the recorded frame is never larger.
@@ -428,6 +436,7 @@ mod tests {
                 ty: "bye".into(),
                 data: data.clone(),
                 qos: Qos::Reliable,
+                key: None,
                 exclude_sender: true,
             },
             Effect::SendToUser {

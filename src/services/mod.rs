@@ -41,6 +41,8 @@ pub struct RoomPublication<'a> {
     pub data: &'a RawValue,
     /// Delivery class.
     pub qos: Qos,
+    /// Conflation key of a lossy publication (latest wins, SPEC §6).
+    pub key: Option<&'a str>,
     /// Session left out of the fan-out.
     pub exclude: Option<SessionId>,
 }
@@ -208,6 +210,9 @@ pub enum Effect {
         data: Box<RawValue>,
         /// Delivery class.
         qos: Qos,
+        /// Conflation key (lossy only): latest wins per key in each
+        /// receiver's queue.
+        key: Option<String>,
         /// Leave the calling session out.
         exclude_sender: bool,
     },

@@ -520,6 +520,7 @@ impl TestConfig {
                 kind,
                 include_sender: false,
                 stamp_sender: false,
+                conflate: false,
             });
         })
     }

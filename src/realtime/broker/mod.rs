@@ -19,7 +19,7 @@ use tungstenite::Message;
 
 use super::SessionId;
 use super::history::{HistoryPolicy, Recovery, Retained, RoomHistory, Since, Synced};
-use super::outbox::{Outbox, Pushed, Qos};
+use super::outbox::{NO_KEY, Outbox, Pushed, Qos};
 use crate::error::{CloseCode, RoomError};
 
 /// A connected session as the realtime layer sees it.
@@ -260,6 +260,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
 
     /// Delivers one encoded frame to every member of `room` except `exclude`.
     fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<SessionId>) -> Delivery;
+
+    /// Delivers one lossy frame to every member of `room` (but `exclude`),
+    /// latest wins (SPEC §6): in each recipient's queue it replaces a
+    /// still-queued frame with the same conflation `key`
+    /// ([`crate::realtime::outbox::conflation_key`]).
+    fn publish_latest(
+        &self,
+        room: &str,
+        msg: &Message,
+        key: u64,
+        exclude: Option<SessionId>,
+    ) -> Delivery;
 
     /// Delivers one encoded frame to every session of `user`.
     fn send_to_user(&self, user: &str, msg: &Message, qos: Qos) -> Delivery;
@@ -536,6 +548,29 @@ impl LocalBroker {
         synced
     }
 
+    /// Queues `msg` for every member of `room` but `exclude` (lossy frames
+    /// with a conflation `key` replace a queued one with the same key).
+    fn fan_out(
+        &self,
+        room: &str,
+        msg: &Message,
+        qos: Qos,
+        key: u64,
+        exclude: Option<SessionId>,
+    ) -> Delivery {
+        let mut tally = Delivery::default();
+        let Some(room) = self.rooms.get(room).map(|r| Arc::clone(r.value())) else {
+            return tally;
+        };
+        let inner = room.inner.read();
+        for m in &inner.members {
+            if Some(m.sid) != exclude {
+                tally.add(m.outbox.push_keyed(msg.clone(), qos, key));
+            }
+        }
+        tally
+    }
+
     fn remove_member(&self, room_name: &str, sid: SessionId) -> Option<u32> {
         let room = self.rooms.get(room_name).map(|r| Arc::clone(r.value()))?;
         let peer = {
@@ -724,17 +759,17 @@ impl Broker for LocalBroker {
     }
 
     fn publish(&self, room: &str, msg: &Message, qos: Qos, exclude: Option<SessionId>) -> Delivery {
-        let mut tally = Delivery::default();
-        let Some(room) = self.rooms.get(room).map(|r| Arc::clone(r.value())) else {
-            return tally;
-        };
-        let inner = room.inner.read();
-        for m in &inner.members {
-            if Some(m.sid) != exclude {
-                tally.add(m.outbox.push(msg.clone(), qos));
-            }
-        }
-        tally
+        self.fan_out(room, msg, qos, NO_KEY, exclude)
+    }
+
+    fn publish_latest(
+        &self,
+        room: &str,
+        msg: &Message,
+        key: u64,
+        exclude: Option<SessionId>,
+    ) -> Delivery {
+        self.fan_out(room, msg, Qos::Lossy, key, exclude)
     }
 
     fn send_to_user(&self, user: &str, msg: &Message, qos: Qos) -> Delivery {
