@@ -34,7 +34,7 @@ use crate::error::{ApiCode, ClientCode, CloseCode};
 use crate::gateway::Gateway;
 use crate::protocol::ext::{Outgoing, raw};
 use crate::realtime::broker::{TenantStats, capped};
-use crate::realtime::outbox::Qos;
+use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos};
 use crate::tenant::{Tenant, TenantRuntime};
 
 /// Largest request body accepted by the server API.
@@ -326,9 +326,6 @@ struct PublishBody {
     key: Option<String>,
 }
 
-/// Longest conflation key accepted (bytes).
-const MAX_KEY_BYTES: usize = 256;
-
 async fn publish(
     State(gw): State<Arc<Gateway>>,
     Path(t): Path<String>,
@@ -346,10 +343,10 @@ async fn publish(
                     "\"key\" conflates lossy publications; add \"qos\":\"lossy\"",
                 ));
             }
-            if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            if key.is_empty() || key.len() > MAX_CONFLATION_KEY_BYTES {
                 return Err(ApiError::client(
                     ClientCode::BadRequest,
-                    format!("\"key\" must be 1 to {MAX_KEY_BYTES} bytes"),
+                    format!("\"key\" must be 1 to {MAX_CONFLATION_KEY_BYTES} bytes"),
                 ));
             }
         }

@@ -92,6 +92,31 @@ async fn echo_broadcast_publishes_to_a_joined_room() {
         "{err:?}"
     );
     assert_eq!(err.to_refusal().code, ClientCode::ServiceError);
+
+    // `publish-latest`: lossy, keyed by the sender, the sender left out.
+    let effects = h
+        .host
+        .call(t.call(&s, "echo", "position", Some("lobby"), r#"{"x":2}"#))
+        .await
+        .expect("position");
+    match effects.as_slice() {
+        [
+            Effect::Publish {
+                room,
+                ty,
+                data,
+                qos: Qos::Lossy,
+                key: Some(key),
+                exclude_sender: true,
+            },
+        ] => {
+            assert_eq!(
+                (room.as_str(), ty.as_str(), data.get(), key.as_str()),
+                ("lobby", "position", r#"{"x":2}"#, "u1")
+            );
+        }
+        other => panic!("expected a keyed publish, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ use crate::config::TenantConfig;
 use crate::error::{OutputRule, PluginError};
 use crate::obs::metrics::Metrics;
 use crate::realtime::broker::Broker;
-use crate::realtime::outbox::Qos;
+use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos};
 use crate::services::{Effect, SessionInfo as GatewaySession};
 
 wasmtime::component::bindgen!({
@@ -450,6 +450,38 @@ impl self::wsprism::plugin::realtime::Host for HostState {
             data,
             qos,
             key: None,
+            exclude_sender,
+        });
+        Ok(Ok(()))
+    }
+
+    fn publish_latest(
+        &mut self,
+        room: String,
+        key: String,
+        ty: String,
+        data: String,
+        exclude_sender: bool,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        self.charge()?;
+        if let Err(e) = Self::room_arg(&room) {
+            return Ok(Err(e));
+        }
+        if key.is_empty() || key.len() > MAX_CONFLATION_KEY_BYTES {
+            return Ok(Err(HostError::InvalidArgument(format!(
+                "key must be 1 to {MAX_CONFLATION_KEY_BYTES} bytes"
+            ))));
+        }
+        let data = match self.payload(RealtimeImport::Publish, &ty, &room, data)? {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.call.effects.push(Effect::Publish {
+            room,
+            ty,
+            data,
+            qos: Qos::Lossy,
+            key: Some(key),
             exclude_sender,
         });
         Ok(Ok(()))

@@ -24,6 +24,10 @@ use tungstenite::Message;
 use crate::config::DEFAULT_QUEUE_MAX_BYTES;
 use crate::error::CloseCode;
 
+/// Longest conflation key a publisher may name (server API `key`, plugin
+/// `publish-latest`), in bytes.
+pub const MAX_CONFLATION_KEY_BYTES: usize = 256;
+
 /// The conflation key of a lossy frame that has none.
 pub const NO_KEY: u64 = 0;
 

@@ -255,6 +255,24 @@ pub mod realtime {
         host::publish(room, ty, &to_json(data)?, qos, exclude_sender)
     }
 
+    /// Publishes a lossy frame to every member of `room`, latest wins: in
+    /// each receiver's queue it replaces the still-queued frame with the same
+    /// `key` (1 to 256 bytes, scoped to your `svc`), so a receiver that falls
+    /// behind gets the newest state per key, never a backlog. For positions,
+    /// cursors, scores.
+    ///
+    /// # Errors
+    /// As [`reply`], plus an empty or over-long key.
+    pub fn publish_latest<T: Serialize + ?Sized>(
+        room: &str,
+        key: &str,
+        ty: &str,
+        data: &T,
+        exclude_sender: bool,
+    ) -> Result<(), HostError> {
+        host::publish_latest(room, key, ty, &to_json(data)?, exclude_sender)
+    }
+
     /// [`publish`] with `data` already JSON text.
     ///
     /// # Errors

@@ -117,6 +117,8 @@ pub enum Effect {
         data: String,
         /// Delivery class.
         qos: Qos,
+        /// Conflation key (`realtime::publish_latest`; lossy).
+        key: Option<String>,
         /// The sender is left out.
         exclude_sender: bool,
     },
@@ -705,6 +707,34 @@ pub(crate) mod host {
                     ty: ty.to_owned(),
                     data: data.to_owned(),
                     qos,
+                    key: None,
+                    exclude_sender,
+                });
+                Ok(())
+            })
+        }
+
+        pub(crate) fn publish_latest(
+            room: &str,
+            key: &str,
+            ty: &str,
+            data: &str,
+            exclude_sender: bool,
+        ) -> Result<(), HostError> {
+            with(|s| {
+                check_room(room)?;
+                if key.is_empty() || key.len() > 256 {
+                    return Err(HostError::InvalidArgument(
+                        "key must be 1 to 256 bytes".into(),
+                    ));
+                }
+                s.payload(Import::Publish, ty, room, data)?;
+                s.effects.push(Effect::Publish {
+                    room: room.to_owned(),
+                    ty: ty.to_owned(),
+                    data: data.to_owned(),
+                    qos: Qos::Lossy,
+                    key: Some(key.to_owned()),
                     exclude_sender,
                 });
                 Ok(())

@@ -1,6 +1,9 @@
 //! `echo` (README "Writing a plugin"): `{"svc":"echo","type":T,"data":D}` answers the sender with
 //! `{"v":1,"svc":"echo","type":T,"data":D}`. With `"type":"broadcast"` and a
 //! `room` the sender has joined, every member of the room gets it instead.
+//! With `"type":"position"` the other members get it latest-wins per sender
+//! (`publish_latest`, keyed by the sender's user): one that falls behind
+//! gets each player's newest position, not a backlog.
 
 use wsprism_plugin::{Message, Plugin, Qos, Refusal, Session, export_plugin, realtime};
 
@@ -8,14 +11,19 @@ struct Echo;
 
 impl Plugin for Echo {
     fn on_message(session: &Session, msg: Message) -> Result<(), Refusal> {
-        if msg.type_ == "broadcast" {
+        if msg.type_ == "broadcast" || msg.type_ == "position" {
             let Some(room) = msg.room.as_deref() else {
                 return Err(Refusal::new("NO_ROOM", "broadcast needs a room"));
             };
             if !session.in_room(room) {
                 return Err(Refusal::new("NOT_IN_ROOM", "join the room before broadcasting"));
             }
-            realtime::publish_raw(room, &msg.type_, &msg.data, Qos::Reliable, false)?;
+            if msg.type_ == "position" {
+                let data: serde_json::Value = msg.json()?;
+                realtime::publish_latest(room, &session.user(), "position", &data, true)?;
+            } else {
+                realtime::publish_raw(room, &msg.type_, &msg.data, Qos::Reliable, false)?;
+            }
         } else {
             realtime::reply_raw(&msg.type_, &msg.data)?;
         }
@@ -52,7 +60,26 @@ mod tests {
                 ty: "broadcast".into(),
                 data: "\"hi\"".into(),
                 qos: Qos::Reliable,
+                key: None,
                 exclude_sender: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn positions_are_latest_wins_per_sender() {
+        let mut host = TestHost::new().user("alice").in_room("arena");
+        let out = host.on_message::<Echo>(room_message("position", "arena", r#"{"x":3}"#));
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(
+            out.effects,
+            [Effect::Publish {
+                room: "arena".into(),
+                ty: "position".into(),
+                data: r#"{"x":3}"#.into(),
+                qos: Qos::Lossy,
+                key: Some("alice".into()),
+                exclude_sender: true,
             }]
         );
     }
