@@ -215,11 +215,30 @@ impl Connector {
     /// # Errors
     /// The TCP connect or the upgrade failed; an HTTP refusal names its status.
     pub(crate) async fn open(&self, n: u64, room: Option<&str>) -> Result<Ws> {
+        self.open_with(n, room, None).await
+    }
+
+    /// [`Connector::open`] with the socket's receive buffer set to `rcvbuf`
+    /// bytes (a client that reads slowly and buffers little).
+    ///
+    /// # Errors
+    /// As for `open`.
+    pub(crate) async fn open_with(
+        &self,
+        n: u64,
+        room: Option<&str>,
+        rcvbuf: Option<u32>,
+    ) -> Result<Ws> {
         let request = self
             .url(n, room)?
             .into_client_request()
             .context("bad request URL")?;
         let socket = TcpSocket::new_v4().context("socket")?;
+        if let Some(bytes) = rcvbuf {
+            socket
+                .set_recv_buffer_size(bytes)
+                .context("SO_RCVBUF")?;
+        }
         if !self.sources.is_empty() {
             let i = self.next_source.fetch_add(1, Ordering::Relaxed) % self.sources.len();
             socket

@@ -38,6 +38,7 @@ mod connect;
 mod echo;
 mod fanout;
 mod idle;
+mod latest;
 mod report;
 mod results;
 
@@ -73,6 +74,9 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Handshake rate and latency (static ticket or client-signed JWT).
     Connect(connect::ConnectArgs),
+    /// A position stream outrunning a slow receiver: plain lossy vs
+    /// latest-wins relay (age of what it reads, bytes sent).
+    Latest(latest::LatestArgs),
     /// Raw tokio-tungstenite baseline server (echo or room relay), no policy.
     Baseline(baseline::BaselineArgs),
     /// Medians, ratios and budget verdicts from `--json` runs (BENCHMARKS.md).
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
             Command::Fanout(args) => fanout::run(args).await,
             Command::Idle(args) => idle::run(args).await,
             Command::Connect(args) => connect::run(args).await,
+            Command::Latest(args) => latest::run(args).await,
             Command::Baseline(args) => baseline::run(args).await,
             Command::Results(args) => results::run(args),
         }
