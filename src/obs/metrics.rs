@@ -75,7 +75,7 @@ pub struct Metrics {
     pub plugin_calls: IntCounterVec,
     /// `tenant`, `plugin`, `reason`.
     pub plugin_errors: IntCounterVec,
-    /// `plugin`.
+    /// `tenant`, `plugin`.
     pub plugin_call_duration: HistogramVec,
     /// `plugin`, `result`.
     pub plugin_loads: IntCounterVec,
@@ -115,7 +115,7 @@ impl Metrics {
         let plugin_call_duration = HistogramVec::new(
             HistogramOpts::new(PLUGIN_CALL_DURATION_SECONDS, "Plugin call latency.")
                 .buckets(PLUGIN_BUCKETS.to_vec()),
-            &["plugin"],
+            &["tenant", "plugin"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
         let _ = registry.register(Box::new(plugin_call_duration.clone()));
@@ -268,12 +268,14 @@ mod tests {
         m.handshakes.with_label_values(&["acme", "ok"]).inc();
         m.session_counters("acme").in_hot.inc();
         m.plugin_call_duration
-            .with_label_values(&["echo"])
+            .with_label_values(&["acme", "echo"])
             .observe(0.001);
         let text = m.render();
         assert!(text.contains("wsprism_handshakes_total{result=\"ok\",tenant=\"acme\"} 1"));
         assert!(text.contains("wsprism_messages_in_total{lane=\"hot\",tenant=\"acme\"} 1"));
-        assert!(text.contains("wsprism_plugin_call_duration_seconds_bucket"));
+        assert!(text.contains(
+            "wsprism_plugin_call_duration_seconds_bucket{plugin=\"echo\",tenant=\"acme\",le=\"0.001\"} 1"
+        ));
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap_or_default();
             assert!(name.starts_with("wsprism_"), "{name}");
