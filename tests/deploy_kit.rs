@@ -1,7 +1,9 @@
-//! The operations kit under `deploy/` cannot rot: every metric the Grafana
-//! dashboard and the Prometheus alerts query is one a live gateway exports,
-//! and both files carry what an operator needs (panels, a tenant filter,
-//! `for`/severity/summary on every alert).
+//! The operations kit under `deploy/` and the root `Dockerfile` cannot rot:
+//! every metric the Grafana dashboard and the Prometheus alerts query is one a
+//! live gateway exports, both files carry what an operator needs (panels, a
+//! tenant filter, `for`/severity/summary on every alert), and the Dockerfile
+//! keeps its invariants (two stages, release build, non-root user, volumes,
+//! the ports of `wsprism.yaml`). Docker itself is not needed.
 
 mod common;
 
@@ -425,4 +427,147 @@ async fn dashboard_and_alerts_name_only_exported_metrics() {
         "families without a panel in deploy/grafana/wsprism.json: {uncharted:?}"
     );
     assert!(referenced.len() >= 20, "{referenced:?}");
+}
+
+// ------------------------------------------------------------------ Dockerfile
+
+/// Dockerfile instructions (continuation lines joined, comments dropped) as
+/// (INSTRUCTION, arguments).
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(part) => {
+                cur.push_str(part);
+                cur.push(' ');
+            }
+            None => {
+                cur.push_str(t);
+                let (op, args) = cur
+                    .trim()
+                    .split_once(char::is_whitespace)
+                    .unwrap_or((&cur, ""));
+                out.push((op.to_ascii_uppercase(), args.trim().to_owned()));
+                cur.clear();
+            }
+        }
+    }
+    out
+}
+
+/// The port of a `host:port` listen address in `wsprism.yaml`.
+fn yaml_port(cfg: &serde_yaml::Value, key: &str) -> String {
+    let addr = cfg["gateway"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("wsprism.yaml: gateway.{key}"));
+    addr.rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_else(|| panic!("gateway.{key} {addr:?} has no port"))
+}
+
+#[test]
+fn dockerfile_keeps_its_invariants() {
+    let (_, text) = repo_file("Dockerfile");
+    let ins = instructions(&text);
+    let stages: Vec<usize> = (0..ins.len()).filter(|&i| ins[i].0 == "FROM").collect();
+    assert!(
+        stages.len() >= 2,
+        "a multi-stage build: {} FROM",
+        stages.len()
+    );
+
+    // Builder: a Rust image at least as new as `rust-version`, building the
+    // gateway package in release mode from the lock file.
+    let (_, cargo_toml) = repo_file("Cargo.toml");
+    let rust_version = cargo_toml
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"'))
+        .expect("rust-version in Cargo.toml");
+    let builder_from = &ins[stages[0]].1;
+    let (image, alias) = builder_from
+        .split_once(" AS ")
+        .or_else(|| builder_from.split_once(" as "))
+        .expect("the builder stage is named (FROM ... AS builder)");
+    assert!(
+        image.starts_with(&format!("rust:{rust_version}")) || image.starts_with("rust:1-"),
+        "builder image {image} must provide rust {rust_version}"
+    );
+    let builder = &ins[stages[0]..stages[stages.len() - 1]];
+    assert!(
+        builder.iter().any(|(op, a)| op == "RUN"
+            && a.contains("cargo build")
+            && a.contains("--release")
+            && a.contains("--locked")
+            && a.contains("-p wsprism")),
+        "the builder runs cargo build --release --locked -p wsprism"
+    );
+
+    // Runtime: slim Debian, non-root, the binary from the builder.
+    let runtime = &ins[stages[stages.len() - 1]..];
+    assert!(
+        runtime[0].1.starts_with("debian:bookworm-slim"),
+        "{}",
+        runtime[0].1
+    );
+    let arg = |op: &str| -> Vec<&str> {
+        runtime
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, a)| a.as_str())
+            .collect()
+    };
+    let user = arg("USER");
+    let user = user.last().expect("the runtime stage sets USER");
+    assert!(
+        !["root", "0", "0:0", "root:root"].contains(user),
+        "USER {user}"
+    );
+    assert!(
+        arg("COPY")
+            .iter()
+            .any(|a| a.contains(&format!("--from={}", alias.trim()))
+                && a.contains("release/wsprism")
+                && a.ends_with("/usr/local/bin/wsprism")),
+        "the runtime copies the release binary from the builder to /usr/local/bin/wsprism"
+    );
+    let volumes = arg("VOLUME").join(" ");
+    assert!(volumes.contains("/etc/wsprism"), "VOLUME {volumes}");
+    assert!(volumes.contains("plugins"), "VOLUME {volumes}");
+    assert_eq!(arg("ENTRYPOINT"), ["[\"wsprism\"]"]);
+    let cmd = arg("CMD").join(" ");
+    assert!(
+        cmd.contains("\"--config\", \"/etc/wsprism/wsprism.yaml\""),
+        "CMD {cmd}"
+    );
+
+    // EXPOSE the ports of the reference config.
+    let (_, yaml) = repo_file("wsprism.yaml");
+    let cfg: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("wsprism.yaml");
+    let exposed: BTreeSet<&str> = arg("EXPOSE")
+        .iter()
+        .flat_map(|a| a.split_whitespace())
+        .collect();
+    for key in ["listen", "admin_listen"] {
+        let port = yaml_port(&cfg, key);
+        assert!(
+            exposed.contains(port.as_str()),
+            "EXPOSE {exposed:?} lacks gateway.{key} port {port}"
+        );
+    }
+
+    let (_, ignore) = repo_file(".dockerignore");
+    for entry in ["target", ".git", "node_modules"] {
+        assert!(
+            ignore
+                .lines()
+                .any(|l| l.trim().trim_matches('/').ends_with(entry)),
+            ".dockerignore lacks {entry}"
+        );
+    }
 }
