@@ -118,7 +118,6 @@ pub(crate) struct ClusterMetrics {
 
 impl ClusterMetrics {
     fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
-        let r = metrics.registry();
         let up = IntGauge::new(
             "wsprism_cluster_up",
             "1 while this node's Redis links (commands and pub/sub) work.",
@@ -159,13 +158,13 @@ impl ClusterMetrics {
             "wsprism_cluster_nodes",
             "Live gateway nodes seen in the last heartbeat.",
         )?;
-        r.register(Box::new(up.clone()))?;
-        r.register(Box::new(published.clone()))?;
-        r.register(Box::new(received.clone()))?;
-        r.register(Box::new(errors.clone()))?;
-        r.register(Box::new(reconnects.clone()))?;
-        r.register(Box::new(rtt.clone()))?;
-        r.register(Box::new(nodes.clone()))?;
+        metrics.register(Box::new(up.clone()))?;
+        metrics.register(Box::new(published.clone()))?;
+        metrics.register(Box::new(received.clone()))?;
+        metrics.register(Box::new(errors.clone()))?;
+        metrics.register(Box::new(reconnects.clone()))?;
+        metrics.register(Box::new(rtt.clone()))?;
+        metrics.register(Box::new(nodes.clone()))?;
         Ok(Self {
             up,
             published,

@@ -3,8 +3,16 @@
 //! Each gateway owns its own registry (tests run several gateways in one process);
 //! `/metrics` on the admin listener renders it. Hot-path users clone the labelled
 //! child counters once per session instead of looking labels up per message.
+//! Besides the `wsprism_*` families, each registry carries `wsprism_build_info`
+//! and, on Linux, the standard `process_*` families (CPU, resident memory, open
+//! file descriptors, start time) of this process.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::realtime::outbox::DropCounters;
+use parking_lot::Mutex;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -42,6 +50,8 @@ pub const CONFIG_RELOADS_TOTAL: &str = "wsprism_config_reloads_total";
 pub const API_REQUESTS_TOTAL: &str = "wsprism_api_requests_total";
 /// Backend webhook calls (auth, events) by kind and result.
 pub const BACKEND_CALLS_TOTAL: &str = "wsprism_backend_calls_total";
+/// Always 1; `version` names the running build (dashboards join on it).
+pub const BUILD_INFO: &str = "wsprism_build_info";
 
 /// Buckets for plugin calls: 10 µs .. 5 s.
 const PLUGIN_BUCKETS: &[f64] = &[
@@ -49,10 +59,30 @@ const PLUGIN_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// A registry that also remembers the name of every family registered into it.
+///
+/// `Registry::gather` (and so `/metrics`) leaves out a labelled family until its
+/// first child exists, so it cannot answer "is this family exported?" on a quiet
+/// gateway; [`Metrics::family_names`] can.
+#[derive(Clone, Debug, Default)]
+struct Families {
+    registry: Registry,
+    names: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Families {
+    fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+        let names: Vec<String> = c.desc().iter().map(|d| d.fq_name.clone()).collect();
+        self.registry.register(c)?;
+        self.names.lock().extend(names);
+        Ok(())
+    }
+}
+
 /// The metric families of one gateway.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    registry: Registry,
+    families: Families,
     /// `tenant`.
     pub sessions_active: IntGaugeVec,
     /// Open client sockets on the public listener.
@@ -75,7 +105,7 @@ pub struct Metrics {
     pub plugin_calls: IntCounterVec,
     /// `tenant`, `plugin`, `reason`.
     pub plugin_errors: IntCounterVec,
-    /// `plugin`.
+    /// `tenant`, `plugin`.
     pub plugin_call_duration: HistogramVec,
     /// `plugin`, `result`.
     pub plugin_loads: IntCounterVec,
@@ -87,7 +117,7 @@ pub struct Metrics {
     pub backend_calls: IntCounterVec,
 }
 
-fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter(reg: &Families, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| unreachable!("static metric definition {name} is valid: {e}"));
     // Registration fails only on a duplicate name, and each name is registered once
@@ -105,101 +135,114 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every family registered.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let families = Families::default();
         let sessions_active = IntGaugeVec::new(
             Opts::new(SESSIONS_ACTIVE, "WebSocket sessions open now."),
             &["tenant"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
-        let _ = registry.register(Box::new(sessions_active.clone()));
+        let _ = families.register(Box::new(sessions_active.clone()));
         let plugin_call_duration = HistogramVec::new(
             HistogramOpts::new(PLUGIN_CALL_DURATION_SECONDS, "Plugin call latency.")
                 .buckets(PLUGIN_BUCKETS.to_vec()),
-            &["plugin"],
+            &["tenant", "plugin"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
-        let _ = registry.register(Box::new(plugin_call_duration.clone()));
+        let _ = families.register(Box::new(plugin_call_duration.clone()));
+        let build_info = IntGauge::with_opts(
+            Opts::new(BUILD_INFO, "Always 1; the version of the running build.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+        build_info.set(1);
+        let _ = families.register(Box::new(build_info));
+        // Reads /proc/self at each scrape. One collector per registry: tests run
+        // several gateways in one process, each reporting the same process.
+        #[cfg(target_os = "linux")]
+        let _ = families.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         let connections_open = IntGauge::new(
             CONNECTIONS_OPEN,
             "Client sockets open on the public listener, before and after upgrade.",
         )
         .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
-        let _ = registry.register(Box::new(connections_open.clone()));
+        let _ = families.register(Box::new(connections_open.clone()));
         Self {
             connections_refused: counter(
-                &registry,
+                &families,
                 CONNECTIONS_REFUSED_TOTAL,
                 "Client sockets refused at gateway.max_connections: answered 503 (over_capacity) or closed at accept.",
                 &["reason"],
             ),
             handshakes: counter(
-                &registry,
+                &families,
                 HANDSHAKES_TOTAL,
                 "WebSocket upgrade attempts by result.",
                 &["tenant", "result"],
             ),
             sessions_closed: counter(
-                &registry,
+                &families,
                 SESSIONS_CLOSED_TOTAL,
                 "Sessions ended, by close reason.",
                 &["tenant", "reason"],
             ),
             messages_in: counter(
-                &registry,
+                &families,
                 MESSAGES_IN_TOTAL,
                 "Client frames received, by lane.",
                 &["tenant", "lane"],
             ),
             messages_out: counter(
-                &registry,
+                &families,
                 MESSAGES_OUT_TOTAL,
                 "Frames written to clients, by lane.",
                 &["tenant", "lane"],
             ),
             drops: counter(
-                &registry,
+                &families,
                 DROPS_TOTAL,
                 "Frames not delivered, by reason.",
                 &["tenant", "reason"],
             ),
             policy_refusals: counter(
-                &registry,
+                &families,
                 POLICY_REFUSALS_TOTAL,
                 "Client messages refused, by lane and reason.",
                 &["tenant", "lane", "reason"],
             ),
             plugin_calls: counter(
-                &registry,
+                &families,
                 PLUGIN_CALLS_TOTAL,
                 "Plugin calls.",
                 &["tenant", "plugin"],
             ),
             plugin_errors: counter(
-                &registry,
+                &families,
                 PLUGIN_ERRORS_TOTAL,
                 "Failed plugin calls, by reason.",
                 &["tenant", "plugin", "reason"],
             ),
             plugin_loads: counter(
-                &registry,
+                &families,
                 PLUGIN_LOADS_TOTAL,
                 "Plugin file loads, by result.",
                 &["plugin", "result"],
             ),
             config_reloads: counter(
-                &registry,
+                &families,
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads, by result.",
                 &["result"],
             ),
             api_requests: counter(
-                &registry,
+                &families,
                 API_REQUESTS_TOTAL,
                 "Server API requests, by endpoint and status.",
                 &["endpoint", "status"],
             ),
             backend_calls: counter(
-                &registry,
+                &families,
                 BACKEND_CALLS_TOTAL,
                 "Calls to tenant backend upstreams, by kind and result.",
                 &["tenant", "kind", "result"],
@@ -207,13 +250,22 @@ impl Metrics {
             sessions_active,
             connections_open,
             plugin_call_duration,
-            registry,
+            families,
         }
     }
 
-    /// The registry, for families registered elsewhere (cluster bus).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// Registers a family defined elsewhere (cluster bus).
+    ///
+    /// # Errors
+    /// A family of the same name is already registered.
+    pub fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+        self.families.register(c)
+    }
+
+    /// The name of every registered family, observed or not (a labelled family
+    /// appears in [`Metrics::render`] only after its first child is created).
+    pub fn family_names(&self) -> BTreeSet<String> {
+        self.families.names.lock().clone()
     }
 
     /// Prometheus text exposition of every family.
@@ -221,7 +273,7 @@ impl Metrics {
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which the
         // typed constructors above cannot produce.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&self.families.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 
@@ -268,18 +320,45 @@ mod tests {
         m.handshakes.with_label_values(&["acme", "ok"]).inc();
         m.session_counters("acme").in_hot.inc();
         m.plugin_call_duration
-            .with_label_values(&["echo"])
+            .with_label_values(&["acme", "echo"])
             .observe(0.001);
         let text = m.render();
         assert!(text.contains("wsprism_handshakes_total{result=\"ok\",tenant=\"acme\"} 1"));
         assert!(text.contains("wsprism_messages_in_total{lane=\"hot\",tenant=\"acme\"} 1"));
-        assert!(text.contains("wsprism_plugin_call_duration_seconds_bucket"));
+        assert!(text.contains(
+            "wsprism_plugin_call_duration_seconds_bucket{plugin=\"echo\",tenant=\"acme\",le=\"0.001\"} 1"
+        ));
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(text.contains(&format!("wsprism_build_info{{version=\"{version}\"}} 1")));
+        #[cfg(target_os = "linux")]
+        for family in ["process_resident_memory_bytes", "process_cpu_seconds_total"] {
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
+        }
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap_or_default();
-            assert!(name.starts_with("wsprism_"), "{name}");
+            assert!(
+                name.starts_with("wsprism_") || name.starts_with("process_"),
+                "{name}"
+            );
             if line.ends_with("counter") {
                 assert!(name.ends_with("_total"), "{name}");
             }
         }
+    }
+
+    #[test]
+    fn family_names_list_unobserved_labelled_families() {
+        let m = Metrics::new();
+        // No child yet: the family is registered but not rendered.
+        assert!(!m.render().contains(PLUGIN_LOADS_TOTAL));
+        let names = m.family_names();
+        for name in [PLUGIN_LOADS_TOTAL, BUILD_INFO, SESSIONS_ACTIVE] {
+            assert!(names.contains(name), "{name} in {names:?}");
+        }
+        let extra = IntGauge::new("wsprism_test_extra", "A family registered later.")
+            .unwrap_or_else(|e| panic!("{e}"));
+        m.register(Box::new(extra))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(m.family_names().contains("wsprism_test_extra"));
     }
 }

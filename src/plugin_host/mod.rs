@@ -122,7 +122,7 @@ impl HostCore {
             duration: self
                 .metrics
                 .plugin_call_duration
-                .with_label_values(&[&*key.1]),
+                .with_label_values(&[&*key.0, &*key.1]),
         };
         Arc::clone(
             self.pools

@@ -56,7 +56,7 @@ pub(crate) type PoolKey = (Arc<str>, Arc<str>);
 pub(crate) struct CallMetrics {
     /// `wsprism_plugin_calls_total{tenant,plugin}`.
     pub(crate) calls: IntCounter,
-    /// `wsprism_plugin_call_duration_seconds{plugin}`.
+    /// `wsprism_plugin_call_duration_seconds{tenant,plugin}`.
     pub(crate) duration: Histogram,
 }
 
