@@ -169,6 +169,12 @@ pub struct QueuesConfig {
     /// Payload bytes queued over both queues. Past it, lossy frames are dropped
     /// oldest first and a reliable frame makes the session a slow consumer (4002).
     pub max_bytes: usize,
+    /// The kernel send buffer of each client socket (SO_SNDBUF), in bytes;
+    /// 0 leaves it to the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s
+    /// maximum, 4 MiB by default). What the kernel holds is past the queues'
+    /// reach: a small buffer keeps a slow receiver's backlog in the lossy
+    /// queue, where latest-wins conflation and the drop policy work on it.
+    pub socket_send_buffer_bytes: usize,
 }
 
 impl Default for QueuesConfig {
@@ -177,6 +183,7 @@ impl Default for QueuesConfig {
             reliable_capacity: DEFAULT_RELIABLE_CAPACITY,
             lossy_capacity: DEFAULT_LOSSY_CAPACITY,
             max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+            socket_send_buffer_bytes: 0,
         }
     }
 }

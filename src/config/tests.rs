@@ -366,3 +366,19 @@ fn env_vars_fill_numeric_and_boolean_fields() {
     assert_eq!(e.issues[0].path, "gateway.ping_interval_ms", "{e}");
     assert!(!e.issues[0].message.contains("soon"), "{e}");
 }
+
+#[test]
+fn socket_send_buffer_is_bounded() {
+    let ok = format!("{MINIMAL}gateway:\n  queues: {{ socket_send_buffer_bytes: 32768 }}\n");
+    assert_eq!(
+        parse(&ok)
+            .expect("valid")
+            .gateway
+            .queues
+            .socket_send_buffer_bytes,
+        32768
+    );
+    let big = format!("{MINIMAL}gateway:\n  queues: {{ socket_send_buffer_bytes: 1000000000 }}\n");
+    let e = parse(&big).expect_err("too big");
+    assert_eq!(e.issues[0].path, "gateway.queues.socket_send_buffer_bytes");
+}

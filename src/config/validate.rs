@@ -9,6 +9,9 @@ use super::{
     TenantConfig,
 };
 
+/// Largest `gateway.queues.socket_send_buffer_bytes` accepted.
+const MAX_SOCKET_SEND_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+
 /// Largest frame limit accepted (16 MiB); a realtime gateway has no business
 /// buffering more per message.
 const MAX_FRAME_BYTES_LIMIT: usize = 16 * 1024 * 1024;
@@ -67,6 +70,15 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
         g.queues.lossy_capacity as u64,
     );
     issues.positive("gateway.queues.max_bytes", g.queues.max_bytes as u64);
+    if g.queues.socket_send_buffer_bytes > MAX_SOCKET_SEND_BUFFER_BYTES {
+        issues.push(
+            "gateway.queues.socket_send_buffer_bytes",
+            format!(
+                "{} is over {MAX_SOCKET_SEND_BUFFER_BYTES} (64 MiB); 0 leaves it to the kernel",
+                g.queues.socket_send_buffer_bytes
+            ),
+        );
+    }
     if g.idle_timeout_ms > 0 && g.ping_interval_ms >= g.idle_timeout_ms {
         issues.push(
             "gateway.ping_interval_ms",

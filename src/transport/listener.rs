@@ -95,6 +95,16 @@ impl PublicAccept {
             .map(tokio_rustls::TlsAcceptor::from)
     }
 
+    /// Applies `gateway.queues.socket_send_buffer_bytes` to a client socket.
+    fn size_send_buffer(&self, stream: &tokio::net::TcpStream) {
+        let bytes = self.hub.config().gateway.queues.socket_send_buffer_bytes;
+        if bytes > 0
+            && let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(bytes)
+        {
+            debug!(error = %e, "SO_SNDBUF not applied");
+        }
+    }
+
     /// Whether a connection from `peer` must start with a PROXY header.
     fn expects_proxy_header(&self, peer: SocketAddr) -> bool {
         let cfg = self.hub.config();
@@ -185,6 +195,9 @@ pub(crate) async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(p) = &public {
+            p.size_send_buffer(&stream);
+        }
         let app = app.clone();
         let stop = stop.clone();
         let proxy_header = public

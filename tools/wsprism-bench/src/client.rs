@@ -235,9 +235,7 @@ impl Connector {
             .context("bad request URL")?;
         let socket = TcpSocket::new_v4().context("socket")?;
         if let Some(bytes) = rcvbuf {
-            socket
-                .set_recv_buffer_size(bytes)
-                .context("SO_RCVBUF")?;
+            socket.set_recv_buffer_size(bytes).context("SO_RCVBUF")?;
         }
         if !self.sources.is_empty() {
             let i = self.next_source.fetch_add(1, Ordering::Relaxed) % self.sources.len();
