@@ -34,10 +34,11 @@ QUIET_PCT=${QUIET_PCT:-15}
 QUIET_WAIT=${QUIET_WAIT:-300}
 UPDATE=${UPDATE:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
-ONLY=${ONLY:-echo_hot echo_ext fanout_hot fanout_chat idle connect_static connect_jwt}
+ONLY=${ONLY:-echo_hot echo_ext fanout_hot fanout_chat latest idle connect_static connect_jwt}
 
 GATEWAY_URL=ws://127.0.0.1:18080
 JWT_URL=ws://127.0.0.1:18083
+SNDBUF_URL=ws://127.0.0.1:18084
 ECHO_URL=ws://127.0.0.1:18081
 RELAY_URL=ws://127.0.0.1:18082
 
@@ -175,6 +176,16 @@ start_gateway bench/wsprism-bench.yaml 18080
 GW=$SERVER_PID
 start_gateway bench/wsprism-bench-jwt.yaml 18083
 GW_JWT=$SERVER_PID
+# The bench config with a 32 KiB socket send buffer (the `latest` case's
+# tuned figure beside the as-shipped one).
+SNDBUF_CFG="$OUT/wsprism-bench-sndbuf.yaml"
+sed -e 's/^  listen: .*/  listen: "127.0.0.1:18084"/' \
+    -e 's/^  admin_listen: .*/  admin_listen: "127.0.0.1:19094"/' \
+    -e "s#dir: ../plugins#dir: $PWD/plugins#" \
+    -e 's/^  queues: { \(.*\) }/  queues: { \1, socket_send_buffer_bytes: 32768 }/' \
+    bench/wsprism-bench.yaml >"$SNDBUF_CFG"
+start_gateway "$SNDBUF_CFG" 18084
+GW_SNDBUF=$SERVER_PID
 start_baseline echo 18081
 BL_ECHO=$SERVER_PID
 start_baseline relay 18082
@@ -209,12 +220,18 @@ for run in $(seq 1 "$RUNS"); do
     bench fanout_hot gateway "$run" "$GW" "${FANOUT_ARGS[@]}" --url "$GATEWAY_URL" --lane hot --rate "$FANOUT_RATES" --stop-on-loss
     bench fanout_hot baseline "$run" "$BL_RELAY" "${FANOUT_ARGS[@]}" --url "$RELAY_URL" --lane hot --rate "$FANOUT_RATES" --stop-on-loss
   fi
+  if wants latest; then
+    # A position stream at twice what the receiver drains: plain lossy relay
+    # (svc 1) vs latest-wins relay (svc 4), as shipped and with SO_SNDBUF.
+    bench latest shipped "$run" "$GW" latest --url "$GATEWAY_URL" --duration "$DURATION"
+    bench latest gateway "$run" "$GW_SNDBUF" latest --url "$SNDBUF_URL" --duration "$DURATION"
+  fi
   if wants fanout_chat; then
     bench fanout_chat gateway "$run" "$GW" "${FANOUT_ARGS[@]}" --url "$GATEWAY_URL" --lane chat --rate "$CHAT_RATE"
     bench fanout_chat baseline "$run" "$BL_RELAY" "${FANOUT_ARGS[@]}" --url "$RELAY_URL" --lane chat --rate "$CHAT_RATE"
   fi
 done
-for p in "$GW" "$GW_JWT" "$BL_ECHO" "$BL_RELAY"; do
+for p in "$GW" "$GW_JWT" "$GW_SNDBUF" "$BL_ECHO" "$BL_RELAY"; do
   SERVER_PID=$p
   stop_server
 done

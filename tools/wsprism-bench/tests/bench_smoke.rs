@@ -73,6 +73,7 @@ tenants:
     hot_services:
       - { id: 1, kind: relay }
       - { id: 2, kind: echo }
+      - { id: 4, kind: relay, conflate: true }
   - id: jwt
     auth: { mode: jwt, algorithm: HS256, secret_env: PATH }
     policy:
@@ -200,6 +201,29 @@ async fn every_mode_runs_against_the_gateway() {
     let r = bench(&["connect", "--url", &url, "-c", "4", "--total", "20"]).await;
     assert_eq!(n(&r, "handshakes"), 20, "{r}");
     assert_eq!(n(&r, "failed"), 0, "{r}");
+
+    // A short position stream on both relays; the receiver reads what it can.
+    let r = bench(&[
+        "latest",
+        "--url",
+        &url,
+        "--rate",
+        "200",
+        "--drain",
+        "100",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.5",
+        "--payload",
+        "64",
+    ])
+    .await;
+    for relay in ["plain", "latest"] {
+        assert!(n(&r, &format!("{relay}_sent")) > 0, "{r}");
+        assert!(n(&r, &format!("{relay}_frames")) > 0, "{r}");
+        assert!(r[format!("{relay}_age_p50_us")].is_u64(), "{r}");
+    }
 
     let secret = std::env::var("PATH").expect("PATH is set");
     let r = bench(&[
