@@ -515,7 +515,7 @@ mod tests {
             Err(WireError::Version(2))
         );
         let mut kind = good.clone();
-        kind[1] = 9;
+        kind[1] = 200;
         assert_eq!(
             BusMessage::decode(Bytes::from(kind)),
             Err(WireError::Malformed)

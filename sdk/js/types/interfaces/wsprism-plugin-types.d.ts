@@ -111,7 +111,10 @@ declare module 'wsprism:plugin/types@0.2.0' {
     */
     user(): string;
     /**
-    * Session id, unique within the gateway process.
+    * Session id: the number clients see as 16 lowercase hex digits
+    * (`sid` in `sys.authed`, lifecycle events, the server API), i.e.
+    * `format!("{sid:016x}")`. Unique within a gateway process; each
+    * process starts its sequence at a random point.
     */
     sid(): bigint;
     /**
