@@ -827,21 +827,6 @@ async fn recorded(c: &mut Client, n: usize) -> Vec<(u64, String, String)> {
     out
 }
 
-/// Joins `room` with `since`; returns the frames up to `sys.joined`.
-async fn join_since(c: &mut Client, room: &str, since: Value) -> Vec<Value> {
-    c.send_json(json!({"v":1,"svc":"room","type":"join","room":room,"data":{"since":since}}))
-        .await;
-    let mut frames = Vec::new();
-    loop {
-        let v = c.recv_json().await;
-        let done = v["type"] == "joined";
-        frames.push(v);
-        if done {
-            return frames;
-        }
-    }
-}
-
 #[tokio::test]
 async fn history_is_one_sequence_across_nodes_and_recovers_on_any_node() {
     let redis = RedisServer::start();
@@ -869,7 +854,9 @@ async fn history_is_one_sequence_across_nodes_and_recovers_on_any_node() {
 
     // Recovery on either node, whichever node published.
     let mut u3 = b.client("acme", "t3").await;
-    let frames = join_since(&mut u3, "lobby", json!({"epoch": epoch, "offset": 2})).await;
+    let frames = u3
+        .join_since("lobby", json!({"epoch": epoch, "offset": 2}))
+        .await;
     let (joined, replay) = frames.split_last().expect("joined");
     assert_eq!(joined["data"]["recovered"], true, "{frames:?}");
     assert_eq!(joined["data"]["offset"], 8);
@@ -885,7 +872,9 @@ async fn history_is_one_sequence_across_nodes_and_recovers_on_any_node() {
     let expected: Vec<(u64, String)> = seen1[2..].iter().map(|(o, _, t)| (*o, t.clone())).collect();
     assert_eq!(replayed, expected);
     let mut u4 = a.client("acme", "t4").await;
-    let frames = join_since(&mut u4, "lobby", json!({"epoch": epoch, "offset": 7})).await;
+    let frames = u4
+        .join_since("lobby", json!({"epoch": epoch, "offset": 7}))
+        .await;
     assert_eq!(frames.len(), 2, "offset 8, then joined: {frames:?}");
     assert_eq!(frames[0]["offset"], 8);
     assert_eq!(frames[1]["data"]["recovered"], true);
@@ -903,7 +892,9 @@ async fn history_is_one_sequence_across_nodes_and_recovers_on_any_node() {
     assert_ne!(*new_epoch, epoch, "a new epoch after the flush");
     assert_eq!(recorded(&mut u2, 1).await, after);
     let mut late = a.client("acme", "t3").await;
-    let frames = join_since(&mut late, "lobby", json!({"epoch": epoch, "offset": 8})).await;
+    let frames = late
+        .join_since("lobby", json!({"epoch": epoch, "offset": 8}))
+        .await;
     assert_eq!(frames.len(), 1, "{frames:?}");
     assert_eq!(frames[0]["data"]["recovered"], false);
     assert_eq!(frames[0]["data"]["epoch"], new_epoch.as_str());
@@ -983,12 +974,12 @@ async fn history_during_a_redis_outage_is_local_and_members_resync_after() {
     assert_eq!(during[0].2, "during");
     assert_ne!(during[0].1, shared, "a local epoch while Redis is away");
     let mut u4 = b.client("acme", "t4").await;
-    let frames = join_since(
-        &mut u4,
-        "lobby",
-        json!({"epoch": during[0].1, "offset": during[0].0 - 1}),
-    )
-    .await;
+    let frames = u4
+        .join_since(
+            "lobby",
+            json!({"epoch": during[0].1, "offset": during[0].0 - 1}),
+        )
+        .await;
     assert_eq!(frames.last().expect("joined")["data"]["recovered"], false);
 
     redis.restart();

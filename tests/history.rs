@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestConfig, TestGateway};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn cfg(history_size: usize) -> TestConfig {
     TestConfig::tenant("acme")
@@ -20,20 +20,6 @@ fn cfg(history_size: usize) -> TestConfig {
 async fn say(c: &mut common::Client, text: &str) {
     c.send_json(json!({"v":1,"svc":"chat","type":"send","room":"r","data":{"msg":text}}))
         .await;
-}
-
-async fn join_since(c: &mut common::Client, since: Value) -> Vec<Value> {
-    c.send_json(json!({"v":1,"svc":"room","type":"join","room":"r","data":{"since":since}}))
-        .await;
-    let mut frames = Vec::new();
-    loop {
-        let v = c.recv_json().await;
-        let done = v["type"] == "joined";
-        frames.push(v);
-        if done {
-            return frames;
-        }
-    }
 }
 
 #[tokio::test]
@@ -76,7 +62,9 @@ async fn reliable_publications_carry_offsets_and_recover_after_a_gap() {
     assert!(lossy.get("offset").is_none(), "{lossy}");
 
     let mut b = gw.client("acme", "t2").await;
-    let frames = join_since(&mut b, json!({"epoch": epoch, "offset": 1})).await;
+    let frames = b
+        .join_since("r", json!({"epoch": epoch, "offset": 1}))
+        .await;
     let offsets: Vec<u64> = frames.iter().filter_map(|f| f["offset"].as_u64()).collect();
     assert_eq!(offsets, vec![2, 3, 4, 5]);
     assert_eq!(frames[0]["data"]["msg"], "two");
@@ -86,7 +74,9 @@ async fn reliable_publications_carry_offsets_and_recover_after_a_gap() {
 
     // Up to date: nothing to replay, still recovered.
     let mut c = gw.client("acme", "t3").await;
-    let frames = join_since(&mut c, json!({"epoch": epoch, "offset": 5})).await;
+    let frames = c
+        .join_since("r", json!({"epoch": epoch, "offset": 5}))
+        .await;
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0]["data"]["recovered"], true);
 }
@@ -105,7 +95,9 @@ async fn gaps_that_cannot_be_filled_report_recovered_false() {
     }
     let mut b = gw.client("acme", "t2").await;
     // Trimmed: only offsets 4..6 are retained.
-    let frames = join_since(&mut b, json!({"epoch": epoch, "offset": 1})).await;
+    let frames = b
+        .join_since("r", json!({"epoch": epoch, "offset": 1}))
+        .await;
     assert_eq!(
         frames.len(),
         1,
@@ -113,7 +105,9 @@ async fn gaps_that_cannot_be_filled_report_recovered_false() {
     );
     assert_eq!(frames[0]["data"]["recovered"], false);
     let mut c = gw.client("acme", "t3").await;
-    let frames = join_since(&mut c, json!({"epoch": "another-epoch", "offset": 5})).await;
+    let frames = c
+        .join_since("r", json!({"epoch": "another-epoch", "offset": 5}))
+        .await;
     assert_eq!(frames[0]["data"]["recovered"], false);
     // A malformed position is a bad request.
     c.send_json(
@@ -132,6 +126,6 @@ async fn without_history_nothing_is_recorded_or_recovered() {
     say(&mut a, "x").await;
     assert!(a.recv_type("msg").await.get("offset").is_none());
     let mut b = gw.client("acme", "t2").await;
-    let frames = join_since(&mut b, json!({"epoch": "e", "offset": 0})).await;
+    let frames = b.join_since("r", json!({"epoch": "e", "offset": 0})).await;
     assert_eq!(frames[0]["data"]["recovered"], false);
 }

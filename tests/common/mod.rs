@@ -308,6 +308,25 @@ impl Client {
         }
     }
 
+    /// Joins `room` with a history position (`data.since`); returns every
+    /// frame up to and including `sys.joined` (replayed publications first).
+    #[allow(dead_code)]
+    pub async fn join_since(&mut self, room: &str, since: Value) -> Vec<Value> {
+        self.send_json(
+            serde_json::json!({"v":1,"svc":"room","type":"join","room":room,"data":{"since":since}}),
+        )
+        .await;
+        let mut frames = Vec::new();
+        loop {
+            let v = self.recv_json().await;
+            let done = v["type"] == "joined";
+            frames.push(v);
+            if done {
+                return frames;
+            }
+        }
+    }
+
     pub async fn join(&mut self, room: &str) -> Value {
         self.send_json(serde_json::json!({"v":1,"svc":"room","type":"join","room":room}))
             .await;
