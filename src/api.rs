@@ -34,7 +34,7 @@ use crate::error::{ApiCode, ClientCode, CloseCode};
 use crate::gateway::Gateway;
 use crate::protocol::ext::{Outgoing, raw};
 use crate::realtime::broker::{TenantStats, capped};
-use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos};
+use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos, valid_conflation_key};
 use crate::tenant::{Tenant, TenantRuntime};
 
 /// Largest request body accepted by the server API.
@@ -343,7 +343,7 @@ async fn publish(
                     "\"key\" conflates lossy publications; add \"qos\":\"lossy\"",
                 ));
             }
-            if key.is_empty() || key.len() > MAX_CONFLATION_KEY_BYTES {
+            if !valid_conflation_key(key) {
                 return Err(ApiError::client(
                     ClientCode::BadRequest,
                     format!("\"key\" must be 1 to {MAX_CONFLATION_KEY_BYTES} bytes"),

@@ -576,9 +576,7 @@ impl Node {
                 2 => over = true,
                 _ => {}
             }
-            let mut index = redis::cmd("SADD");
-            index.arg(self.node_users_key(&self.id)).arg(&tenant_key);
-            self.queue(Outgoing::Command(index));
+            self.index(self.node_users_key(&self.id), &tenant_key);
         }
         let key = self.sessions_key(tenant, user);
         let reply = link::call(
@@ -611,9 +609,7 @@ impl Node {
         if verdict.is_err() && total > 0 {
             self.release_tenant_slot(tenant, sid);
         }
-        let mut index = redis::cmd("SADD");
-        index.arg(self.node_users_key(&self.id)).arg(key);
-        self.queue(Outgoing::Command(index));
+        self.index(self.node_users_key(&self.id), &key);
         Ok(verdict)
     }
 
@@ -649,11 +645,7 @@ impl Node {
                 .query_async(&mut conn),
         )
         .await?;
-        let mut index = redis::cmd("SADD");
-        index
-            .arg(self.node_seats_key(&self.id))
-            .arg(self.seats_key(tenant, room));
-        self.queue(Outgoing::Command(index));
+        self.index(self.node_seats_key(&self.id), &self.seats_key(tenant, room));
         Ok(match taken {
             1 => Ok(()),
             0 => Err(RoomError::RoomFull),
@@ -684,11 +676,7 @@ impl Node {
             sid,
             RoomLimits::default(),
         )));
-        let mut index = redis::cmd("SADD");
-        index
-            .arg(self.node_seats_key(&self.id))
-            .arg(self.seats_key(tenant, room));
-        self.queue(Outgoing::Command(index));
+        self.index(self.node_seats_key(&self.id), &self.seats_key(tenant, room));
     }
 
     /// Queues the release of a seat.
@@ -857,6 +845,14 @@ impl Node {
         }
     }
 
+    /// Queues the addition of `key` to this node's index `set` (the keys it
+    /// wrote to, cleaned up by whoever buries it).
+    fn index(&self, set: String, key: &str) {
+        let mut add = redis::cmd("SADD");
+        add.arg(set).arg(key);
+        self.queue(Outgoing::Command(add));
+    }
+
     /// Queues a recorded publication; gives it back when the queue is full.
     fn queue_recorded(&self, r: Recorded) -> Result<(), Box<Recorded>> {
         match self.publish_tx.try_send(Outgoing::Recorded(Box::new(r))) {
@@ -874,9 +870,7 @@ impl Node {
         let mut set = redis::cmd("HSET");
         set.arg(&key).arg(peer).arg(format!("{}\t{user}", self.id));
         self.queue(Outgoing::Command(set));
-        let mut index = redis::cmd("SADD");
-        index.arg(self.node_rooms_key(&self.id)).arg(key);
-        self.queue(Outgoing::Command(index));
+        self.index(self.node_rooms_key(&self.id), &key);
     }
 
     /// Queues the removal of a local member's presence record.

@@ -31,7 +31,7 @@ use crate::config::TenantConfig;
 use crate::error::{OutputRule, PluginError};
 use crate::obs::metrics::Metrics;
 use crate::realtime::broker::Broker;
-use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos};
+use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos, valid_conflation_key};
 use crate::services::{Effect, SessionInfo as GatewaySession};
 
 wasmtime::component::bindgen!({
@@ -467,7 +467,7 @@ impl self::wsprism::plugin::realtime::Host for HostState {
         if let Err(e) = Self::room_arg(&room) {
             return Ok(Err(e));
         }
-        if key.is_empty() || key.len() > MAX_CONFLATION_KEY_BYTES {
+        if !valid_conflation_key(&key) {
             return Ok(Err(HostError::InvalidArgument(format!(
                 "key must be 1 to {MAX_CONFLATION_KEY_BYTES} bytes"
             ))));

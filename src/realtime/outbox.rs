@@ -28,6 +28,12 @@ use crate::error::CloseCode;
 /// `publish-latest`), in bytes.
 pub const MAX_CONFLATION_KEY_BYTES: usize = 256;
 
+/// Whether a publisher's conflation key is acceptable: 1 to
+/// [`MAX_CONFLATION_KEY_BYTES`] bytes.
+pub fn valid_conflation_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_CONFLATION_KEY_BYTES
+}
+
 /// The conflation key of a lossy frame that has none.
 pub const NO_KEY: u64 = 0;
 
