@@ -7,13 +7,13 @@ mod plugin_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis::RedisServer;
+use common::redis::{RedisServer, Sentinel};
 use common::{Client, TestConfig, TestGateway, eventually, eventually_within, metric};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsprism::cluster::{Node, RedisKv};
-use wsprism::config::{ClusterConfig, ClusterMode, OnExceed};
+use wsprism::config::{ClusterConfig, ClusterMode, OnExceed, SentinelConfig};
 use wsprism::obs::metrics::Metrics;
 use wsprism::plugin_host::kv::{KvError, KvScope, KvStore, MAX_VALUE_BYTES, MemoryKv};
 
@@ -252,7 +252,15 @@ async fn redis_outage_keeps_local_service_and_recovers() {
     })
     .await;
     chat(&mut u2, "lobby", "after").await;
-    assert_eq!(chat_msg(&mut u1).await, "after");
+    // Nobody was taken for dead although every record went stale during
+    // the failover: u1 saw no member_left up to the new message.
+    loop {
+        let m = u1.recv_json().await;
+        assert_ne!(m["type"], "member_left", "{m}");
+        if m["type"] == "msg" && m["data"]["msg"] == "after" {
+            break;
+        }
+    }
     assert!(
         back.elapsed() < Duration::from_secs(5),
         "cross-node delivery back after {:?}",
@@ -1118,4 +1126,93 @@ async fn nodes_reach_redis_over_tls() {
     assert_eq!(chat_msg(&mut u2).await, "over tls");
     let nodes: Vec<String> = redis.cmd(&["ZRANGE", "wsprism:{nodes}", "0", "-1"]);
     assert_eq!(nodes, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn nodes_behind_sentinel_follow_a_failover() {
+    let mut master = RedisServer::start();
+    let replica = RedisServer::start_replica(&master);
+    // The master is declared down after 3.5 s, longer than the nodes'
+    // node_ttl_ms (3 s): every heartbeat record is stale by the time the
+    // replica takes over, and still nobody may be buried.
+    let s1 = Sentinel::start(&master, 1, 3500, 1);
+    let s2 = Sentinel::start(&master, 1, 3500, 1);
+    eventually("the sentinels know each other", || async {
+        s1.peers() == 1 && s2.peers() == 1
+    })
+    .await;
+    let sentinels = vec![s1.url(), s2.url()];
+    let via_sentinel = |cfg: TestConfig| {
+        let urls = sentinels.clone();
+        cfg.gateway(move |g| {
+            // Only the scheme, credentials and database of redis_url apply:
+            // nothing listens on this address.
+            g.cluster.redis_url = "redis://127.0.0.1:1".into();
+            g.cluster.sentinel = Some(SentinelConfig {
+                master_name: Sentinel::MASTER.into(),
+                urls,
+            });
+        })
+    };
+    let (a, b) = two_nodes(&master, |cfg| with_events(via_sentinel(cfg))).await;
+    let mut u1 = a.client("acme", "t1").await;
+    let mut u2 = b.client("acme", "t2").await;
+    u1.join("lobby").await;
+    u2.join("lobby").await;
+    subscribed(&master, &room_channel("lobby"), 2).await;
+    chat(&mut u1, "lobby", "before").await;
+    assert_eq!(chat_msg(&mut u2).await, "before");
+    assert_eq!(chat_msg(&mut u1).await, "before", "own copy");
+    let nodes: Vec<String> = master.cmd(&["ZRANGE", "wsprism:{nodes}", "0", "-1"]);
+    assert_eq!(nodes, ["a", "b"]);
+    let moves = "wsprism_cluster_reconnects_total{link=\"sentinel\"}";
+    assert_eq!(
+        metric(&a.metrics().await, moves),
+        1.0,
+        "the first master found"
+    );
+
+    master.kill();
+    eventually_within(Duration::from_secs(30), "the replica promoted", || async {
+        s1.master_port() == Some(replica.port) && s2.master_port() == Some(replica.port)
+    })
+    .await;
+    let promoted = tokio::time::Instant::now();
+    eventually_within(
+        Duration::from_secs(10),
+        "both nodes subscribed on the new master",
+        || async { replica.subscribers(&room_channel("lobby")) == 2 },
+    )
+    .await;
+    cluster_up(&a).await;
+    cluster_up(&b).await;
+    // The pub/sub link was lost: members may have missed publications.
+    let resync = u2.recv_type("resync").await;
+    assert_eq!(resync["room"], "lobby", "{resync}");
+    chat(&mut u2, "lobby", "after").await;
+    assert_eq!(chat_msg(&mut u1).await, "after");
+    // README "Cluster": within 5 s of Redis being back (here: of the
+    // Sentinels naming the new master).
+    assert!(
+        promoted.elapsed() < Duration::from_secs(5),
+        "cross-node delivery back {:?} after the promotion",
+        promoted.elapsed()
+    );
+    eventually("heartbeats reach the new master", || async {
+        let mut nodes: Vec<String> = replica.cmd(&["ZRANGE", "wsprism:{nodes}", "0", "-1"]);
+        nodes.sort();
+        nodes == ["a", "b"]
+    })
+    .await;
+    // The first node back found the other's record stale; had it buried
+    // it, that node's member would be gone from its view.
+    for gw in [&a, &b] {
+        let mut users = presence_api(gw, "lobby").await;
+        users.sort();
+        assert_eq!(users, ["u1", "u2"]);
+    }
+    for gw in [&a, &b] {
+        let moved = metric(&gw.metrics().await, moves);
+        assert!(moved >= 2.0, "{moves} = {moved}");
+    }
 }

@@ -125,7 +125,6 @@ return redis.call('DEL', KEYS[1])
 #[derive(Clone)]
 pub struct RedisKv {
     node: Arc<Node>,
-    conn: ConnectionManager,
     set: Arc<redis::Script>,
     incr: Arc<redis::Script>,
     delete: Arc<redis::Script>,
@@ -157,11 +156,9 @@ fn now_ms() -> u64 {
 impl RedisKv {
     /// A store on `node`'s command connection to Redis.
     pub fn new(node: Arc<Node>) -> Self {
-        let conn = node.commands.clone();
         let script = |body: &str| Arc::new(redis::Script::new(&format!("{SWEEP}{body}")));
         Self {
             node,
-            conn,
             set: script(SET),
             incr: script(INCR),
             delete: Arc::new(redis::Script::new(DELETE)),
@@ -182,12 +179,12 @@ impl RedisKv {
         })
     }
 
-    /// Fails fast while the node's Redis link is down.
-    fn check_up(&self) -> Result<(), KvError> {
-        if self.node.is_up() {
-            Ok(())
-        } else {
-            Err(KvError::Unavailable("cluster down".into()))
+    /// The node's command connection; fails fast while its Redis link is
+    /// down.
+    fn conn(&self) -> Result<ConnectionManager, KvError> {
+        match self.node.endpoint.commands() {
+            Ok(conn) if self.node.is_up() => Ok(conn),
+            _ => Err(KvError::Unavailable("cluster down".into())),
         }
     }
 
@@ -223,8 +220,7 @@ impl RedisKv {
 
     /// Runs `cmd` with the kv timeout.
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, KvError> {
-        self.check_up()?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let r = tokio::time::timeout(KV_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
         self.failed(r)
     }
@@ -244,8 +240,7 @@ impl RedisKv {
         &self,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, KvError> {
-        self.check_up()?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let r = tokio::time::timeout(KV_TIMEOUT, inv.invoke_async::<T>(&mut conn)).await;
         self.failed(r)
     }

@@ -9,7 +9,12 @@
 //!   is unknown);
 //! - the **heartbeat** refreshes this node's record every
 //!   `node_ttl_ms / 5` (at most once a second apart), measures the round
-//!   trip, counts the live nodes, and removes the record on shutdown.
+//!   trip, counts the live nodes, buries nodes silent past `node_ttl_ms`
+//!   (not in the first `node_ttl_ms` after its own outage), and removes the
+//!   record on shutdown.
+//!
+//! Behind Sentinel, a failed heartbeat or pub/sub link asks the Sentinels
+//! for the master ([`Node::relocate`]); when it moved, every link follows.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -75,6 +80,29 @@ pub(super) fn commands(client: &redis::Client) -> redis::RedisResult<ConnectionM
     ConnectionManager::new_lazy_with_config(client.clone(), cfg)
 }
 
+/// A link's own command connection (the publisher's: its pipelines never
+/// queue behind other callers' commands), renewed when the endpoint moves to
+/// another server.
+#[derive(Default)]
+struct OwnConnection {
+    generation: u64,
+    conn: Option<ConnectionManager>,
+}
+
+impl OwnConnection {
+    fn get(&mut self, node: &Node) -> redis::RedisResult<&mut ConnectionManager> {
+        let generation = node.endpoint.generation();
+        if self.generation != generation {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            self.conn = Some(commands(&node.endpoint.target()?.client)?);
+            self.generation = generation;
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+}
+
 /// One Redis call bounded by [`CALL_TIMEOUT`].
 pub(super) async fn call<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -92,13 +120,7 @@ pub(super) async fn publisher(
     mut rx: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
-    let mut conn = match commands(&node.client) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(node = %node.id, error = %e, "cluster publisher cannot start");
-            return;
-        }
-    };
+    let mut own = OwnConnection::default();
     let mut batch: Vec<Outgoing> = Vec::with_capacity(PUBLISH_BATCH);
     // Rooms whose publications were lost while Redis was unreachable.
     let mut lost: HashSet<String> = HashSet::new();
@@ -154,11 +176,15 @@ pub(super) async fn publisher(
         }
         // A connection found dead is replaced by the manager on that error:
         // one more try goes out on the new one.
-        let mut result = call(pipe.query_async::<()>(&mut conn)).await;
+        let mut result = match own.get(&node) {
+            Ok(conn) => call(pipe.query_async::<()>(conn)).await,
+            Err(e) => Err(e),
+        };
         if result.as_ref().is_err_and(|e| {
             e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
-        }) {
-            result = call(pipe.query_async::<()>(&mut conn)).await;
+        }) && let Ok(conn) = own.get(&node)
+        {
+            result = call(pipe.query_async::<()>(conn)).await;
         }
         match result {
             Ok(()) => {
@@ -209,14 +235,21 @@ pub(super) async fn subscriber(
 ) {
     let mut backoff = Backoff::new();
     let mut connected_before = false;
+    let mut moved = node.endpoint.changes();
     loop {
-        let pubsub = match timeout(CALL_TIMEOUT, node.client.get_async_pubsub()).await {
-            Ok(Ok(p)) => p,
-            failed => {
-                if let Ok(Err(e)) = failed {
-                    tracing::debug!(node = %node.id, error = %e, "cluster pub/sub connect failed");
-                }
+        moved.mark_unchanged();
+        let connected = match node.endpoint.target() {
+            Ok(t) => timeout(CALL_TIMEOUT, t.client.get_async_pubsub())
+                .await
+                .unwrap_or_else(|_| Err(timed_out())),
+            Err(e) => Err(e),
+        };
+        let pubsub = match connected {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(node = %node.id, error = %e, "cluster pub/sub connect failed");
                 node.metrics.error("connect", 1);
+                node.relocate().await;
                 if !backoff.wait(&stop).await {
                     return;
                 }
@@ -269,6 +302,7 @@ pub(super) async fn subscriber(
         let lost = loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = moved.changed() => break "the Redis master moved",
                 msg = stream.next() => match msg {
                     Some(m) => {
                         let payload = bytes::Bytes::copy_from_slice(m.get_payload_bytes());
@@ -303,6 +337,7 @@ pub(super) async fn subscriber(
         node.metrics.error("pubsub", 1);
         tracing::warn!(node = %node.id, reason = lost, "cluster pub/sub link lost; local service goes on");
         drop(stream);
+        node.relocate().await;
         if !backoff.wait(&stop).await {
             return;
         }
@@ -411,7 +446,6 @@ return 0
 /// slot, re-asserts its presence after Redis was away, and buries nodes
 /// silent past `node_ttl_ms`.
 pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
-    let mut conn = node.commands.clone();
     let every = (node.ttl / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let ttl_ms = u64::try_from(node.ttl.as_millis()).unwrap_or(u64::MAX);
     let key = node.node_key(&node.id);
@@ -422,6 +456,10 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = false;
     let mut ever_up = false;
+    // After its own outage a node buries no one for one node_ttl_ms: the
+    // others were likely cut off by the same outage (a Redis restart, a
+    // Sentinel failover) and are reconnecting, their records stale meanwhile.
+    let mut bury_from = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -448,10 +486,17 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
             .arg("-inf")
             .arg(format!("({oldest_live}"));
         pipe.cmd("ZCOUNT").arg(&nodes).arg(oldest_live).arg("+inf");
+        if node.endpoint.target().is_err() {
+            node.relocate().await;
+        }
         let sent = Instant::now();
-        let beat = call(pipe.query_async::<(Vec<String>, u64)>(&mut conn)).await;
-        let slot = match &beat {
-            Ok(_) => {
+        let mut conn = node.endpoint.commands();
+        let beat = match &mut conn {
+            Ok(conn) => call(pipe.query_async::<(Vec<String>, u64)>(conn)).await,
+            Err(e) => Err(e.clone()),
+        };
+        let slot = match (&beat, &mut conn) {
+            (Ok(_), Ok(conn)) => {
                 call(
                     claim
                         .key(node.slots_key())
@@ -459,11 +504,11 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
                         .arg(&node.id)
                         .arg(oldest_live)
                         .arg(node.slot())
-                        .invoke_async::<u32>(&mut conn),
+                        .invoke_async::<u32>(conn),
                 )
                 .await
             }
-            Err(_) => Err(timed_out()),
+            _ => Err(timed_out()),
         };
         match (beat, slot) {
             (Ok((dead, live)), Ok(slot)) => {
@@ -477,6 +522,7 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
                 }
                 if !was_up {
                     if ever_up {
+                        bury_from = Instant::now() + node.ttl;
                         node.metrics
                             .reconnects
                             .with_label_values(&["commands"])
@@ -498,11 +544,14 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
                 was_up = true;
                 ever_up = true;
                 node.set_commands_up(true);
-                for d in dead.iter().filter(|d| **d != node.id) {
+                let may_bury = Instant::now() >= bury_from;
+                for d in dead.iter().filter(|d| may_bury && **d != node.id) {
                     match node.bury(d).await {
                         Ok(()) => {
-                            let _ = call(redis::Cmd::zrem(&nodes, d).query_async::<()>(&mut conn))
-                                .await;
+                            if let Ok(conn) = &mut conn {
+                                let _ =
+                                    call(redis::Cmd::zrem(&nodes, d).query_async::<()>(conn)).await;
+                            }
                         }
                         Err(e) => {
                             node.metrics.error("bury", 1);
@@ -521,6 +570,9 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
                 node.metrics.error("heartbeat", 1);
                 was_up = false;
                 node.set_commands_up(false);
+                // Behind Sentinel the master may have moved (or the old one
+                // come back as a replica: writes fail with READONLY).
+                node.relocate().await;
             }
         }
     }
@@ -530,11 +582,13 @@ pub(super) async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
     let mut pipe = redis::pipe();
     pipe.cmd("DEL").arg(&key).ignore();
     pipe.cmd("ZADD").arg(&nodes).arg(0).arg(&node.id).ignore();
-    let _ = timeout(
-        Duration::from_millis(500),
-        pipe.query_async::<()>(&mut conn),
-    )
-    .await;
+    if let Ok(mut conn) = node.endpoint.commands() {
+        let _ = timeout(
+            Duration::from_millis(500),
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await;
+    }
 }
 
 pub(super) fn now_ms() -> u64 {

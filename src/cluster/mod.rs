@@ -32,6 +32,7 @@
 //! [`Broker`]: crate::realtime::broker::Broker
 
 mod broker;
+mod endpoint;
 mod kv;
 mod link;
 mod wire;
@@ -108,7 +109,8 @@ pub(crate) struct ClusterMetrics {
     pub received: IntCounter,
     /// Failures by operation.
     pub errors: IntCounterVec,
-    /// Re-established Redis links by link.
+    /// Re-established Redis links by link (`sentinel`: moves to a master
+    /// the Sentinels named).
     pub reconnects: IntCounterVec,
     /// Heartbeat round trip to Redis.
     pub rtt: Histogram,
@@ -140,7 +142,7 @@ impl ClusterMetrics {
         let reconnects = IntCounterVec::new(
             Opts::new(
                 "wsprism_cluster_reconnects_total",
-                "Redis links re-established after a loss, by link.",
+                "Redis links re-established after a loss, by link (sentinel: moved to the master the Sentinels name).",
             ),
             &["link"],
         )?;
@@ -225,9 +227,8 @@ pub struct Node {
     nonce: u64,
     prefix: String,
     ttl: Duration,
-    client: redis::Client,
-    /// Heartbeats, presence snapshots, node clean-up.
-    commands: redis::aio::ConnectionManager,
+    /// The Redis server (standalone, or the master Sentinels name).
+    endpoint: endpoint::Endpoint,
     publish_tx: mpsc::Sender<Outgoing>,
     recheck_tx: mpsc::UnboundedSender<Recheck>,
     /// Channels the pub/sub link is subscribed to now.
@@ -260,11 +261,7 @@ impl Node {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Arc<Self>, ClusterError> {
-        let info = redis::IntoConnectionInfo::into_connection_info(cfg.redis_url.as_str())
-            .map_err(|e| ClusterError::Url(e.to_string()))?;
-        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(|e| ClusterError::Url(e.to_string()))?;
-        let commands = link::commands(&client).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let endpoint = endpoint::Endpoint::new(cfg)?;
         let id = if cfg.node_id.is_empty() {
             format!("node-{:08x}", rand::random::<u32>())
         } else {
@@ -277,8 +274,7 @@ impl Node {
             nonce: rand::random(),
             prefix: cfg.prefix.clone(),
             ttl: Duration::from_millis(cfg.node_ttl_ms),
-            client,
-            commands,
+            endpoint,
             publish_tx,
             recheck_tx,
             subscribed: DashMap::new(),
@@ -290,7 +286,12 @@ impl Node {
             reserve: redis::Script::new(RESERVE_SESSION),
             metrics: ClusterMetrics::register(metrics)?,
         });
-        tracing::info!(node = %node.id, prefix = %node.prefix, "cluster node starting (redis)");
+        tracing::info!(
+            node = %node.id,
+            prefix = %node.prefix,
+            sentinel = node.endpoint.is_sentinel(),
+            "cluster node starting (redis)"
+        );
         tasks.spawn(link::publisher(
             Arc::clone(&node),
             publish_rx,
@@ -315,6 +316,26 @@ impl Node {
         self.commands_up.load(Ordering::Acquire) && self.pubsub_up.load(Ordering::Acquire)
     }
 
+    /// Behind Sentinel, after a link failed: asks which server is the
+    /// master now and moves every link there if it changed (nothing for a
+    /// standalone server).
+    async fn relocate(&self) {
+        match self.endpoint.resolve().await {
+            Ok(Some(addr)) => {
+                self.metrics
+                    .reconnects
+                    .with_label_values(&["sentinel"])
+                    .inc();
+                tracing::info!(node = %self.id, master = %addr, "cluster Redis master found (Sentinel)");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.error("sentinel", 1);
+                tracing::debug!(node = %self.id, error = %e, "cluster Sentinel lookup failed");
+            }
+        }
+    }
+
     /// This node's slot in peer numbers (0 until Redis first answered).
     pub fn slot(&self) -> u32 {
         self.slot.load(Ordering::Acquire)
@@ -331,7 +352,7 @@ impl Node {
         &self,
         tenant: &str,
     ) -> redis::RedisResult<Vec<(String, TenantStats)>> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.endpoint.commands()?;
         let oldest_live = link::now_ms().saturating_sub(self.ttl_ms());
         let ids: Vec<String> = link::call(
             redis::cmd("ZRANGEBYSCORE")
@@ -552,7 +573,7 @@ impl Node {
         limits: SessionLimits,
     ) -> redis::RedisResult<Result<Vec<String>, RegisterError>> {
         let member = self.session_member(sid);
-        let mut conn = self.commands.clone();
+        let mut conn = self.endpoint.commands()?;
         let total = limits.max_sessions_total;
         let tenant_key = self.tenant_sessions_key(tenant);
         // 2: over the tenant cap, admitted only if the user's cap kicks one
@@ -639,7 +660,7 @@ impl Node {
         sid: SessionId,
         limits: RoomLimits,
     ) -> redis::RedisResult<Result<(), RoomError>> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.endpoint.commands()?;
         let taken: i8 = link::call(
             self.seat_cmd(tenant, room, sid, limits)
                 .query_async(&mut conn),
@@ -702,7 +723,7 @@ impl Node {
         index: &str,
         gone: impl Fn(&str, &str, &str) -> bool,
     ) -> redis::RedisResult<()> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.endpoint.commands()?;
         let keys: Vec<String> =
             link::call(redis::Cmd::smembers(index).query_async(&mut conn)).await?;
         let head = format!("{}:seats:{{", self.prefix);
@@ -782,7 +803,7 @@ impl Node {
             .collect();
         self.remove_session_members(&index, |m| self.local_sid(m).is_some() && !live.contains(m))
             .await?;
-        let mut conn = self.commands.clone();
+        let mut conn = self.endpoint.commands()?;
         let mut pipe = redis::pipe();
         let now = link::now_ms();
         for shard in self.shards() {
@@ -818,7 +839,7 @@ impl Node {
         index: &str,
         gone: impl Fn(&str) -> bool,
     ) -> redis::RedisResult<()> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.endpoint.commands()?;
         let keys: Vec<String> =
             link::call(redis::Cmd::smembers(index).query_async(&mut conn)).await?;
         for key in keys {
@@ -999,7 +1020,7 @@ impl Node {
                     histories.push((shard, *room, policy));
                 }
             }
-            let mut conn = self.commands.clone();
+            let mut conn = self.endpoint.commands()?;
             let mut replies: Vec<redis::Value> = link::call(pipe.query_async(&mut conn)).await?;
             let history_replies = replies.split_off(chunk.len());
             for ((shard, room, policy), reply) in histories.into_iter().zip(history_replies) {
@@ -1054,7 +1075,7 @@ impl Node {
                 }
             }
         }
-        let mut conn = self.commands.clone();
+        let mut conn = self.endpoint.commands()?;
         let index = self.node_rooms_key(dead);
         let keys: Vec<String> =
             link::call(redis::Cmd::smembers(&index).query_async(&mut conn)).await?;
@@ -1323,6 +1344,7 @@ mod tests {
             prefix: "wsp".into(),
             node_id: "n1".into(),
             node_ttl_ms: 15_000,
+            sentinel: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -309,6 +309,20 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// A node silent this long is dead: its sessions leave presence and caps.
     pub node_ttl_ms: u64,
+    /// Redis behind Sentinel: the master is the server these Sentinels name
+    /// (`redis_url` then gives only its scheme, credentials and database).
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `gateway.cluster.sentinel`: where to ask which server is the master.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The master's name in the Sentinels' `sentinel monitor <name> …`.
+    pub master_name: String,
+    /// Sentinel addresses (`redis://host:26379`, or `rediss://`), each with
+    /// the Sentinels' own credentials when they need any.
+    pub urls: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -319,6 +333,7 @@ impl Default for ClusterConfig {
             prefix: "wsprism".to_owned(),
             node_id: String::new(),
             node_ttl_ms: 15_000,
+            sentinel: None,
         }
     }
 }

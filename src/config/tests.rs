@@ -236,6 +236,39 @@ fn cluster_settings_are_checked_without_echoing_secrets() {
 }
 
 #[test]
+fn sentinel_settings_are_checked() {
+    let ok = parse_ok(&format!(
+        "{MINIMAL}gateway:\n  cluster:\n    mode: redis\n    redis_url: \"redis://:pw@ignored/3\"\n    sentinel:\n      master_name: cache-main\n      urls: [\"redis://10.0.0.1:26379\", \"rediss://:sp@10.0.0.2:26379\"]\n"
+    ));
+    let s = ok.gateway.cluster.sentinel.expect("sentinel block");
+    assert_eq!(s.master_name, "cache-main");
+    assert_eq!(s.urls.len(), 2);
+
+    let e = issues(&format!(
+        "{MINIMAL}gateway:\n  cluster:\n    mode: redis\n    sentinel:\n      master_name: \"two words\"\n      urls: [\"redis://ok:26379\", \"tcp://:s3cret@host:1\", \"redis://:s3cret@host:notaport\"]\n"
+    ));
+    let paths: Vec<&str> = e.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "gateway.cluster.sentinel.master_name",
+            "gateway.cluster.sentinel.urls[1]",
+            "gateway.cluster.sentinel.urls[2]",
+        ]
+    );
+    assert!(e.iter().all(|i| !i.message.contains("s3cret")), "{e:?}");
+
+    let e = issues(&format!(
+        "{MINIMAL}gateway:\n  cluster:\n    sentinel: {{ master_name: m, urls: [] }}\n"
+    ));
+    assert_eq!(e[0].path, "gateway.cluster.sentinel.urls");
+    let e = issues(&format!(
+        "{MINIMAL}gateway:\n  cluster:\n    sentinel: {{ master_name: m, urls: [\"redis://h:1\"], quorum: 2 }}\n"
+    ));
+    assert!(e[0].path.starts_with("gateway.cluster.sentinel"), "{e:?}");
+}
+
+#[test]
 fn connection_and_proxy_settings_are_checked() {
     let cfg = parse_ok(MINIMAL);
     assert_eq!(cfg.gateway.max_connections, 100_000);

@@ -177,16 +177,40 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
 }
 
-fn validate_cluster(c: &ClusterConfig, issues: &mut Issues) {
-    let url = &c.redis_url;
+/// What is wrong with a Redis (or Sentinel) URL, if anything. The URL
+/// itself is not repeated: it may carry a password.
+fn redis_url_issue(url: &str) -> Option<String> {
     if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-        issues.push(
-            "gateway.cluster.redis_url",
-            "must start with redis:// or rediss://",
-        );
-    } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
-        // The URL itself is not repeated: it may carry a password.
-        issues.push("gateway.cluster.redis_url", format!("not a Redis URL: {e}"));
+        Some("must start with redis:// or rediss://".to_owned())
+    } else {
+        redis::IntoConnectionInfo::into_connection_info(url)
+            .err()
+            .map(|e| format!("not a Redis URL: {e}"))
+    }
+}
+
+fn validate_cluster(c: &ClusterConfig, issues: &mut Issues) {
+    if let Some(issue) = redis_url_issue(&c.redis_url) {
+        issues.push("gateway.cluster.redis_url", issue);
+    }
+    if let Some(s) = &c.sentinel {
+        if !valid_id(&s.master_name) {
+            issues.push(
+                "gateway.cluster.sentinel.master_name",
+                "1-64 characters of A-Z a-z 0-9 - _ .",
+            );
+        }
+        if s.urls.is_empty() {
+            issues.push(
+                "gateway.cluster.sentinel.urls",
+                "at least one Sentinel address",
+            );
+        }
+        for (i, url) in s.urls.iter().enumerate() {
+            if let Some(issue) = redis_url_issue(url) {
+                issues.push(format!("gateway.cluster.sentinel.urls[{i}]"), issue);
+            }
+        }
     }
     let prefix_ok = !c.prefix.is_empty()
         && c.prefix.len() <= 64

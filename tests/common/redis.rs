@@ -11,33 +11,57 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// TLS only (`rediss://`): the CA that signed the server certificate.
     ca: Option<Vec<u8>>,
+    /// A replica's master port.
+    replica_of: Option<u16>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 impl RedisServer {
     /// Starts a server with no persistence on a free port.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let mut s = Self {
-            port,
+            port: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             ca: None,
+            replica_of: None,
         };
         s.spawn();
         s
+    }
+
+    /// Starts a replica of `master` and waits until it has synced.
+    #[allow(dead_code)]
+    pub fn start_replica(master: &RedisServer) -> Self {
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            ca: None,
+            replica_of: Some(master.port),
+        };
+        s.spawn();
+        for _ in 0..500 {
+            let info: String = s.cmd(&["INFO", "replication"]);
+            if info.contains("master_link_status:up") {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("replica on {} never synced with {}", s.port, master.port);
     }
 
     /// Starts a server that speaks only TLS, with a certificate for
     /// 127.0.0.1 signed by a fresh CA (written to [`RedisServer::ca_file`]).
     #[allow(dead_code)]
     pub fn start_tls() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_key = rcgen::KeyPair::generate().expect("ca key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
@@ -59,6 +83,7 @@ impl RedisServer {
             child: None,
             dir,
             ca: Some(ca.pem().into_bytes()),
+            replica_of: None,
         };
         s.spawn();
         s
@@ -81,6 +106,9 @@ impl RedisServer {
                 .args(["--tls-auth-clients", "no"]);
         } else {
             cmd.args(["--port", &self.port.to_string()]);
+        }
+        if let Some(master) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
         }
         let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -161,5 +189,99 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real Redis Sentinel (`redis-server --sentinel`) on a free port that
+/// monitors one master under [`Sentinel::MASTER`].
+#[allow(dead_code)]
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl Sentinel {
+    pub const MASTER: &'static str = "cache-main";
+
+    /// Starts a Sentinel watching `master` (down after `down_after_ms` of
+    /// silence, when `quorum` Sentinels agree) and waits until it sees
+    /// `replicas` of its replicas.
+    pub fn start(master: &RedisServer, quorum: u32, down_after_ms: u64, replicas: usize) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("sentinel.conf");
+        let m = Self::MASTER;
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                 sentinel monitor {m} 127.0.0.1 {master} {quorum}\n\
+                 sentinel down-after-milliseconds {m} {down_after_ms}\n\
+                 sentinel failover-timeout {m} 5000\n\
+                 sentinel parallel-syncs {m} 1\n",
+                dir = dir.path().display(),
+                master = master.port,
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let s = Self {
+            port,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..500 {
+            let seen = s
+                .try_cmd::<Vec<redis::Value>>(&["SENTINEL", "REPLICAS", m])
+                .map(|r| r.len());
+            if seen.is_ok_and(|n| n >= replicas) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("sentinel on {port} did not see {replicas} replica(s) of {m}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut c =
+            redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut c)
+    }
+
+    /// The port of the server this Sentinel calls master now.
+    pub fn master_port(&self) -> Option<u16> {
+        let addr: Option<(String, String)> = self
+            .try_cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER])
+            .ok()?;
+        addr.and_then(|(_, port)| port.parse().ok())
+    }
+
+    /// How many other Sentinels this one knows of.
+    pub fn peers(&self) -> usize {
+        self.try_cmd::<Vec<redis::Value>>(&["SENTINEL", "SENTINELS", Self::MASTER])
+            .map_or(0, |r| r.len())
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
