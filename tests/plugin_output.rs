@@ -44,7 +44,7 @@ fn capture_logs() -> (
 }
 
 /// Guest stdout/stderr reach the log (target `wsprism::plugin`, tagged with
-/// tenant and plugin), one event per line; a flood is cut to the per-call
+/// tenant, plugin and session), one event per line; a flood is cut to the per-call
 /// budget and reported once. A current-thread runtime keeps the guest call on
 /// this thread, where the capturing subscriber is installed.
 #[tokio::test]
@@ -74,8 +74,11 @@ async fn guest_output_is_logged_line_by_line_and_bounded() {
         out.contains("acme") && out.contains("faults") && out.contains("stdout"),
         "{out}"
     );
+    // The session the call is about (id 1), in its wire form.
+    assert!(out.contains("sid=0000000000000001"), "{out}");
     let err = line("hello from faults stderr");
     assert!(err.contains(" WARN ") && err.contains("stderr"), "{err}");
+    assert!(err.contains("sid=0000000000000001"), "{err}");
     line("no newline at the end");
 
     logs.lock().expect("logs").clear();

@@ -411,7 +411,7 @@ async fn plugin_faults_are_logged_at_warn_rate_limited() {
     ] {
         assert!(line.contains(field), "{field} missing: {line}");
     }
-    assert!(line.contains(&format!("session_id={sid}")), "{line}");
+    assert!(line.contains(&format!("sid={sid}")), "{line}");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     bad.send_json(json!({"v":1,"svc":"faults","type":"loop","seq":9}))
         .await;

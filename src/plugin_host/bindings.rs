@@ -654,12 +654,24 @@ impl self::wsprism::plugin::log::Host for HostState {
             msg.truncate(cut);
         }
         let (tenant, plugin) = (&*self.scope.tenant, &*self.scope.plugin);
+        // The session the call is about (none in `init`).
+        let sid = self
+            .call
+            .session
+            .as_ref()
+            .map(|s| tracing::field::display(s.sid));
         match level {
-            Level::Trace => tracing::trace!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
-            Level::Debug => tracing::debug!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
-            Level::Info => tracing::info!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
-            Level::Warn => tracing::warn!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
-            Level::Error => tracing::error!(target: "wsprism::plugin", tenant, plugin, "{msg}"),
+            Level::Trace => {
+                tracing::trace!(target: "wsprism::plugin", tenant, plugin, sid, "{msg}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "wsprism::plugin", tenant, plugin, sid, "{msg}")
+            }
+            Level::Info => tracing::info!(target: "wsprism::plugin", tenant, plugin, sid, "{msg}"),
+            Level::Warn => tracing::warn!(target: "wsprism::plugin", tenant, plugin, sid, "{msg}"),
+            Level::Error => {
+                tracing::error!(target: "wsprism::plugin", tenant, plugin, sid, "{msg}")
+            }
         }
         Ok(())
     }

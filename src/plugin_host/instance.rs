@@ -86,7 +86,8 @@ fn arm(store: &mut Store<HostState>, limits: &CallLimits, call: CallFor, deadlin
         deadline: Some(deadline),
         ..CallCtx::default()
     };
-    data.output.begin_call();
+    data.output
+        .begin_call(data.call.session.as_ref().map(|s| s.sid));
     store.set_epoch_deadline(1);
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Owns: the WASI output streams given to every instance. Each complete line
 //! becomes one event with target `wsprism::plugin` and fields `tenant`,
-//! `plugin`, `stream` (stdout at `info`, stderr at `warn`; a Rust guest's panic
+//! `plugin`, `sid` (the session the call is about, when there is one),
+//! `stream` (stdout at `info`, stderr at `warn`; a Rust guest's panic
 //! message arrives on stderr). Lines are cut to [`MAX_LOG_LINE_BYTES`], and one
 //! guest call may log at most [`MAX_OUTPUT_BYTES_PER_CALL`] bytes in at most
 //! [`MAX_OUTPUT_LINES_PER_CALL`] lines; the rest is dropped and reported once
@@ -23,6 +24,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use super::limits::{MAX_LOG_LINE_BYTES, MAX_OUTPUT_BYTES_PER_CALL, MAX_OUTPUT_LINES_PER_CALL};
+use crate::realtime::SessionId;
 
 /// Which output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ struct State {
     events: usize,
     /// Bytes dropped in the current call because its budget ran out.
     dropped: usize,
+    /// The session the current call is about, if any (logged as `sid`).
+    sid: Option<SessionId>,
 }
 
 /// The output of one instance (both streams); cheap to clone.
@@ -99,13 +103,14 @@ impl GuestOutput {
         }
     }
 
-    /// A guest call starts: leftovers of a call that was cut are flushed and
-    /// the per-call budget starts again.
-    pub(crate) fn begin_call(&self) {
+    /// A guest call about `sid` (none in `init`) starts: leftovers of a
+    /// call that was cut are flushed and the per-call budget starts again.
+    pub(crate) fn begin_call(&self, sid: Option<SessionId>) {
         let mut st = self.shared.state.lock();
         if st.bytes != 0 || st.events != 0 || st.dropped != 0 || has_partial(&st) {
             self.shared.finish(&mut st);
         }
+        st.sid = sid;
     }
 
     /// A guest call ended: lines without a final newline are logged as they
@@ -162,12 +167,13 @@ impl Shared {
         }
         let text = String::from_utf8_lossy(&line.buf[..end]);
         let (tenant, plugin, truncated) = (&*self.tenant, &*self.plugin, line.cut);
+        let sid = st.sid.map(tracing::field::display);
         match stream {
             Stream::Stdout => {
-                tracing::info!(target: "wsprism::plugin", tenant, plugin, stream = "stdout", truncated, "{text}")
+                tracing::info!(target: "wsprism::plugin", tenant, plugin, sid, stream = "stdout", truncated, "{text}")
             }
             Stream::Stderr => {
-                tracing::warn!(target: "wsprism::plugin", tenant, plugin, stream = "stderr", truncated, "{text}")
+                tracing::warn!(target: "wsprism::plugin", tenant, plugin, sid, stream = "stderr", truncated, "{text}")
             }
         }
         line.buf.clear();
@@ -188,6 +194,7 @@ impl Shared {
                 target: "wsprism::plugin",
                 tenant = &*self.tenant,
                 plugin = &*self.plugin,
+                sid = st.sid.map(tracing::field::display),
                 dropped_bytes = st.dropped,
                 max_bytes = MAX_OUTPUT_BYTES_PER_CALL,
                 max_lines = MAX_OUTPUT_LINES_PER_CALL,
@@ -273,7 +280,7 @@ mod tests {
     fn lines_are_cut_and_a_call_is_bounded() {
         let out = GuestOutput::new(Arc::from("t"), Arc::from("p"));
         let mut s = out.stdout();
-        out.begin_call();
+        out.begin_call(None);
         let long = vec![b'x'; MAX_LOG_LINE_BYTES * 3];
         OutputStream::write(&mut s, Bytes::from(long)).expect("write");
         OutputStream::write(&mut s, Bytes::from_static(b"\nnext")).expect("write");

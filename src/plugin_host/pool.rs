@@ -254,7 +254,7 @@ fn note_fault(env: &HostCore, key: &PoolKey, stats: &Stats, culprit: Culprit<'_>
             Culprit::Call { sid, .. } => tracing::warn!(
                 tenant = %key.0,
                 plugin = %key.1,
-                session_id = %sid,
+                sid = %sid,
                 reason = e.label(),
                 error = %e,
                 faults_not_logged = left_out,
@@ -274,7 +274,7 @@ fn note_fault(env: &HostCore, key: &PoolKey, stats: &Stats, culprit: Culprit<'_>
     let started = stats.faulted(culprit, max_per_session, now);
     if let (Some(period), Culprit::Call { sid, .. }) = (started.session, culprit) {
         // Per session, so `debug` (the session's own span names it too).
-        tracing::debug!(tenant = %key.0, plugin = %key.1, session_id = %sid, backoff_ms = period.as_millis() as u64, "session keeps making the plugin fault; refusing it for a back-off");
+        tracing::debug!(tenant = %key.0, plugin = %key.1, sid = %sid, backoff_ms = period.as_millis() as u64, "session keeps making the plugin fault; refusing it for a back-off");
     }
     if let Some(period) = started.plugin {
         tracing::warn!(tenant = %key.0, plugin = %key.1, backoff_ms = period.as_millis() as u64, "plugin keeps failing for several users or at start-up; backing off");
