@@ -218,6 +218,9 @@ if wants echo_js || wants echo_py; then
     echo "== sdk/python/build.sh sdk/examples/echo-py"
     sdk/python/build.sh sdk/examples/echo-py "$JSPY_PLUGINS/echo_py.wasm"
   fi
+  # The bench config also routes `echo` (the Rust plugin); serve it here too
+  # so the gateway does not warn about a route to a missing plugin.
+  if [ -f plugins/echo.wasm ]; then cp plugins/echo.wasm "$JSPY_PLUGINS/"; fi
   JSPY_CFG="$OUT/wsprism-bench-jspy.yaml"
   sed -e 's/^  listen: .*/  listen: "127.0.0.1:18085"/' \
       -e 's/^  admin_listen: .*/  admin_listen: "127.0.0.1:19095"/' \
