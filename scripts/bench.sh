@@ -17,6 +17,12 @@
 # FANOUT_DURATION=3 ECHO_CONNS=32 CONNECT_CONC=16 SERVER_CPU=0 CLIENT_CPU=1
 # QUIET_PCT=15 QUIET_WAIT=300 UPDATE=1 SKIP_BUILD=0
 # ONLY="echo_hot fanout_hot ..." (a subset of the cases).
+#
+# The JavaScript and Python cases (echo_js, echo_py) build their plugins from
+# sdk/examples/echo-js and echo-py with sdk/js/build.sh and
+# sdk/python/build.sh (npm / pip on first use) into $CARGO_TARGET_DIR/bench/plugins
+# when missing or older than their sources, and serve them from a fourth
+# gateway (bench config plus routes echo_js and echo_py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,11 +40,12 @@ QUIET_PCT=${QUIET_PCT:-15}
 QUIET_WAIT=${QUIET_WAIT:-300}
 UPDATE=${UPDATE:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
-ONLY=${ONLY:-echo_hot echo_ext fanout_hot fanout_chat latest idle connect_static connect_jwt}
+ONLY=${ONLY:-echo_hot echo_ext echo_js echo_py fanout_hot fanout_chat latest idle connect_static connect_jwt}
 
 GATEWAY_URL=ws://127.0.0.1:18080
 JWT_URL=ws://127.0.0.1:18083
 SNDBUF_URL=ws://127.0.0.1:18084
+JSPY_URL=ws://127.0.0.1:18085
 ECHO_URL=ws://127.0.0.1:18081
 RELAY_URL=ws://127.0.0.1:18082
 
@@ -189,6 +196,40 @@ sed -e 's/^  listen: .*/  listen: "127.0.0.1:18084"/' \
     bench/wsprism-bench.yaml >"$SNDBUF_CFG"
 start_gateway "$SNDBUF_CFG" 18084
 GW_SNDBUF=$SERVER_PID
+# The JavaScript and Python echo plugins: built here (seconds each) when
+# missing or older than their sources, served beside the Rust `echo` by a
+# gateway of their own so the other gateways load none of the large components.
+GW_JSPY=
+if wants echo_js || wants echo_py; then
+  JSPY_PLUGINS="$OUT/plugins"
+  mkdir -p "$JSPY_PLUGINS"
+  stale() { # out inputs...
+    local out=$1 f
+    shift
+    [ -f "$out" ] || return 0
+    for f in "$@"; do [ "$f" -nt "$out" ] && return 0; done
+    return 1
+  }
+  if wants echo_js && stale "$JSPY_PLUGINS/echo_js.wasm" sdk/examples/echo-js/app.js sdk/js/build.sh sdk/js/package.json wit/wsprism-plugin.wit; then
+    echo "== sdk/js/build.sh sdk/examples/echo-js/app.js"
+    sdk/js/build.sh sdk/examples/echo-js/app.js "$JSPY_PLUGINS/echo_js.wasm"
+  fi
+  if wants echo_py && stale "$JSPY_PLUGINS/echo_py.wasm" sdk/examples/echo-py/app.py sdk/python/build.sh sdk/python/requirements.txt wit/wsprism-plugin.wit; then
+    echo "== sdk/python/build.sh sdk/examples/echo-py"
+    sdk/python/build.sh sdk/examples/echo-py "$JSPY_PLUGINS/echo_py.wasm"
+  fi
+  # The bench config also routes `echo` (the Rust plugin); serve it here too
+  # so the gateway does not warn about a route to a missing plugin.
+  if [ -f plugins/echo.wasm ]; then cp plugins/echo.wasm "$JSPY_PLUGINS/"; fi
+  JSPY_CFG="$OUT/wsprism-bench-jspy.yaml"
+  sed -e 's/^  listen: .*/  listen: "127.0.0.1:18085"/' \
+      -e 's/^  admin_listen: .*/  admin_listen: "127.0.0.1:19095"/' \
+      -e "s#dir: ../plugins#dir: $JSPY_PLUGINS#" \
+      -e 's/^      - { svc: echo, plugin: echo }/&\n      - { svc: echo_js, plugin: echo_js }\n      - { svc: echo_py, plugin: echo_py }/' \
+      bench/wsprism-bench.yaml >"$JSPY_CFG"
+  start_gateway "$JSPY_CFG" 18085
+  GW_JSPY=$SERVER_PID
+fi
 start_baseline echo 18081
 BL_ECHO=$SERVER_PID
 start_baseline relay 18082
@@ -209,6 +250,15 @@ for run in $(seq 1 "$RUNS"); do
     # room of one (decode, service, encode once, deliver, sys.ack).
     bench echo_ext native "$run" "$GW" "${ECHO_ARGS[@]}" --url "$GATEWAY_URL" --lane ext --svc chat --type send --with-room --data-key msg
   fi
+  # The same closed loop through the JavaScript / Python echo plugin (one
+  # `reply` host call), with the native `chat` path measured on the same
+  # gateway in the same run as its baseline.
+  for lang in js py; do
+    if wants "echo_$lang"; then
+      bench "echo_$lang" gateway "$run" "$GW_JSPY" "${ECHO_ARGS[@]}" --url "$JSPY_URL" --lane ext --svc "echo_$lang" --type echo
+      bench "echo_$lang" native "$run" "$GW_JSPY" "${ECHO_ARGS[@]}" --url "$JSPY_URL" --lane ext --svc chat --type send --with-room --data-key msg
+    fi
+  done
   if wants connect_static; then
     bench connect_static gateway "$run" "$GW" connect --url "$GATEWAY_URL" -c "$CONNECT_CONC" --duration "$DURATION"
     bench connect_static baseline "$run" "$BL_ECHO" connect --url "$ECHO_URL" -c "$CONNECT_CONC" --duration "$DURATION"
@@ -234,7 +284,7 @@ for run in $(seq 1 "$RUNS"); do
     bench fanout_chat baseline "$run" "$BL_RELAY" "${FANOUT_ARGS[@]}" --url "$RELAY_URL" --lane chat --rate "$CHAT_RATE"
   fi
 done
-for p in "$GW" "$GW_JWT" "$GW_SNDBUF" "$BL_ECHO" "$BL_RELAY"; do
+for p in "$GW" "$GW_JWT" "$GW_SNDBUF" $GW_JSPY "$BL_ECHO" "$BL_RELAY"; do
   SERVER_PID=$p
   stop_server
 done

@@ -1,5 +1,6 @@
 //! The JavaScript (componentize-js) and Python (componentize-py) SDK examples:
-//! the same `counter` service, built fresh, loaded by the plugin host and driven
+//! the same `counter` service, and the minimal `echo` of the `echo_js` /
+//! `echo_py` bench cases, built fresh, loaded by the plugin host and driven
 //! through `ExtService`. Skips (with a message) when npm or pip is unavailable.
 
 mod plugin_support;
@@ -146,14 +147,70 @@ async fn python_counter_example() {
     exercise_counter(&h, "counter_py").await;
 }
 
-/// Rough warm per-call cost of the JS and Python counters
+/// The bench's minimal echo plugins (`sdk/examples/echo-js`, `echo-py`)
+/// answer the sender with the message's own `type` and `data`, through one
+/// `reply` and nothing else; many calls in a row on one instance keep doing
+/// so (a warm instance is reused, not rebuilt, between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_and_python_echo_examples() {
+    for (lang, plugin, wasm) in [
+        ("js", "echo_js", echo_js()),
+        ("python", "echo_py", echo_py()),
+    ] {
+        if wasm.is_none() {
+            continue;
+        }
+        let mut cfg = host_cfg(lang);
+        cfg.instances_per_plugin = 1;
+        let h = start(&cfg).await;
+        let st = h.host.status("acme", plugin);
+        assert_eq!(st.state, "serving", "{st:?}");
+        let t = Tenant::new("acme");
+        let s = t.session(7, "u7", &["r1"]);
+        for n in 0..50 {
+            let data = format!(r#"{{"n":{n},"pad":"ü.."}}"#);
+            let effects = h
+                .host
+                .call(t.call(&s, plugin, "echo", Some("r1"), &data))
+                .await
+                .unwrap_or_else(|e| panic!("{plugin} call {n}: {e:?}"));
+            match effects.as_slice() {
+                [Effect::Reply { ty, data: got }] => {
+                    assert_eq!(
+                        (ty.as_str(), got.get()),
+                        ("echo", data.as_str()),
+                        "{plugin}"
+                    );
+                }
+                other => panic!("{plugin}: expected one reply, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Rough warm per-call cost of the JS and Python counters and of the minimal
+/// echo plugins (one `reply`), in-process: no sockets, no gateway pipeline
 /// (`cargo test --release --test plugins_js_py -- --ignored --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test"]
 async fn js_and_python_warm_call_cost() {
-    for (lang, plugin, wasm) in [
-        ("js", "counter_js", counter_js()),
-        ("python", "counter_py", counter_py()),
+    for (lang, plugin, wasm, ty, what) in [
+        (
+            "js",
+            "counter_js",
+            counter_js(),
+            "incr",
+            "kv incr + publish",
+        ),
+        (
+            "python",
+            "counter_py",
+            counter_py(),
+            "incr",
+            "kv incr + publish",
+        ),
+        ("js", "echo_js", echo_js(), "echo", "one reply"),
+        ("python", "echo_py", echo_py(), "echo", "one reply"),
     ] {
         if wasm.is_none() {
             continue;
@@ -163,9 +220,10 @@ async fn js_and_python_warm_call_cost() {
         let h = start(&cfg).await;
         let t = Tenant::new("acme");
         let s = t.session(1, "u1", &["r1"]);
+        let data = r#"{"pad":"................................"}"#;
         for _ in 0..50 {
             h.host
-                .call(t.call(&s, plugin, "get", Some("r1"), "null"))
+                .call(t.call(&s, plugin, ty, Some("r1"), data))
                 .await
                 .expect("warm");
         }
@@ -173,12 +231,12 @@ async fn js_and_python_warm_call_cost() {
         let started = tokio::time::Instant::now();
         for _ in 0..n {
             h.host
-                .call(t.call(&s, plugin, "incr", Some("r1"), "null"))
+                .call(t.call(&s, plugin, ty, Some("r1"), data))
                 .await
-                .expect("incr");
+                .expect("call");
         }
         eprintln!(
-            "{plugin} warm incr (kv incr + publish): {:?} per call",
+            "{plugin} warm {ty} ({what}): {:?} per call",
             started.elapsed() / n
         );
     }

@@ -1,14 +1,17 @@
 //! The one wasmtime [`Engine`] of the process and its epoch ticker.
 //!
 //! Owns: engine configuration (component model, epoch interruption, compiled
-//! artifact cache, pooling allocator probed with an on-demand fallback) and the
-//! ticker thread that advances the epoch. Used by `PluginHost::start`.
+//! artifact cache, pooling allocator probed with an on-demand fallback, the
+//! opt-in profiler agent of [`PROFILER_ENV`]) and the ticker thread that
+//! advances the epoch. Used by `PluginHost::start`.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy,
+};
 
 use super::limits::{EPOCH_TICK, POOLING_MIN_MAX_MEMORY_BYTES, POOLING_TOTAL_INSTANCES};
 use crate::config::PluginsConfig;
@@ -89,9 +92,44 @@ pub(crate) fn cache_dir(configured: &str, plugins_dir: &Path) -> Result<PathBuf,
     Ok(dir)
 }
 
+/// Environment variable that turns on wasmtime's profiler agent for guest
+/// code, so a native profiler names the functions of the plugins (JIT code has
+/// no symbols otherwise): `perfmap` writes `/tmp/perf-<pid>.map` for `perf
+/// report`, `jitdump` writes `jit-<pid>.dump` for `perf inject --jit`. Unset
+/// (or `none`) in production: the agent costs a little at every compile and
+/// the map file grows with every plugin (re)load.
+pub(crate) const PROFILER_ENV: &str = "WSPRISM_WASM_PROFILER";
+
+/// The profiling strategy an operator asked for in [`PROFILER_ENV`].
+///
+/// # Errors
+/// A value that names no strategy, with the ones that exist.
+fn profiler(value: Option<&str>) -> Result<ProfilingStrategy, String> {
+    match value.map(str::trim).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("" | "none") => Ok(ProfilingStrategy::None),
+        Some("perfmap") => Ok(ProfilingStrategy::PerfMap),
+        Some("jitdump") => Ok(ProfilingStrategy::JitDump),
+        Some(other) => Err(format!(
+            "{PROFILER_ENV}={other:?} names no profiler; use perfmap, jitdump or none"
+        )),
+    }
+}
+
 fn base_config(cache_dir: Option<&Path>) -> (Config, bool) {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    let wanted = std::env::var(PROFILER_ENV).ok();
+    match profiler(wanted.as_deref()) {
+        Ok(ProfilingStrategy::None) => {}
+        Ok(strategy) => {
+            tracing::info!(
+                ?strategy,
+                "plugin guest code is registered with a profiler ({PROFILER_ENV})"
+            );
+            config.profiler(strategy);
+        }
+        Err(e) => tracing::warn!(error = %e, "plugin profiler not enabled"),
+    }
     config.epoch_interruption(true);
     // Plugins are WASI p2 components that make plain (synchronous-ABI) calls;
     // without the component-model-async machinery `call_async` runs the guest
@@ -191,6 +229,26 @@ pub(crate) fn start_ticker(engine: Engine, stop: CancellationToken) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn profiler_is_opt_in_and_named() {
+        assert!(matches!(profiler(None), Ok(ProfilingStrategy::None)));
+        assert!(matches!(profiler(Some("")), Ok(ProfilingStrategy::None)));
+        assert!(matches!(
+            profiler(Some("none")),
+            Ok(ProfilingStrategy::None)
+        ));
+        assert!(matches!(
+            profiler(Some(" PerfMap ")),
+            Ok(ProfilingStrategy::PerfMap)
+        ));
+        assert!(matches!(
+            profiler(Some("jitdump")),
+            Ok(ProfilingStrategy::JitDump)
+        ));
+        let e = profiler(Some("vtune")).expect_err("unknown");
+        assert!(e.contains("\"vtune\"") && e.contains("perfmap"), "{e}");
+    }
 
     #[test]
     fn engine_builds_with_pooling_or_falls_back() {

@@ -378,13 +378,24 @@ fn inputs_hash(files: &[PathBuf]) -> String {
 const JSPY_WORLD: &str = "ext-lane-plugin-lifecycle";
 
 fn build_cached(lang: &str, file: &str, script: &str, src: PathBuf, inputs: &[PathBuf]) -> PathBuf {
+    build_cached_for(JSPY_WORLD, lang, file, script, src, inputs)
+}
+
+fn build_cached_for(
+    world: &str,
+    lang: &str,
+    file: &str,
+    script: &str,
+    src: PathBuf,
+    inputs: &[PathBuf],
+) -> PathBuf {
     let out = jspy_dir(lang).join(file);
     let stamp = out.with_extension("stamp");
     let hash = inputs_hash(inputs);
     if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == hash) {
         return out;
     }
-    if let Err(e) = build_with_script(script, &src, &out, JSPY_WORLD) {
+    if let Err(e) = build_with_script(script, &src, &out, world) {
         panic!("{e}");
     }
     std::fs::write(&stamp, hash).expect("write stamp");
@@ -452,6 +463,58 @@ pub fn counter_py() -> Option<PathBuf> {
         Some(build_cached(
             "python",
             "counter_py.wasm",
+            "sdk/python/build.sh",
+            src,
+            &inputs,
+        ))
+    })
+    .clone()
+}
+
+/// Builds `sdk/examples/echo-js` (the minimal JavaScript plugin of the
+/// `echo_js` bench case, world `ext-lane-plugin`) into the `js` dir, once per
+/// test binary and only when its inputs changed; `None` when counter_js is.
+pub fn echo_js() -> Option<PathBuf> {
+    static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        // Checks for the tools (and installs the SDK's npm packages).
+        counter_js()?;
+        let src = repo().join("sdk/examples/echo-js/app.js");
+        let inputs = [
+            src.clone(),
+            repo().join("wit/wsprism-plugin.wit"),
+            repo().join("sdk/js/build.sh"),
+            repo().join("sdk/js/package.json"),
+        ];
+        Some(build_cached_for(
+            "ext-lane-plugin",
+            "js",
+            "echo_js.wasm",
+            "sdk/js/build.sh",
+            src,
+            &inputs,
+        ))
+    })
+    .clone()
+}
+
+/// Builds `sdk/examples/echo-py` (the Python twin of [`echo_js`]) into the
+/// `python` dir; `None` when counter_py is.
+pub fn echo_py() -> Option<PathBuf> {
+    static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        counter_py()?;
+        let src = repo().join("sdk/examples/echo-py");
+        let inputs = [
+            src.join("app.py"),
+            repo().join("wit/wsprism-plugin.wit"),
+            repo().join("sdk/python/build.sh"),
+            repo().join("sdk/python/requirements.txt"),
+        ];
+        Some(build_cached_for(
+            "ext-lane-plugin",
+            "python",
+            "echo_py.wasm",
             "sdk/python/build.sh",
             src,
             &inputs,

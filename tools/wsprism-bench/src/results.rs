@@ -3,8 +3,9 @@
 //! markdown tables of `BENCHMARKS.md`: the performance budget with medians and
 //! ratios to the baseline, and every measurement behind it.
 //!
-//! Cases the script runs (`server` is `gateway` or `baseline`): `echo_hot`,
-//! `echo_ext`, `fanout_hot`, `fanout_chat`, `idle`, `connect_static`,
+//! Cases the script runs (`server` is `gateway` or `baseline`; `native` for
+//! the gateway's own `chat` path beside a plugin): `echo_hot`, `echo_ext`,
+//! `echo_js`, `echo_py`, `fanout_hot`, `fanout_chat`, `idle`, `connect_static`,
 //! `connect_jwt`. Medians are taken per (case, server) over runs; a fan-out
 //! sweep's "highest rate with 100% delivery" is the median over runs of the
 //! highest step rate at which that run delivered every expected frame (every
@@ -245,6 +246,14 @@ struct Budget {
     verdict: Option<bool>,
     ratio: Option<f64>,
     unit: &'static str,
+    /// The target is on the difference (gateway − baseline), so the ratio
+    /// column shows it beside the ratio.
+    added: bool,
+}
+
+/// What the gateway adds to the baseline (both measured).
+fn added(g: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(g? - b?)
 }
 
 fn ratio(g: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -305,6 +314,7 @@ fn render(
         ratio: ratio(g, b),
         verdict: g.map(|g| g <= 4.0),
         unit: "KiB",
+        added: false,
     });
     let (ge, be) = (
         select(runs, "echo_hot", "gateway"),
@@ -323,6 +333,7 @@ fn render(
         ratio: ratio(g, b),
         verdict: ratio(g, b).map(|r| r <= 1.3),
         unit: "µs",
+        added: false,
     });
     let (gf, bf) = (
         select(runs, "fanout_hot", "gateway"),
@@ -353,6 +364,7 @@ fn render(
         ratio: ratio(g_del, b_del),
         verdict: ratio(g_del, b_del).map(|r| r >= 0.8),
         unit: "deliveries/s",
+        added: false,
     });
     // "At the same rate": the highest rate both passed.
     let same = match (g_rate, b_rate) {
@@ -375,6 +387,7 @@ fn render(
         ratio: ratio(g, b),
         verdict: ratio(g, b).map(|r| r <= 1.2),
         unit: "µs",
+        added: false,
     });
     let (g, b) = match same {
         Some(rate) => (
@@ -392,6 +405,7 @@ fn render(
         ratio: ratio(g, b),
         verdict: ratio(g, b).map(|r| r <= 1.5),
         unit: "µs",
+        added: false,
     });
     let (gc, bc) = (
         select(runs, "connect_jwt", "gateway"),
@@ -407,6 +421,7 @@ fn render(
         ratio: ratio(g, b),
         verdict: ratio(g, b).map(|r| r >= 0.7),
         unit: "/s",
+        added: false,
     });
 
     // Only runs where every round trip succeeded: an echo answered with
@@ -432,7 +447,53 @@ fn render(
         ratio: ratio(g, b),
         verdict: ratio(g, b).map(|r| r <= 2.0),
         unit: "µs",
+        added: false,
     });
+
+    // JavaScript and Python plugins: the same closed loop through a minimal
+    // echo plugin (one `reply` host call), beside the native `chat` path
+    // measured on the same gateway in the same run; the target is on the CPU
+    // the plugin adds per message.
+    for (case, line, max_added) in [
+        (
+            "echo_js",
+            "JavaScript plugin (componentize-js echo, one `reply`): added server CPU per message vs native (baseline column: the gateway's native `chat` path)",
+            20.0,
+        ),
+        (
+            "echo_py",
+            "Python plugin (componentize-py echo, one `reply`): added server CPU per message vs native (baseline column: the gateway's native `chat` path)",
+            6.0,
+        ),
+    ] {
+        let clean = |server: &str| -> Vec<&Value> {
+            select(runs, case, server)
+                .into_iter()
+                .filter(|r| r["ok"].as_u64().unwrap_or(0) > 0)
+                .filter(|r| r["errors"].as_object().is_none_or(|e| e.is_empty()))
+                .collect()
+        };
+        let (gx, nx) = (clean("gateway"), clean("native"));
+        let (g, b) = (
+            med(&gx, "server_cpu_us_per_msg"),
+            med(&nx, "server_cpu_us_per_msg"),
+        );
+        budget.push(Budget {
+            noise: noise(&gx, &nx),
+            line,
+            target: if max_added > 10.0 {
+                "≤ +20 µs"
+            } else {
+                "≤ +6 µs"
+            },
+            gateway: g,
+            baseline: b,
+            ratio: ratio(g, b),
+            verdict: added(g, b).map(|a| a <= max_added),
+            unit: "µs",
+            added: true,
+        });
+    }
 
     // Conflation: the same run measures the plain lossy relay (baseline
     // column) and the latest-wins one (gateway column).
@@ -463,6 +524,7 @@ fn render(
                 None
             },
             unit: "µs",
+            added: false,
         });
     }
 
@@ -487,7 +549,10 @@ fn render(
             l.target,
             fmt(l.gateway),
             fmt(l.baseline),
-            l.ratio.map_or("–".to_owned(), |r| format!("{r:.2}×")),
+            match (l.added, added(l.gateway, l.baseline), l.ratio) {
+                (true, Some(a), Some(r)) => format!("+{} {} ({r:.2}×)", fmt(Some(a)), l.unit),
+                (_, _, r) => r.map_or("–".to_owned(), |r| format!("{r:.2}×")),
+            },
             match l.verdict {
                 Some(true) => "**pass**",
                 Some(false) => "**MISS**",
@@ -566,6 +631,8 @@ fn render(
     ];
     table(&mut md, "echo_hot", &echo_cols);
     table(&mut md, "echo_ext", &echo_cols);
+    table(&mut md, "echo_js", &echo_cols);
+    table(&mut md, "echo_py", &echo_cols);
     let connect_cols = [
         ("handshakes_per_s", "handshakes/s"),
         ("handshake_p50_us", "p50 µs"),
@@ -708,6 +775,39 @@ fn machine() -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The JS/Python lines budget what the plugin adds to the native path:
+    /// the ratio column shows the difference, the verdict tests it.
+    #[test]
+    fn plugin_lines_budget_the_added_cpu() {
+        let run = |case: &str, server: &str, cpu: f64| {
+            json!({"case": case, "server": server, "ok": 100, "errors": {},
+                   "server_cpu_us_per_msg": cpu, "other_cpu_pct": 1.0})
+        };
+        let runs = vec![
+            run("echo_js", "gateway", 29.0),
+            run("echo_js", "native", 10.0),
+            run("echo_py", "gateway", 17.0),
+            run("echo_py", "native", 10.0),
+        ];
+        let md = render(&runs, &Totals::new(), &[], 50.0, 25.0);
+        let line = |lang: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {lang} plugin")))
+                .unwrap_or_else(|| panic!("no {lang} line in:\n{md}"))
+                .to_owned()
+        };
+        let js = line("JavaScript");
+        assert!(
+            js.contains("| ≤ +20 µs | 29.0 µs | 10.0 µs | +19.0 µs (2.90×) | **pass** |"),
+            "{js}"
+        );
+        let py = line("Python");
+        assert!(
+            py.contains("| ≤ +6 µs | 17.0 µs | 10.0 µs | +7 µs (1.70×) | **MISS** |"),
+            "{py}"
+        );
+    }
 
     #[test]
     fn medians_and_sweeps() {
