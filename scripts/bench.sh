@@ -40,7 +40,7 @@ QUIET_PCT=${QUIET_PCT:-15}
 QUIET_WAIT=${QUIET_WAIT:-300}
 UPDATE=${UPDATE:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
-ONLY=${ONLY:-echo_hot echo_ext echo_js echo_py fanout_hot fanout_chat latest idle connect_static connect_jwt}
+ONLY=${ONLY:-echo_hot echo_ext echo_js echo_py fanout_hot fanout_chat latest idle idle_shipped connect_static connect_jwt}
 
 GATEWAY_URL=ws://127.0.0.1:18080
 JWT_URL=ws://127.0.0.1:18083
@@ -300,6 +300,27 @@ if wants idle; then
     start_baseline echo 18081
     sleep 1
     bench idle baseline "$run" "$SERVER_PID" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
+    stop_server
+  done
+fi
+
+# Idle memory as users run it: no pinning for either server and the
+# gateway's default log level (RUST_LOG unset), same connections as above.
+if wants idle_shipped; then
+  for run in $(seq 1 "$RUNS"); do
+    env -u RUST_LOG "$BIN/wsprism" --config bench/wsprism-bench.yaml >>"$OUT/gateway.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_port 127.0.0.1 18080
+    sleep 1
+    bench idle_shipped gateway "$run" "$SERVER_PID" idle --url "$GATEWAY_URL" -n "$IDLE_CONNS" --hold 3
+    stop_server
+    "$BIN/wsprism-bench" baseline --mode echo --listen "127.0.0.1:18081" >>"$OUT/baseline.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_port 127.0.0.1 18081
+    sleep 1
+    bench idle_shipped baseline "$run" "$SERVER_PID" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
     stop_server
   done
 fi

@@ -316,6 +316,23 @@ fn render(
         unit: "KiB",
         added: false,
     });
+    let (gs, bs) = (
+        select(runs, "idle_shipped", "gateway"),
+        select(runs, "idle_shipped", "baseline"),
+    );
+    let g = med(&gs, "server_kib_per_conn");
+    let b = med(&bs, "server_kib_per_conn");
+    budget.push(Budget {
+        noise: noise(&gs, &bs),
+        line: "Idle memory as shipped (servers unpinned, default log level)",
+        target: "≤ 3.0 KiB",
+        gateway: g,
+        baseline: b,
+        ratio: ratio(g, b),
+        verdict: g.map(|g| g <= 3.0),
+        unit: "KiB",
+        added: false,
+    });
     let (ge, be) = (
         select(runs, "echo_hot", "gateway"),
         select(runs, "echo_hot", "baseline"),
@@ -645,21 +662,19 @@ fn render(
     ];
     table(&mut md, "connect_static", &connect_cols);
     table(&mut md, "connect_jwt", &connect_cols);
-    table(
-        &mut md,
-        "idle",
-        &[
-            ("authenticated", "authenticated"),
-            ("server_rss_before_kib", "RSS before KiB"),
-            ("server_rss_after_kib", "RSS after KiB"),
-            ("server_kib_per_conn", "KiB/conn"),
-            ("connects_per_s", "connects/s"),
-            ("connect_p99_us", "connect p99 µs"),
-            ("server_cpu_us_per_connect", "server CPU µs/connect"),
-            ("client_kib_per_conn", "client KiB/conn"),
-            ("other_cpu_pct", "other CPU %"),
-        ],
-    );
+    let idle_cols = [
+        ("authenticated", "authenticated"),
+        ("server_rss_before_kib", "RSS before KiB"),
+        ("server_rss_after_kib", "RSS after KiB"),
+        ("server_kib_per_conn", "KiB/conn"),
+        ("connects_per_s", "connects/s"),
+        ("connect_p99_us", "connect p99 µs"),
+        ("server_cpu_us_per_connect", "server CPU µs/connect"),
+        ("client_kib_per_conn", "client KiB/conn"),
+        ("other_cpu_pct", "other CPU %"),
+    ];
+    table(&mut md, "idle", &idle_cols);
+    table(&mut md, "idle_shipped", &idle_cols);
     for case in ["fanout_hot", "fanout_chat"] {
         sweep_table(&mut md, runs, case, &total, max_noise);
     }
@@ -806,6 +821,44 @@ mod tests {
         assert!(
             py.contains("| ≤ +6 µs | 17.0 µs | 10.0 µs | +7 µs (1.70×) | **MISS** |"),
             "{py}"
+        );
+    }
+
+    #[test]
+    fn idle_as_shipped_has_its_own_line() {
+        let run = |case: &str, server: &str, kib: f64| {
+            json!({"case": case, "server": server, "connections": 10_000,
+                   "server_kib_per_conn": kib, "other_cpu_pct": 1.0})
+        };
+        let runs = vec![
+            run("idle", "gateway", 3.9),
+            run("idle", "baseline", 7.7),
+            run("idle_shipped", "gateway", 4.2),
+            run("idle_shipped", "baseline", 7.9),
+        ];
+        let md = render(&runs, &Totals::new(), &[], 50.0, 25.0);
+        let line = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no {start:?} in:\n{md}"))
+                .to_owned()
+        };
+        let pinned = line("| Idle memory: RSS");
+        assert!(
+            pinned.contains("| ≤ 4 KiB | 3.90 KiB | 7.70 KiB |"),
+            "{pinned}"
+        );
+        assert!(pinned.contains("**pass**"), "{pinned}");
+        let shipped = line("| Idle memory as shipped");
+        assert!(shipped.contains("10,000 connections"), "{shipped}");
+        assert!(
+            shipped.contains("| ≤ 3.0 KiB | 4.20 KiB | 7.90 KiB |"),
+            "{shipped}"
+        );
+        assert!(shipped.contains("**MISS**"), "{shipped}");
+        assert!(
+            md.contains("| idle_shipped |"),
+            "its runs are tabled:\n{md}"
         );
     }
 
