@@ -121,8 +121,11 @@ wait_port() { # host port
 }
 
 SERVER_PID=
+# The gateway's environment: RUST_LOG=warn unless a case measures the
+# default level (`idle_shipped` sets GW_ENV=(-u RUST_LOG)).
+GW_ENV=(RUST_LOG=warn)
 start_gateway() { # config port
-  RUST_LOG=warn "${PIN_SERVER[@]}" "$BIN/wsprism" --config "$1" >>"$OUT/gateway.log" 2>&1 &
+  env "${GW_ENV[@]}" "${PIN_SERVER[@]}" "$BIN/wsprism" --config "$1" >>"$OUT/gateway.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   wait_port 127.0.0.1 "$2"
@@ -177,6 +180,19 @@ bench() {
 
 wants() { [[ " $ONLY " == *" $1 "* ]]; }
 
+# derive_config OUT PORT ADMIN_PORT PLUGIN_DIR [SED_EXPR...]: the bench config
+# listening on other ports, with an absolute plugin dir and extra edits.
+derive_config() {
+  local out=$1 port=$2 admin=$3 dir=$4 e
+  shift 4
+  local edits=()
+  for e in "$@"; do edits+=(-e "$e"); done
+  sed -e "s/^  listen: .*/  listen: \"127.0.0.1:$port\"/" \
+      -e "s/^  admin_listen: .*/  admin_listen: \"127.0.0.1:$admin\"/" \
+      -e "s#dir: ../plugins#dir: $dir#" \
+      "${edits[@]}" bench/wsprism-bench.yaml >"$out"
+}
+
 : >"$RESULTS"
 echo "== results -> $RESULTS (logs in $OUT/*.log)"
 
@@ -189,11 +205,8 @@ GW_JWT=$SERVER_PID
 # The bench config with a 32 KiB socket send buffer (the `latest` case's
 # tuned figure beside the as-shipped one).
 SNDBUF_CFG="$OUT/wsprism-bench-sndbuf.yaml"
-sed -e 's/^  listen: .*/  listen: "127.0.0.1:18084"/' \
-    -e 's/^  admin_listen: .*/  admin_listen: "127.0.0.1:19094"/' \
-    -e "s#dir: ../plugins#dir: $PWD/plugins#" \
-    -e 's/^  queues: { \(.*\) }/  queues: { \1, socket_send_buffer_bytes: 32768 }/' \
-    bench/wsprism-bench.yaml >"$SNDBUF_CFG"
+derive_config "$SNDBUF_CFG" 18084 19094 "$PWD/plugins" \
+  's/^  queues: { \(.*\) }/  queues: { \1, socket_send_buffer_bytes: 32768 }/'
 start_gateway "$SNDBUF_CFG" 18084
 GW_SNDBUF=$SERVER_PID
 # The JavaScript and Python echo plugins: built here (seconds each) when
@@ -222,11 +235,8 @@ if wants echo_js || wants echo_py; then
   # so the gateway does not warn about a route to a missing plugin.
   if [ -f plugins/echo.wasm ]; then cp plugins/echo.wasm "$JSPY_PLUGINS/"; fi
   JSPY_CFG="$OUT/wsprism-bench-jspy.yaml"
-  sed -e 's/^  listen: .*/  listen: "127.0.0.1:18085"/' \
-      -e 's/^  admin_listen: .*/  admin_listen: "127.0.0.1:19095"/' \
-      -e "s#dir: ../plugins#dir: $JSPY_PLUGINS#" \
-      -e 's/^      - { svc: echo, plugin: echo }/&\n      - { svc: echo_js, plugin: echo_js }\n      - { svc: echo_py, plugin: echo_py }/' \
-      bench/wsprism-bench.yaml >"$JSPY_CFG"
+  derive_config "$JSPY_CFG" 18085 19095 "$JSPY_PLUGINS" \
+    's/^      - { svc: echo, plugin: echo }/&\n      - { svc: echo_js, plugin: echo_js }\n      - { svc: echo_py, plugin: echo_py }/'
   start_gateway "$JSPY_CFG" 18085
   GW_JSPY=$SERVER_PID
 fi
@@ -307,22 +317,21 @@ fi
 # Idle memory as users run it: no pinning for either server and the
 # gateway's default log level (RUST_LOG unset), same connections as above.
 if wants idle_shipped; then
+  PINNED=("${PIN_SERVER[@]}")
+  PIN_SERVER=()
+  GW_ENV=(-u RUST_LOG)
   for run in $(seq 1 "$RUNS"); do
-    env -u RUST_LOG "$BIN/wsprism" --config bench/wsprism-bench.yaml >>"$OUT/gateway.log" 2>&1 &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    wait_port 127.0.0.1 18080
+    start_gateway bench/wsprism-bench.yaml 18080
     sleep 1
     bench idle_shipped gateway "$run" "$SERVER_PID" idle --url "$GATEWAY_URL" -n "$IDLE_CONNS" --hold 3
     stop_server
-    "$BIN/wsprism-bench" baseline --mode echo --listen "127.0.0.1:18081" >>"$OUT/baseline.log" 2>&1 &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    wait_port 127.0.0.1 18081
+    start_baseline echo 18081
     sleep 1
     bench idle_shipped baseline "$run" "$SERVER_PID" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
     stop_server
   done
+  PIN_SERVER=("${PINNED[@]}")
+  GW_ENV=(RUST_LOG=warn)
 fi
 
 META=(

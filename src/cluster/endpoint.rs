@@ -184,7 +184,7 @@ impl Endpoint {
         let mut sentinel = sentinel.lock().await;
         let client = tokio::time::timeout(RESOLVE_TIMEOUT, sentinel.async_get_client())
             .await
-            .unwrap_or_else(|_| Err(RedisError::from((redis::ErrorKind::Io, "timed out"))))?;
+            .unwrap_or_else(|_| Err(link::timed_out()))?;
         let addr = client.get_connection_info().addr().to_string();
         if self.current.load().as_ref().is_some_and(|t| t.addr == addr) {
             return Ok(None);

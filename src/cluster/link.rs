@@ -417,7 +417,7 @@ async fn reconcile(
     Ok(())
 }
 
-fn timed_out() -> redis::RedisError {
+pub(super) fn timed_out() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "timed out"))
 }
 

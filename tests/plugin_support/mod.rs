@@ -417,12 +417,7 @@ pub fn counter_js() -> Option<PathBuf> {
             return None;
         }
         let src = repo().join("sdk/examples/counter-js/app.js");
-        let inputs = [
-            src.clone(),
-            repo().join("wit/wsprism-plugin.wit"),
-            repo().join("sdk/js/build.sh"),
-            repo().join("sdk/js/package.json"),
-        ];
+        let inputs = sdk_inputs(src.clone(), "js", "package.json");
         Some(build_cached(
             "js",
             "counter_js.wasm",
@@ -454,12 +449,7 @@ pub fn counter_py() -> Option<PathBuf> {
             return None;
         }
         let src = repo().join("sdk/examples/counter-py");
-        let inputs = [
-            src.join("app.py"),
-            repo().join("wit/wsprism-plugin.wit"),
-            repo().join("sdk/python/build.sh"),
-            repo().join("sdk/python/requirements.txt"),
-        ];
+        let inputs = sdk_inputs(src.join("app.py"), "python", "requirements.txt");
         Some(build_cached(
             "python",
             "counter_py.wasm",
@@ -471,6 +461,17 @@ pub fn counter_py() -> Option<PathBuf> {
     .clone()
 }
 
+/// What an SDK example's component is built from: its source, the WIT, and
+/// `sdk/<sdk>/build.sh` with the SDK's dependency list `deps`.
+fn sdk_inputs(source: PathBuf, sdk: &str, deps: &str) -> [PathBuf; 4] {
+    [
+        source,
+        repo().join("wit/wsprism-plugin.wit"),
+        repo().join(format!("sdk/{sdk}/build.sh")),
+        repo().join(format!("sdk/{sdk}/{deps}")),
+    ]
+}
+
 /// Builds `sdk/examples/echo-js` (the minimal JavaScript plugin of the
 /// `echo_js` bench case, world `ext-lane-plugin`) into the `js` dir, once per
 /// test binary and only when its inputs changed; `None` when counter_js is.
@@ -480,12 +481,7 @@ pub fn echo_js() -> Option<PathBuf> {
         // Checks for the tools (and installs the SDK's npm packages).
         counter_js()?;
         let src = repo().join("sdk/examples/echo-js/app.js");
-        let inputs = [
-            src.clone(),
-            repo().join("wit/wsprism-plugin.wit"),
-            repo().join("sdk/js/build.sh"),
-            repo().join("sdk/js/package.json"),
-        ];
+        let inputs = sdk_inputs(src.clone(), "js", "package.json");
         Some(build_cached_for(
             "ext-lane-plugin",
             "js",
@@ -505,12 +501,7 @@ pub fn echo_py() -> Option<PathBuf> {
     OUT.get_or_init(|| {
         counter_py()?;
         let src = repo().join("sdk/examples/echo-py");
-        let inputs = [
-            src.join("app.py"),
-            repo().join("wit/wsprism-plugin.wit"),
-            repo().join("sdk/python/build.sh"),
-            repo().join("sdk/python/requirements.txt"),
-        ];
+        let inputs = sdk_inputs(src.join("app.py"), "python", "requirements.txt");
         Some(build_cached_for(
             "ext-lane-plugin",
             "python",
