@@ -17,7 +17,9 @@ use std::time::Duration;
 use governor::Quota;
 
 use self::allowlist::{ExtAllowlist, HotAllowlist};
-use self::rate_limit::{DirectLimiter, KeyedLimiter, direct, keyed, quota, windowed};
+use self::rate_limit::{
+    DirectLimiter, KeyedLimiter, SessionLimiter, direct, keyed, per_session, quota, windowed,
+};
 use crate::config::{HotServiceConfig, OnExceed, RateLimitScope, SessionMode, TenantConfig};
 use crate::realtime::broker::{RoomLimits, SessionLimits};
 use crate::realtime::history::HistoryPolicy;
@@ -181,9 +183,9 @@ fn byte_quota(per_sec: u32, max_frame_bytes: usize, queue_max_bytes: usize) -> O
 #[derive(Debug)]
 pub struct SessionPolicy {
     policy: Arc<TenantPolicy>,
-    conn_limiter: Option<DirectLimiter>,
-    byte_limiter: Option<DirectLimiter>,
-    error_budget: Option<DirectLimiter>,
+    conn_limiter: Option<SessionLimiter>,
+    byte_limiter: Option<SessionLimiter>,
+    error_budget: Option<SessionLimiter>,
 }
 
 impl SessionPolicy {
@@ -191,9 +193,9 @@ impl SessionPolicy {
     pub fn new(policy: Arc<TenantPolicy>) -> Self {
         Self {
             conn_limiter: (policy.scope == RateLimitScope::Connection)
-                .then(|| direct(policy.message_quota)),
-            byte_limiter: policy.byte_quota.map(direct),
-            error_budget: policy.error_quota.map(direct),
+                .then(|| per_session(policy.message_quota)),
+            byte_limiter: policy.byte_quota.map(per_session),
+            error_budget: policy.error_quota.map(per_session),
             policy,
         }
     }

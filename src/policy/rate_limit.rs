@@ -9,7 +9,9 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::HandshakeLimitConfig;
@@ -43,6 +45,22 @@ pub type KeyedLimiter<K> = DefaultKeyedRateLimiter<K>;
 /// New direct limiter.
 pub fn direct(q: Quota) -> DirectLimiter {
     RateLimiter::direct(q)
+}
+
+/// A per-session bucket. It keeps the monotonic clock (no state) instead of
+/// the default TSC clock's 40 bytes of calibration: a session holds up to
+/// three buckets for its whole life, and reading the clock costs a few tens of
+/// nanoseconds more per message.
+pub type SessionLimiter = RateLimiter<
+    NotKeyed,
+    InMemoryState,
+    MonotonicClock,
+    NoOpMiddleware<<MonotonicClock as Clock>::Instant>,
+>;
+
+/// New per-session limiter.
+pub fn per_session(q: Quota) -> SessionLimiter {
+    RateLimiter::direct_with_clock(q, MonotonicClock)
 }
 
 /// New keyed limiter.

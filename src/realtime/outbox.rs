@@ -15,10 +15,12 @@
 //! never awaits and never allocates once the queue has grown to its working size.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tungstenite::Message;
 
 use crate::config::DEFAULT_QUEUE_MAX_BYTES;
@@ -170,7 +172,10 @@ pub struct DropCounters {
 #[derive(Debug)]
 pub struct Outbox {
     queues: Mutex<Queues>,
-    notify: Notify,
+    /// The writer's wake-up (the outbox has one consumer). A waker rather than
+    /// a `Notify`: the writer's wait is a poll, not a queued waiter node, so
+    /// the future every idle session keeps resident stays small.
+    writer: AtomicWaker,
     reliable_capacity: usize,
     lossy_capacity: usize,
     /// Bound on [`Queues::bytes`]. One frame is always accepted into an empty
@@ -187,7 +192,7 @@ impl Outbox {
     pub fn new(reliable_capacity: usize, lossy_capacity: usize) -> Self {
         Self {
             queues: Mutex::new(Queues::default()),
-            notify: Notify::new(),
+            writer: AtomicWaker::new(),
             reliable_capacity: reliable_capacity.max(1),
             lossy_capacity: lossy_capacity.max(1),
             max_bytes: DEFAULT_QUEUE_MAX_BYTES,
@@ -301,7 +306,7 @@ impl Outbox {
             };
             (outcome, dropped)
         };
-        self.notify.notify_one();
+        self.writer.wake();
         if dropped > 0 {
             self.lossy_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
@@ -332,7 +337,7 @@ impl Outbox {
                 flush,
             });
         }
-        self.notify.notify_one();
+        self.writer.wake();
     }
 
     /// Whether a close was requested.
@@ -368,23 +373,19 @@ impl Outbox {
     ///
     /// # Cancel safety
     /// Cancel safe: it only observes.
-    pub async fn cut(&self) {
-        loop {
+    pub fn cut(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
             // Registered before the check, so a cut between the check and the
-            // wait still wakes it (the writer is the outbox's only waiter; a
-            // wake-up it takes here is re-checked by `next_batch`).
-            let notified = self.notify.notified();
-            if self
+            // wait still wakes it (the writer is the outbox's only waiter).
+            self.writer.register(cx.waker());
+            let cut = self
                 .queues
                 .lock()
                 .close
                 .as_ref()
-                .is_some_and(CloseRequest::is_cut)
-            {
-                return;
-            }
-            notified.await;
-        }
+                .is_some_and(CloseRequest::is_cut);
+            if cut { Poll::Ready(()) } else { Poll::Pending }
+        })
     }
 
     /// Asks the writer to send a ping when nothing else is queued. The session's
@@ -395,7 +396,7 @@ impl Outbox {
         if q.close.is_none() {
             q.ping = true;
             drop(q);
-            self.notify.notify_one();
+            self.writer.wake();
         }
     }
 
@@ -404,43 +405,46 @@ impl Outbox {
     ///
     /// # Cancel safety
     /// Cancel safe: frames are only moved out once the wait has completed.
-    pub async fn next_batch(&self, out: &mut Vec<Message>, max: usize) -> Batch {
-        // A due ping waits behind queued frames (they prove liveness as well) and
-        // is dropped once a close is requested.
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut q = self.queues.lock();
-                let before = out.len();
-                let take_r = q.reliable.len().min(max);
-                out.extend(q.reliable.drain(..take_r));
-                if q.reliable.is_empty() && q.close.is_none() {
-                    let take_l = q.lossy.len().min(max.saturating_sub(take_r));
-                    out.extend(q.lossy.drain(..take_l).map(|(_, m)| m));
-                }
-                let taken: usize = out[before..].iter().map(frame_bytes).sum();
-                q.bytes -= taken;
-                if let Some(close) = &q.close {
-                    if !close.flush || (q.reliable.is_empty()) {
-                        let close = close.clone();
-                        q.clear();
-                        return Batch::Close(close);
-                    }
-                    return Batch::Frames;
-                }
-                if !out.is_empty() {
-                    if !q.reliable.is_empty() || !q.lossy.is_empty() || q.ping {
-                        // More remains: make sure the next call does not sleep.
-                        self.notify.notify_one();
-                    }
-                    return Batch::Frames;
-                }
-                if std::mem::take(&mut q.ping) {
-                    return Batch::Ping;
-                }
-            }
-            notified.await;
+    pub fn next_batch<'a>(
+        &'a self,
+        out: &'a mut Vec<Message>,
+        max: usize,
+    ) -> impl Future<Output = Batch> + 'a {
+        std::future::poll_fn(move |cx| {
+            // Registered before the queues are read, so a frame pushed after the
+            // check still wakes the writer.
+            self.writer.register(cx.waker());
+            self.take_batch(out, max).map_or(Poll::Pending, Poll::Ready)
+        })
+    }
+
+    /// What [`Outbox::next_batch`] returns, if anything is due now. A due ping
+    /// waits behind queued frames (they prove liveness as well) and is dropped
+    /// once a close is requested.
+    fn take_batch(&self, out: &mut Vec<Message>, max: usize) -> Option<Batch> {
+        let mut q = self.queues.lock();
+        let before = out.len();
+        let take_r = q.reliable.len().min(max);
+        out.extend(q.reliable.drain(..take_r));
+        if q.reliable.is_empty() && q.close.is_none() {
+            let take_l = q.lossy.len().min(max.saturating_sub(take_r));
+            out.extend(q.lossy.drain(..take_l).map(|(_, m)| m));
         }
+        let taken: usize = out[before..].iter().map(frame_bytes).sum();
+        q.bytes -= taken;
+        if let Some(close) = &q.close {
+            if !close.flush || q.reliable.is_empty() {
+                let close = close.clone();
+                q.clear();
+                return Some(Batch::Close(close));
+            }
+            return Some(Batch::Frames);
+        }
+        if !out.is_empty() {
+            // Whatever remains is taken by the next call, which does not wait.
+            return Some(Batch::Frames);
+        }
+        std::mem::take(&mut q.ping).then_some(Batch::Ping)
     }
 }
 

@@ -13,6 +13,9 @@
 //! closing normally would let the kernel trickle what it still buffers to a
 //! peer that cannot keep up, for as long as that peer keeps reading.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use tokio::time::Instant;
 use tracing::debug;
 use tungstenite::Message;
 
+use super::listener::ConnSlot;
 use super::writer::{self, Sink, WriterEnd};
 use super::ws::{BudgetExhausted, ReadBudget, Socket};
 use crate::error::CloseCode;
@@ -63,114 +67,140 @@ pub(crate) fn close_code_for(err: &tungstenite::Error) -> Option<CloseCode> {
     }
 }
 
-/// Runs a session until it ends or the gateway stops (after the drain grace
-/// period). The guard is dropped (session unregistered) when this returns.
+/// The session task: completes the upgrade (`accept`), then runs the session
+/// until it ends or the gateway stops (after the drain grace period). The
+/// guard is dropped (session unregistered) before the connection is closed
+/// or reset, and the connection slot when the task ends.
 ///
-/// Takes the socket already split so the session's resident future does not
-/// keep a slot for the whole `WebSocket` it was handed.
-pub(crate) async fn run(
-    mut sink: Sink,
-    mut stream: Stream,
+/// This future stays resident for every live session, so it is built to hold
+/// each piece of session state once. Written as `async move` blocks rather than
+/// `async fn`s: an `async fn` keeps its arguments in the future and moves them
+/// into locals, so every value passed down a level had two slots (the session
+/// guard had five). Values are captured here and lent to the levels below.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold each argument twice for the session's life"
+)]
+pub(crate) fn run(
+    accept: Pin<Box<impl Future<Output = io::Result<Socket>> + Send>>,
     guard: SessionGuard,
     greeting: Greeting,
     budget: Arc<ReadBudget>,
     expires: Option<Instant>,
-) {
-    let stop = guard.hub().shutdown.clone();
-    let reset = tokio::select! {
-        reset = serve(&mut sink, &mut stream, guard, greeting, &budget, expires) => reset,
-        () = stop.cancelled() => {
-            debug!("session aborted at the end of the drain");
-            false
+    slot: Option<ConnSlot>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Awaited by value: the handshake's state is freed once it completes.
+        let socket = match accept.await {
+            Ok(socket) => socket,
+            Err(e) => {
+                debug!(error = %e, "upgrade failed after 101");
+                return;
+            }
+        };
+        let (mut sink, mut stream) = socket.split();
+        let reset = tokio::select! {
+            reset = serve(&mut sink, &mut stream, &guard, greeting, &budget, expires) => reset,
+            () = guard.hub().shutdown.cancelled() => {
+                debug!("session aborted at the end of the drain");
+                false
+            }
+        };
+        drop(guard);
+        if reset {
+            // Both halves come from one split, so reuniting cannot fail.
+            if let Ok(socket) = stream.reunite(sink) {
+                socket.get_ref().reset_on_close();
+            }
         }
-    };
-    if reset {
-        // Both halves come from one split, so reuniting cannot fail.
-        if let Ok(socket) = stream.reunite(sink) {
-            socket.get_ref().reset_on_close();
-        }
+        drop(slot);
     }
 }
 
 /// Serves the session; `true` when the connection must be reset (see the
 /// module docs). At `expires` (a JWT's `exp` with `auth.close_at_expiry`) the
 /// session is closed with 4005 after its queued reliable messages.
-async fn serve(
-    sink: &mut Sink,
-    stream: &mut Stream,
-    guard: SessionGuard,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold each argument twice for the session's life"
+)]
+fn serve<'a>(
+    sink: &'a mut Sink,
+    stream: &'a mut Stream,
+    guard: &'a SessionGuard,
     greeting: Greeting,
-    budget: &ReadBudget,
+    budget: &'a ReadBudget,
     expires: Option<Instant>,
-) -> bool {
-    let (ping_every, idle, send_timeout) = {
-        let cfg = guard.hub().config();
-        let ms = Duration::from_millis;
-        (
-            ms(cfg.gateway.ping_interval_ms),
-            ms(cfg.gateway.idle_timeout_ms),
-            ms(cfg.gateway.writer_send_timeout_ms),
-        )
-    };
-    let Some(mut ctx) = SessionCtx::new(
-        Arc::clone(&guard.hub().pipeline),
-        Arc::clone(guard.tenant()),
-        Arc::clone(guard.entry()),
-        guard.counters().clone(),
-    ) else {
-        return false;
-    };
-    // Borrowed, not cloned: every byte here stays resident for the session.
-    let outbox = &guard.entry().outbox;
-    let counters = guard.counters();
-    debug!("session started");
+) -> impl Future<Output = bool> + Send + 'a {
+    async move {
+        let (ping_every, idle, send_timeout) = {
+            let cfg = guard.hub().config();
+            let ms = Duration::from_millis;
+            (
+                ms(cfg.gateway.ping_interval_ms),
+                ms(cfg.gateway.idle_timeout_ms),
+                ms(cfg.gateway.writer_send_timeout_ms),
+            )
+        };
+        let Some(mut ctx) = SessionCtx::new(
+            Arc::clone(&guard.hub().pipeline),
+            Arc::clone(guard.tenant()),
+            Arc::clone(guard.entry()),
+            guard.counters().clone(),
+        ) else {
+            return false;
+        };
+        // Borrowed, not cloned: every byte here stays resident for the session.
+        let outbox = &guard.entry().outbox;
+        let counters = guard.counters();
+        debug!("session started");
 
-    let (end, writer_end) = {
-        let reader = read_loop(stream, &mut ctx, budget, (idle, ping_every));
-        let writer = writer::run(sink, outbox, counters, Some(greeting), send_timeout);
-        tokio::pin!(reader, writer);
-        // Boxed and only when set: most sessions have no expiry.
-        let mut expiry = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
-        loop {
-            tokio::select! {
-                end = &mut reader => break (end, None),
-                done = &mut writer => break (ReaderEnd::Gone, Some(done)),
-                () = async {
-                    if let Some(at) = expiry.as_mut() {
-                        at.await;
+        let (end, writer_end) = {
+            let reader = read_loop(stream, &mut ctx, budget, idle, ping_every);
+            let writer = writer::run(sink, outbox, counters, Some(greeting), send_timeout);
+            tokio::pin!(reader, writer);
+            // Boxed and only when set: most sessions have no expiry.
+            let mut expiry = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
+            loop {
+                tokio::select! {
+                    end = &mut reader => break (end, None),
+                    done = &mut writer => break (ReaderEnd::Gone, Some(done)),
+                    () = async {
+                        if let Some(at) = expiry.as_mut() {
+                            at.await;
+                        }
+                    }, if expiry.is_some() => {
+                        expiry = None;
+                        debug!("token expired; closing");
+                        outbox.close(CloseCode::TokenExpired, "token expired", true);
                     }
-                }, if expiry.is_some() => {
-                    expiry = None;
-                    debug!("token expired; closing");
-                    outbox.close(CloseCode::TokenExpired, "token expired", true);
                 }
             }
-        }
-    };
-    // The close paths run once per session: boxed, so the future every live
-    // session keeps resident holds only the reader and the writer.
-    let (reason, reset) = Box::pin(finish(
-        sink,
-        stream,
-        outbox,
-        counters,
-        send_timeout,
-        end,
-        writer_end,
-    ))
-    .await;
-    // A close the gateway requested names the reason, whichever half noticed the
-    // end first.
-    let reason = outbox.close_code().map_or(reason, CloseCode::label);
-    guard
-        .hub()
-        .metrics
-        .sessions_closed
-        .with_label_values(&[&guard.tenant().id, reason])
-        .inc();
-    debug!(reason, reset, "session ended");
-    drop(guard);
-    reset
+        };
+        // The close paths run once per session: boxed, so the future every live
+        // session keeps resident holds only the reader and the writer.
+        let (reason, reset) = Box::pin(finish(
+            sink,
+            stream,
+            outbox,
+            counters,
+            send_timeout,
+            end,
+            writer_end,
+        ))
+        .await;
+        // A close the gateway requested names the reason, whichever half noticed
+        // the end first.
+        let reason = outbox.close_code().map_or(reason, CloseCode::label);
+        guard
+            .hub()
+            .metrics
+            .sessions_closed
+            .with_label_values(&[&guard.tenant().id, reason])
+            .inc();
+        debug!(reason, reset, "session ended");
+        reset
+    }
 }
 
 /// The session's read half.
@@ -250,60 +280,93 @@ async fn await_peer_close(stream: &mut Stream, by: Instant) -> bool {
     .unwrap_or(false)
 }
 
-async fn read_loop(
-    stream: &mut Stream,
-    ctx: &mut SessionCtx,
-    budget: &ReadBudget,
-    (idle, ping_every): (Duration, Duration),
-) -> ReaderEnd {
-    // One timer for the whole session, for both the idle timeout and the ping
-    // schedule: a message only records when it arrived, and the timer is re-armed
-    // when it fires (never once per message on the hot path).
-    let mut last_inbound = Instant::now();
-    let mut next_ping = last_inbound + ping_every;
-    let timer = tokio::time::sleep_until(next_ping.min(last_inbound + idle));
-    tokio::pin!(timer);
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => Some(next),
-            () = &mut timer => None,
-        };
-        let msg = match next {
-            None => {
-                let now = Instant::now();
-                let idle_at = last_inbound + idle;
-                if now >= idle_at {
-                    return ReaderEnd::Close(CloseCode::IdleTimeout);
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold each argument twice for the session's life"
+)]
+fn read_loop<'a>(
+    stream: &'a mut Stream,
+    ctx: &'a mut SessionCtx,
+    budget: &'a ReadBudget,
+    idle: Duration,
+    ping_every: Duration,
+) -> impl Future<Output = ReaderEnd> + Send + 'a {
+    async move {
+        // One timer for the whole session, for both the idle timeout and the ping
+        // schedule: a message only records when it arrived, and the timer is re-armed
+        // when it fires (never once per message on the hot path).
+        let mut last_inbound = Instant::now();
+        let mut next_ping = last_inbound + ping_every;
+        let timer = tokio::time::sleep_until(next_ping.min(last_inbound + idle));
+        tokio::pin!(timer);
+        loop {
+            // Matched as a temporary: the select's output is gone before an Ext
+            // Lane message is awaited, so the reader's future holds no slot for it.
+            let msg = match tokio::select! {
+                next = stream.next() => Some(next),
+                () = &mut timer => None,
+            } {
+                None => {
+                    let now = Instant::now();
+                    let idle_at = last_inbound + idle;
+                    if now >= idle_at {
+                        return ReaderEnd::Close(CloseCode::IdleTimeout);
+                    }
+                    if now >= next_ping {
+                        ctx.entry.outbox.request_ping();
+                        next_ping = now + ping_every;
+                    }
+                    timer.as_mut().reset(next_ping.min(idle_at));
+                    continue;
                 }
-                if now >= next_ping {
-                    ctx.entry.outbox.request_ping();
-                    next_ping = now + ping_every;
+                Some(None) => return ReaderEnd::Gone,
+                Some(Some(Err(e))) => {
+                    return match close_code_for(&e) {
+                        Some(code) => ReaderEnd::Close(code),
+                        None => ReaderEnd::Gone,
+                    };
                 }
-                timer.as_mut().reset(next_ping.min(idle_at));
-                continue;
+                Some(Some(Ok(msg))) => msg,
+            };
+            last_inbound = Instant::now();
+            budget.refill();
+            let flow = match dispatch(ctx, msg) {
+                Dispatch::Done(flow) => flow,
+                Dispatch::Ext(handling) => handling.await,
+                Dispatch::PeerClosed => return ReaderEnd::PeerClosed,
+            };
+            if let Flow::Close(code) = flow {
+                return ReaderEnd::Close(code);
             }
-            Some(None) => return ReaderEnd::Gone,
-            Some(Some(Err(e))) => {
-                return match close_code_for(&e) {
-                    Some(code) => ReaderEnd::Close(code),
-                    None => ReaderEnd::Gone,
-                };
-            }
-            Some(Some(Ok(msg))) => msg,
-        };
-        last_inbound = Instant::now();
-        budget.refill();
-        let flow = match msg {
-            // Boxed: the Ext pipeline's future (plugin calls, services) is large
-            // and exists only while a message is handled.
-            Message::Text(text) => Box::pin(lanes::ext::handle(ctx, text)).await,
-            Message::Binary(bytes) => lanes::hot::handle(ctx, bytes),
-            // (`Frame` is a write-side variant; reads never yield it.)
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => ctx.control_frame(),
-            Message::Close(_) => return ReaderEnd::PeerClosed,
-        };
-        if let Flow::Close(code) = flow {
-            return ReaderEnd::Close(code);
         }
+    }
+}
+
+/// What the reader does with one message.
+enum Dispatch<F> {
+    /// Handled at once.
+    Done(Flow),
+    /// An Ext Lane message: its handling, to be awaited.
+    Ext(Pin<Box<F>>),
+    /// The peer sent Close.
+    PeerClosed,
+}
+
+/// Hands one message to its lane. A plain function, so the message is not
+/// kept in the reader's future while an Ext Lane message is handled; the Ext
+/// pipeline's future (plugin calls, services) is large and boxed, so it exists
+/// only while a message is handled.
+fn dispatch(
+    ctx: &mut SessionCtx,
+    msg: Message,
+) -> Dispatch<impl Future<Output = Flow> + Send + '_> {
+    match msg {
+        Message::Text(text) => Dispatch::Ext(Box::pin(lanes::ext::handle(ctx, text))),
+        Message::Binary(bytes) => Dispatch::Done(lanes::hot::handle(ctx, bytes)),
+        // (`Frame` is a write-side variant; reads never yield it.)
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+            Dispatch::Done(ctx.control_frame())
+        }
+        Message::Close(_) => Dispatch::PeerClosed,
     }
 }

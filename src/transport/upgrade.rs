@@ -421,21 +421,11 @@ async fn open_session(
         2 * max_frame as u64 + UNFINISHED_MESSAGE_SLACK,
     ));
     let resp = upgrade.response();
-    gw.sessions.spawn(
-        async move {
-            let _slot = slot;
-            let socket = match upgrade.accept(config, Some(Arc::clone(&budget))).await {
-                Ok(socket) => socket,
-                Err(e) => {
-                    debug!(error = %e, "upgrade failed after 101");
-                    return;
-                }
-            };
-            let (sink, stream) = socket.split();
-            session::run(sink, stream, guard, greeting, budget, expires).await;
-        }
-        .instrument(span),
-    );
+    // Boxed: the handshake's state is large and needed only until the upgrade
+    // completes, not for the session's life.
+    let accept = Box::pin(upgrade.accept(config, Some(Arc::clone(&budget))));
+    gw.sessions
+        .spawn(session::run(accept, guard, greeting, budget, expires, slot).instrument(span));
     Ok(resp)
 }
 

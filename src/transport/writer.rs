@@ -13,6 +13,8 @@
 //! most `writer_send_timeout_ms`, together with the peer's answer; the session
 //! then resets the connection ([`WriterEnd::resets`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -89,56 +91,62 @@ enum Written {
 /// # Cancel safety
 /// Frames taken from the outbox are lost if this future is dropped mid-write; the
 /// session only drops it when it is ending anyway.
-pub(crate) async fn run(
-    sink: &mut Sink,
-    outbox: &Outbox,
-    counters: &SessionCounters,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold each argument twice for the session's life"
+)]
+pub(crate) fn run<'a>(
+    sink: &'a mut Sink,
+    outbox: &'a Outbox,
+    counters: &'a SessionCounters,
     greeting: Option<Box<Message>>,
     send_timeout: Duration,
-) -> WriterEnd {
-    // The greeting (`sys.authed`) goes straight to the socket: an idle session
-    // then never allocates outbox or batch buffers.
-    if let Some(first) = greeting {
-        if !send_one(sink, *first, send_timeout).await {
-            return WriterEnd::Failed(None);
-        }
-        counters.out_ext.inc();
-    }
-    let mut batch: Vec<Message> = Vec::new();
-    loop {
-        let close = match outbox.next_batch(&mut batch, MAX_BATCH).await {
-            Batch::Frames => None,
-            Batch::Close(c) => Some(c),
-            Batch::Ping => {
-                if !send_one(sink, Message::Ping(Bytes::new()), send_timeout).await {
-                    return WriterEnd::Failed(None);
-                }
-                continue;
+) -> impl Future<Output = WriterEnd> + Send + 'a {
+    async move {
+        // The greeting (`sys.authed`) goes straight to the socket: an idle session
+        // then never allocates outbox or batch buffers.
+        if let Some(first) = greeting {
+            if !send_one(sink, *first, send_timeout).await {
+                return WriterEnd::Failed(None);
             }
-        };
-        if let Some(c) = close.as_ref().filter(|c| c.is_cut()) {
-            // A cut: the outbox dropped the queues, nothing is left to write.
-            batch.clear();
-            return Box::pin(cut(sink, c, send_timeout)).await;
+            counters.out_ext.inc();
         }
-        let closing = close.as_ref().map(|c| c.code);
-        match write_batch(sink, &mut batch, outbox, counters, send_timeout).await {
-            Written::Done => {}
-            Written::Failed => return WriterEnd::Failed(closing),
-            // The next batch is the cut's close request.
-            Written::Cut => continue,
-        }
-        if let Some(c) = close {
-            return if send_one(sink, close_frame(&c), send_timeout).await {
-                WriterEnd::Closed(c.code)
-            } else {
-                WriterEnd::Failed(Some(c.code))
+        let mut batch: Vec<Message> = Vec::new();
+        loop {
+            let close = match outbox.next_batch(&mut batch, MAX_BATCH).await {
+                Batch::Frames => None,
+                Batch::Close(c) => Some(c),
+                Batch::Ping => {
+                    if !send_one(sink, Message::Ping(Bytes::new()), send_timeout).await {
+                        return WriterEnd::Failed(None);
+                    }
+                    continue;
+                }
             };
-        }
-        // An idle session should not keep a batch-sized buffer alive; a busy
-        // one re-grows it at most once per batch.
-        if batch.capacity() > IDLE_BATCH_CAPACITY {
-            batch = Vec::new();
+            if let Some(c) = close.as_ref().filter(|c| c.is_cut()) {
+                // A cut: the outbox dropped the queues, nothing is left to write.
+                batch.clear();
+                return Box::pin(cut(sink, c, send_timeout)).await;
+            }
+            let closing = close.as_ref().map(|c| c.code);
+            match write_batch(sink, &mut batch, outbox, counters, send_timeout).await {
+                Written::Done => {}
+                Written::Failed => return WriterEnd::Failed(closing),
+                // The next batch is the cut's close request.
+                Written::Cut => continue,
+            }
+            if let Some(c) = close {
+                return if send_one(sink, close_frame(&c), send_timeout).await {
+                    WriterEnd::Closed(c.code)
+                } else {
+                    WriterEnd::Failed(Some(c.code))
+                };
+            }
+            // An idle session should not keep a batch-sized buffer alive; a busy
+            // one re-grows it at most once per batch.
+            if batch.capacity() > IDLE_BATCH_CAPACITY {
+                batch = Vec::new();
+            }
         }
     }
 }
@@ -163,61 +171,81 @@ async fn cut(sink: &mut Sink, c: &CloseRequest, send_timeout: Duration) -> Write
     }
 }
 
-/// Sends one control frame within `send_timeout`. Boxed: pings and closes are
-/// rare, and the writer's resident future should not carry their state.
-async fn send_one(sink: &mut Sink, msg: Message, send_timeout: Duration) -> bool {
-    let sent = Box::pin(tokio::time::timeout(send_timeout, sink.send(msg))).await;
-    matches!(sent, Ok(Ok(())))
+/// Sends one control frame within `send_timeout`. Boxed as a whole: pings and
+/// closes are rare, and the writer's resident future should not carry their
+/// state (nor the frame) between them.
+fn send_one(
+    sink: &mut Sink,
+    msg: Message,
+    send_timeout: Duration,
+) -> Pin<Box<impl Future<Output = bool> + Send + '_>> {
+    Box::pin(async move {
+        let sent = tokio::time::timeout(send_timeout, sink.send(msg)).await;
+        matches!(sent, Ok(Ok(())))
+    })
 }
 
 /// Feeds every frame of `batch` and flushes once, within `send_timeout`, unless
 /// the session is cut while the peer holds the write up (the frames not yet fed
 /// are then dropped).
-async fn write_batch(
-    sink: &mut Sink,
-    batch: &mut Vec<Message>,
-    outbox: &Outbox,
-    counters: &SessionCounters,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold each argument twice in the writer's future"
+)]
+fn write_batch<'a>(
+    sink: &'a mut Sink,
+    batch: &'a mut Vec<Message>,
+    outbox: &'a Outbox,
+    counters: &'a SessionCounters,
     send_timeout: Duration,
-) -> Written {
-    if batch.is_empty() {
-        return Written::Done;
-    }
-    let (mut text, mut binary) = (0u64, 0u64);
-    for msg in batch.iter() {
-        match msg {
-            Message::Text(_) => text += 1,
-            Message::Binary(_) => binary += 1,
-            _ => {}
+) -> impl Future<Output = Written> + Send + 'a {
+    async move {
+        if batch.is_empty() {
+            return Written::Done;
         }
-    }
-    let mut fed = 0;
-    let mut write = std::future::poll_fn(|cx| poll_write(sink, batch, &mut fed, cx));
-    // Most batches go out without the socket pushing back: a send timer is armed
-    // (and its state allocated) only when the first attempt could not finish.
-    // Only then can the peer be slow enough to be cut, so only then is the
-    // outbox watched for a cut.
-    let written = match futures_util::poll!(&mut write) {
-        Poll::Ready(Ok(())) => Written::Done,
-        Poll::Ready(Err(_)) => Written::Failed,
-        Poll::Pending => {
-            Box::pin(async {
-                tokio::select! {
-                    biased;
-                    r = tokio::time::timeout(send_timeout, write) => match r {
-                        Ok(Ok(())) => Written::Done,
-                        _ => Written::Failed,
-                    },
-                    () = outbox.cut() => Written::Cut,
-                }
+        let (mut text, mut binary) = (0u64, 0u64);
+        for msg in batch.iter() {
+            match msg {
+                Message::Text(_) => text += 1,
+                Message::Binary(_) => binary += 1,
+                _ => {}
+            }
+        }
+        let mut fed = 0;
+        // Most batches go out without the socket pushing back, in one attempt
+        // made here. A send timer is armed (and its state allocated) only when
+        // that attempt could not finish; only then can the peer be slow enough
+        // to be cut, so only then is the outbox watched for a cut.
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(match poll_write(sink, batch, &mut fed, cx) {
+                Poll::Ready(Ok(())) => Some(Written::Done),
+                Poll::Ready(Err(_)) => Some(Written::Failed),
+                Poll::Pending => None,
             })
-            .await
-        }
-    };
-    batch.clear();
-    counters.out_ext.inc_by(text);
-    counters.out_hot.inc_by(binary);
-    written
+        })
+        .await;
+        let written = match first {
+            Some(written) => written,
+            None => {
+                Box::pin(async {
+                    let write = std::future::poll_fn(|cx| poll_write(sink, batch, &mut fed, cx));
+                    tokio::select! {
+                        biased;
+                        r = tokio::time::timeout(send_timeout, write) => match r {
+                            Ok(Ok(())) => Written::Done,
+                            _ => Written::Failed,
+                        },
+                        () = outbox.cut() => Written::Cut,
+                    }
+                })
+                .await
+            }
+        };
+        batch.clear();
+        counters.out_ext.inc_by(text);
+        counters.out_hot.inc_by(binary);
+        written
+    }
 }
 
 /// Moves the frames of `batch` from index `fed` on into the sink, then flushes.
