@@ -13,6 +13,11 @@
 //! closing normally would let the kernel trickle what it still buffers to a
 //! peer that cannot keep up, for as long as that peer keeps reading.
 
+#![allow(
+    clippy::manual_async_fn,
+    reason = "the session's futures are `async move` blocks: an async fn holds each argument twice for the session's life"
+)]
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -77,10 +82,6 @@ pub(crate) fn close_code_for(err: &tungstenite::Error) -> Option<CloseCode> {
 /// `async fn`s: an `async fn` keeps its arguments in the future and moves them
 /// into locals, so every value passed down a level had two slots (the session
 /// guard had five). Values are captured here and lent to the levels below.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold each argument twice for the session's life"
-)]
 pub(crate) fn run(
     accept: Pin<Box<impl Future<Output = io::Result<Socket>> + Send>>,
     guard: SessionGuard,
@@ -120,10 +121,6 @@ pub(crate) fn run(
 /// Serves the session; `true` when the connection must be reset (see the
 /// module docs). At `expires` (a JWT's `exp` with `auth.close_at_expiry`) the
 /// session is closed with 4005 after its queued reliable messages.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold each argument twice for the session's life"
-)]
 fn serve<'a>(
     sink: &'a mut Sink,
     stream: &'a mut Stream,
@@ -280,10 +277,6 @@ async fn await_peer_close(stream: &mut Stream, by: Instant) -> bool {
     .unwrap_or(false)
 }
 
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold each argument twice for the session's life"
-)]
 fn read_loop<'a>(
     stream: &'a mut Stream,
     ctx: &'a mut SessionCtx,

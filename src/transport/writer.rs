@@ -13,6 +13,11 @@
 //! most `writer_send_timeout_ms`, together with the peer's answer; the session
 //! then resets the connection ([`WriterEnd::resets`]).
 
+#![allow(
+    clippy::manual_async_fn,
+    reason = "the writer's futures are `async move` blocks: an async fn holds each argument twice for the session's life"
+)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -91,10 +96,6 @@ enum Written {
 /// # Cancel safety
 /// Frames taken from the outbox are lost if this future is dropped mid-write; the
 /// session only drops it when it is ending anyway.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold each argument twice for the session's life"
-)]
 pub(crate) fn run<'a>(
     sink: &'a mut Sink,
     outbox: &'a Outbox,
@@ -188,10 +189,6 @@ fn send_one(
 /// Feeds every frame of `batch` and flushes once, within `send_timeout`, unless
 /// the session is cut while the peer holds the write up (the frames not yet fed
 /// are then dropped).
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold each argument twice in the writer's future"
-)]
 fn write_batch<'a>(
     sink: &'a mut Sink,
     batch: &'a mut Vec<Message>,
