@@ -301,17 +301,20 @@ done
 
 # --- Idle memory: a fresh server per run, so freed-but-retained heap from an
 # earlier run cannot hide the growth.
-if wants idle; then
+idle_runs() { # case
   for run in $(seq 1 "$RUNS"); do
     start_gateway bench/wsprism-bench.yaml 18080
     sleep 1
-    bench idle gateway "$run" "$SERVER_PID" idle --url "$GATEWAY_URL" -n "$IDLE_CONNS" --hold 3
+    bench "$1" gateway "$run" "$SERVER_PID" idle --url "$GATEWAY_URL" -n "$IDLE_CONNS" --hold 3
     stop_server
     start_baseline echo 18081
     sleep 1
-    bench idle baseline "$run" "$SERVER_PID" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
+    bench "$1" baseline "$run" "$SERVER_PID" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
     stop_server
   done
+}
+if wants idle; then
+  idle_runs idle
 fi
 
 # Idle memory as users run it: no pinning for either server and the
@@ -320,16 +323,7 @@ if wants idle_shipped; then
   PINNED=("${PIN_SERVER[@]}")
   PIN_SERVER=()
   GW_ENV=(-u RUST_LOG)
-  for run in $(seq 1 "$RUNS"); do
-    start_gateway bench/wsprism-bench.yaml 18080
-    sleep 1
-    bench idle_shipped gateway "$run" "$SERVER_PID" idle --url "$GATEWAY_URL" -n "$IDLE_CONNS" --hold 3
-    stop_server
-    start_baseline echo 18081
-    sleep 1
-    bench idle_shipped baseline "$run" "$SERVER_PID" idle --url "$ECHO_URL" -n "$IDLE_CONNS" --hold 3
-    stop_server
-  done
+  idle_runs idle_shipped
   PIN_SERVER=("${PINNED[@]}")
   GW_ENV=(RUST_LOG=warn)
 fi

@@ -790,6 +790,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The rendered line that starts with `start`.
+    fn budget_line(md: &str, start: &str) -> String {
+        md.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start:?} in:\n{md}"))
+            .to_owned()
+    }
+
     /// The JS/Python lines budget what the plugin adds to the native path:
     /// the ratio column shows the difference, the verdict tests it.
     #[test]
@@ -805,18 +813,12 @@ mod tests {
             run("echo_py", "native", 10.0),
         ];
         let md = render(&runs, &Totals::new(), &[], 50.0, 25.0);
-        let line = |lang: &str| {
-            md.lines()
-                .find(|l| l.starts_with(&format!("| {lang} plugin")))
-                .unwrap_or_else(|| panic!("no {lang} line in:\n{md}"))
-                .to_owned()
-        };
-        let js = line("JavaScript");
+        let js = budget_line(&md, "| JavaScript plugin");
         assert!(
             js.contains("| ≤ +20 µs | 29.0 µs | 10.0 µs | +19.0 µs (2.90×) | **pass** |"),
             "{js}"
         );
-        let py = line("Python");
+        let py = budget_line(&md, "| Python plugin");
         assert!(
             py.contains("| ≤ +6 µs | 17.0 µs | 10.0 µs | +7 µs (1.70×) | **MISS** |"),
             "{py}"
@@ -836,19 +838,13 @@ mod tests {
             run("idle_shipped", "baseline", 7.9),
         ];
         let md = render(&runs, &Totals::new(), &[], 50.0, 25.0);
-        let line = |start: &str| {
-            md.lines()
-                .find(|l| l.starts_with(start))
-                .unwrap_or_else(|| panic!("no {start:?} in:\n{md}"))
-                .to_owned()
-        };
-        let pinned = line("| Idle memory: RSS");
+        let pinned = budget_line(&md, "| Idle memory: RSS");
         assert!(
             pinned.contains("| ≤ 4 KiB | 3.90 KiB | 7.70 KiB |"),
             "{pinned}"
         );
         assert!(pinned.contains("**pass**"), "{pinned}");
-        let shipped = line("| Idle memory as shipped");
+        let shipped = budget_line(&md, "| Idle memory as shipped");
         assert!(shipped.contains("10,000 connections"), "{shipped}");
         assert!(
             shipped.contains("| ≤ 3.0 KiB | 4.20 KiB | 7.90 KiB |"),
