@@ -297,6 +297,7 @@ impl Server {
             info!("loaded tenant {:?}", t.id);
         }
         spawn_upkeep(&gw);
+        transport::heartbeat::spawn(gw.hub());
 
         shutdown.cancelled().await;
         let grace = Duration::from_millis(gw.config().gateway.drain_grace_ms);
@@ -315,6 +316,9 @@ impl Server {
                 sessions_left = gw.sessions.len(),
                 "drain grace period over; aborting remaining sessions"
             );
+            for t in gw.tenants() {
+                t.broker.each_session(&mut |s| s.abort());
+            }
         }
         listeners_stop.cancel();
         gw.shutdown.cancel();

@@ -100,6 +100,24 @@ async fn drain_gives_up_after_the_grace_period() {
     );
     let took = gw.stop().await;
     assert!(took < Duration::from_secs(4), "run returned after {took:?}");
+    // Its session was aborted at the end of the grace period, not left to
+    // wait out the close handshake (2 s) in the background.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), gw.gw.sessions.wait())
+            .await
+            .is_ok(),
+        "{} session tasks still running after the drain",
+        gw.gw.sessions.len()
+    );
+    assert_eq!(
+        gw.gw
+            .tenant("acme")
+            .expect("tenant")
+            .broker
+            .stats()
+            .sessions,
+        0
+    );
 }
 
 /// A client that reads gets pings and its pongs keep it alive. Real time: the

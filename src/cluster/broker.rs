@@ -409,8 +409,8 @@ impl Broker for ClusterBroker {
         closed
     }
 
-    fn close_all(&self, code: CloseCode, reason: &'static str) -> usize {
-        self.local().close_all(code, reason)
+    fn each_session(&self, f: &mut dyn FnMut(&Arc<SessionEntry>)) {
+        self.local().each_session(f);
     }
 
     fn presence(&self, room: &str) -> Vec<String> {

@@ -69,8 +69,8 @@ pub struct SessionCtx {
     pub tenant: Arc<Tenant>,
     /// The session in the broker.
     pub entry: Arc<SessionEntry>,
-    /// Metric handles.
-    pub counters: SessionCounters,
+    /// Metric handles (the tenant's).
+    pub counters: Arc<SessionCounters>,
     runtime: Arc<TenantRuntime>,
     policy: SessionPolicy,
 }
@@ -81,7 +81,7 @@ impl SessionCtx {
         pipeline: Arc<Pipeline>,
         tenant: Arc<Tenant>,
         entry: Arc<SessionEntry>,
-        counters: SessionCounters,
+        counters: Arc<SessionCounters>,
     ) -> Option<Self> {
         let runtime = tenant.runtime()?;
         Some(Self {

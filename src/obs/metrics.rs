@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::realtime::outbox::DropCounters;
+use dashmap::DashMap;
 use parking_lot::Mutex;
 use prometheus::core::Collector;
 use prometheus::{
@@ -115,6 +116,9 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// `tenant`, `kind`, `result`.
     pub backend_calls: IntCounterVec,
+    /// Each tenant's [`SessionCounters`], resolved once and shared by its
+    /// sessions.
+    session_handles: Arc<DashMap<String, Arc<SessionCounters>>>,
 }
 
 fn counter(reg: &Families, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -251,6 +255,7 @@ impl Metrics {
             connections_open,
             plugin_call_duration,
             families,
+            session_handles: Arc::default(),
         }
     }
 
@@ -277,9 +282,13 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    /// Per-session handles so the hot path never hashes label values.
-    pub fn session_counters(&self, tenant: &str) -> SessionCounters {
-        SessionCounters {
+    /// The handles a session of `tenant` uses, so the hot path never hashes
+    /// label values; resolved once per tenant and shared by its sessions.
+    pub fn session_counters(&self, tenant: &str) -> Arc<SessionCounters> {
+        if let Some(c) = self.session_handles.get(tenant) {
+            return Arc::clone(c.value());
+        }
+        let resolved = Arc::new(SessionCounters {
             in_hot: self.messages_in.with_label_values(&[tenant, "hot"]),
             in_ext: self.messages_in.with_label_values(&[tenant, "ext"]),
             out_hot: self.messages_out.with_label_values(&[tenant, "hot"]),
@@ -289,7 +298,13 @@ impl Metrics {
                 slow_consumer: self.drops.with_label_values(&[tenant, "slow_consumer"]),
             },
             active: self.sessions_active.with_label_values(&[tenant]),
-        }
+        });
+        Arc::clone(
+            self.session_handles
+                .entry(tenant.to_owned())
+                .or_insert(resolved)
+                .value(),
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod history;
+pub mod liveness;
 pub mod outbox;
 pub mod session_id;
 

@@ -107,7 +107,7 @@ pub struct SessionGuard {
     hub: Arc<Hub>,
     tenant: Arc<Tenant>,
     entry: Arc<SessionEntry>,
-    counters: SessionCounters,
+    counters: Arc<SessionCounters>,
 }
 
 impl SessionGuard {
@@ -126,8 +126,8 @@ impl SessionGuard {
         &self.entry
     }
 
-    /// The session's metric handles.
-    pub fn counters(&self) -> &SessionCounters {
+    /// The session's metric handles (its tenant's).
+    pub fn counters(&self) -> &Arc<SessionCounters> {
         &self.counters
     }
 }

@@ -2,8 +2,9 @@
 //! in one task. When either ends, the other is cancelled after a bounded close
 //! handshake.
 //!
-//! Owns: the socket side of a session (idle timeout, pings, close codes for
-//! protocol faults, the clean close handshake). What opening and closing a
+//! Owns: the socket side of a session (close codes for protocol faults, the
+//! clean close handshake); pings and the idle timeout are the heartbeat
+//! sweep's (`super::heartbeat`). What opening and closing a
 //! session means (registration, presence, plugin and backend notifications)
 //! is `crate::session`'s: this task holds the [`SessionGuard`] and drops it
 //! when the socket is done.
@@ -100,13 +101,9 @@ pub(crate) fn run(
             }
         };
         let (mut sink, mut stream) = socket.split();
-        let reset = tokio::select! {
-            reset = serve(&mut sink, &mut stream, &guard, greeting, &budget, expires) => reset,
-            () = guard.hub().shutdown.cancelled() => {
-                debug!("session aborted at the end of the drain");
-                false
-            }
-        };
+        // (At the end of a drain the task is aborted through its session entry:
+        // no cancellation wait stays resident here.)
+        let reset = serve(&mut sink, &mut stream, &guard, greeting, &budget, expires).await;
         drop(guard);
         if reset {
             // Both halves come from one split, so reuniting cannot fail.
@@ -130,15 +127,8 @@ fn serve<'a>(
     expires: Option<Instant>,
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
-        let (ping_every, idle, send_timeout) = {
-            let cfg = guard.hub().config();
-            let ms = Duration::from_millis;
-            (
-                ms(cfg.gateway.ping_interval_ms),
-                ms(cfg.gateway.idle_timeout_ms),
-                ms(cfg.gateway.writer_send_timeout_ms),
-            )
-        };
+        let send_timeout =
+            Duration::from_millis(guard.hub().config().gateway.writer_send_timeout_ms);
         let Some(mut ctx) = SessionCtx::new(
             Arc::clone(&guard.hub().pipeline),
             Arc::clone(guard.tenant()),
@@ -153,7 +143,7 @@ fn serve<'a>(
         debug!("session started");
 
         let (end, writer_end) = {
-            let reader = read_loop(stream, &mut ctx, budget, idle, ping_every);
+            let reader = read_loop(stream, &mut ctx, budget);
             let writer = writer::run(sink, outbox, counters, Some(greeting), send_timeout);
             tokio::pin!(reader, writer);
             // Boxed and only when set: most sessions have no expiry.
@@ -277,51 +267,32 @@ async fn await_peer_close(stream: &mut Stream, by: Instant) -> bool {
     .unwrap_or(false)
 }
 
+/// Reads and dispatches inbound messages. Pings and the idle timeout are the
+/// heartbeat sweep's (`super::heartbeat`): the reader only marks that
+/// something arrived, so it keeps no timer and reads no clock.
 fn read_loop<'a>(
     stream: &'a mut Stream,
     ctx: &'a mut SessionCtx,
     budget: &'a ReadBudget,
-    idle: Duration,
-    ping_every: Duration,
 ) -> impl Future<Output = ReaderEnd> + Send + 'a {
     async move {
-        // One timer for the whole session, for both the idle timeout and the ping
-        // schedule: a message only records when it arrived, and the timer is re-armed
-        // when it fires (never once per message on the hot path).
-        let mut last_inbound = Instant::now();
-        let mut next_ping = last_inbound + ping_every;
-        let timer = tokio::time::sleep_until(next_ping.min(last_inbound + idle));
-        tokio::pin!(timer);
+        // The idle clock starts when the session is served, not when its
+        // upgrade began.
+        ctx.entry.liveness.heard();
         loop {
-            // Matched as a temporary: the select's output is gone before an Ext
-            // Lane message is awaited, so the reader's future holds no slot for it.
-            let msg = match tokio::select! {
-                next = stream.next() => Some(next),
-                () = &mut timer => None,
-            } {
-                None => {
-                    let now = Instant::now();
-                    let idle_at = last_inbound + idle;
-                    if now >= idle_at {
-                        return ReaderEnd::Close(CloseCode::IdleTimeout);
-                    }
-                    if now >= next_ping {
-                        ctx.entry.outbox.request_ping();
-                        next_ping = now + ping_every;
-                    }
-                    timer.as_mut().reset(next_ping.min(idle_at));
-                    continue;
-                }
-                Some(None) => return ReaderEnd::Gone,
-                Some(Some(Err(e))) => {
+            // Matched as a temporary: nothing of the read stays in the
+            // reader's future while an Ext Lane message is awaited.
+            let msg = match stream.next().await {
+                None => return ReaderEnd::Gone,
+                Some(Err(e)) => {
                     return match close_code_for(&e) {
                         Some(code) => ReaderEnd::Close(code),
                         None => ReaderEnd::Gone,
                     };
                 }
-                Some(Some(Ok(msg))) => msg,
+                Some(Ok(msg)) => msg,
             };
-            last_inbound = Instant::now();
+            ctx.entry.liveness.heard();
             budget.refill();
             let flow = match dispatch(ctx, msg) {
                 Dispatch::Done(flow) => flow,

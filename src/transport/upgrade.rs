@@ -424,8 +424,15 @@ async fn open_session(
     // Boxed: the handshake's state is large and needed only until the upgrade
     // completes, not for the session's life.
     let accept = Box::pin(upgrade.accept(config, Some(Arc::clone(&budget))));
-    gw.sessions
-        .spawn(session::run(accept, guard, greeting, budget, expires, slot).instrument(span));
+    let entry = Arc::clone(guard.entry());
+    let session = session::run(accept, guard, greeting, budget, expires, slot);
+    // A disabled span (the default level) is not carried in the task.
+    let task = if span.is_disabled() {
+        gw.sessions.spawn(session)
+    } else {
+        gw.sessions.spawn(session.instrument(span))
+    };
+    entry.set_task(task.abort_handle());
     Ok(resp)
 }
 

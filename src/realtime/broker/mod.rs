@@ -10,15 +10,17 @@
 //! clone of its bytes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
+use tokio::task::AbortHandle;
 use tungstenite::Message;
 
 use super::SessionId;
 use super::history::{HistoryPolicy, Recovery, Retained, RoomHistory, Since, Synced};
+use super::liveness::Liveness;
 use super::outbox::{NO_KEY, Outbox, Pushed, Qos};
 use crate::error::{CloseCode, RoomError};
 
@@ -34,6 +36,10 @@ pub struct SessionEntry {
     /// Rooms joined with the session's peer number in each; the most recently
     /// (re)joined one is the active room (Hot Lane target).
     rooms: Mutex<JoinedRooms>,
+    /// Inbound activity and ping schedule, for the heartbeat sweep.
+    pub liveness: Liveness,
+    /// The session's task, aborted when the drain's grace period is over.
+    task: OnceLock<AbortHandle>,
 }
 
 /// A session's rooms: membership tests, joins and leaves in O(1) (or
@@ -108,6 +114,21 @@ impl SessionEntry {
             user,
             outbox,
             rooms: Mutex::new(JoinedRooms::default()),
+            liveness: Liveness::default(),
+            task: OnceLock::new(),
+        }
+    }
+
+    /// Records the task serving the session (once, right after it is spawned).
+    pub fn set_task(&self, task: AbortHandle) {
+        let _ = self.task.set(task);
+    }
+
+    /// Ends the session's task at once, wherever it is (the end of a drain):
+    /// its guard drops and the connection closes without a close handshake.
+    pub fn abort(&self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
         }
     }
 
@@ -280,8 +301,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// returns how many were closed.
     fn disconnect_user(&self, user: &str, notice: Option<&Message>, code: CloseCode) -> usize;
 
+    /// Calls `f` with every session connected to this process.
+    fn each_session(&self, f: &mut dyn FnMut(&Arc<SessionEntry>));
+
     /// Closes every session (drain, tenant removal); returns how many.
-    fn close_all(&self, code: CloseCode, reason: &'static str) -> usize;
+    fn close_all(&self, code: CloseCode, reason: &'static str) -> usize {
+        let mut n = 0;
+        self.each_session(&mut |s| {
+            s.outbox.close(code, reason, true);
+            n += 1;
+        });
+        n
+    }
 
     /// Distinct users in `room`, sorted.
     fn presence(&self, room: &str) -> Vec<String>;
@@ -804,13 +835,10 @@ impl Broker for LocalBroker {
         closed
     }
 
-    fn close_all(&self, code: CloseCode, reason: &'static str) -> usize {
-        let mut n = 0;
+    fn each_session(&self, f: &mut dyn FnMut(&Arc<SessionEntry>)) {
         for s in &self.sessions {
-            s.outbox.close(code, reason, true);
-            n += 1;
+            f(s.value());
         }
-        n
     }
 
     fn presence(&self, room: &str) -> Vec<String> {
