@@ -1,7 +1,7 @@
 //! When a session last showed signs of life and when it is next pinged.
 //!
 //! The reader marks each inbound message here (one relaxed store, no clock
-//! read); the gateway's heartbeat sweep (`crate::transport::heartbeat`) turns
+//! read); the gateway's heartbeat sweep (in the transport layer) turns
 //! the marks into times on its own clock, pings sessions on schedule and
 //! closes the idle ones. One sweep over every session replaces a timer in
 //! each session's task, so an idle session holds three integers instead of a
