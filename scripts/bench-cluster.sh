@@ -11,7 +11,9 @@
 #            publication crosses the bus to half of the receivers.
 # Reported per run: delivery %, latency p50/p99 (split: same-node and
 # cross-node receivers apart), CPU per delivery summed over the gateways and
-# redis-server (from /proc, setup and teardown included), and Redis PUBLISH
+# redis-server (from /proc) twice: over the whole run, set-up and teardown
+# included, and over the publishing window only (`steady`, measured by
+# wsprism-bench with --pid naming all of them), and Redis PUBLISH
 # calls per publication (INFO commandstats, less the one announcement per
 # join and per session close). Knobs: RUNS=3 DURATION=5 RATE=50 ROOMS=10 MEMBERS=100
 # LANES="chat hot" SKIP_BUILD=0 REDIS_PORT=16390.
@@ -116,7 +118,8 @@ for run in $(seq 1 "$RUNS"); do
       c0=$(cpu_ticks "${procs[@]}"); p0=$(publishes)
       "$BIN/wsprism-bench" fanout "${args[@]}" --lane "$lane" --rooms "$ROOMS" \
         --members "$MEMBERS" --rate "$RATE" --duration "$DURATION" --drain 2 \
-        --room-prefix "$room_prefix" --json --quiet >"$WORK/out.json"
+        --room-prefix "$room_prefix" --pid "$(IFS=,; echo "${procs[*]}")" \
+        --json --quiet >"$WORK/out.json"
       # Closing sessions announce their leave after the bench exits.
       sleep 1
       c1=$(cpu_ticks "${procs[@]}"); p1=$(publishes)
@@ -137,6 +140,7 @@ print(json.dumps({
     "same_p99_us": row.get("latency_same_p99_us"), "cross_p99_us": row.get("latency_cross_p99_us"),
     "same_p50_us": row.get("latency_same_p50_us"), "cross_p50_us": row.get("latency_cross_p50_us"),
     "cpu_us_per_delivery": round(int(ticks) * 1e6 / int(hz) / delivered, 3),
+    "steady_cpu_us_per_delivery": row.get("server_cpu_us_per_delivery"),
     "redis_publish_per_publication": round(int(pubs) / max(row["published"], 1), 3),
 }))
 EOF
@@ -150,7 +154,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(xs):
     xs = [x for x in xs if x is not None]
     return round(statistics.median(xs), 2) if xs else None
-print(f"{'lane':5} {'layout':6} {'deliv%':>7} {'p50us':>8} {'p99us':>8} {'same p99':>9} {'cross p99':>9} {'cross-same p99':>14} {'cpu us/deliv':>12} {'PUBLISH/pub':>11}")
+print(f"{'lane':5} {'layout':6} {'deliv%':>7} {'p50us':>8} {'p99us':>8} {'same p99':>9} {'cross p99':>9} {'cross-same p99':>14} {'cpu us/deliv':>12} {'steady cpu':>10} {'PUBLISH/pub':>11}")
 for lane in dict.fromkeys(r["lane"] for r in rows):
     for layout in ("local", "same", "split"):
         rs = [r for r in rows if r["lane"] == lane and r["layout"] == layout]
@@ -159,9 +163,12 @@ for lane in dict.fromkeys(r["lane"] for r in rows):
         diff = med([r["cross_p99_us"] - r["same_p99_us"] for r in rs if r["cross_p99_us"] is not None and r["same_p99_us"] is not None])
         print(f"{lane:5} {layout:6} {med([r['delivery_pct'] for r in rs]):>7} {med([r['p50_us'] for r in rs]):>8} {med([r['p99_us'] for r in rs]):>8} "
               f"{str(med([r['same_p99_us'] for r in rs])):>9} {str(med([r['cross_p99_us'] for r in rs])):>9} {str(diff):>14} "
-              f"{med([r['cpu_us_per_delivery'] for r in rs]):>12} {med([r['redis_publish_per_publication'] for r in rs]):>11}")
-    loc = med([r["cpu_us_per_delivery"] for r in rows if r["lane"] == lane and r["layout"] == "local"])
-    spl = med([r["cpu_us_per_delivery"] for r in rows if r["lane"] == lane and r["layout"] == "split"])
-    if loc and spl:
-        print(f"{lane}: CPU per delivery, split cluster vs local mode: {round(spl / loc, 2)}x (medians of {len(set(r['run'] for r in rows))} runs)")
+              f"{med([r['cpu_us_per_delivery'] for r in rs]):>12} {str(med([r['steady_cpu_us_per_delivery'] for r in rs])):>10} {med([r['redis_publish_per_publication'] for r in rs]):>11}")
+    runs = len(set(r['run'] for r in rows))
+    for key, what in (("cpu_us_per_delivery", "whole run, set-up included"),
+                      ("steady_cpu_us_per_delivery", "publishing window")):
+        loc = med([r[key] for r in rows if r["lane"] == lane and r["layout"] == "local"])
+        spl = med([r[key] for r in rows if r["lane"] == lane and r["layout"] == "split"])
+        if loc and spl:
+            print(f"{lane}: CPU per delivery ({what}), split cluster vs local mode: {round(spl / loc, 2)}x (medians of {runs} runs)")
 EOF

@@ -51,7 +51,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
     if args.concurrency == 0 || (args.total.is_none() && args.duration <= 0.0) {
         bail!("--concurrency and --duration (or --total) must be positive");
     }
-    let probes = Probes::new(args.out.pid)?;
+    let probes = Probes::new(&args.out.pid)?;
     let connector = Connector::new(&args.target, args.concurrency).await?;
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));

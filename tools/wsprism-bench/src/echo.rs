@@ -100,7 +100,7 @@ pub(crate) async fn run(args: EchoArgs) -> Result<()> {
     if args.connections == 0 || args.duration <= 0.0 {
         bail!("--connections and --duration must be positive");
     }
-    let probes = Probes::new(args.out.pid)?;
+    let probes = Probes::new(&args.out.pid)?;
     let connector = Connector::new(&args.target, args.connections).await?;
     let done = Arc::new(AtomicU64::new(0));
     let opened = Arc::new(AtomicU64::new(0));

@@ -173,7 +173,7 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
     let include_sender = args.include_sender.unwrap_or(args.lane == FanoutLane::Chat);
     let recipients = (args.members - 1 + usize::from(include_sender)) as u64;
     let total_conns = args.rooms * args.members;
-    let probes = Probes::new(args.out.pid)?;
+    let probes = Probes::new(&args.out.pid)?;
     let connector = Connector::new(&args.target, total_conns).await?;
     let peer = match &args.peer_url {
         Some(url) => {

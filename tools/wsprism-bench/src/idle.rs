@@ -46,7 +46,7 @@ pub(crate) async fn run(args: IdleArgs) -> Result<()> {
     if args.connections == 0 {
         bail!("--connections must be positive");
     }
-    let probes = Probes::new(args.out.pid)?;
+    let probes = Probes::new(&args.out.pid)?;
     let connector = Connector::new(&args.target, args.connections).await?;
     let rss_before = probes.server().and_then(|p| p.rss_kib().ok());
     let own_rss_before = crate::report::Probe::own().rss_kib().ok();

@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct OutputArgs {
     /// Server process id: report its CPU time per message (utime+stime from
     /// /proc/PID/stat) and, in `idle`, its RSS (VmRSS from /proc/PID/status).
-    #[arg(long)]
-    pub(crate) pid: Option<u32>,
+    /// Several (repeated or comma-separated) count as one server, their CPU
+    /// times and RSS summed: a cluster's nodes and its Redis.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) pid: Vec<u32>,
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -112,11 +114,12 @@ impl Latency {
     }
 }
 
-/// CPU time and RSS of a process, read from `/proc`.
+/// CPU time and RSS of a process (or the sum over several), read from
+/// `/proc`.
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {
-    /// `None` reads this process (`/proc/self`).
-    pid: Option<u32>,
+    /// Empty: this process (`/proc/self`).
+    pids: Vec<u32>,
     ticks_per_sec: u64,
 }
 
@@ -135,73 +138,92 @@ fn clk_tck() -> u64 {
 }
 
 impl Probe {
-    /// A probe of process `pid`, checking that it can be read.
+    /// A probe of processes `pids` (summed; at least one), checking that each
+    /// can be read.
     ///
     /// # Errors
-    /// `/proc/PID/stat` cannot be read or parsed.
-    pub(crate) fn server(pid: u32) -> Result<Self> {
-        let p = Self {
-            pid: Some(pid),
+    /// A `/proc/PID/stat` cannot be read or parsed.
+    pub(crate) fn server(pids: &[u32]) -> Result<Self> {
+        for &pid in pids {
+            cpu_of(&format!("/proc/{pid}/stat"), clk_tck())
+                .with_context(|| format!("--pid {pid}: cannot read /proc/{pid}/stat"))?;
+        }
+        Ok(Self {
+            pids: pids.to_vec(),
             ticks_per_sec: clk_tck(),
-        };
-        p.cpu()
-            .with_context(|| format!("--pid {pid}: cannot read /proc/{pid}/stat"))?;
-        Ok(p)
+        })
     }
 
     /// A probe of the bench process itself.
     pub(crate) fn own() -> Self {
         Self {
-            pid: None,
+            pids: Vec::new(),
             ticks_per_sec: clk_tck(),
         }
     }
 
-    fn path(&self, file: &str) -> String {
-        match self.pid {
-            Some(pid) => format!("/proc/{pid}/{file}"),
-            None => format!("/proc/self/{file}"),
+    /// The `/proc` file `file` of each process probed.
+    fn paths(&self, file: &str) -> Vec<String> {
+        if self.pids.is_empty() {
+            return vec![format!("/proc/self/{file}")];
         }
+        self.pids
+            .iter()
+            .map(|pid| format!("/proc/{pid}/{file}"))
+            .collect()
     }
 
-    /// User + system CPU time of all the process's threads so far.
+    /// User + system CPU time of all the processes' threads so far.
     ///
     /// # Errors
-    /// The file is missing (process gone) or malformed.
+    /// A file is missing (process gone) or malformed.
     pub(crate) fn cpu(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(self.path("stat"))?;
-        // The command name may contain spaces and parentheses: fields are counted
-        // after the last ')'. Field 3 (state) is index 0, utime (14) index 11,
-        // stime (15) index 12.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or_else(|| anyhow!("malformed stat"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| -> Result<u64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .ok_or_else(|| anyhow!("malformed stat field {i}"))
-        };
-        let ticks = field(11)? + field(12)?;
-        Ok(Duration::from_micros(
-            ticks.saturating_mul(1_000_000) / self.ticks_per_sec,
-        ))
+        self.paths("stat")
+            .iter()
+            .map(|path| cpu_of(path, self.ticks_per_sec))
+            .sum()
     }
 
-    /// Resident set size in KiB (`VmRSS`).
+    /// Resident set size in KiB (`VmRSS`), summed over the processes.
     ///
     /// # Errors
-    /// The file is missing or has no `VmRSS` line.
+    /// A file is missing or has no `VmRSS` line.
     pub(crate) fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(self.path("status"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS in status"))
+        self.paths("status").iter().map(|path| rss_of(path)).sum()
     }
+}
+
+/// User + system CPU time of one process (`/proc/PID/stat`).
+fn cpu_of(path: &str, ticks_per_sec: u64) -> Result<Duration> {
+    let stat = std::fs::read_to_string(path)?;
+    // The command name may contain spaces and parentheses: fields are counted
+    // after the last ')'. Field 3 (state) is index 0, utime (14) index 11,
+    // stime (15) index 12.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("malformed stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("malformed stat field {i}"))
+    };
+    let ticks = field(11)? + field(12)?;
+    Ok(Duration::from_micros(
+        ticks.saturating_mul(1_000_000) / ticks_per_sec,
+    ))
+}
+
+/// `VmRSS` of one process (`/proc/PID/status`), in KiB.
+fn rss_of(path: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(path)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in status"))
 }
 
 /// CPU used by the server, by the bench and by the whole machine up to a point
@@ -245,9 +267,11 @@ impl Probes {
     ///
     /// # Errors
     /// `--pid` names a process whose `/proc` entry cannot be read.
-    pub(crate) fn new(pid: Option<u32>) -> Result<Self> {
+    pub(crate) fn new(pids: &[u32]) -> Result<Self> {
         Ok(Self {
-            server: pid.map(Probe::server).transpose()?,
+            server: (!pids.is_empty())
+                .then(|| Probe::server(pids))
+                .transpose()?,
             client: Probe::own(),
         })
     }
@@ -492,5 +516,32 @@ fn show(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Object(m) if m.is_empty() => "-".to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_pids_are_summed_and_each_must_exist() {
+        // A sleeping child: its CPU time and RSS stay put between reads.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(100));
+        let one = Probe::server(&[pid]).expect("probe");
+        let two = Probe::server(&[pid, pid]).expect("probe");
+        let rss = one.rss_kib().expect("rss");
+        assert!(rss > 0);
+        assert_eq!(two.rss_kib().expect("rss"), 2 * rss);
+        assert_eq!(two.cpu().expect("cpu"), 2 * one.cpu().expect("cpu"));
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = Probe::server(&[std::process::id(), u32::MAX]).expect_err("no such process");
+        assert!(err.to_string().contains(&u32::MAX.to_string()), "{err}");
+        assert!(Probes::new(&[]).expect("no server").server().is_none());
     }
 }
