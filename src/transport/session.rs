@@ -26,9 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::debug;
 use tungstenite::Message;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::listener::ConnSlot;
 use super::writer::{self, Sink, WriterEnd};
@@ -92,18 +95,40 @@ pub(crate) fn run(
     slot: Option<ConnSlot>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // Awaited by value: the handshake's state is freed once it completes.
-        let socket = match accept.await {
-            Ok(socket) => socket,
-            Err(e) => {
-                debug!(error = %e, "upgrade failed after 101");
+        let send_timeout =
+            Duration::from_millis(guard.hub().config().gateway.writer_send_timeout_ms);
+        // In a block: `socket` is borrowed across the greeting's write, and a
+        // borrowed local keeps its slot in the future until its scope ends, so
+        // its scope ends at the split, before the session's long wait.
+        let (mut sink, mut stream) = {
+            // Awaited by value: the handshake's state is freed once it completes.
+            let mut socket = match accept.await {
+                Ok(socket) => socket,
+                Err(e) => {
+                    debug!(error = %e, "upgrade failed after 101");
+                    return;
+                }
+            };
+            if !greet(&mut socket, *greeting, send_timeout).await {
+                debug!("could not send sys.authed");
+                count_closed(&guard, WriterEnd::Failed(None).label());
+                drop(guard);
                 return;
             }
+            socket.split()
         };
-        let (mut sink, mut stream) = socket.split();
+        guard.counters().out_ext.inc();
         // (At the end of a drain the task is aborted through its session entry:
         // no cancellation wait stays resident here.)
-        let reset = serve(&mut sink, &mut stream, &guard, greeting, &budget, expires).await;
+        let reset = serve(
+            &mut sink,
+            &mut stream,
+            &guard,
+            &budget,
+            expires,
+            send_timeout,
+        )
+        .await;
         drop(guard);
         if reset {
             // Both halves come from one split, so reuniting cannot fail.
@@ -122,13 +147,11 @@ fn serve<'a>(
     sink: &'a mut Sink,
     stream: &'a mut Stream,
     guard: &'a SessionGuard,
-    greeting: Greeting,
     budget: &'a ReadBudget,
     expires: Option<Instant>,
+    send_timeout: Duration,
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
-        let send_timeout =
-            Duration::from_millis(guard.hub().config().gateway.writer_send_timeout_ms);
         let Some(mut ctx) = SessionCtx::new(
             Arc::clone(&guard.hub().pipeline),
             Arc::clone(guard.tenant()),
@@ -144,7 +167,7 @@ fn serve<'a>(
 
         let (end, writer_end) = {
             let reader = read_loop(stream, &mut ctx, budget);
-            let writer = writer::run(sink, outbox, counters, Some(greeting), send_timeout);
+            let writer = writer::run(sink, outbox, counters, send_timeout);
             tokio::pin!(reader, writer);
             // Boxed and only when set: most sessions have no expiry.
             let mut expiry = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
@@ -179,15 +202,41 @@ fn serve<'a>(
         // A close the gateway requested names the reason, whichever half noticed
         // the end first.
         let reason = outbox.close_code().map_or(reason, CloseCode::label);
-        guard
-            .hub()
-            .metrics
-            .sessions_closed
-            .with_label_values(&[&guard.tenant().id, reason])
-            .inc();
+        count_closed(guard, reason);
         debug!(reason, reset, "session ended");
         reset
     }
+}
+
+/// Counts the session's end in `sessions_closed_total{reason}`.
+fn count_closed(guard: &SessionGuard, reason: &str) {
+    guard
+        .hub()
+        .metrics
+        .sessions_closed
+        .with_label_values(&[&guard.tenant().id, reason])
+        .inc();
+}
+
+/// Writes the greeting (`sys.authed`, a text frame) to the socket beneath
+/// tungstenite, before tungstenite writes anything: tungstenite would keep
+/// the frame's buffer (≈ 100 bytes) for the session's life, and most idle
+/// sessions never send another frame but pings. `false` if the write failed
+/// or did not finish within `send_timeout`.
+async fn greet(socket: &mut Socket, greeting: Message, send_timeout: Duration) -> bool {
+    let mut frame = Vec::new();
+    let encoded =
+        Frame::message(greeting.into_data(), OpCode::Data(Data::Text), true).format(&mut frame);
+    if encoded.is_err() {
+        return false;
+    }
+    let io = socket.get_mut();
+    let sent = tokio::time::timeout(send_timeout, async {
+        io.write_all(&frame).await?;
+        io.flush().await
+    })
+    .await;
+    matches!(sent, Ok(Ok(())))
 }
 
 /// The session's read half.
@@ -236,7 +285,7 @@ async fn finish(
             outbox.close(code, code.label(), code == CloseCode::GoingAway);
             let sent = tokio::time::timeout(
                 CLOSE_HANDSHAKE_TIMEOUT + send_timeout,
-                writer::run(sink, outbox, counters, None, send_timeout),
+                writer::run(sink, outbox, counters, send_timeout),
             )
             .await;
             let reset = match sent {

@@ -3,9 +3,10 @@
 //!
 //! Drains the session's outbox in batches (reliable first), feeds every frame of a
 //! batch and flushes once, so a burst of small frames costs one socket write.
-//! Sends the greeting first, pings when the outbox says one is due (the
-//! session's reader keeps the schedule), and the close frame when the outbox
-//! asks for one.
+//! Sends pings when the outbox says one is due (the heartbeat sweep keeps the
+//! schedule) and the close frame when the outbox asks for one. (The greeting,
+//! `sys.authed`, is written before the writer starts: see
+//! `super::session::run`.)
 //!
 //! A slow consumer is *cut* (README "Delivery"): when the outbox drops its
 //! queues, a write the peer is holding up is abandoned at once (the frames of the
@@ -100,18 +101,9 @@ pub(crate) fn run<'a>(
     sink: &'a mut Sink,
     outbox: &'a Outbox,
     counters: &'a SessionCounters,
-    greeting: Option<Box<Message>>,
     send_timeout: Duration,
 ) -> impl Future<Output = WriterEnd> + Send + 'a {
     async move {
-        // The greeting (`sys.authed`) goes straight to the socket: an idle session
-        // then never allocates outbox or batch buffers.
-        if let Some(first) = greeting {
-            if !send_one(sink, *first, send_timeout).await {
-                return WriterEnd::Failed(None);
-            }
-            counters.out_ext.inc();
-        }
         let mut batch: Vec<Message> = Vec::new();
         loop {
             let close = match outbox.next_batch(&mut batch, MAX_BATCH).await {
