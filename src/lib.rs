@@ -316,9 +316,7 @@ impl Server {
                 sessions_left = gw.sessions.len(),
                 "drain grace period over; aborting remaining sessions"
             );
-            for t in gw.tenants() {
-                t.broker.each_session(&mut |s| s.abort());
-            }
+            gw.each_session(|s| s.abort());
         }
         listeners_stop.cancel();
         gw.shutdown.cancel();

@@ -28,6 +28,7 @@ use crate::lanes::Pipeline;
 use crate::obs::metrics::Metrics;
 use crate::policy::rate_limit::HandshakeLimiter;
 use crate::realtime::SessionId;
+use crate::realtime::broker::SessionEntry;
 use crate::realtime::session_id::SessionIds;
 use crate::services::ExtService;
 use crate::tenant::{Directory, Tenant};
@@ -146,6 +147,13 @@ impl Hub {
     /// Whether a drain has started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Calls `f` with every session of every tenant connected to this process.
+    pub fn each_session(&self, mut f: impl FnMut(&Arc<SessionEntry>)) {
+        for t in self.tenants.all() {
+            t.broker.each_session(&mut f);
+        }
     }
 
     /// Starts the drain: `/readyz` and new upgrades answer 503, every session gets

@@ -46,19 +46,15 @@ pub(crate) fn spawn(hub: &Arc<Hub>) {
                 () = tokio::time::sleep(Duration::from_millis(period_ms(idle_ms, ping_ms))) => {}
             }
             let now = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
-            for tenant in hub2.tenants() {
-                tenant.broker.each_session(
-                    &mut |s| match s.liveness.check(now, idle_ms, ping_ms) {
-                        Due::Nothing => {}
-                        Due::Ping => s.outbox.request_ping(),
-                        Due::Idle => s.outbox.close(
-                            CloseCode::IdleTimeout,
-                            CloseCode::IdleTimeout.label(),
-                            false,
-                        ),
-                    },
-                );
-            }
+            hub2.each_session(|s| match s.liveness.check(now, idle_ms, ping_ms) {
+                Due::Nothing => {}
+                Due::Ping => s.outbox.request_ping(),
+                Due::Idle => s.outbox.close(
+                    CloseCode::IdleTimeout,
+                    CloseCode::IdleTimeout.label(),
+                    false,
+                ),
+            });
         }
     });
 }

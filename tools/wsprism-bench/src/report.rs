@@ -144,13 +144,14 @@ impl Probe {
     /// # Errors
     /// A `/proc/PID/stat` cannot be read or parsed.
     pub(crate) fn server(pids: &[u32]) -> Result<Self> {
+        let ticks_per_sec = clk_tck();
         for &pid in pids {
-            cpu_of(&format!("/proc/{pid}/stat"), clk_tck())
+            cpu_of(&format!("/proc/{pid}/stat"), ticks_per_sec)
                 .with_context(|| format!("--pid {pid}: cannot read /proc/{pid}/stat"))?;
         }
         Ok(Self {
             pids: pids.to_vec(),
-            ticks_per_sec: clk_tck(),
+            ticks_per_sec,
         })
     }
 
