@@ -14,7 +14,7 @@
 //! `resolve` does nothing. Behind Sentinel there is no target until the first
 //! answer; after a failover the old master is gone or has become a replica
 //! (its writes fail with `READONLY`), so every failure of the heartbeat or the
-//! pub/sub link asks the Sentinels again.
+//! bus link asks the Sentinels again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The server the node's links use now.
 pub(super) struct Target {
-    /// For the links that own a connection (publisher, pub/sub).
+    /// For the link that owns a connection (the bus link, over RESP3).
     pub(super) client: redis::Client,
     /// Shared by heartbeats, scripts, snapshots and kv.
     pub(super) commands: ConnectionManager,
@@ -161,11 +161,6 @@ impl Endpoint {
     /// Changes whenever the target does.
     pub(super) fn changes(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
-    }
-
-    /// The target's generation (0 until a Sentinel first answered).
-    pub(super) fn generation(&self) -> u64 {
-        *self.generation.borrow()
     }
 
     /// Asks the Sentinels which server is the master and moves to it when

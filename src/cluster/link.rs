@@ -1,27 +1,32 @@
-//! The node's three Redis links, each a task that reconnects on its own with
-//! back-off capped at [`MAX_BACKOFF`]:
-//! - the **publisher** drains queued bus messages and sends each batch as one
-//!   pipeline (one round trip however many publications queued meanwhile);
-//! - the **subscriber** owns the pub/sub connection: it (un)subscribes room
-//!   and user channels as local membership changes, delivers what arrives,
+//! The node's Redis links, tasks that reconnect on their own with back-off
+//! capped at [`MAX_BACKOFF`]:
+//! - the **bus link** (the subscriber task) owns one RESP3 connection that
+//!   carries both the node's subscriptions and its publications: it
+//!   (un)subscribes room and user channels as local membership changes,
 //!   pings to detect a dead link, and after a loss resubscribes everything in
 //!   batches and sends `sys.resync` to local rooms (what they missed meanwhile
-//!   is unknown);
+//!   is unknown). Messages are delivered by the connection's reader as they
+//!   are parsed (RESP3 pushes), with no task hop in between; a publisher's
+//!   reply and the copy of its own publication come back in one read;
+//! - the **publisher** drains queued bus messages and sends each batch as one
+//!   pipeline over the bus connection (one round trip however many
+//!   publications queued meanwhile);
 //! - the **heartbeat** refreshes this node's record every
 //!   `node_ttl_ms / 5` (at most once a second apart), measures the round
 //!   trip, counts the live nodes, buries nodes silent past `node_ttl_ms`
 //!   (not in the first `node_ttl_ms` after its own outage), and removes the
 //!   record on shutdown.
 //!
-//! Behind Sentinel, a failed heartbeat or pub/sub link asks the Sentinels
+//! Behind Sentinel, a failed heartbeat or bus link asks the Sentinels
 //! for the master ([`Node::relocate`]); when it moved, every link follows.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -42,8 +47,8 @@ const PUBLISH_BATCH: usize = 512;
 /// How long a reconnected subscriber retries the presence and history
 /// snapshot.
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(2);
-/// How often the subscriber pings an idle pub/sub link.
-const PUBSUB_PING: Duration = Duration::from_secs(1);
+/// How often the subscriber pings the bus link.
+const BUS_PING: Duration = Duration::from_secs(1);
 
 /// Exponential back-off between reconnect attempts.
 #[derive(Debug)]
@@ -80,29 +85,6 @@ pub(super) fn commands(client: &redis::Client) -> redis::RedisResult<ConnectionM
     ConnectionManager::new_lazy_with_config(client.clone(), cfg)
 }
 
-/// A link's own command connection (the publisher's: its pipelines never
-/// queue behind other callers' commands), renewed when the endpoint moves to
-/// another server.
-#[derive(Default)]
-struct OwnConnection {
-    generation: u64,
-    conn: Option<ConnectionManager>,
-}
-
-impl OwnConnection {
-    fn get(&mut self, node: &Node) -> redis::RedisResult<&mut ConnectionManager> {
-        let generation = node.endpoint.generation();
-        if self.generation != generation {
-            self.conn = None;
-        }
-        if self.conn.is_none() {
-            self.conn = Some(commands(&node.endpoint.target()?.client)?);
-            self.generation = generation;
-        }
-        Ok(self.conn.as_mut().expect("set above"))
-    }
-}
-
 /// One Redis call bounded by [`CALL_TIMEOUT`].
 pub(super) async fn call<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -112,35 +94,34 @@ pub(super) async fn call<T>(
         .unwrap_or_else(|_| Err(timed_out()))
 }
 
-/// Sends queued publications, a batch per round trip. While the link is
-/// down the batch is dropped (counted as errors; local delivery already
-/// happened) and the rooms it was for get `Resync` once the link is back.
+/// Sends queued publications over the bus connection, a batch per round
+/// trip. While the bus link is down (or a batch fails) the batch is dropped
+/// (counted as errors; local delivery already happened) and the rooms it was
+/// for get `Resync` as soon as the link is back.
 pub(super) async fn publisher(
     node: Arc<Node>,
     mut rx: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
-    let mut own = OwnConnection::default();
+    let mut bus = node.bus.subscribe();
     let mut batch: Vec<Outgoing> = Vec::with_capacity(PUBLISH_BATCH);
     // Rooms whose publications were lost while Redis was unreachable.
     let mut lost: HashSet<String> = HashSet::new();
-    let mut retry_at: Option<Instant> = None;
-    // An idle link is pinged, so a dead connection is replaced before the
-    // next publication needs it and lost rooms get their resync.
-    let mut idle = tokio::time::interval(PUBSUB_PING);
+    // Lost rooms get their resync with the next batch, or at the latest a
+    // tick after the link is back (the other nodes have synced by then).
+    let mut idle = tokio::time::interval_at(Instant::now() + BUS_PING, BUS_PING);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let ping = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return,
-            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => if n == 0 { return } else { false },
-            _ = idle.tick() => true,
-        };
-        // Skip Redis for a moment after a failure, unless the heartbeat has
-        // seen it answer since (it is back: try at once).
-        if retry_at.is_some_and(|t| Instant::now() < t) && !node.is_up() {
+            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => if n == 0 { return },
+            _ = idle.tick(), if !lost.is_empty() => {}
+        }
+        let Some(mut conn) = bus.borrow_and_update().clone() else {
+            write_state(&node, &mut batch).await;
             note_lost(&node, &mut lost, batch.drain(..));
             continue;
-        }
+        };
         let mut pipe = redis::pipe();
         let mut published = 0;
         for o in &mut batch {
@@ -169,38 +150,45 @@ pub(super) async fn publisher(
                 .arg(BusMessage::Resync.encode(node.nonce))
                 .ignore();
         }
-        if ping {
-            pipe.cmd("PING").ignore();
-        } else {
-            idle.reset();
+        if pipe.is_empty() {
+            continue;
         }
-        // A connection found dead is replaced by the manager on that error:
-        // one more try goes out on the new one.
-        let mut result = match own.get(&node) {
-            Ok(conn) => call(pipe.query_async::<()>(conn)).await,
-            Err(e) => Err(e),
-        };
-        if result.as_ref().is_err_and(|e| {
-            e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
-        }) && let Ok(conn) = own.get(&node)
-        {
-            result = call(pipe.query_async::<()>(conn)).await;
-        }
-        match result {
+        match call(pipe.query_async::<()>(&mut conn)).await {
             Ok(()) => {
                 node.metrics.published.inc_by(published);
                 batch.clear();
-                retry_at = None;
             }
             Err(e) => {
+                // A broken connection is the bus link's to replace; what
+                // this batch carried is lost either way.
                 tracing::debug!(node = %node.id, error = %e, "cluster publish failed");
                 lost.extend(resyncs);
                 note_lost(&node, &mut lost, batch.drain(..));
-                // Do not hammer a Redis that is down: drop what comes in the
-                // next few hundred milliseconds without trying.
-                retry_at = Some(Instant::now() + Duration::from_millis(250));
             }
         }
+    }
+}
+
+/// While the bus link is down, the batch's state writes (presence) still go
+/// out over the shared command connection, which may be up: a bus link cut
+/// alone must not leave stale presence behind.
+async fn write_state(node: &Node, batch: &mut [Outgoing]) {
+    let mut pipe = redis::pipe();
+    for o in batch.iter_mut() {
+        if let Outgoing::Command(cmd) = o {
+            pipe.add_command(std::mem::replace(cmd, redis::Cmd::new()))
+                .ignore();
+        }
+    }
+    if pipe.is_empty() {
+        return;
+    }
+    let written = match node.endpoint.commands() {
+        Ok(mut conn) => call(pipe.query_async::<()>(&mut conn)).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        tracing::debug!(node = %node.id, error = %e, "cluster state write failed");
     }
 }
 
@@ -227,7 +215,60 @@ fn note_lost(node: &Node, lost: &mut HashSet<String>, dropped: impl Iterator<Ite
     node.metrics.error("publish", n);
 }
 
-/// Owns the pub/sub connection (see the module docs).
+/// Opens the bus connection to the server `client` names: the same server
+/// and settings over RESP3, so subscriptions and commands share one socket.
+/// Messages on subscribed channels are delivered by the connection's own
+/// reader as they are parsed (no task between Redis and the local fan-out);
+/// `closed` is cancelled when the connection is lost.
+async fn connect_bus(
+    node: &Arc<Node>,
+    client: &redis::Client,
+    closed: CancellationToken,
+) -> redis::RedisResult<MultiplexedConnection> {
+    let info = client.get_connection_info().clone();
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(resp3))?;
+    // Weak: the node keeps a clone of the connection, whose reader keeps
+    // this closure.
+    let weak: Weak<Node> = Arc::downgrade(node);
+    let on_push = move |push: PushInfo| -> Result<(), Infallible> {
+        match push.kind {
+            PushKind::Message => {
+                if let Some(node) = weak.upgrade() {
+                    on_message(&node, push.data);
+                }
+            }
+            PushKind::Disconnection => closed.cancel(),
+            // Subscription confirmations are answers to our own calls.
+            _ => {}
+        }
+        Ok(())
+    };
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(CALL_TIMEOUT))
+        .set_push_sender(on_push);
+    call(client.get_multiplexed_async_connection_with_config(&cfg)).await
+}
+
+/// A `message` push: `[channel, payload]`.
+fn on_message(node: &Node, data: Vec<Value>) {
+    let mut data = data.into_iter();
+    match (data.next(), data.next()) {
+        (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) => {
+            match std::str::from_utf8(&channel) {
+                Ok(channel) => node.deliver(channel, bytes::Bytes::from(payload)),
+                Err(_) => node.metrics.error("decode", 1),
+            }
+        }
+        _ => node.metrics.error("decode", 1),
+    }
+}
+
+/// Owns the bus link (see the module docs).
 pub(super) async fn subscriber(
     node: Arc<Node>,
     mut rechecks: mpsc::UnboundedReceiver<Recheck>,
@@ -238,16 +279,15 @@ pub(super) async fn subscriber(
     let mut moved = node.endpoint.changes();
     loop {
         moved.mark_unchanged();
+        let closed = CancellationToken::new();
         let connected = match node.endpoint.target() {
-            Ok(t) => timeout(CALL_TIMEOUT, t.client.get_async_pubsub())
-                .await
-                .unwrap_or_else(|_| Err(timed_out())),
+            Ok(t) => connect_bus(&node, &t.client, closed.clone()).await,
             Err(e) => Err(e),
         };
-        let pubsub = match connected {
-            Ok(p) => p,
+        let mut conn = match connected {
+            Ok(c) => c,
             Err(e) => {
-                tracing::debug!(node = %node.id, error = %e, "cluster pub/sub connect failed");
+                tracing::debug!(node = %node.id, error = %e, "cluster bus connect failed");
                 node.metrics.error("connect", 1);
                 node.relocate().await;
                 if !backoff.wait(&stop).await {
@@ -256,7 +296,6 @@ pub(super) async fn subscriber(
                 continue;
             }
         };
-        let (mut sink, mut stream) = pubsub.split();
         // Pending rechecks are covered by subscribing what is wanted now;
         // joins waiting on one go ahead (`wanted_channels` includes them).
         let mut waiting = Vec::new();
@@ -268,7 +307,7 @@ pub(super) async fn subscriber(
         wanted.extend(node.pending.iter().map(|p| p.key().clone()));
         wanted.sort_unstable();
         wanted.dedup();
-        if let Err(e) = subscribe_all(&mut sink, &wanted).await {
+        if let Err(e) = subscribe_all(&mut conn, &wanted).await {
             tracing::warn!(node = %node.id, error = %e, "cluster resubscribe failed");
             node.metrics.error("subscribe", 1);
             if !backoff.wait(&stop).await {
@@ -288,28 +327,27 @@ pub(super) async fn subscriber(
             let _ = done.send(());
         }
         backoff.reset();
+        // The publisher goes on once local rooms are in line with Redis.
+        node.bus.send_replace(Some(conn.clone()));
         node.set_pubsub_up(true);
         if connected_before {
             node.metrics.reconnects.with_label_values(&["pubsub"]).inc();
-            tracing::info!(node = %node.id, channels = node.subscribed.len(), "cluster pub/sub link restored");
+            tracing::info!(node = %node.id, channels = node.subscribed.len(), "cluster bus link restored");
             node.resync_local_rooms(&synced);
         } else {
-            tracing::info!(node = %node.id, "cluster pub/sub link up");
+            tracing::info!(node = %node.id, "cluster bus link up");
         }
         connected_before = true;
-        let mut ping = tokio::time::interval(PUBSUB_PING);
+        let mut ping = tokio::time::interval(BUS_PING);
         ping.reset();
         let lost = loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    node.bus.send_replace(None);
+                    return;
+                }
                 _ = moved.changed() => break "the Redis master moved",
-                msg = stream.next() => match msg {
-                    Some(m) => {
-                        let payload = bytes::Bytes::copy_from_slice(m.get_payload_bytes());
-                        node.deliver(m.get_channel_name(), payload);
-                    }
-                    None => break "connection closed",
-                },
+                _ = closed.cancelled() => break "connection closed",
                 Some(first) = rechecks.recv() => {
                     let mut batch = vec![first];
                     while batch.len() < SUBSCRIBE_BATCH {
@@ -318,25 +356,26 @@ pub(super) async fn subscriber(
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = reconcile(&node, &mut sink, batch).await {
+                    if let Err(e) = reconcile(&node, &mut conn, batch).await {
                         node.metrics.error("subscribe", 1);
                         tracing::debug!(node = %node.id, error = %e, "cluster subscribe failed");
                         break "subscribe failed";
                     }
                 }
                 _ = ping.tick() => {
-                    match timeout(CALL_TIMEOUT, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        _ => break "ping failed",
+                    if call(redis::cmd("PING").query_async::<Value>(&mut conn)).await.is_err() {
+                        break "ping failed";
                     }
                 }
             }
         };
+        // Every clone goes, so the connection closes and its reader stops.
+        node.bus.send_replace(None);
+        drop(conn);
         node.set_pubsub_up(false);
         node.subscribed.clear();
         node.metrics.error("pubsub", 1);
-        tracing::warn!(node = %node.id, reason = lost, "cluster pub/sub link lost; local service goes on");
-        drop(stream);
+        tracing::warn!(node = %node.id, reason = lost, "cluster bus link lost; local service goes on");
         node.relocate().await;
         if !backoff.wait(&stop).await {
             return;
@@ -345,7 +384,7 @@ pub(super) async fn subscriber(
 }
 
 /// [`Node::snapshot`] after a reconnect: the command link may come back a
-/// moment after the pub/sub one (Redis restarting), so failures are retried
+/// moment after the bus link (Redis restarting), so failures are retried
 /// for up to [`SNAPSHOT_PATIENCE`] before members are only told to resync.
 async fn snapshot_soon(node: &Node, wanted: &[String]) -> redis::RedisResult<HashSet<String>> {
     let deadline = Instant::now() + SNAPSHOT_PATIENCE;
@@ -359,12 +398,12 @@ async fn snapshot_soon(node: &Node, wanted: &[String]) -> redis::RedisResult<Has
 }
 
 /// Subscribes `channels` in batches.
-async fn subscribe_all(sink: &mut PubSubSink, channels: &[String]) -> redis::RedisResult<()> {
+async fn subscribe_all(
+    conn: &mut MultiplexedConnection,
+    channels: &[String],
+) -> redis::RedisResult<()> {
     for chunk in channels.chunks(SUBSCRIBE_BATCH) {
-        match timeout(CALL_TIMEOUT, sink.subscribe(chunk)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(timed_out()),
-        }
+        call(conn.subscribe(chunk)).await?;
     }
     Ok(())
 }
@@ -373,7 +412,7 @@ async fn subscribe_all(sink: &mut PubSubSink, channels: &[String]) -> redis::Red
 /// membership, then releases the joins waiting on them.
 async fn reconcile(
     node: &Node,
-    sink: &mut PubSubSink,
+    conn: &mut MultiplexedConnection,
     batch: Vec<Recheck>,
 ) -> redis::RedisResult<()> {
     let mut add = Vec::new();
@@ -390,7 +429,7 @@ async fn reconcile(
         }
     }
     if !add.is_empty() {
-        subscribe_all(sink, &add).await?;
+        subscribe_all(conn, &add).await?;
         // A failed snapshot leaves the replica to the announcements; the
         // link itself is fine.
         if let Err(e) = node.snapshot(&add).await {
@@ -405,10 +444,7 @@ async fn reconcile(
         let _ = done.send(());
     }
     if !remove.is_empty() {
-        match timeout(CALL_TIMEOUT, sink.unsubscribe(&remove)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(timed_out()),
-        }
+        call(conn.unsubscribe(&remove)).await?;
         for ch in &remove {
             node.subscribed.remove(ch);
             node.unsubscribed(ch);

@@ -44,7 +44,8 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
-use tokio::sync::mpsc;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -122,7 +123,7 @@ impl ClusterMetrics {
     fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
         let up = IntGauge::new(
             "wsprism_cluster_up",
-            "1 while this node's Redis links (commands and pub/sub) work.",
+            "1 while this node's Redis links (commands and bus) work.",
         )?;
         let published = IntCounter::new(
             "wsprism_cluster_bus_published_total",
@@ -231,7 +232,10 @@ pub struct Node {
     endpoint: endpoint::Endpoint,
     publish_tx: mpsc::Sender<Outgoing>,
     recheck_tx: mpsc::UnboundedSender<Recheck>,
-    /// Channels the pub/sub link is subscribed to now.
+    /// The bus connection while the bus link is up (see [`link`]): the
+    /// publisher's pipelines share it with the subscriptions.
+    bus: watch::Sender<Option<MultiplexedConnection>>,
+    /// Channels the bus link is subscribed to now.
     subscribed: DashMap<String, ()>,
     /// Room channels a join waits on before it is applied, by waiting joins.
     pending: DashMap<String, usize>,
@@ -277,6 +281,7 @@ impl Node {
             endpoint,
             publish_tx,
             recheck_tx,
+            bus: watch::channel(None).0,
             subscribed: DashMap::new(),
             pending: DashMap::new(),
             tenants: DashMap::new(),
@@ -923,7 +928,7 @@ impl Node {
 
     /// Resolves once `channel` is subscribed and its presence snapshot
     /// applied, so a join that waits on it misses no publication and counts
-    /// every member; `None` when it already is, or while the pub/sub link is
+    /// every member; `None` when it already is, or while the bus link is
     /// down (the join then proceeds locally). Waits at most a second.
     fn subscribe_now(self: &Arc<Self>, channel: String) -> Option<BoxFuture> {
         if !self.pubsub_up.load(Ordering::Acquire) || self.subscribed.contains_key(&channel) {
@@ -1181,7 +1186,7 @@ impl Node {
         }
     }
 
-    /// After a pub/sub outage this node cannot know what its sessions
+    /// After a bus link outage this node cannot know what its sessions
     /// missed in rooms without history (or whose history could not be
     /// synced): every local member of those gets `sys.resync`.
     fn resync_local_rooms(&self, synced: &std::collections::HashSet<String>) {
