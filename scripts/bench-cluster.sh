@@ -169,6 +169,16 @@ for lane in dict.fromkeys(r["lane"] for r in rows):
                       ("steady_cpu_us_per_delivery", "publishing window")):
         loc = med([r[key] for r in rows if r["lane"] == lane and r["layout"] == "local"])
         spl = med([r[key] for r in rows if r["lane"] == lane and r["layout"] == "split"])
+        # Each run measures local and split a few seconds apart: the median
+        # of those per-run ratios is steadier on a noisy machine than the
+        # ratio of the two medians.
+        per_run = []
+        for run in sorted(set(r["run"] for r in rows)):
+            l = [r[key] for r in rows if r["lane"] == lane and r["layout"] == "local" and r["run"] == run]
+            s = [r[key] for r in rows if r["lane"] == lane and r["layout"] == "split" and r["run"] == run]
+            if l and s and l[0] and s[0]:
+                per_run.append(s[0] / l[0])
         if loc and spl:
-            print(f"{lane}: CPU per delivery ({what}), split cluster vs local mode: {round(spl / loc, 2)}x (medians of {runs} runs)")
+            print(f"{lane}: CPU per delivery ({what}), split cluster vs local mode: {round(spl / loc, 2)}x "
+                  f"(medians of {runs} runs); per-run ratios {[round(x, 2) for x in per_run]}, median {med(per_run)}x")
 EOF
