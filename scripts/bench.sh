@@ -54,6 +54,11 @@ OUT="$TARGET_DIR/bench"
 BIN="$OUT/bin"
 RESULTS="$OUT/results.jsonl"
 mkdir -p "$OUT" "$BIN"
+# Absolute: derived configs name directories in it, and a gateway reads a
+# relative path in its config from the config file's own directory.
+OUT=$(cd "$OUT" && pwd)
+BIN="$OUT/bin"
+RESULTS="$OUT/results.jsonl"
 
 # 10,000 connections need 10,000 descriptors on each side.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
@@ -239,6 +244,21 @@ if wants echo_js || wants echo_py; then
     's/^      - { svc: echo, plugin: echo }/&\n      - { svc: echo_js, plugin: echo_js }\n      - { svc: echo_py, plugin: echo_py }/'
   start_gateway "$JSPY_CFG" 18085
   GW_JSPY=$SERVER_PID
+  # A route to a plugin that did not load answers SERVICE_UNAVAILABLE at
+  # native speed: measure nothing rather than that.
+  for p in echo_js echo_py; do
+    wants "$p" || continue
+    loaded=
+    for _ in $(seq 1 100); do
+      if curl -s http://127.0.0.1:19095/metrics \
+          | grep -q "^wsprism_plugin_loads_total{plugin=\"$p\",result=\"ok\"}"; then
+        loaded=1
+        break
+      fi
+      sleep 0.1
+    done
+    [ -n "$loaded" ] || { echo "the plugin gateway did not load $p.wasm from $JSPY_PLUGINS (see $OUT/gateway.log)" >&2; exit 1; }
+  done
 fi
 start_baseline echo 18081
 BL_ECHO=$SERVER_PID
