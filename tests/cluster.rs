@@ -283,6 +283,17 @@ async fn a_killed_pubsub_link_is_detected_and_repaired() {
     u1.join("lobby").await;
     u2.join("lobby").await;
     subscribed(&redis, &room_channel("lobby"), 2).await;
+    // Each node's bus link is one RESP3 connection (subscriptions and
+    // publications share it).
+    let clients: String = redis.cmd(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+    assert_eq!(
+        clients
+            .lines()
+            .filter(|l| l.split_whitespace().any(|f| f == "resp=3"))
+            .count(),
+        2,
+        "{clients}"
+    );
 
     let killed: u64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eq!(killed, 2, "both nodes' pub/sub links");

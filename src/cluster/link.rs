@@ -277,6 +277,8 @@ pub(super) async fn subscriber(
     let mut backoff = Backoff::new();
     let mut connected_before = false;
     let mut moved = node.endpoint.changes();
+    // The last refusal logged at warn, so a wrong password is said once.
+    let mut refused: Option<String> = None;
     loop {
         moved.mark_unchanged();
         let closed = CancellationToken::new();
@@ -285,9 +287,21 @@ pub(super) async fn subscriber(
             Err(e) => Err(e),
         };
         let mut conn = match connected {
-            Ok(c) => c,
+            Ok(c) => {
+                refused = None;
+                c
+            }
             Err(e) => {
-                tracing::debug!(node = %node.id, error = %e, "cluster bus connect failed");
+                let refusal = (!e.is_io_error() && !e.is_timeout()).then(|| e.to_string());
+                if refusal.is_some() && refusal != refused {
+                    // Reached, but refused: credentials, or a server older
+                    // than 6.0 that cannot speak RESP3 (README: 6.2 or newer).
+                    // Said once per streak; the retries go to debug.
+                    tracing::warn!(node = %node.id, error = %e, "cluster bus connect refused by Redis");
+                } else {
+                    tracing::debug!(node = %node.id, error = %e, "cluster bus connect failed");
+                }
+                refused = refusal;
                 node.metrics.error("connect", 1);
                 node.relocate().await;
                 if !backoff.wait(&stop).await {
