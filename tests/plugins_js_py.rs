@@ -227,7 +227,11 @@ async fn js_and_python_warm_call_cost() {
                 .await
                 .expect("warm");
         }
-        let n = 2_000u32;
+        // More calls for a profiler to sample: WSPRISM_WARM_CALLS=200000.
+        let n: u32 = std::env::var("WSPRISM_WARM_CALLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000);
         let started = tokio::time::Instant::now();
         for _ in 0..n {
             h.host
