@@ -189,12 +189,21 @@ async fn javascript_and_python_echo_examples() {
 }
 
 /// Rough warm per-call cost of the JS and Python counters and of the minimal
-/// echo plugins (one `reply`), in-process: no sockets, no gateway pipeline
+/// echo plugins (one `reply`; the Rust one too, for the host's own share),
+/// in-process: no sockets, no gateway pipeline
 /// (`cargo test --release --test plugins_js_py -- --ignored --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test"]
 async fn js_and_python_warm_call_cost() {
+    let rust = plugin_dir(&[("echo", "echo")]);
     for (lang, plugin, wasm, ty, what) in [
+        (
+            "rust",
+            "echo",
+            Some(rust.path().join("echo.wasm")),
+            "echo",
+            "one reply",
+        ),
         (
             "js",
             "counter_js",
@@ -215,7 +224,11 @@ async fn js_and_python_warm_call_cost() {
         if wasm.is_none() {
             continue;
         }
-        let mut cfg = host_cfg(lang);
+        let mut cfg = if lang == "rust" {
+            plugins_cfg(rust.path())
+        } else {
+            host_cfg(lang)
+        };
         cfg.instances_per_plugin = 1;
         let h = start(&cfg).await;
         let t = Tenant::new("acme");
