@@ -46,17 +46,15 @@ GATEWAY_URL=ws://127.0.0.1:18080
 JWT_URL=ws://127.0.0.1:18083
 SNDBUF_URL=ws://127.0.0.1:18084
 JSPY_URL=ws://127.0.0.1:18085
+JSPY_ADMIN=127.0.0.1:19095
 ECHO_URL=ws://127.0.0.1:18081
 RELAY_URL=ws://127.0.0.1:18082
 
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-OUT="$TARGET_DIR/bench"
-BIN="$OUT/bin"
-RESULTS="$OUT/results.jsonl"
-mkdir -p "$OUT" "$BIN"
+mkdir -p "$TARGET_DIR/bench/bin"
 # Absolute: derived configs name directories in it, and a gateway reads a
 # relative path in its config from the config file's own directory.
-OUT=$(cd "$OUT" && pwd)
+OUT=$(cd "$TARGET_DIR/bench" && pwd)
 BIN="$OUT/bin"
 RESULTS="$OUT/results.jsonl"
 
@@ -240,7 +238,7 @@ if wants echo_js || wants echo_py; then
   # so the gateway does not warn about a route to a missing plugin.
   if [ -f plugins/echo.wasm ]; then cp plugins/echo.wasm "$JSPY_PLUGINS/"; fi
   JSPY_CFG="$OUT/wsprism-bench-jspy.yaml"
-  derive_config "$JSPY_CFG" 18085 19095 "$JSPY_PLUGINS" \
+  derive_config "$JSPY_CFG" 18085 "${JSPY_ADMIN#*:}" "$JSPY_PLUGINS" \
     's/^      - { svc: echo, plugin: echo }/&\n      - { svc: echo_js, plugin: echo_js }\n      - { svc: echo_py, plugin: echo_py }/'
   start_gateway "$JSPY_CFG" 18085
   GW_JSPY=$SERVER_PID
@@ -250,7 +248,7 @@ if wants echo_js || wants echo_py; then
     wants "$p" || continue
     loaded=
     for _ in $(seq 1 100); do
-      if curl -s http://127.0.0.1:19095/metrics \
+      if curl -s "http://$JSPY_ADMIN/metrics" \
           | grep -q "^wsprism_plugin_loads_total{plugin=\"$p\",result=\"ok\"}"; then
         loaded=1
         break

@@ -130,12 +130,7 @@ pub(super) async fn publisher(
                     pipe.cmd("PUBLISH").arg(&*channel).arg(&*payload).ignore();
                     published += 1;
                 }
-                // Moved into the pipeline: a lost command is not retried
-                // (presence and sessions are re-asserted when the link is back).
-                Outgoing::Command(cmd) => {
-                    pipe.add_command(std::mem::replace(cmd, redis::Cmd::new()))
-                        .ignore();
-                }
+                Outgoing::Command(cmd) => take_command(&mut pipe, cmd),
                 // One script call: offset, stream, publish.
                 Outgoing::Recorded(r) => {
                     pipe.add_command(node.record_cmd(r)).ignore();
@@ -169,6 +164,13 @@ pub(super) async fn publisher(
     }
 }
 
+/// Moves a queued state write into `pipe`: a lost one is not retried
+/// (presence and sessions are re-asserted when the link is back).
+fn take_command(pipe: &mut redis::Pipeline, cmd: &mut redis::Cmd) {
+    pipe.add_command(std::mem::replace(cmd, redis::Cmd::new()))
+        .ignore();
+}
+
 /// While the bus link is down, the batch's state writes (presence) still go
 /// out over the shared command connection, which may be up: a bus link cut
 /// alone must not leave stale presence behind.
@@ -176,8 +178,7 @@ async fn write_state(node: &Node, batch: &mut [Outgoing]) {
     let mut pipe = redis::pipe();
     for o in batch.iter_mut() {
         if let Outgoing::Command(cmd) = o {
-            pipe.add_command(std::mem::replace(cmd, redis::Cmd::new()))
-                .ignore();
+            take_command(&mut pipe, cmd);
         }
     }
     if pipe.is_empty() {
@@ -342,8 +343,7 @@ pub(super) async fn subscriber(
         }
         backoff.reset();
         // The publisher goes on once local rooms are in line with Redis.
-        node.bus.send_replace(Some(conn.clone()));
-        node.set_pubsub_up(true);
+        node.set_bus(Some(conn.clone()));
         if connected_before {
             node.metrics.reconnects.with_label_values(&["pubsub"]).inc();
             tracing::info!(node = %node.id, channels = node.subscribed.len(), "cluster bus link restored");
@@ -357,7 +357,7 @@ pub(super) async fn subscriber(
         let lost = loop {
             tokio::select! {
                 _ = stop.cancelled() => {
-                    node.bus.send_replace(None);
+                    node.set_bus(None);
                     return;
                 }
                 _ = moved.changed() => break "the Redis master moved",
@@ -384,9 +384,8 @@ pub(super) async fn subscriber(
             }
         };
         // Every clone goes, so the connection closes and its reader stops.
-        node.bus.send_replace(None);
+        node.set_bus(None);
         drop(conn);
-        node.set_pubsub_up(false);
         node.subscribed.clear();
         node.metrics.error("pubsub", 1);
         tracing::warn!(node = %node.id, reason = lost, "cluster bus link lost; local service goes on");

@@ -245,7 +245,6 @@ pub struct Node {
     /// the peer numbers it assigns.
     slot: Arc<AtomicU32>,
     commands_up: AtomicBool,
-    pubsub_up: AtomicBool,
     /// The admission script (hashed once).
     reserve: redis::Script,
     metrics: ClusterMetrics,
@@ -287,7 +286,6 @@ impl Node {
             tenants: DashMap::new(),
             slot: Arc::new(AtomicU32::new(0)),
             commands_up: AtomicBool::new(false),
-            pubsub_up: AtomicBool::new(false),
             reserve: redis::Script::new(RESERVE_SESSION),
             metrics: ClusterMetrics::register(metrics)?,
         });
@@ -318,7 +316,7 @@ impl Node {
 
     /// Whether both Redis links work (`wsprism_cluster_up`).
     pub fn is_up(&self) -> bool {
-        self.commands_up.load(Ordering::Acquire) && self.pubsub_up.load(Ordering::Acquire)
+        self.commands_up.load(Ordering::Acquire) && self.bus_up()
     }
 
     /// Behind Sentinel, after a link failed: asks which server is the
@@ -931,7 +929,7 @@ impl Node {
     /// every member; `None` when it already is, or while the bus link is
     /// down (the join then proceeds locally). Waits at most a second.
     fn subscribe_now(self: &Arc<Self>, channel: String) -> Option<BoxFuture> {
-        if !self.pubsub_up.load(Ordering::Acquire) || self.subscribed.contains_key(&channel) {
+        if !self.bus_up() || self.subscribed.contains_key(&channel) {
             return None;
         }
         *self.pending.entry(channel.clone()).or_default() += 1;
@@ -1116,9 +1114,15 @@ impl Node {
         self.metrics.up.set(i64::from(self.is_up()));
     }
 
-    fn set_pubsub_up(&self, up: bool) {
-        self.pubsub_up.store(up, Ordering::Release);
+    /// Hands the publisher the bus connection (`None`: the bus link is down).
+    fn set_bus(&self, conn: Option<MultiplexedConnection>) {
+        self.bus.send_replace(conn);
         self.metrics.up.set(i64::from(self.is_up()));
+    }
+
+    /// Whether the bus link is up (its connection is in [`Node::bus`]).
+    fn bus_up(&self) -> bool {
+        self.bus.borrow().is_some()
     }
 
     /// Delivers one message read from `channel` to local sessions.
