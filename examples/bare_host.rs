@@ -1,4 +1,5 @@
-//! The runtime floor of a plugin call: one warm `on-message` call of a plugin
+//! The runtime floor of a plugin call: one warm message call (`handle` of
+//! world `plugin`, or `on-message` of world `ext-lane-plugin`) of a plugin
 //! component in a bare wasmtime host, with nothing of the gateway around it
 //! (synchronous call, stub imports, no limiter, no pooling, no sockets).
 //! Each round is measured twice in the same process, alternated: on an engine
@@ -15,17 +16,17 @@
 
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::component::{Component, Func, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
     path: "wit",
-    world: "ext-lane-plugin",
+    world: "plugin",
     with: { "wsprism:plugin/types.session": SessionRep },
 });
 
-use self::wsprism::plugin::{backend, kv, log, realtime, types};
+use self::wsprism::plugin::{backend, kv, log, realtime, session, types};
 use types::{HostError, Qos};
 
 /// The host side of the `session` resource: as in the gateway, a handle
@@ -48,6 +49,21 @@ impl WasiView for Host {
 }
 
 impl types::Host for Host {}
+
+impl session::Host for Host {
+    fn tenant(&mut self) -> String {
+        "acme".into()
+    }
+    fn user(&mut self) -> String {
+        "alice".into()
+    }
+    fn sid(&mut self) -> u64 {
+        42
+    }
+    fn rooms(&mut self) -> Vec<String> {
+        vec!["r1".into()]
+    }
+}
 
 impl types::HostSession for Host {
     fn tenant(&mut self, _: Resource<SessionRep>) -> String {
@@ -134,7 +150,18 @@ impl log::Host for Host {
 /// One engine, store and instance of the component.
 struct Bench {
     store: Store<Host>,
-    plugin: ExtLanePlugin,
+    call: MessageCall,
+}
+
+type Outcome = (Result<(), types::Refusal>,);
+
+/// The message export of either world (typed once per round, so the message
+/// is lent to each call as the gateway's bindings do, not cloned).
+enum MessageCall {
+    /// World `plugin`: `handle(msg)`.
+    Plain(Func),
+    /// World `ext-lane-plugin`: `on-message(borrow<session>, msg)`.
+    Borrowed(Func),
 }
 
 impl Bench {
@@ -146,9 +173,9 @@ impl Bench {
         let component = Component::from_file(&engine, path)?;
         let mut linker: Linker<Host> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        ExtLanePlugin::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)?;
+        Plugin::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)?;
         let host = Host {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().inherit_stderr().build(),
             table: ResourceTable::new(),
             replies: 0,
         };
@@ -156,8 +183,17 @@ impl Bench {
         // Never reached: the epoch does not advance here, only its checks
         // in the guest code are paid.
         store.set_epoch_deadline(u64::MAX / 2);
-        let plugin = ExtLanePlugin::instantiate(&mut store, &component, &linker)?;
-        Ok(Self { store, plugin })
+        let instance = linker.instantiate(&mut store, &component)?;
+        let call = if let Some(f) = instance.get_func(&mut store, "handle") {
+            MessageCall::Plain(f)
+        } else if let Some(f) = instance.get_func(&mut store, "on-message") {
+            MessageCall::Borrowed(f)
+        } else {
+            return Err(wasmtime::Error::msg(
+                "exports neither handle nor on-message",
+            ));
+        };
+        Ok(Self { store, call })
     }
 
     /// `calls` warm calls of the gateway's echo message; the time per call.
@@ -169,11 +205,23 @@ impl Bench {
             seq: Some(1),
             data: r#"{"pad":"................................"}"#.into(),
         };
+        let plain = match self.call {
+            MessageCall::Plain(f) => Some(f.typed::<(&types::Message,), Outcome>(&self.store)?),
+            MessageCall::Borrowed(_) => None,
+        };
+        let borrowed = match self.call {
+            MessageCall::Borrowed(f) => {
+                Some(f.typed::<(Resource<SessionRep>, &types::Message), Outcome>(&self.store)?)
+            }
+            MessageCall::Plain(_) => None,
+        };
         let started = Instant::now();
         for _ in 0..calls {
-            let r = self
-                .plugin
-                .call_on_message(&mut self.store, Resource::new_borrow(0), &msg)?;
+            let (r,) = match (&plain, &borrowed) {
+                (Some(f), _) => f.call(&mut self.store, (&msg,))?,
+                (_, Some(f)) => f.call(&mut self.store, (Resource::new_borrow(0), &msg))?,
+                (None, None) => unreachable!("one of the two is typed"),
+            };
             if let Err(e) = r {
                 return Err(wasmtime::Error::msg(format!(
                     "refused: {}: {}",

@@ -226,7 +226,7 @@ if wants echo_js || wants echo_py; then
     for f in "$@"; do [ "$f" -nt "$out" ] && return 0; done
     return 1
   }
-  if wants echo_js && stale "$JSPY_PLUGINS/echo_js.wasm" sdk/examples/echo-js/app.js sdk/js/build.sh sdk/js/package.json wit/wsprism-plugin.wit; then
+  if wants echo_js && stale "$JSPY_PLUGINS/echo_js.wasm" sdk/examples/echo-js/app.js sdk/js/build.sh sdk/js/lib/*.mjs sdk/js/package.json wit/wsprism-plugin.wit; then
     echo "== sdk/js/build.sh sdk/examples/echo-js/app.js"
     sdk/js/build.sh sdk/examples/echo-js/app.js "$JSPY_PLUGINS/echo_js.wasm"
   fi

@@ -7,7 +7,7 @@
 #   scripts/build-plugins.sh js|python  # one SDK's example only
 #
 # Rust guests need `rustup target add wasm32-wasip2`. Test-only guests (faults,
-# wrong-wit) are built too but copied to target/wasm-examples/test-plugins/,
+# wrong-wit, first-world) are built too but copied to target/wasm-examples/test-plugins/,
 # never to plugins/.
 set -euo pipefail
 
@@ -24,7 +24,7 @@ build_rust() {
   cp "$rel/echo.wasm" "$OUT/echo.wasm"
   cp "$rel/vote.wasm" "$OUT/vote.wasm"
   mkdir -p "$TARGET_DIR/test-plugins"
-  cp "$rel/faults.wasm" "$rel/wrong_wit.wasm" "$TARGET_DIR/test-plugins/"
+  cp "$rel/faults.wasm" "$rel/wrong_wit.wasm" "$rel/first_world.wasm" "$TARGET_DIR/test-plugins/"
   echo "    plugins/echo.wasm plugins/vote.wasm"
 }
 
@@ -34,7 +34,7 @@ build_js() {
     return 0
   fi
   echo "==> JavaScript example (componentize-js)"
-  "$ROOT/sdk/js/build.sh" "$ROOT/sdk/examples/counter-js/app.js" "$OUT/counter_js.wasm" ext-lane-plugin-lifecycle
+  "$ROOT/sdk/js/build.sh" "$ROOT/sdk/examples/counter-js/app.js" "$OUT/counter_js.wasm" plugin-with-hooks
 }
 
 build_python() {
@@ -43,7 +43,7 @@ build_python() {
     return 0
   fi
   echo "==> Python example (componentize-py)"
-  "$ROOT/sdk/python/build.sh" "$ROOT/sdk/examples/counter-py" "$OUT/counter_py.wasm" ext-lane-plugin-lifecycle
+  "$ROOT/sdk/python/build.sh" "$ROOT/sdk/examples/counter-py" "$OUT/counter_py.wasm" plugin-with-hooks
 }
 
 case "$WHAT" in

@@ -1,6 +1,7 @@
 //! Plugin developer tooling end to end: `wsprism new plugin` projects in each
 //! language built with their own `build.sh` and answering through the plugin
-//! host, the Rust SDK's native test host under `cargo test`, and
+//! host (JavaScript and Python ones also as their README says to add the
+//! hooks), the Rust SDK's native test host under `cargo test`, and
 //! `wsprism plugin call` on Rust and JavaScript components.
 //!
 //! Everything runs the real binary (`CARGO_BIN_EXE_wsprism`). Slow steps keep
@@ -19,8 +20,9 @@ mod plugin_support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use plugin_support::{Tenant, counter_js, plugins_cfg, repo, sha256, start};
+use plugin_support::{Host, Tenant, counter_js, plugins_cfg, repo, sha256, start};
 use serde_json::{Value, json};
+use wsprism::error::PluginError;
 use wsprism::services::{Effect, ExtService};
 
 /// The `wsprism` binary under test: this build's, or `WSPRISM_BIN` when set
@@ -193,12 +195,19 @@ fn build_cached(project: &Path, name: &str, lang: &str) -> PathBuf {
     wasm
 }
 
-/// Loads `wasm` as `name` into a plugin host and checks the echo: a message of
-/// type T and data D comes back to the sender alone as T and D.
-async fn assert_echoes(lang: &str, name: &str, wasm: &Path) {
-    // A persistent plugin dir per language: its `.cache` keeps the compiled
-    // component between runs.
-    let dir = work("host").join(lang);
+/// A plugin host serving `wasm` alone, as `name`, from a persistent plugin
+/// dir per `slot` (its `.cache` keeps the compiled component between runs).
+async fn host_with(slot: &str, name: &str, wasm: &Path) -> Host {
+    let dir = work("host").join(slot);
+    if dir.is_dir() {
+        // Only this plugin: drop what an earlier run deployed under other names.
+        for entry in std::fs::read_dir(&dir).expect("host dir") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "wasm") {
+                std::fs::remove_file(&path).expect("remove an old plugin");
+            }
+        }
+    }
     std::fs::create_dir_all(&dir).expect("host dir");
     std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).expect("deploy");
     let mut cfg = plugins_cfg(&dir);
@@ -209,8 +218,15 @@ async fn assert_echoes(lang: &str, name: &str, wasm: &Path) {
     assert_eq!(
         h.host.plugins(),
         [name.to_owned()],
-        "{lang}: the host loads the build"
+        "{slot}: the host loads the build"
     );
+    h
+}
+
+/// Loads `wasm` as `name` into a plugin host and checks the echo: a message of
+/// type T and data D comes back to the sender alone as T and D.
+async fn assert_echoes(lang: &str, name: &str, wasm: &Path) {
+    let h = host_with(lang, name, wasm).await;
     let t = Tenant::new("acme");
     let session = t.session(1, "alice", &[]);
     let data = r#"{"n":[1,"two",{"three":3.5}],"ok":true}"#;
@@ -261,8 +277,22 @@ async fn new_js_plugin_builds_with_its_own_toolchain_and_echoes() {
     require("npm", &["--version"], "to install componentize-js");
     let (_tmp, project) = new_project("echo_js", "js");
     assert!(project.join("package-lock.json").is_file());
+    assert!(project.join("lib/register.mjs").is_file());
     let wasm = build_cached(&project, "echo_js", "js");
+    // build.sh ran componentize-js with lib/register.mjs: the component's
+    // bindings (SpiderMonkey keeps the source text of the scripts it ran)
+    // call `handle` through the SDK's rewrite, not with a bare `await`.
+    let bytes = std::fs::read(&wasm).expect("read the build");
+    assert!(
+        contains(&bytes, b"const $wsprismRet1 = handle("),
+        "{}: the bindings were not rewritten (is lib/register.mjs loaded by build.sh?)",
+        wasm.display()
+    );
     assert_echoes("js", "echo_js", &wasm).await;
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +306,154 @@ async fn new_python_plugin_builds_with_its_own_toolchain_and_echoes() {
     assert!(project.join("requirements.txt").is_file());
     let wasm = build_cached(&project, "echo-py", "python");
     assert_echoes("python", "echo-py", &wasm).await;
+}
+
+/// `src/app.js` of a project with hooks, as the README says to write it.
+const JS_WITH_HOOKS: &str = r#"// @ts-check
+/// <reference path="../types/plugin-with-hooks.d.ts" />
+import { reply } from 'wsprism:plugin/realtime@0.2.0';
+import * as session from 'wsprism:plugin/session@0.2.0';
+
+/** @param {import('wsprism:plugin/types@0.2.0').Message} msg */
+export function handle(msg) {
+  reply(msg.type, JSON.stringify({ user: session.user(), rooms: session.rooms() }));
+}
+
+export const hooks = {
+  /** @param {string} _config */
+  init(_config) {},
+  onDisconnect() {},
+  /** @param {string} room */
+  onJoin(room) {
+    if (room.startsWith('closed-')) throw { code: 'ROOM_CLOSED', message: `${session.user()}: ${room}` };
+  },
+  /** @param {string} _room */
+  onLeave(_room) {},
+};
+"#;
+
+/// `src/app.py` of a project with hooks, as the README says to write it.
+const PY_WITH_HOOKS: &str = r#"import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import realtime, session
+from wit_world.imports.types import Message, Refusal
+
+
+class WitWorld(wit_world.WitWorld):
+    def handle(self, msg: Message) -> None:
+        realtime.reply(msg.type, json.dumps({"user": session.user(), "rooms": session.rooms()}))
+
+
+class Hooks(exports.Hooks):
+    def init(self, config: str) -> None:
+        pass
+
+    def on_disconnect(self) -> None:
+        pass
+
+    def on_join(self, room: str) -> None:
+        if room.startswith("closed-"):
+            raise Err(Refusal(code="ROOM_CLOSED", message=f"{session.user()}: {room}"))
+
+    def on_leave(self, room: str) -> None:
+        pass
+"#;
+
+/// A new project turned into one with hooks as its README says: the world
+/// in `build.sh` changed to `plugin-with-hooks` (`from` -> `to`, quoted from
+/// the README) and `src/<app>` rewritten with a `hooks` export. It builds,
+/// `handle` reads the session through the `session` interface, and the
+/// gateway calls its `on-join` hook.
+async fn assert_hooks_as_the_readme_says(
+    lang: &str,
+    app: &str,
+    source: &str,
+    from: &str,
+    to: &str,
+) {
+    let name = format!("hooks_{lang}");
+    let (_tmp, project) = new_project(&name, lang);
+    let readme = std::fs::read_to_string(project.join("README.md")).expect("README");
+    let step = format!("change `{from}` to\n`{to}`");
+    assert!(
+        readme.contains(&step),
+        "{lang}: the README no longer says {step:?}:\n{readme}"
+    );
+    let script = project.join("build.sh");
+    let build_sh = std::fs::read_to_string(&script).expect("build.sh");
+    assert_eq!(
+        build_sh.matches(from).count(),
+        1,
+        "{lang}: {from} in build.sh"
+    );
+    std::fs::write(&script, build_sh.replace(from, to)).expect("edit build.sh");
+    std::fs::write(project.join("src").join(app), source).expect("write the app");
+
+    let wasm = build_cached(&project, &name, lang);
+    let h = host_with(&format!("{lang}-hooks"), &name, &wasm).await;
+    let t = Tenant::new("acme");
+    let session = t.session(7, "bob", &["r1"]);
+    let effects = h
+        .host
+        .call(t.call(&session, &name, "who", None, "null"))
+        .await
+        .unwrap_or_else(|e| panic!("{lang}: handle failed: {e}"));
+    match effects.as_slice() {
+        [Effect::Reply { ty, data }] => {
+            assert_eq!(ty, "who", "{lang}");
+            let got: Value = serde_json::from_str(data.get()).expect("json");
+            assert_eq!(got, json!({"user": "bob", "rooms": ["r1"]}), "{lang}");
+        }
+        other => panic!("{lang}: expected one reply, got {other:?}"),
+    }
+    let e = h
+        .host
+        .call(t.room_hook(true, &session, &name, "closed-1"))
+        .await
+        .expect_err("on-join refuses closed-*");
+    assert!(
+        matches!(&e, PluginError::Refused { code, message } if code == "ROOM_CLOSED" && message == "bob: closed-1"),
+        "{lang}: {e:?}"
+    );
+    let effects = h.host.call(t.room_hook(true, &session, &name, "r2")).await;
+    assert!(
+        effects.as_ref().is_ok_and(Vec::is_empty),
+        "{lang}: {effects:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_js_and_python_plugins_take_hooks_as_their_readme_says() {
+    require(
+        "node",
+        &["--version"],
+        "to build JavaScript plugins (Node.js 20+)",
+    );
+    require("npm", &["--version"], "to install componentize-js");
+    require(
+        "python3",
+        &["-m", "pip", "--version"],
+        "to install componentize-py",
+    );
+    assert_hooks_as_the_readme_says(
+        "js",
+        "app.js",
+        JS_WITH_HOOKS,
+        "--world-name plugin",
+        "--world-name plugin-with-hooks",
+    )
+    .await;
+    assert_hooks_as_the_readme_says(
+        "python",
+        "app.py",
+        PY_WITH_HOOKS,
+        "-w plugin",
+        "-w plugin-with-hooks",
+    )
+    .await;
 }
 
 #[test]

@@ -358,6 +358,100 @@ async fn every_entry_point_runs_through_one_call() {
     assert_eq!((st.calls, st.errors), (1, 0), "{st:?}");
 }
 
+/// A plugin of the first world (`ext-lane-plugin-lifecycle`: every entry point
+/// takes a borrowed `session`) still loads beside world-`plugin` ones and runs
+/// every entry point, its handle answering for the call's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_world_plugins_still_run_every_entry_point() {
+    let dir = plugin_dir(&[("first_world", "first"), ("faults", "faults")]);
+    let mut cfg = plugins_cfg(dir.path());
+    cfg.instances_per_plugin = 1;
+    let h = start(&cfg).await;
+    let t = Tenant::new("acme");
+    let s = t.session(0x2a, "alice", &["lobby", "arena"]);
+    let json = |data: &str| serde_json::from_str::<serde_json::Value>(data).expect("json");
+    let run = |entry: Entry| h.host.run(t.plugin_call(entry, &s, "first"));
+
+    let effects = h
+        .host
+        .call(t.call(&s, "first", "hello", None, "null"))
+        .await
+        .expect("on-message");
+    let (ty, data) = reply_of(&effects);
+    assert_eq!(ty, "whoami");
+    assert_eq!(
+        json(data),
+        serde_json::json!({"tenant": "acme", "user": "alice", "sid": 42,
+            "rooms": ["lobby", "arena"], "type": "hello"})
+    );
+
+    let effects = run(Entry::Join {
+        room: "hall".into(),
+    })
+    .await
+    .expect("on-join");
+    let (ty, data) = reply_of(&effects);
+    assert_eq!((ty, json(data)["type"].as_str()), ("welcome", Some("join")));
+    assert_eq!(json(data)["rooms"], serde_json::json!(["lobby", "arena"]));
+    let e = run(Entry::Join {
+        room: "vip-1".into(),
+    })
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(&e, PluginError::Refused { code, .. } if code == "VIP_ONLY"),
+        "{e:?}"
+    );
+    let effects = run(Entry::Leave {
+        room: "arena".into(),
+    })
+    .await
+    .expect("on-leave");
+    assert!(
+        matches!(effects.as_slice(), [Effect::Publish { room, ty, data, .. }]
+            if room == "arena" && ty == "bye" && json(data.get())["user"] == "alice"),
+        "{effects:?}"
+    );
+    let effects = h
+        .host
+        .call(t.closed(&s, "first"))
+        .await
+        .expect("on-disconnect");
+    match effects.as_slice() {
+        [Effect::Publish { room, ty, data, .. }] => {
+            assert_eq!((room.as_str(), ty.as_str()), ("lobby", "left"));
+            let d = json(data.get());
+            assert_eq!(
+                (d["user"].as_str(), d["sid"].as_u64()),
+                (Some("alice"), Some(42))
+            );
+            assert_eq!(
+                d["rooms"],
+                serde_json::json!([]),
+                "a closed session is in no room"
+            );
+        }
+        other => panic!("expected one publish, got {other:?}"),
+    }
+    for kind in [
+        EntryKind::Message,
+        EntryKind::Disconnect,
+        EntryKind::Join,
+        EntryKind::Leave,
+    ] {
+        assert!(h.host.exports("first", kind), "{kind:?}");
+    }
+    // The world-`plugin` component beside it is served by the same host.
+    let effects = h
+        .host
+        .call(t.call(&s, "faults", "echo", None, "[2]"))
+        .await
+        .expect("world plugin");
+    assert_eq!(reply_of(&effects), ("echo", "[2]"));
+    let st = h.host.status("acme", "first");
+    assert_eq!((st.calls, st.errors), (1, 0), "{st:?}");
+}
+
 /// Faults are charged to their session (issue 11): after
 /// `max_faults_per_session` the session alone is refused; other sessions of
 /// the tenant, even of the same user, are served; one user's many sessions are

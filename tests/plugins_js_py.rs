@@ -188,6 +188,75 @@ async fn javascript_and_python_echo_examples() {
     }
 }
 
+/// The JavaScript SDK rewrites componentize-js's export wrappers to await only
+/// promises (sdk/js/lib/bindings.mjs). A plain return still answers at once,
+/// and an export that returns a promise is still awaited: its effects after
+/// the await are applied, a refusal thrown after it is a refusal, and the
+/// hooks behave the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_exports_may_return_promises() {
+    if async_js().is_none() {
+        return;
+    }
+    let h = start(&host_cfg("js-async")).await;
+    let st = h.host.status("acme", "async_js");
+    assert_eq!(st.state, "serving", "{st:?}");
+    let t = Tenant::new("acme");
+    let s = t.session(9, "carol", &["lobby"]);
+    let call = |ty: &str, data: &str| h.host.call(t.call(&s, "async_js", ty, None, data));
+    for round in 0..3 {
+        let effects = call("now", "[1]").await.expect("plain return");
+        assert!(
+            matches!(effects.as_slice(), [Effect::Reply { ty, data }] if ty == "now" && data.get() == "[1]"),
+            "round {round}: {effects:?}"
+        );
+        let effects = call("later", r#"{"n":2}"#).await.expect("awaited return");
+        match effects.as_slice() {
+            [Effect::Reply { ty, data }] => {
+                assert_eq!(ty, "later");
+                let v: serde_json::Value = serde_json::from_str(data.get()).expect("json");
+                assert_eq!(v, serde_json::json!({"user": "carol", "data": {"n": 2}}));
+            }
+            other => panic!("round {round}: expected one reply, got {other:?}"),
+        }
+        let e = call("refuse", "null")
+            .await
+            .expect_err("refused after await");
+        assert!(
+            matches!(&e, PluginError::Refused { code, .. } if code == "LATER"),
+            "round {round}: {e:?}"
+        );
+    }
+    let e = h
+        .host
+        .run(t.room_hook(true, &s, "async_js", "closed-1"))
+        .await
+        .expect_err("join refused after await");
+    assert!(
+        matches!(&e, PluginError::Refused { code, .. } if code == "ROOM_CLOSED"),
+        "{e:?}"
+    );
+    let effects = h
+        .host
+        .run(t.room_hook(true, &s, "async_js", "open-1"))
+        .await
+        .expect("join allowed");
+    assert!(effects.is_empty(), "{effects:?}");
+    let effects = h
+        .host
+        .call(t.closed(&s, "async_js"))
+        .await
+        .expect("on-disconnect");
+    assert!(
+        matches!(effects.as_slice(), [Effect::Publish { room, ty, data, .. }]
+            if room == "lobby" && ty == "left" && data.get() == r#"{"user":"carol"}"#),
+        "{effects:?}"
+    );
+    // Nine messages, the three refusals the only failures.
+    let st = h.host.status("acme", "async_js");
+    assert_eq!((st.calls, st.errors), (9, 3), "{st:?}");
+}
+
 /// Rough warm per-call cost of the JS and Python counters and of the minimal
 /// echo plugins (one `reply`; the Rust one too, for the host's own share),
 /// in-process: no sockets, no gateway pipeline

@@ -1,7 +1,7 @@
 // Generates TypeScript declarations for the plugin API from wit/ into
-// sdk/js/types/ (worlds `ext-lane-plugin` and `ext-lane-plugin-lifecycle`, the
-// ones build.sh targets), so editors and `tsc --checkJs` know every import,
-// record, hook and the `session` handle.
+// sdk/js/types/ (worlds `plugin` and `plugin-with-hooks`, and the first worlds
+// `ext-lane-plugin` and `ext-lane-plugin-lifecycle`: the ones build.sh
+// targets), so editors and `tsc --checkJs` know every import, record and hook.
 //
 //   node sdk/js/types.mjs          # (re)write sdk/js/types/
 //   node sdk/js/types.mjs --check  # exit 1 when sdk/js/types/ is stale
@@ -27,10 +27,9 @@ const fs = await import(
 );
 fs._setPreopens({ '/': '/' });
 
-// Both worlds: the plain one and the one with the `lifecycle` hooks. Their
-// shared interface files come out identical.
+// Every world; their shared interface files come out identical.
 const files = {};
-for (const worldName of ['ext-lane-plugin', 'ext-lane-plugin-lifecycle']) {
+for (const worldName of ['plugin', 'plugin-with-hooks', 'ext-lane-plugin', 'ext-lane-plugin-lifecycle']) {
   Object.assign(files, await generateGuestTypes(join(root, 'wit'), { worldName, outDir: '' }));
 }
 const text = (bytes) => new TextDecoder().decode(bytes);

@@ -10,7 +10,9 @@
 //! Every file the gateway's repository already has is compiled in with
 //! `include_str!` from `wit/` and `sdk/`: the WIT, the Rust SDK's sources
 //! (a project depends on its own copy, never on a checkout), the pinned
-//! componentize-js / componentize-py versions and the TypeScript declarations.
+//! componentize-js / componentize-py versions, the TypeScript declarations
+//! and the JavaScript SDK's rewrite of componentize-js's generated bindings
+//! (`lib/*.mjs`, which the JavaScript `build.sh` loads).
 //! A project is therefore always built against the API of the gateway that
 //! wrote it. The language templates live in `templates/` beside this file.
 //!
@@ -39,8 +41,17 @@ const RUST_SDK_WORKSPACE: &str =
 /// componentize-js and friends, pinned as the JavaScript SDK pins them.
 const JS_PACKAGE: &str = include_str!("../../sdk/js/package.json");
 const JS_LOCK: &str = include_str!("../../sdk/js/package-lock.json");
-/// TypeScript declarations of the WIT, for editors and `tsc --checkJs`.
-const JS_TYPES: [(&str, &str); 8] = [
+/// TypeScript declarations of the WIT (every world), for editors and
+/// `tsc --checkJs`.
+const JS_TYPES: [(&str, &str); 12] = [
+    (
+        "types/plugin.d.ts",
+        include_str!("../../sdk/js/types/plugin.d.ts"),
+    ),
+    (
+        "types/plugin-with-hooks.d.ts",
+        include_str!("../../sdk/js/types/plugin-with-hooks.d.ts"),
+    ),
     (
         "types/ext-lane-plugin.d.ts",
         include_str!("../../sdk/js/types/ext-lane-plugin.d.ts"),
@@ -52,6 +63,10 @@ const JS_TYPES: [(&str, &str); 8] = [
     (
         "types/interfaces/wsprism-plugin-backend.d.ts",
         include_str!("../../sdk/js/types/interfaces/wsprism-plugin-backend.d.ts"),
+    ),
+    (
+        "types/interfaces/wsprism-plugin-hooks.d.ts",
+        include_str!("../../sdk/js/types/interfaces/wsprism-plugin-hooks.d.ts"),
     ),
     (
         "types/interfaces/wsprism-plugin-kv.d.ts",
@@ -70,8 +85,26 @@ const JS_TYPES: [(&str, &str); 8] = [
         include_str!("../../sdk/js/types/interfaces/wsprism-plugin-realtime.d.ts"),
     ),
     (
+        "types/interfaces/wsprism-plugin-session.d.ts",
+        include_str!("../../sdk/js/types/interfaces/wsprism-plugin-session.d.ts"),
+    ),
+    (
         "types/interfaces/wsprism-plugin-types.d.ts",
         include_str!("../../sdk/js/types/interfaces/wsprism-plugin-types.d.ts"),
+    ),
+];
+/// The SDK's build-time rewrite of the bindings componentize-js generates
+/// (`build.sh` runs componentize-js with `node --import lib/register.mjs`):
+/// cheaper calls, same behaviour; `lib/bindings.mjs` says what and why.
+const JS_LIB: [(&str, &str); 3] = [
+    (
+        "lib/register.mjs",
+        include_str!("../../sdk/js/lib/register.mjs"),
+    ),
+    ("lib/hooks.mjs", include_str!("../../sdk/js/lib/hooks.mjs")),
+    (
+        "lib/bindings.mjs",
+        include_str!("../../sdk/js/lib/bindings.mjs"),
     ),
 ];
 
@@ -81,9 +114,12 @@ const PY_REQUIREMENTS: &str = include_str!("../../sdk/python/requirements.txt");
 /// The README sections every language shares (install, route, try, files).
 const README_DEPLOY: &str = include_str!("templates/deploy.md");
 
-/// The world JavaScript and Python projects build for: `on-message` only. The
-/// README of each SDK says how to add the lifecycle hooks.
-const WORLD: &str = "ext-lane-plugin";
+/// The world JavaScript and Python projects build for, as their SDKs do:
+/// `plugin`, which exports `handle` and imports `session` (the calling
+/// session as plain functions). The project's README says how to add the
+/// hooks (world `plugin-with-hooks`). Rust projects need no world: the Rust
+/// SDK builds `plugin-with-hooks` itself.
+const WORLD: &str = "plugin";
 
 /// Longest plugin name the loader accepts.
 const MAX_NAME_BYTES: usize = 64;
@@ -317,12 +353,19 @@ pub fn project(name: &str, lang: Lang) -> Result<Vec<ProjectFile>, ScaffoldError
                 ProjectFile::new("package-lock.json", JS_LOCK),
                 ProjectFile::new(".gitignore", "/node_modules\n*.wasm\n"),
             ];
-            files.extend(JS_TYPES.iter().map(|(p, c)| ProjectFile::new(p, *c)));
+            files.extend(
+                JS_TYPES
+                    .iter()
+                    .chain(&JS_LIB)
+                    .map(|(p, c)| ProjectFile::new(p, *c)),
+            );
             (
                 include_str!("templates/js/README.md"),
                 include_str!("templates/js/build.sh"),
                 "- `src/app.js` — the plugin;\n\
                  - `types/` — TypeScript declarations of the WIT (editors, `tsc --checkJs`);\n\
+                 - `lib/` — the build-time rewrite of the bindings componentize-js generates \
+                 (`build.sh` loads `lib/register.mjs`; `lib/bindings.mjs` says what it changes and why);\n\
                  - `package.json`, `package-lock.json` — the componentize-js version `build.sh` installs.\n",
                 files,
             )
@@ -543,6 +586,102 @@ mod tests {
         assert_eq!(package["devDependencies"], sdk["devDependencies"]);
         assert!(sdk.get("scripts").is_some() && package.get("scripts").is_none());
         assert_eq!(file(&files, "package-lock.json").contents, JS_LOCK);
+    }
+
+    /// The files under `sdk/<dir>` of the repository, `/`-separated and
+    /// sorted, with their contents.
+    fn sdk_files(dir: &str) -> Vec<(String, String)> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).expect("read sdk dir") {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    let rel = path.strip_prefix(root).expect("inside root");
+                    let rel = rel
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    out.push((rel, std::fs::read_to_string(&path).expect("read")));
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
+        let mut out = Vec::new();
+        walk(&root, &root.join(dir), &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn js_projects_ship_every_declaration_and_the_bindings_rewrite() {
+        let files = project("demo", Lang::Js).expect("project");
+        // Every declaration and every lib file of the SDK, as it is now.
+        for dir in ["js/types", "js/lib"] {
+            let sdk = sdk_files(dir);
+            assert!(!sdk.is_empty(), "sdk/{dir} is empty");
+            for (path, contents) in sdk {
+                let inside = path.strip_prefix("js/").expect("under js/");
+                assert_eq!(
+                    file(&files, inside).contents,
+                    contents,
+                    "{inside} differs from sdk/{path}"
+                );
+            }
+        }
+        assert_eq!(JS_TYPES.len(), sdk_files("js/types").len());
+        assert_eq!(JS_LIB.len(), sdk_files("js/lib").len());
+
+        let build = &file(&files, "build.sh").contents;
+        assert!(
+            build.contains(
+                "node --import \"$HERE/lib/register.mjs\" \
+                 \"$TOOLS/node_modules/@bytecodealliance/componentize-js/src/cli.js\""
+            ),
+            "{build}"
+        );
+        assert!(build.contains("--world-name plugin \\\n"), "{build}");
+        let app = &file(&files, "src/app.js").contents;
+        assert!(app.contains("export function handle(msg)"), "{app}");
+        assert!(!app.contains("onMessage"), "{app}");
+        assert!(app.contains("/// <reference path=\"../types/plugin.d.ts\" />"));
+        file(&files, "types/plugin.d.ts");
+        file(&files, "types/plugin-with-hooks.d.ts");
+
+        // The README's way to the hooks fits this build.sh.
+        let readme = &file(&files, "README.md").contents;
+        for needle in [
+            "change `--world-name plugin` to\n`--world-name plugin-with-hooks`",
+            "export const hooks = {",
+            "import * as session from 'wsprism:plugin/session@0.2.0';",
+            "`ext-lane-plugin-lifecycle`",
+            "- `lib/` — ",
+        ] {
+            assert!(readme.contains(needle), "README lacks {needle}:\n{readme}");
+        }
+    }
+
+    #[test]
+    fn python_projects_handle_messages_in_world_plugin() {
+        let files = project("demo", Lang::Python).expect("project");
+        let build = &file(&files, "build.sh").contents;
+        assert!(build.contains("-w plugin componentize app"), "{build}");
+        let app = &file(&files, "src/app.py").contents;
+        assert!(
+            app.contains("def handle(self, msg: Message) -> None:"),
+            "{app}"
+        );
+        assert!(!app.contains("on_message"), "{app}");
+        let readme = &file(&files, "README.md").contents;
+        for needle in [
+            "change `-w plugin` to\n`-w plugin-with-hooks`",
+            "class Hooks(exports.Hooks):",
+            "from wit_world.imports import session",
+            "`ext-lane-plugin-lifecycle`",
+        ] {
+            assert!(readme.contains(needle), "README lacks {needle}:\n{readme}");
+        }
     }
 
     #[test]

@@ -34,9 +34,13 @@ use crate::realtime::broker::Broker;
 use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos, valid_conflation_key};
 use crate::services::{Effect, SessionInfo as GatewaySession};
 
+// Bound to world `plugin`: its imports are a superset of `ext-lane-plugin`'s
+// (the `types` interface it uses carries the `session` resource), so one
+// linker serves components of either world. Exports are looked up per
+// component by `loader.rs` and called as typed functions by `instance.rs`.
 wasmtime::component::bindgen!({
     path: "wit",
-    world: "ext-lane-plugin",
+    world: "plugin",
     imports: {
         // kv and backend may wait on I/O (a Redis kv, an HTTP upstream).
         "wsprism:plugin/kv": async | trappable,
@@ -49,10 +53,12 @@ wasmtime::component::bindgen!({
     with: { "wsprism:plugin/types.session": SessionHandle },
 });
 
-/// The host side of the WIT `session` resource. A call is about exactly one
-/// session, kept in [`CallCtx::session`], so the handle carries nothing: every
-/// accessor reads the current call's session. Handles are only ever lent to
-/// the guest (`borrow<session>`) for the length of one call.
+/// The host side of the WIT `session` resource (world `ext-lane-plugin`). A
+/// call is about exactly one session, kept in [`CallCtx::session`], so the
+/// handle carries nothing: every accessor reads the current call's session,
+/// as the `session` interface of world `plugin` does without a handle.
+/// Handles are only ever lent to the guest (`borrow<session>`) for the length
+/// of one call.
 #[allow(unreachable_pub)] // `pub`: the generated bindings re-export it
 pub struct SessionHandle;
 
@@ -69,7 +75,7 @@ pub(crate) use self::wsprism::plugin::types::HostError;
 /// `wit::Refusal` is a guest's refusal (not `crate::error::Refusal`),
 /// `wit::Message` the message a guest gets (not a WebSocket message).
 pub(crate) mod wit {
-    pub(crate) use super::{ExtLanePlugin, ExtLanePluginPre, Message, Refusal};
+    pub(crate) use super::{Message, Refusal};
 }
 
 /// Why the host ended a guest call from inside an import or the epoch callback.
@@ -301,7 +307,7 @@ impl HostState {
         self.call
             .session
             .as_ref()
-            .ok_or_else(|| wasmtime::Error::msg("session handle used outside its call"))
+            .ok_or_else(|| wasmtime::Error::msg("no session in this call (`init` is about none)"))
     }
 
     /// Records the first violation of the call.
@@ -375,36 +381,56 @@ impl WasiView for HostState {
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    ExtLanePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
 impl self::wsprism::plugin::types::Host for HostState {}
 
+/// World `plugin`: the current call's session, no handle.
+impl self::wsprism::plugin::session::Host for HostState {
+    fn tenant(&mut self) -> wasmtime::Result<String> {
+        Ok(self.session()?.tenant.to_string())
+    }
+
+    fn user(&mut self) -> wasmtime::Result<String> {
+        Ok(self.session()?.user.to_string())
+    }
+
+    fn sid(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.session()?.sid.get())
+    }
+
+    fn rooms(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.session()?.rooms.list())
+    }
+}
+
+/// World `ext-lane-plugin`: the same answers through the lent handle.
 impl self::wsprism::plugin::types::HostSession for HostState {
     fn tenant(
         &mut self,
         _: wasmtime::component::Resource<SessionHandle>,
     ) -> wasmtime::Result<String> {
-        Ok(self.session()?.tenant.to_string())
+        self::wsprism::plugin::session::Host::tenant(self)
     }
 
     fn user(
         &mut self,
         _: wasmtime::component::Resource<SessionHandle>,
     ) -> wasmtime::Result<String> {
-        Ok(self.session()?.user.to_string())
+        self::wsprism::plugin::session::Host::user(self)
     }
 
     fn sid(&mut self, _: wasmtime::component::Resource<SessionHandle>) -> wasmtime::Result<u64> {
-        Ok(self.session()?.sid.get())
+        self::wsprism::plugin::session::Host::sid(self)
     }
 
     fn rooms(
         &mut self,
         _: wasmtime::component::Resource<SessionHandle>,
     ) -> wasmtime::Result<Vec<String>> {
-        Ok(self.session()?.rooms.list())
+        self::wsprism::plugin::session::Host::rooms(self)
     }
 
     fn drop(&mut self, _: wasmtime::component::Resource<SessionHandle>) -> wasmtime::Result<()> {

@@ -21,26 +21,42 @@ use super::bindings::{BudgetTrap, CallCtx, CpuMeter, HostState, SessionHandle, w
 use super::call::EntryKind;
 use super::kv::{KvScope, KvStore};
 use super::limits::{CallLimits, MAX_REFUSAL_CODE_BYTES, MAX_REFUSAL_MESSAGE_BYTES};
-use super::loader::PluginVersion;
+use super::loader::{PluginVersion, World};
 use crate::config::TenantConfig;
 use crate::error::PluginError;
 use crate::realtime::broker::Broker;
 use crate::services::{Effect, SessionInfo as GatewaySession};
 use crate::services::{Entry, PluginCall};
 
-/// `lifecycle.on-disconnect`.
-type OnDisconnect = TypedFunc<(Resource<SessionHandle>,), ()>;
-/// `lifecycle.on-join`.
-type OnJoin = TypedFunc<(Resource<SessionHandle>, String), (Result<(), wit::Refusal>,)>;
-/// `lifecycle.on-leave`.
-type OnLeave = TypedFunc<(Resource<SessionHandle>, String), ()>;
+/// An entry point of either world: `Plain` (world `plugin`, the guest reads
+/// the session through the `session` interface) or `Borrowed` (world
+/// `ext-lane-plugin`, a borrowed `session` handle comes first).
+#[derive(Clone, Copy)]
+enum Entrypoint<P, B> {
+    Plain(P),
+    Borrowed(B),
+}
+
+/// An entry point's typed function in either signature.
+type Typed<P, R, BP, BR> = Entrypoint<TypedFunc<P, R>, TypedFunc<BP, BR>>;
+type Outcome = (Result<(), wit::Refusal>,);
+type Handle = Resource<SessionHandle>;
+/// `handle` / `on-message`.
+type OnMessage =
+    Entrypoint<TypedFunc<(wit::Message,), Outcome>, TypedFunc<(Handle, wit::Message), Outcome>>;
+/// `on-disconnect`.
+type OnDisconnect = Entrypoint<TypedFunc<(), ()>, TypedFunc<(Handle,), ()>>;
+/// `on-join`.
+type OnJoin = Entrypoint<TypedFunc<(String,), Outcome>, TypedFunc<(Handle, String), Outcome>>;
+/// `on-leave`.
+type OnLeave = Entrypoint<TypedFunc<(String,), ()>, TypedFunc<(Handle, String), ()>>;
 
 /// A live instance of one plugin version for one tenant.
 pub(crate) struct Instance {
     /// The version it was instantiated from; a newer version replaces it.
     pub(crate) version: Arc<PluginVersion>,
     store: Store<HostState>,
-    bindings: wit::ExtLanePlugin,
+    on_message: OnMessage,
     on_disconnect: Option<OnDisconnect>,
     on_join: Option<OnJoin>,
     on_leave: Option<OnLeave>,
@@ -119,24 +135,34 @@ fn cut(mut s: String, max: usize) -> String {
     s
 }
 
-/// The typed handle of an optional export found at load time; a signature
-/// that does not match the WIT fails the instance.
-fn typed<P, R>(
+/// The typed handle of an export found at load time, in the signature of the
+/// component's world; one that does not match the WIT fails the instance.
+fn typed<P, R, BP, BR>(
     instance: &wasmtime::component::Instance,
     store: &mut Store<HostState>,
+    world: World,
     idx: Option<&ComponentExportIndex>,
     what: &str,
-) -> Result<Option<TypedFunc<P, R>>, PluginError>
+) -> Result<Option<Typed<P, R, BP, BR>>, PluginError>
 where
     P: ComponentNamedList + Lower + Send + Sync + 'static,
     R: ComponentNamedList + Lift + Send + Sync + 'static,
+    BP: ComponentNamedList + Lower + Send + Sync + 'static,
+    BR: ComponentNamedList + Lift + Send + Sync + 'static,
 {
-    idx.map(|idx| {
-        instance
+    let Some(idx) = idx else {
+        return Ok(None);
+    };
+    let f = match world {
+        World::Plugin => instance
             .get_typed_func(&mut *store, idx)
-            .map_err(|e| PluginError::Trap(format!("{what} export: {e}")))
-    })
-    .transpose()
+            .map(Entrypoint::Plain),
+        World::ExtLanePlugin => instance
+            .get_typed_func(&mut *store, idx)
+            .map(Entrypoint::Borrowed),
+    };
+    f.map(Some)
+        .map_err(|e| PluginError::Trap(format!("{what} export: {e}")))
 }
 
 impl Instance {
@@ -191,12 +217,7 @@ impl Instance {
             },
             Instant::now() + limits.wall,
         );
-        let instance = match version
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut store)
-            .await
-        {
+        let instance = match version.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => {
                 // Pool exhaustion is a capacity problem, not a plugin fault.
@@ -208,9 +229,17 @@ impl Instance {
                 return Err(classify(store.data(), &e));
             }
         };
-        let bindings = wit::ExtLanePlugin::new(&mut store, &instance)
-            .map_err(|e| PluginError::Trap(format!("exports: {e}")))?;
-        if let Some(idx) = &version.lifecycle.init {
+        let entries = &version.entries;
+        let world = entries.world;
+        let on_message = typed(
+            &instance,
+            &mut store,
+            world,
+            Some(&entries.message),
+            world.message_export(),
+        )?
+        .ok_or_else(|| PluginError::Trap("no message export".into()))?;
+        if let Some(idx) = &entries.init {
             let init = instance
                 .get_typed_func::<(&str,), (Result<(), String>,)>(&mut store, idx)
                 .map_err(|e| PluginError::Trap(format!("init export: {e}")))?;
@@ -228,24 +257,31 @@ impl Instance {
             }
         }
         store.data().output.end_call();
-        let lifecycle = &version.lifecycle;
         let on_disconnect = typed(
             &instance,
             &mut store,
-            lifecycle.on_disconnect.as_ref(),
+            world,
+            entries.on_disconnect.as_ref(),
             "on-disconnect",
         )?;
-        let on_join = typed(&instance, &mut store, lifecycle.on_join.as_ref(), "on-join")?;
+        let on_join = typed(
+            &instance,
+            &mut store,
+            world,
+            entries.on_join.as_ref(),
+            "on-join",
+        )?;
         let on_leave = typed(
             &instance,
             &mut store,
-            lifecycle.on_leave.as_ref(),
+            world,
+            entries.on_leave.as_ref(),
             "on-leave",
         )?;
         Ok(Self {
             version,
             store,
-            bindings,
+            on_message,
             on_disconnect,
             on_join,
             on_leave,
@@ -333,36 +369,54 @@ impl Instance {
                     seq,
                     data: String::from(Box::<str>::from(data)),
                 };
-                self.bindings
-                    .call_on_message(&mut self.store, SessionHandle::lend(), &msg)
-                    .await
+                let store = &mut self.store;
+                match self.on_message {
+                    Entrypoint::Plain(f) => f.call_async(store, (msg,)).await,
+                    Entrypoint::Borrowed(f) => {
+                        f.call_async(store, (SessionHandle::lend(), msg)).await
+                    }
+                }
+                .map(|(r,)| r)
             }
             Entry::Disconnect => {
                 let Some(f) = self.on_disconnect else {
                     return kind.absent(&plugin);
                 };
                 self.begin(ctx, limits, deadline);
-                f.call_async(&mut self.store, (SessionHandle::lend(),))
-                    .await
-                    .map(|()| Ok(()))
+                let store = &mut self.store;
+                match f {
+                    Entrypoint::Plain(f) => f.call_async(store, ()).await,
+                    Entrypoint::Borrowed(f) => f.call_async(store, (SessionHandle::lend(),)).await,
+                }
+                .map(|()| Ok(()))
             }
             Entry::Join { room } => {
                 let Some(f) = self.on_join else {
                     return kind.absent(&plugin);
                 };
                 self.begin(ctx, limits, deadline);
-                f.call_async(&mut self.store, (SessionHandle::lend(), room))
-                    .await
-                    .map(|(r,)| r)
+                let store = &mut self.store;
+                match f {
+                    Entrypoint::Plain(f) => f.call_async(store, (room,)).await,
+                    Entrypoint::Borrowed(f) => {
+                        f.call_async(store, (SessionHandle::lend(), room)).await
+                    }
+                }
+                .map(|(r,)| r)
             }
             Entry::Leave { room } => {
                 let Some(f) = self.on_leave else {
                     return kind.absent(&plugin);
                 };
                 self.begin(ctx, limits, deadline);
-                f.call_async(&mut self.store, (SessionHandle::lend(), room))
-                    .await
-                    .map(|()| Ok(()))
+                let store = &mut self.store;
+                match f {
+                    Entrypoint::Plain(f) => f.call_async(store, (room,)).await,
+                    Entrypoint::Borrowed(f) => {
+                        f.call_async(store, (SessionHandle::lend(), room)).await
+                    }
+                }
+                .map(|()| Ok(()))
             }
         };
         self.settle(r)

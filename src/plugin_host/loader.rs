@@ -18,10 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, ComponentExportIndex};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 
 use super::HostCore;
-use super::bindings::wit;
 use super::call::EntryKind;
 use super::instance::Instance;
 use super::kv::{KvScope, MemoryKv};
@@ -30,20 +29,102 @@ use super::limits::{CallLimits, MAX_PLUGIN_FILE_BYTES};
 /// Quiet period after the last file event before the directory is rescanned.
 pub(crate) const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Name of the optional lifecycle interface export.
-const LIFECYCLE_EXPORT: &str = "wsprism:plugin/lifecycle@0.2.0";
+/// Which plugin world a component was built for (`wit/wsprism-plugin.wit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum World {
+    /// `plugin` / `plugin-with-hooks`: exports `handle` (and `hooks`); reads
+    /// the session through the imported `session` interface.
+    Plugin,
+    /// `ext-lane-plugin` / `ext-lane-plugin-lifecycle`: exports `on-message`
+    /// (and `lifecycle`); every entry point takes a borrowed `session`.
+    ExtLanePlugin,
+}
 
-/// Optional exports found on a component.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Lifecycle {
-    /// `lifecycle.init`.
+impl World {
+    /// The message entry point's export name.
+    pub(crate) const fn message_export(self) -> &'static str {
+        match self {
+            Self::Plugin => "handle",
+            Self::ExtLanePlugin => "on-message",
+        }
+    }
+
+    /// The optional hooks interface's export name.
+    const fn hooks_export(self) -> &'static str {
+        match self {
+            Self::Plugin => "wsprism:plugin/hooks@0.2.0",
+            Self::ExtLanePlugin => "wsprism:plugin/lifecycle@0.2.0",
+        }
+    }
+}
+
+/// The entry points found on a component; their types are checked when the
+/// smoke instance takes typed handles to them.
+#[derive(Debug, Clone)]
+pub(crate) struct Exports {
+    /// The world, by the message export found.
+    pub(crate) world: World,
+    /// `handle` or `on-message`.
+    pub(crate) message: ComponentExportIndex,
+    /// `init` of `hooks` / `lifecycle`.
     pub(crate) init: Option<ComponentExportIndex>,
-    /// `lifecycle.on-disconnect`.
+    /// `on-disconnect` of `hooks` / `lifecycle`.
     pub(crate) on_disconnect: Option<ComponentExportIndex>,
-    /// `lifecycle.on-join`.
+    /// `on-join` of `hooks` / `lifecycle`.
     pub(crate) on_join: Option<ComponentExportIndex>,
-    /// `lifecycle.on-leave`.
+    /// `on-leave` of `hooks` / `lifecycle`.
     pub(crate) on_leave: Option<ComponentExportIndex>,
+}
+
+impl Exports {
+    /// Finds the world's entry points; a component of neither world, of both,
+    /// or with the other world's hooks is refused with what it lacks.
+    fn of(component: &Component) -> Result<Self, String> {
+        let plain = component.get_export_index(None, World::Plugin.message_export());
+        let borrowed = component.get_export_index(None, World::ExtLanePlugin.message_export());
+        let (world, message) = match (plain, borrowed) {
+            (Some(i), None) => (World::Plugin, i),
+            (None, Some(i)) => (World::ExtLanePlugin, i),
+            (Some(_), Some(_)) => {
+                return Err("exports both `handle` (world plugin) and `on-message` \
+                     (world ext-lane-plugin); build it for one world"
+                    .into());
+            }
+            (None, None) => {
+                return Err("exports neither `handle` (world plugin) nor `on-message` \
+                     (world ext-lane-plugin) of wsprism:plugin@0.2.0"
+                    .into());
+            }
+        };
+        let other = match world {
+            World::Plugin => World::ExtLanePlugin,
+            World::ExtLanePlugin => World::Plugin,
+        };
+        if component
+            .get_export_index(None, other.hooks_export())
+            .is_some()
+        {
+            return Err(format!(
+                "exports `{}` with `{}`: the hooks of the other world; build it for one world",
+                other.hooks_export(),
+                world.message_export()
+            ));
+        }
+        let iface = component.get_export_index(None, world.hooks_export());
+        let hook = |name: &str| {
+            iface
+                .as_ref()
+                .and_then(|i| component.get_export_index(Some(i), name))
+        };
+        Ok(Self {
+            world,
+            message,
+            init: hook("init"),
+            on_disconnect: hook("on-disconnect"),
+            on_join: hook("on-join"),
+            on_leave: hook("on-leave"),
+        })
+    }
 }
 
 /// One compiled, linked and smoke-tested version of a plugin file.
@@ -58,20 +139,20 @@ pub(crate) struct PluginVersion {
     /// recycled on their next call.
     pub(crate) generation: u64,
     /// Linked, type-checked instantiation template.
-    pub(crate) pre: wit::ExtLanePluginPre<super::bindings::HostState>,
-    /// Optional lifecycle exports.
-    pub(crate) lifecycle: Lifecycle,
+    pub(crate) pre: InstancePre<super::bindings::HostState>,
+    /// Its entry points.
+    pub(crate) entries: Exports,
 }
 
 impl PluginVersion {
-    /// Whether this version exports `entry` (`on-message` always; a hook when
-    /// its lifecycle export was found at load time).
+    /// Whether this version exports `entry` (the message entry point always;
+    /// a hook when its export was found at load time).
     pub(crate) fn exports(&self, entry: EntryKind) -> bool {
         let hook = match entry {
             EntryKind::Message => return true,
-            EntryKind::Disconnect => &self.lifecycle.on_disconnect,
-            EntryKind::Join => &self.lifecycle.on_join,
-            EntryKind::Leave => &self.lifecycle.on_leave,
+            EntryKind::Disconnect => &self.entries.on_disconnect,
+            EntryKind::Join => &self.entries.on_join,
+            EntryKind::Leave => &self.entries.on_leave,
         };
         hook.is_some()
     }
@@ -341,7 +422,8 @@ async fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Compile → link → detect lifecycle → smoke-instantiate.
+/// Compile → link → find the entry points → smoke-instantiate (which
+/// type-checks them).
 async fn build(
     env: &Arc<HostCore>,
     name: &str,
@@ -357,24 +439,14 @@ async fn build(
         .linker
         .instantiate_pre(&component)
         .map_err(|e| format!("imports do not match wsprism:plugin@0.2.0: {e:#}"))?;
-    let pre = wit::ExtLanePluginPre::new(pre)
-        .map_err(|e| format!("exports do not match world ext-lane-plugin: {e:#}"))?;
-    let lifecycle = match component.get_export_index(None, LIFECYCLE_EXPORT) {
-        Some(iface) => Lifecycle {
-            init: component.get_export_index(Some(&iface), "init"),
-            on_disconnect: component.get_export_index(Some(&iface), "on-disconnect"),
-            on_join: component.get_export_index(Some(&iface), "on-join"),
-            on_leave: component.get_export_index(Some(&iface), "on-leave"),
-        },
-        None => Lifecycle::default(),
-    };
+    let entries = Exports::of(&component)?;
     let version = Arc::new(PluginVersion {
         name: Arc::from(name),
         sha256,
         loaded_at: rfc3339_now(),
         generation: env.registry.next_generation(),
         pre,
-        lifecycle,
+        entries,
     });
     let cfg = env.cfg.load_full();
     let limits = CallLimits::for_instantiate(&cfg, None);

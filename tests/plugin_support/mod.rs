@@ -26,7 +26,8 @@ pub fn repo() -> PathBuf {
 }
 
 /// Builds `sdk/examples` for wasm32-wasip2 (once per test binary) and returns
-/// the directory holding `echo.wasm`, `vote.wasm`, `faults.wasm`, `wrong_wit.wasm`.
+/// the directory holding `echo.wasm`, `vote.wasm`, `faults.wasm`, `wrong_wit.wasm`,
+/// `first_world.wasm`.
 pub fn guests() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -68,7 +69,7 @@ fn ensure_wasm_target() {
     }
 }
 
-/// Bytes of a built guest (`echo`, `vote`, `faults`, `wrong_wit`).
+/// Bytes of a built guest (`echo`, `vote`, `faults`, `wrong_wit`, `first_world`).
 pub fn guest(name: &str) -> Vec<u8> {
     std::fs::read(guests().join(format!("{name}.wasm"))).expect("guest wasm")
 }
@@ -374,8 +375,8 @@ fn inputs_hash(files: &[PathBuf]) -> String {
 }
 
 /// The world the JS and Python examples are built for (they export the
-/// lifecycle hooks).
-const JSPY_WORLD: &str = "ext-lane-plugin-lifecycle";
+/// hooks).
+const JSPY_WORLD: &str = "plugin-with-hooks";
 
 fn build_cached(lang: &str, file: &str, script: &str, src: PathBuf, inputs: &[PathBuf]) -> PathBuf {
     build_cached_for(JSPY_WORLD, lang, file, script, src, inputs)
@@ -462,18 +463,46 @@ pub fn counter_py() -> Option<PathBuf> {
 }
 
 /// What an SDK example's component is built from: its source, the WIT, and
-/// `sdk/<sdk>/build.sh` with the SDK's dependency list `deps`.
-fn sdk_inputs(source: PathBuf, sdk: &str, deps: &str) -> [PathBuf; 4] {
-    [
+/// `sdk/<sdk>/build.sh` with the SDK's dependency list `deps` (and, for
+/// JavaScript, the bindings rewrite in `sdk/js/lib/`).
+fn sdk_inputs(source: PathBuf, sdk: &str, deps: &str) -> Vec<PathBuf> {
+    let mut inputs = vec![
         source,
         repo().join("wit/wsprism-plugin.wit"),
         repo().join(format!("sdk/{sdk}/build.sh")),
         repo().join(format!("sdk/{sdk}/{deps}")),
-    ]
+    ];
+    if sdk == "js" {
+        for lib in ["register.mjs", "hooks.mjs", "bindings.mjs"] {
+            inputs.push(repo().join("sdk/js/lib").join(lib));
+        }
+    }
+    inputs
+}
+
+/// Builds `tests/fixtures/plugins/async_js.js` (exports that return promises
+/// for some calls, plain values for others) into its own `js-async` dir, so
+/// the other JavaScript tests do not load it; `None` when counter_js is.
+pub fn async_js() -> Option<PathBuf> {
+    static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        counter_js()?;
+        let src = repo().join("tests/fixtures/plugins/async_js.js");
+        let inputs = sdk_inputs(src.clone(), "js", "package.json");
+        Some(build_cached_for(
+            "plugin-with-hooks",
+            "js-async",
+            "async_js.wasm",
+            "sdk/js/build.sh",
+            src,
+            &inputs,
+        ))
+    })
+    .clone()
 }
 
 /// Builds `sdk/examples/echo-js` (the minimal JavaScript plugin of the
-/// `echo_js` bench case, world `ext-lane-plugin`) into the `js` dir, once per
+/// `echo_js` bench case, world `plugin`) into the `js` dir, once per
 /// test binary and only when its inputs changed; `None` when counter_js is.
 pub fn echo_js() -> Option<PathBuf> {
     static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -483,7 +512,7 @@ pub fn echo_js() -> Option<PathBuf> {
         let src = repo().join("sdk/examples/echo-js/app.js");
         let inputs = sdk_inputs(src.clone(), "js", "package.json");
         Some(build_cached_for(
-            "ext-lane-plugin",
+            "plugin",
             "js",
             "echo_js.wasm",
             "sdk/js/build.sh",
@@ -503,7 +532,7 @@ pub fn echo_py() -> Option<PathBuf> {
         let src = repo().join("sdk/examples/echo-py");
         let inputs = sdk_inputs(src.join("app.py"), "python", "requirements.txt");
         Some(build_cached_for(
-            "ext-lane-plugin",
+            "plugin",
             "python",
             "echo_py.wasm",
             "sdk/python/build.sh",

@@ -6,12 +6,13 @@
 //   {"svc":"counter","type":"get","room":R}   -> the sender gets the same payload
 //   joining a room named `closed-*` is refused (ROOM_CLOSED) by the on-join hook
 //
-// Built with sdk/js/build.sh (componentize-js), world
-// `ext-lane-plugin-lifecycle` (it exports the `lifecycle` hooks).
+// Built with sdk/js/build.sh (componentize-js), world `plugin-with-hooks`
+// (it exports the `hooks`).
 // @ts-check
-/// <reference path="../../js/types/ext-lane-plugin-lifecycle.d.ts" />
+/// <reference path="../../js/types/plugin-with-hooks.d.ts" />
 import { reply, publish } from 'wsprism:plugin/realtime@0.2.0';
 import { get, incr } from 'wsprism:plugin/kv@0.2.0';
+import * as session from 'wsprism:plugin/session@0.2.0';
 
 /**
  * @param {string} code
@@ -28,11 +29,8 @@ function key(room) {
   return `count:${room}`;
 }
 
-/**
- * @param {import('wsprism:plugin/types@0.2.0').Session} session
- * @param {import('wsprism:plugin/types@0.2.0').Message} msg
- */
-export function onMessage(session, msg) {
+/** @param {import('wsprism:plugin/types@0.2.0').Message} msg */
+export function handle(msg) {
   const room = msg.room;
   if (room === undefined || room === null) refuse('NO_ROOM', 'counter messages need a room');
   if (!session.rooms().includes(room)) refuse('NOT_IN_ROOM', 'join the room first');
@@ -52,23 +50,16 @@ export function onMessage(session, msg) {
   }
 }
 
-// Lifecycle hooks: every function of the interface is exported; only on-join
-// does something here.
-export const lifecycle = {
+// Hooks: every function of the interface is exported; only on-join does
+// something here (the joining session is `session`, as in `handle`).
+export const hooks = {
   /** @param {string} _config */
   init(_config) {},
-  /** @param {import('wsprism:plugin/types@0.2.0').Session} _session */
-  onDisconnect(_session) {},
-  /**
-   * @param {import('wsprism:plugin/types@0.2.0').Session} _session
-   * @param {string} room
-   */
-  onJoin(_session, room) {
+  onDisconnect() {},
+  /** @param {string} room */
+  onJoin(room) {
     if (room.startsWith('closed-')) refuse('ROOM_CLOSED', `${room} is closed`);
   },
-  /**
-   * @param {import('wsprism:plugin/types@0.2.0').Session} _session
-   * @param {string} _room
-   */
-  onLeave(_session, _room) {},
+  /** @param {string} _room */
+  onLeave(_room) {},
 };

@@ -6,8 +6,8 @@
   {"svc":"counter","type":"get","room":R}   -> the sender gets the same payload
   joining a room named `closed-*` is refused (ROOM_CLOSED) by the on-join hook
 
-Built with sdk/python/build.sh (componentize-py), world
-`ext-lane-plugin-lifecycle` (it exports the `lifecycle` hooks).
+Built with sdk/python/build.sh (componentize-py), world `plugin-with-hooks`
+(it exports the `hooks`).
 """
 
 import json
@@ -15,8 +15,8 @@ import json
 import wit_world
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import kv, realtime
-from wit_world.imports.types import Message, Qos, Refusal, Session
+from wit_world.imports import kv, realtime, session
+from wit_world.imports.types import Message, Qos, Refusal
 
 
 def refuse(code: str, message: str) -> Err:
@@ -29,7 +29,7 @@ def key(room: str) -> str:
 
 
 class WitWorld(wit_world.WitWorld):
-    def on_message(self, session: Session, msg: Message) -> None:
+    def handle(self, msg: Message) -> None:
         room = msg.room
         if room is None:
             raise refuse("NO_ROOM", "counter messages need a room")
@@ -46,19 +46,19 @@ class WitWorld(wit_world.WitWorld):
             raise refuse("UNKNOWN_TYPE", f"unknown type {msg.type}")
 
 
-class Lifecycle(exports.Lifecycle):
-    """Lifecycle hooks: every function of the interface is defined; only
-    on_join does something here."""
+class Hooks(exports.Hooks):
+    """Hooks: every function of the interface is defined; only on_join does
+    something here (the joining session is `session`, as in `handle`)."""
 
     def init(self, config: str) -> None:
         pass
 
-    def on_disconnect(self, session: Session) -> None:
+    def on_disconnect(self) -> None:
         pass
 
-    def on_join(self, session: Session, room: str) -> None:
+    def on_join(self, room: str) -> None:
         if room.startswith("closed-"):
             raise refuse("ROOM_CLOSED", f"{room} is closed")
 
-    def on_leave(self, session: Session, room: str) -> None:
+    def on_leave(self, room: str) -> None:
         pass

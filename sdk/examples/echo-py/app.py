@@ -4,14 +4,14 @@
 
 `scripts/bench.sh` (cases `echo_js`, `echo_py`) measures what a Python plugin
 adds per message with it; sdk/examples/echo-js is the same in JavaScript.
-Built with sdk/python/build.sh (componentize-py), world `ext-lane-plugin`.
+Built with sdk/python/build.sh (componentize-py), world `plugin`.
 """
 
 import wit_world
 from wit_world.imports import realtime
-from wit_world.imports.types import Message, Session
+from wit_world.imports.types import Message
 
 
 class WitWorld(wit_world.WitWorld):
-    def on_message(self, session: Session, msg: Message) -> None:
+    def handle(self, msg: Message) -> None:
         realtime.reply(msg.type, msg.data)

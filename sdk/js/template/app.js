@@ -3,15 +3,13 @@
 // Types: sdk/js/types/ (generated from wit/); editors and `tsc --checkJs`
 // pick them up through the reference below.
 // @ts-check
-/// <reference path="../types/ext-lane-plugin.d.ts" />
+/// <reference path="../types/plugin.d.ts" />
 import { reply } from 'wsprism:plugin/realtime@0.2.0';
 import { log } from 'wsprism:plugin/log@0.2.0';
+import * as session from 'wsprism:plugin/session@0.2.0';
 
-/**
- * @param {import('wsprism:plugin/types@0.2.0').Session} session
- * @param {import('wsprism:plugin/types@0.2.0').Message} msg
- */
-export function onMessage(session, msg) {
+/** @param {import('wsprism:plugin/types@0.2.0').Message} msg */
+export function handle(msg) {
   const data = JSON.parse(msg.data);
   if (msg.type === 'ping') {
     reply('pong', JSON.stringify({ user: session.user(), data }));

@@ -6,12 +6,12 @@ import json
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import log, realtime
-from wit_world.imports.types import Message, Refusal, Session
+from wit_world.imports import log, realtime, session
+from wit_world.imports.types import Message, Refusal
 
 
 class WitWorld(wit_world.WitWorld):
-    def on_message(self, session: Session, msg: Message) -> None:
+    def handle(self, msg: Message) -> None:
         data = json.loads(msg.data)
         if msg.type == "ping":
             realtime.reply("pong", json.dumps({"user": session.user(), "data": data}))

@@ -3,7 +3,7 @@
 //! A plugin is a WebAssembly component the gateway loads from its plugin
 //! directory; clients reach it through a tenant route (`svc` -> plugin). This
 //! crate wraps the bindings generated from `wit/wsprism-plugin.wit` (world
-//! `ext-lane-plugin-lifecycle`) in a small Rust API:
+//! `plugin-with-hooks`) in a small Rust API:
 //!
 //! - implement [`Plugin`] (only `on_message` is required) and call
 //!   [`export_plugin!`] once;
@@ -45,7 +45,7 @@ use serde::de::DeserializeOwned;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "ext-lane-plugin-lifecycle",
+        world: "plugin-with-hooks",
         pub_export_macro: true,
         export_macro_name: "__wsprism_export_world",
         default_bindings_module: "::wsprism_plugin::bindings",
@@ -64,9 +64,40 @@ use bindings::wsprism::plugin::{backend as backend_host, kv as kv_host, log as l
 use testing::host::{backend as backend_host, kv as kv_host, log as log_host, realtime as realtime_host};
 
 pub use bindings::wsprism::plugin::types::{HostError, Message, Qos, Refusal};
-/// The session a call is about (see the WIT `session` resource).
+/// The session a call is about: the sender in `on_message`, the closed
+/// session in `on_disconnect`. Each accessor is one call of the WIT `session`
+/// interface, so read what you need once.
 #[cfg(target_arch = "wasm32")]
-pub use bindings::wsprism::plugin::types::Session;
+#[derive(Debug)]
+pub struct Session {
+    _private: (),
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Session {
+    #[doc(hidden)]
+    pub const CURRENT: Self = Self { _private: () };
+
+    /// Tenant id (the instance only ever sees one).
+    pub fn tenant(&self) -> String {
+        bindings::wsprism::plugin::session::tenant()
+    }
+
+    /// Authenticated user id.
+    pub fn user(&self) -> String {
+        bindings::wsprism::plugin::session::user()
+    }
+
+    /// Session id (clients see it as 16 lowercase hex digits).
+    pub fn sid(&self) -> u64 {
+        bindings::wsprism::plugin::session::sid()
+    }
+
+    /// Rooms joined, in join order (empty in `on_disconnect`).
+    pub fn rooms(&self) -> Vec<String> {
+        bindings::wsprism::plugin::session::rooms()
+    }
+}
 /// The session a call is about: natively, the [`testing`] host's fake one.
 #[cfg(not(target_arch = "wasm32"))]
 pub use testing::Session;
@@ -123,34 +154,28 @@ macro_rules! export_plugin {
             struct WsprismExport;
 
             impl $crate::bindings::Guest for WsprismExport {
-                fn on_message(
-                    session: &$crate::Session,
-                    msg: $crate::Message,
-                ) -> ::core::result::Result<(), $crate::Refusal> {
-                    <$plugin as $crate::Plugin>::on_message(session, msg)
+                fn handle(msg: $crate::Message) -> ::core::result::Result<(), $crate::Refusal> {
+                    <$plugin as $crate::Plugin>::on_message(&$crate::Session::CURRENT, msg)
                 }
             }
 
-            impl $crate::bindings::exports::wsprism::plugin::lifecycle::Guest for WsprismExport {
+            impl $crate::bindings::exports::wsprism::plugin::hooks::Guest for WsprismExport {
                 fn init(
                     config: ::std::string::String,
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     <$plugin as $crate::Plugin>::init(config)
                 }
 
-                fn on_disconnect(session: &$crate::Session) {
-                    <$plugin as $crate::Plugin>::on_disconnect(session)
+                fn on_disconnect() {
+                    <$plugin as $crate::Plugin>::on_disconnect(&$crate::Session::CURRENT)
                 }
 
-                fn on_join(
-                    session: &$crate::Session,
-                    room: ::std::string::String,
-                ) -> ::core::result::Result<(), $crate::Refusal> {
-                    <$plugin as $crate::Plugin>::on_join(session, room)
+                fn on_join(room: ::std::string::String) -> ::core::result::Result<(), $crate::Refusal> {
+                    <$plugin as $crate::Plugin>::on_join(&$crate::Session::CURRENT, room)
                 }
 
-                fn on_leave(session: &$crate::Session, room: ::std::string::String) {
-                    <$plugin as $crate::Plugin>::on_leave(session, room)
+                fn on_leave(room: ::std::string::String) {
+                    <$plugin as $crate::Plugin>::on_leave(&$crate::Session::CURRENT, room)
                 }
             }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds {{name}}.wasm (a WebAssembly component) from src/app.py with
-# componentize-py, in this folder.
+# componentize-py, in this folder, for world `{{world}}` of wit/wsprism-plugin.wit
+# (for the hooks, build for world plugin-with-hooks: see README.md).
 #
 #   ./build.sh
 #
