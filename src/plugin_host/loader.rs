@@ -529,6 +529,53 @@ pub(crate) fn watch(env: &Arc<HostCore>) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A component exporting a no-op function under each of `funcs` and an
+    /// instance of the same function as `init` / `on-join` under each of
+    /// `ifaces`: only the names matter to [`Exports::of`].
+    fn component(funcs: &[&str], ifaces: &[&str]) -> Component {
+        let mut wat = String::from(
+            r#"(component
+                 (core module $m (func (export "f")))
+                 (core instance $i (instantiate $m))
+                 (func $f (canon lift (core func $i "f")))
+                 (instance $hooks (export "init" (func $f)) (export "on-join" (func $f)))"#,
+        );
+        for f in funcs {
+            wat.push_str(&format!(r#" (export "{f}" (func $f))"#));
+        }
+        for i in ifaces {
+            wat.push_str(&format!(r#" (export "{i}" (instance $hooks))"#));
+        }
+        wat.push(')');
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&config).expect("engine");
+        Component::new(&engine, wat).expect("component")
+    }
+
+    #[test]
+    fn the_world_is_told_by_the_message_export_and_mixtures_are_refused() {
+        const HOOKS: &str = "wsprism:plugin/hooks@0.2.0";
+        const LIFECYCLE: &str = "wsprism:plugin/lifecycle@0.2.0";
+        let e = Exports::of(&component(&["handle"], &[HOOKS])).expect("world plugin");
+        assert_eq!(e.world, World::Plugin);
+        assert!(e.init.is_some() && e.on_join.is_some());
+        assert!(e.on_disconnect.is_none() && e.on_leave.is_none());
+        let e = Exports::of(&component(&["on-message"], &[LIFECYCLE])).expect("first world");
+        assert_eq!(e.world, World::ExtLanePlugin);
+        assert!(e.init.is_some() && e.on_join.is_some());
+        let e = Exports::of(&component(&["handle"], &[])).expect("no hooks");
+        assert!(e.init.is_none() && e.on_join.is_none());
+
+        let err = |funcs: &[&str], ifaces: &[&str]| {
+            Exports::of(&component(funcs, ifaces)).expect_err("refused")
+        };
+        assert!(err(&["handle", "on-message"], &[]).contains("exports both"));
+        assert!(err(&["ping"], &[HOOKS]).contains("exports neither"));
+        assert!(err(&["handle"], &[LIFECYCLE]).contains("hooks of the other world"));
+        assert!(err(&["on-message"], &[HOOKS]).contains("hooks of the other world"));
+    }
+
     #[test]
     fn names_are_safe_file_stems() {
         assert_eq!(plugin_name(Path::new("/p/echo.wasm")), Some("echo".into()));
