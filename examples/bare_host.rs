@@ -167,6 +167,10 @@ enum MessageCall {
 impl Bench {
     fn new(path: &str, epoch: bool) -> wasmtime::Result<Self> {
         let mut config = Config::new();
+        // `BARE_HOST_PERFMAP=1`: guest functions named in /tmp/perf-<pid>.map.
+        if std::env::var_os("BARE_HOST_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         config.wasm_component_model(true);
         config.epoch_interruption(epoch);
         let engine = Engine::new(&config)?;
