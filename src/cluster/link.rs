@@ -97,7 +97,8 @@ pub(super) async fn call<T>(
 /// Sends queued publications over the bus connection, a batch per round
 /// trip. While the bus link is down (or a batch fails) the batch is dropped
 /// (counted as errors; local delivery already happened) and the rooms it was
-/// for get `Resync` as soon as the link is back.
+/// for get `Resync` with the next batch once the link is back, or at the
+/// latest a [`BUS_PING`] later.
 pub(super) async fn publisher(
     node: Arc<Node>,
     mut rx: mpsc::Receiver<Outgoing>,

@@ -141,28 +141,37 @@ fn typed<P, R, BP, BR>(
     instance: &wasmtime::component::Instance,
     store: &mut Store<HostState>,
     world: World,
-    idx: Option<&ComponentExportIndex>,
+    idx: &ComponentExportIndex,
     what: &str,
-) -> Result<Option<Typed<P, R, BP, BR>>, PluginError>
+) -> Result<Typed<P, R, BP, BR>, PluginError>
 where
     P: ComponentNamedList + Lower + Send + Sync + 'static,
     R: ComponentNamedList + Lift + Send + Sync + 'static,
     BP: ComponentNamedList + Lower + Send + Sync + 'static,
     BR: ComponentNamedList + Lift + Send + Sync + 'static,
 {
-    let Some(idx) = idx else {
-        return Ok(None);
-    };
-    let f = match world {
+    match world {
         World::Plugin => instance
             .get_typed_func(&mut *store, idx)
             .map(Entrypoint::Plain),
         World::ExtLanePlugin => instance
             .get_typed_func(&mut *store, idx)
             .map(Entrypoint::Borrowed),
+    }
+    .map_err(|e| PluginError::Trap(format!("{what} export: {e}")))
+}
+
+/// Calls entry point `$f` of either world with `$args`; a first-world
+/// component gets the borrowed session handle in front of them.
+macro_rules! call_entry {
+    ($f:expr, $store:expr, ($($arg:expr),*)) => {
+        match $f {
+            Entrypoint::Plain(f) => f.call_async($store, ($($arg,)*)).await,
+            Entrypoint::Borrowed(f) => {
+                f.call_async($store, (SessionHandle::lend(), $($arg,)*)).await
+            }
+        }
     };
-    f.map(Some)
-        .map_err(|e| PluginError::Trap(format!("{what} export: {e}")))
 }
 
 impl Instance {
@@ -235,10 +244,9 @@ impl Instance {
             &instance,
             &mut store,
             world,
-            Some(&entries.message),
+            &entries.message,
             world.message_export(),
-        )?
-        .ok_or_else(|| PluginError::Trap("no message export".into()))?;
+        )?;
         if let Some(idx) = &entries.init {
             let init = instance
                 .get_typed_func::<(&str,), (Result<(), String>,)>(&mut store, idx)
@@ -257,27 +265,15 @@ impl Instance {
             }
         }
         store.data().output.end_call();
-        let on_disconnect = typed(
-            &instance,
-            &mut store,
-            world,
-            entries.on_disconnect.as_ref(),
-            "on-disconnect",
-        )?;
-        let on_join = typed(
-            &instance,
-            &mut store,
-            world,
-            entries.on_join.as_ref(),
-            "on-join",
-        )?;
-        let on_leave = typed(
-            &instance,
-            &mut store,
-            world,
-            entries.on_leave.as_ref(),
-            "on-leave",
-        )?;
+        let on_disconnect = (entries.on_disconnect.as_ref())
+            .map(|i| typed(&instance, &mut store, world, i, "on-disconnect"))
+            .transpose()?;
+        let on_join = (entries.on_join.as_ref())
+            .map(|i| typed(&instance, &mut store, world, i, "on-join"))
+            .transpose()?;
+        let on_leave = (entries.on_leave.as_ref())
+            .map(|i| typed(&instance, &mut store, world, i, "on-leave"))
+            .transpose()?;
         Ok(Self {
             version,
             store,
@@ -369,54 +365,28 @@ impl Instance {
                     seq,
                     data: String::from(Box::<str>::from(data)),
                 };
-                let store = &mut self.store;
-                match self.on_message {
-                    Entrypoint::Plain(f) => f.call_async(store, (msg,)).await,
-                    Entrypoint::Borrowed(f) => {
-                        f.call_async(store, (SessionHandle::lend(), msg)).await
-                    }
-                }
-                .map(|(r,)| r)
+                call_entry!(self.on_message, &mut self.store, (msg)).map(|(r,)| r)
             }
             Entry::Disconnect => {
                 let Some(f) = self.on_disconnect else {
                     return kind.absent(&plugin);
                 };
                 self.begin(ctx, limits, deadline);
-                let store = &mut self.store;
-                match f {
-                    Entrypoint::Plain(f) => f.call_async(store, ()).await,
-                    Entrypoint::Borrowed(f) => f.call_async(store, (SessionHandle::lend(),)).await,
-                }
-                .map(|()| Ok(()))
+                call_entry!(f, &mut self.store, ()).map(|()| Ok(()))
             }
             Entry::Join { room } => {
                 let Some(f) = self.on_join else {
                     return kind.absent(&plugin);
                 };
                 self.begin(ctx, limits, deadline);
-                let store = &mut self.store;
-                match f {
-                    Entrypoint::Plain(f) => f.call_async(store, (room,)).await,
-                    Entrypoint::Borrowed(f) => {
-                        f.call_async(store, (SessionHandle::lend(), room)).await
-                    }
-                }
-                .map(|(r,)| r)
+                call_entry!(f, &mut self.store, (room)).map(|(r,)| r)
             }
             Entry::Leave { room } => {
                 let Some(f) = self.on_leave else {
                     return kind.absent(&plugin);
                 };
                 self.begin(ctx, limits, deadline);
-                let store = &mut self.store;
-                match f {
-                    Entrypoint::Plain(f) => f.call_async(store, (room,)).await,
-                    Entrypoint::Borrowed(f) => {
-                        f.call_async(store, (SessionHandle::lend(), room)).await
-                    }
-                }
-                .map(|()| Ok(()))
+                call_entry!(f, &mut self.store, (room)).map(|()| Ok(()))
             }
         };
         self.settle(r)

@@ -49,6 +49,14 @@ impl World {
         }
     }
 
+    /// The world a component of this one must not mix in.
+    const fn other(self) -> Self {
+        match self {
+            Self::Plugin => Self::ExtLanePlugin,
+            Self::ExtLanePlugin => Self::Plugin,
+        }
+    }
+
     /// The optional hooks interface's export name.
     const fn hooks_export(self) -> &'static str {
         match self {
@@ -96,10 +104,7 @@ impl Exports {
                     .into());
             }
         };
-        let other = match world {
-            World::Plugin => World::ExtLanePlugin,
-            World::ExtLanePlugin => World::Plugin,
-        };
+        let other = world.other();
         if component
             .get_export_index(None, other.hooks_export())
             .is_some()
