@@ -27,7 +27,8 @@ pub(crate) const MAX_PUBLISHED_BYTES_PER_CALL: usize = 1024 * 1024;
 /// stays under it. A Python instance costs milliseconds to replace
 /// (instantiation, then faulting its heap back in): at 10,000 calls,
 /// recycling added ~0.4 µs per message to the Python echo bench; at a million
-/// it is amortised to nothing (at 60,000 calls/s, once every 15 s per lane).
+/// it is amortised to nothing (60,000 calls/s over two lanes recycle each
+/// lane about every half minute).
 pub(crate) const MAX_CALLS_PER_INSTANCE: u64 = 1_000_000;
 
 /// An instance whose linear memory grew past this share (percent) of
