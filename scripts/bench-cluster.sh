@@ -16,7 +16,9 @@
 # wsprism-bench with --pid naming all of them), and Redis PUBLISH
 # calls per publication (INFO commandstats, less the one announcement per
 # join and per session close). Knobs: RUNS=3 DURATION=5 RATE=50 ROOMS=10 MEMBERS=100
-# LANES="chat hot" SKIP_BUILD=0 REDIS_PORT=16390.
+# LANES="chat hot" SKIP_BUILD=0 REDIS_PORT=16390 AWAKE=0 (AWAKE=1: every CPU
+# held out of its idle state through /dev/cpu_dma_latency, root; a tuned run,
+# as in scripts/bench.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,12 +30,19 @@ MEMBERS=${MEMBERS:-100}
 LANES=${LANES:-chat hot}
 SKIP_BUILD=${SKIP_BUILD:-0}
 REDIS_PORT=${REDIS_PORT:-16390}
+AWAKE=${AWAKE:-0}
 
 command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install -y redis-server)" >&2; exit 1; }
 if [ "$SKIP_BUILD" != 1 ]; then
   cargo build --release -p wsprism -p wsprism-bench
 fi
 BIN=${CARGO_TARGET_DIR:-target}/release
+if [ "$AWAKE" = 1 ]; then
+  # In force while the file is open (until the script exits).
+  exec {AWAKE_FD}>/dev/cpu_dma_latency || { echo "AWAKE=1 needs write access to /dev/cpu_dma_latency (root)" >&2; exit 1; }
+  printf '\0\0\0\0' >&"$AWAKE_FD"
+  echo "== CPUs held out of idle states (AWAKE=1): a tuned run, not as shipped"
+fi
 ulimit -n 65536 2>/dev/null || true
 
 WORK=$(mktemp -d)
