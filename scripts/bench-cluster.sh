@@ -38,9 +38,8 @@ if [ "$SKIP_BUILD" != 1 ]; then
 fi
 BIN=${CARGO_TARGET_DIR:-target}/release
 if [ "$AWAKE" = 1 ]; then
-  # In force while the file is open (until the script exits).
-  exec {AWAKE_FD}>/dev/cpu_dma_latency || { echo "AWAKE=1 needs write access to /dev/cpu_dma_latency (root)" >&2; exit 1; }
-  printf '\0\0\0\0' >&"$AWAKE_FD"
+  . scripts/hold-cpus-awake.sh
+  hold_cpus_awake || exit 1
   echo "== CPUs held out of idle states (AWAKE=1): a tuned run, not as shipped"
 fi
 ulimit -n 65536 2>/dev/null || true

@@ -108,12 +108,8 @@ if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
 fi
 
 if [ "$AWAKE" = 1 ]; then
-  # The request stays in force while the file is open (until the script exits).
-  if ! exec {AWAKE_FD}>/dev/cpu_dma_latency 2>/dev/null; then
-    echo "AWAKE=1 needs write access to /dev/cpu_dma_latency (root)" >&2
-    exit 1
-  fi
-  printf '\0\0\0\0' >&"$AWAKE_FD"
+  . scripts/hold-cpus-awake.sh
+  hold_cpus_awake || exit 1
   UPDATE=0
 fi
 
