@@ -281,13 +281,22 @@ async fn new_js_plugin_builds_with_its_own_toolchain_and_echoes() {
     let wasm = build_cached(&project, "echo_js", "js");
     // build.sh ran componentize-js with lib/register.mjs: the component's
     // bindings (SpiderMonkey keeps the source text of the scripts it ran)
-    // call `handle` through the SDK's rewrite, not with a bare `await`.
+    // call `handle` through the SDK's rewrite (a plain wrapper that hands
+    // only a promise to an async continuation, inside one enclosing
+    // function), not with a bare `await`.
     let bytes = std::fs::read(&wasm).expect("read the build");
-    assert!(
-        contains(&bytes, b"const $wsprismRet1 = handle("),
-        "{}: the bindings were not rewritten (is lib/register.mjs loaded by build.sh?)",
-        wasm.display()
-    );
+    for marker in [
+        &b"const $wsprismRet1 = handle("[..],
+        b"return export_handle$wsprismAsync($wsprismRet1, ",
+        b"globalThis.export_handle = export_handle;",
+    ] {
+        assert!(
+            contains(&bytes, marker),
+            "{}: the bindings were not rewritten (is lib/register.mjs loaded by build.sh?): no {:?}",
+            wasm.display(),
+            String::from_utf8_lossy(marker)
+        );
+    }
     assert_echoes("js", "echo_js", &wasm).await;
 }
 

@@ -167,8 +167,23 @@ async fn javascript_and_python_echo_examples() {
         assert_eq!(st.state, "serving", "{st:?}");
         let t = Tenant::new("acme");
         let s = t.session(7, "u7", &["r1"]);
+        // ASCII, and UTF-8 of 2, 3 and 4 bytes at the start, middle and
+        // end: the JavaScript SDK encodes strings for the host in an
+        // ASCII-sized buffer first and grows it when they are not ASCII.
+        let pads = [
+            "",
+            "plain",
+            "ü..",
+            "..€",
+            "漢字かな",
+            "a😀",
+            "😀",
+            "é",
+            "x\u{7ff}\u{800}\u{ffff}",
+        ];
         for n in 0..50 {
-            let data = format!(r#"{{"n":{n},"pad":"ü.."}}"#);
+            let pad = pads[n % pads.len()];
+            let data = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
             let effects = h
                 .host
                 .call(t.call(&s, plugin, "echo", Some("r1"), &data))
@@ -255,6 +270,85 @@ async fn javascript_exports_may_return_promises() {
     // Nine messages, the three refusals the only failures.
     let st = h.host.status("acme", "async_js");
     assert_eq!((st.calls, st.errors), (9, 3), "{st:?}");
+}
+
+/// A JavaScript plugin of the first world (`ext-lane-plugin-lifecycle`, every
+/// entry point with a borrowed `session`) still builds with the SDK's
+/// rewritten bindings and runs every entry point, each handle answering for
+/// the call's session; its `init` (made synchronous by the rewrite) ran, or
+/// the plugin would not be serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_first_world_plugins_still_run_every_entry_point() {
+    if first_world_js().is_none() {
+        return;
+    }
+    let h = start(&host_cfg("js-first")).await;
+    let st = h.host.status("acme", "first_world_js");
+    assert_eq!(st.state, "serving", "{st:?}");
+    let t = Tenant::new("acme");
+    let s = t.session(0x2a, "alice", &["lobby", "arena"]);
+    let json = |data: &str| serde_json::from_str::<serde_json::Value>(data).expect("json");
+    let plugin = "first_world_js";
+    for round in 0..2 {
+        let effects = h
+            .host
+            .call(t.call(&s, plugin, "hello", None, "null"))
+            .await
+            .expect("on-message");
+        match effects.as_slice() {
+            [Effect::Reply { ty, data }] => {
+                assert_eq!(ty, "whoami");
+                assert_eq!(
+                    json(data.get()),
+                    serde_json::json!({"tenant": "acme", "user": "alice", "sid": 42,
+                        "rooms": ["lobby", "arena"], "type": "hello"}),
+                    "round {round}"
+                );
+            }
+            other => panic!("round {round}: expected one reply, got {other:?}"),
+        }
+        let effects = h
+            .host
+            .run(t.room_hook(true, &s, plugin, "hall"))
+            .await
+            .expect("on-join");
+        assert!(
+            matches!(effects.as_slice(), [Effect::Reply { ty, data }]
+                if ty == "welcome" && json(data.get())["user"] == "alice"),
+            "round {round}: {effects:?}"
+        );
+        let e = h
+            .host
+            .run(t.room_hook(true, &s, plugin, "vip-1"))
+            .await
+            .expect_err("refused after an await");
+        assert!(
+            matches!(&e, PluginError::Refused { code, .. } if code == "VIP_ONLY"),
+            "round {round}: {e:?}"
+        );
+        let effects = h
+            .host
+            .run(t.room_hook(false, &s, plugin, "arena"))
+            .await
+            .expect("on-leave");
+        assert!(
+            matches!(effects.as_slice(), [Effect::Publish { room, ty, data, .. }]
+                if room == "arena" && ty == "bye" && json(data.get())["sid"] == 42),
+            "round {round}: {effects:?}"
+        );
+    }
+    let effects = h
+        .host
+        .call(t.closed(&s, plugin))
+        .await
+        .expect("on-disconnect");
+    assert!(
+        matches!(effects.as_slice(), [Effect::Publish { room, ty, data, .. }]
+            if room == "lobby" && ty == "left" && json(data.get())["rooms"] == serde_json::json!([])),
+        "{effects:?}"
+    );
+    let st = h.host.status("acme", plugin);
+    assert_eq!((st.calls, st.errors), (2, 0), "{st:?}");
 }
 
 /// Rough warm per-call cost of the JS and Python counters and of the minimal

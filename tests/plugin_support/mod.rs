@@ -501,6 +501,27 @@ pub fn async_js() -> Option<PathBuf> {
     .clone()
 }
 
+/// Builds `tests/fixtures/plugins/first_world_js.js` (world
+/// `ext-lane-plugin-lifecycle`) into its own `js-first` dir; `None` when
+/// counter_js is.
+pub fn first_world_js() -> Option<PathBuf> {
+    static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        counter_js()?;
+        let src = repo().join("tests/fixtures/plugins/first_world_js.js");
+        let inputs = sdk_inputs(src.clone(), "js", "package.json");
+        Some(build_cached_for(
+            "ext-lane-plugin-lifecycle",
+            "js-first",
+            "first_world_js.wasm",
+            "sdk/js/build.sh",
+            src,
+            &inputs,
+        ))
+    })
+    .clone()
+}
+
 /// Builds `sdk/examples/echo-js` (the minimal JavaScript plugin of the
 /// `echo_js` bench case, world `plugin`) into the `js` dir, once per
 /// test binary and only when its inputs changed; `None` when counter_js is.

@@ -1,6 +1,6 @@
 // What a call into a JavaScript plugin costs is mostly the JS bindings that
 // componentize-js generates around each export, run by SpiderMonkey's
-// interpreter. Two of their habits cost much and do nothing for a wsPrism
+// interpreter. Their habits below cost much and do nothing for a wsPrism
 // plugin, so the SDK rewrites the generated text before it is snapshotted:
 //
 // 1. Every export wrapper `await`s the plugin's function, even when it
@@ -14,13 +14,28 @@
 //    guest's environment, which the gateway never sets. The calls are removed.
 // 3. Every string passed to the host (each argument of `reply`, `publish`,
 //    `kv.set`, ...) is measured by `_utf8AllocateAndEncode` in an interpreted
-//    loop over its characters before it is encoded. The engine's native
-//    `TextEncoder.encode` and one copy into the guest's memory give the same
-//    bytes in an allocation of the same size.
+//    loop over its characters before it is encoded. It is now encoded by the
+//    engine's native `TextEncoder.encodeInto` straight into guest memory.
+// 4. Every export wrapper is an `async function`, so even a plain return
+//    allocates a promise and an async function object per call (the engine
+//    requires a promise back). Each wrapper of the usual shape is split in
+//    two: a plain function that lifts the arguments, calls the plugin and
+//    lowers the result, returning one shared resolved promise; and, only
+//    when the plugin returned a promise, an `async` continuation that awaits
+//    it and then lowers the result exactly as the original did.
+// 5. The bindings run as a classic script, so each of the dozens of
+//    top-level names a call touches (`$memory`, `dataView`, `$dealloc`, the
+//    import functions, ...) is looked up by name in the global scope by the
+//    interpreter. The whole text is wrapped in one function, which makes them
+//    closure slots the interpreter reads directly. What the engine looks up
+//    on the global object (`bindExports` and the `export_*` wrappers) is
+//    still published there.
 //
 // Measured on `sdk/examples/echo-js` in a bare wasmtime host
 // (`examples/bare_host.rs`, with epoch interruption as in the gateway):
-// 28.0 µs -> 22.3 µs (1 and 2) -> 17.0 µs (3) per call. The rewrite is
+// 28.0 µs -> 22.3 µs (1 and 2) -> 17.0 µs (3 as first made, with `encode`);
+// then, on another day's host, 18.7-20.2 µs -> 13.5-14.2 µs (3 with
+// `encodeInto`, 4 and 5) per call; see BENCHMARKS.md. The rewrite is
 // checked against the generated text: if componentize-js (pinned in
 // package.json) ever generates something else, the build fails here rather
 // than shipping a half-rewritten wrapper.
@@ -70,18 +85,135 @@ function _utf8AllocateAndEncode(s, realloc, memory) {
   if (typeof s !== 'string') {
     throw new TypeError('expected a string, received [' + typeof s + ']');
   }
-  if (s.length === 0) { return { ptr: 1, len: 0 }; }
-  const bytes = TEXT_ENCODER_UTF8.encode(s);
-  const ptr = realloc(0, 0, 1, bytes.length);
-  new Uint8Array(memory.buffer, ptr, bytes.length).set(bytes);
-  return { ptr, len: bytes.length };
+  const units = s.length;
+  if (units === 0) { return { ptr: 1, len: 0 }; }
+  // UTF-8 takes at least one byte per UTF-16 unit, exactly one when all are
+  // ASCII: try that size first, grow to the worst case (3 per unit) if not.
+  let ptr = realloc(0, 0, 1, units);
+  const first = TEXT_ENCODER_UTF8.encodeInto(s, new Uint8Array(memory.buffer, ptr, units));
+  if (first.read === units) { return { ptr, len: first.written }; }
+  ptr = realloc(ptr, units, 1, units * 3);
+  const rest = TEXT_ENCODER_UTF8.encodeInto(
+    s.slice(first.read),
+    new Uint8Array(memory.buffer, ptr + first.written, units * 3 - first.written),
+  );
+  return { ptr, len: first.written + rest.written };
 }
 `);
   // The original also counted code points; nothing else may read them.
   if (out.includes('codepoints')) {
     throw new Error('wsprism: the generated bindings read code points this SDK does not provide');
   }
+  return enclose(syncExports(out));
+}
+
+const RESOLVED = '$wsprismResolved';
+const ASYNC = '$wsprismAsync';
+
+/**
+ * Step 4: each `async function export_*` of the shape componentize-js
+ * generates becomes a plain function plus an async continuation used only
+ * when the plugin returns a promise. Wrappers of any other shape stay as
+ * they are (correct, just slower).
+ * @param {string} js bindings after steps 1-3
+ * @returns {string}
+ */
+function syncExports(js) {
+  let converted = 0;
+  const out = js.replace(
+    /\nasync function (export_[\w$]+)\(([^)]*)\) \{\n([^]*?)\n\}\n/g,
+    (whole, name, params, body) => {
+      const pair = splitExport(name, params, body);
+      if (pair === null) {
+        return whole;
+      }
+      converted += 1;
+      return pair;
+    },
+  );
+  // `handle` (world `plugin`) has no borrow to drop after the call, so its
+  // wrapper must convert; the first world's `on-message` (a `finally` drops
+  // the borrowed session) keeps its async wrapper.
+  if (converted === 0 || /\nasync function export_handle\(/.test(out)) {
+    throw new Error(
+      `wsprism: the export wrappers do not have the shape this SDK makes synchronous (${converted} converted)`,
+    );
+  }
   return out;
+}
+
+/**
+ * @param {string} name export wrapper, e.g. `export_handle`
+ * @param {string} params its parameters, e.g. `arg0, arg1`
+ * @param {string} body its text between the braces
+ * @returns {string | null} the plain function and its continuation, or null
+ *   when the wrapper is not of the known shape
+ */
+function splitExport(name, params, body) {
+  // The arguments are lifted first (strings decoded and freed), then
+  // `let ret;`, then the call and the lowering of its result.
+  const split = body.match(/^  let ret;\n/m);
+  if (split === null) {
+    return null;
+  }
+  const lift = body.slice(0, split.index);
+  const tail = body.slice(split.index + split[0].length);
+  // Step 1 made the call `const $wsprismRetN = f(...);` followed at once by
+  // `<lhs>(<is a promise>) ? await $wsprismRetN : $wsprismRetN;`.
+  const waits = [...tail.matchAll(
+    /^(.*?)\((\$wsprismRet\d+) !== null && typeof \2 === 'object' && typeof \2\.then === 'function'\) \? await \2 : \2;\n/gm,
+  )];
+  if (waits.length !== 1) {
+    return null;
+  }
+  const [wait, lhs, value] = waits[0];
+  const waitAt = waits[0].index;
+  const callStart = tail.indexOf(`const ${value} = `);
+  if (callStart < 0 || callStart > waitAt || !tail.slice(0, waitAt).endsWith(';\n')) {
+    return null;
+  }
+  const call = tail.slice(callStart, waitAt);
+  // A `finally` would run before an awaited promise settles once the plain
+  // function returns early; the only `return` must be the last statement.
+  if (/\bfinally\b/.test(tail) || (body.match(/\breturn\b/g) ?? []).length !== 1 || !/\n  return;$/.test(body)) {
+    return null;
+  }
+  const lowerAsync = tail.replace(call, () => `const ${value} = $wsprismPending;\n`);
+  // The continuation has the parameters but none of the lifted locals.
+  for (const [, local] of lift.matchAll(/\b(?:var|let|const) ([\w$]+)/g)) {
+    const escaped = local.replace(/\$/g, '\\$');
+    if (new RegExp(`(?<![\\w$])${escaped}(?![\\w$])`).test(lowerAsync)) {
+      return null;
+    }
+  }
+  const rest = params.trim() === '' ? '' : `, ${params}`;
+  const isPromise = wait.slice(lhs.length, wait.indexOf(' ? await '));
+  const lowerSync = tail
+    .replace(wait, () => `if (${isPromise}) return ${name}${ASYNC}(${value}${rest});\n${lhs}${value};\n`)
+    .replace(/\n  return;$/, () => `\n  return ${RESOLVED};`);
+  // An async function turns a throw into a rejected promise; so does this.
+  return (
+    `\nfunction ${name}(${params}) {\ntry {\n${lift}  let ret;\n${lowerSync}\n} catch (e) {\n  return Promise.reject(e);\n}\n}\n` +
+    `\nasync function ${name}${ASYNC}($wsprismPending${rest}) {\n  let ret;\n${lowerAsync}\n}\n`
+  );
+}
+
+/**
+ * Step 5: the whole text inside one function. What the engine looks up on
+ * the global object afterwards (`bindExports`, then the `export_*`
+ * wrappers) is published there, as the script's function declarations were.
+ * @param {string} js
+ * @returns {string}
+ */
+function enclose(js) {
+  const names = [...js.matchAll(/^[ \t]*(?:async )?function (bindExports|export_[\w$]+)\(/gm)]
+    .map((m) => m[1])
+    .filter((n) => !n.endsWith(ASYNC));
+  if (!names.includes('bindExports') || names.length < 2) {
+    throw new Error('wsprism: the generated bindings have no bindExports function or no exports');
+  }
+  const publish = names.map((n) => `globalThis.${n} = ${n};`).join('\n');
+  return `(function () {\nconst ${RESOLVED} = Promise.resolve();\n${js}\n${publish}\n})();\n`;
 }
 
 export async function writeFile(path, data, ...rest) {
