@@ -480,23 +480,36 @@ fn sdk_inputs(source: PathBuf, sdk: &str, deps: &str) -> Vec<PathBuf> {
     inputs
 }
 
+/// Builds the JavaScript `source` (relative to the repository) for `world`
+/// into `target/.../<dir>/<file>` once its inputs changed; `None` when the
+/// JavaScript SDK cannot be built here (see [`counter_js`], which also
+/// checks for the tools and installs the SDK's npm packages).
+fn js_component(world: &str, dir: &str, file: &str, source: &str) -> Option<PathBuf> {
+    counter_js()?;
+    let src = repo().join(source);
+    let inputs = sdk_inputs(src.clone(), "js", "package.json");
+    Some(build_cached_for(
+        world,
+        dir,
+        file,
+        "sdk/js/build.sh",
+        src,
+        &inputs,
+    ))
+}
+
 /// Builds `tests/fixtures/plugins/async_js.js` (exports that return promises
 /// for some calls, plain values for others) into its own `js-async` dir, so
 /// the other JavaScript tests do not load it; `None` when counter_js is.
 pub fn async_js() -> Option<PathBuf> {
     static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
     OUT.get_or_init(|| {
-        counter_js()?;
-        let src = repo().join("tests/fixtures/plugins/async_js.js");
-        let inputs = sdk_inputs(src.clone(), "js", "package.json");
-        Some(build_cached_for(
+        js_component(
             "plugin-with-hooks",
             "js-async",
             "async_js.wasm",
-            "sdk/js/build.sh",
-            src,
-            &inputs,
-        ))
+            "tests/fixtures/plugins/async_js.js",
+        )
     })
     .clone()
 }
@@ -507,17 +520,12 @@ pub fn async_js() -> Option<PathBuf> {
 pub fn first_world_js() -> Option<PathBuf> {
     static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
     OUT.get_or_init(|| {
-        counter_js()?;
-        let src = repo().join("tests/fixtures/plugins/first_world_js.js");
-        let inputs = sdk_inputs(src.clone(), "js", "package.json");
-        Some(build_cached_for(
+        js_component(
             "ext-lane-plugin-lifecycle",
             "js-first",
             "first_world_js.wasm",
-            "sdk/js/build.sh",
-            src,
-            &inputs,
-        ))
+            "tests/fixtures/plugins/first_world_js.js",
+        )
     })
     .clone()
 }
@@ -528,18 +536,12 @@ pub fn first_world_js() -> Option<PathBuf> {
 pub fn echo_js() -> Option<PathBuf> {
     static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
     OUT.get_or_init(|| {
-        // Checks for the tools (and installs the SDK's npm packages).
-        counter_js()?;
-        let src = repo().join("sdk/examples/echo-js/app.js");
-        let inputs = sdk_inputs(src.clone(), "js", "package.json");
-        Some(build_cached_for(
+        js_component(
             "plugin",
             "js",
             "echo_js.wasm",
-            "sdk/js/build.sh",
-            src,
-            &inputs,
-        ))
+            "sdk/examples/echo-js/app.js",
+        )
     })
     .clone()
 }
