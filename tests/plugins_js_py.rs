@@ -91,14 +91,20 @@ fn host_cfg(lang: &str) -> wsprism::config::PluginsConfig {
     cfg
 }
 
+/// The plugin host over `target/.../<lang>` with `plugin` loaded and serving.
+async fn serving(lang: &str, plugin: &str) -> Host {
+    let h = start(&host_cfg(lang)).await;
+    let st = h.host.status("acme", plugin);
+    assert_eq!(st.state, "serving", "{st:?}");
+    h
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_counter_example() {
     let Some(_wasm) = counter_js() else {
         return;
     };
-    let h = start(&host_cfg("js")).await;
-    let st = h.host.status("acme", "counter_js");
-    assert_eq!(st.state, "serving", "{st:?}");
+    let h = serving("js", "counter_js").await;
     exercise_counter(&h, "counter_js").await;
 }
 
@@ -141,9 +147,7 @@ async fn python_counter_example() {
     let Some(_wasm) = counter_py() else {
         return;
     };
-    let h = start(&host_cfg("python")).await;
-    let st = h.host.status("acme", "counter_py");
-    assert_eq!(st.state, "serving", "{st:?}");
+    let h = serving("python", "counter_py").await;
     exercise_counter(&h, "counter_py").await;
 }
 
@@ -213,9 +217,7 @@ async fn javascript_exports_may_return_promises() {
     if async_js().is_none() {
         return;
     }
-    let h = start(&host_cfg("js-async")).await;
-    let st = h.host.status("acme", "async_js");
-    assert_eq!(st.state, "serving", "{st:?}");
+    let h = serving("js-async", "async_js").await;
     let t = Tenant::new("acme");
     let s = t.session(9, "carol", &["lobby"]);
     let call = |ty: &str, data: &str| h.host.call(t.call(&s, "async_js", ty, None, data));
@@ -282,9 +284,7 @@ async fn javascript_first_world_plugins_still_run_every_entry_point() {
     if first_world_js().is_none() {
         return;
     }
-    let h = start(&host_cfg("js-first")).await;
-    let st = h.host.status("acme", "first_world_js");
-    assert_eq!(st.state, "serving", "{st:?}");
+    let h = serving("js-first", "first_world_js").await;
     let t = Tenant::new("acme");
     let s = t.session(0x2a, "alice", &["lobby", "arena"]);
     let json = |data: &str| serde_json::from_str::<serde_json::Value>(data).expect("json");

@@ -58,10 +58,7 @@ export function optimizeBindings(js) {
     (_m, lhs, callee, args) => {
       awaits += 1;
       const r = `$wsprismRet${awaits}`;
-      return (
-        `const ${r} = ${callee}(${args});\n` +
-        `${lhs}(${r} !== null && typeof ${r} === 'object' && typeof ${r}.then === 'function') ? await ${r} : ${r};\n`
-      );
+      return `const ${r} = ${callee}(${args});\n${lhs}${awaitIfPromise(r)}`;
     },
   );
   if (exports === 0 || awaits !== exports) {
@@ -106,6 +103,11 @@ function _utf8AllocateAndEncode(s, realloc, memory) {
   }
   return enclose(syncExports(out));
 }
+
+/** @param {string} r a variable: the test step 1 and step 4 share. */
+const isPromise = (r) => `(${r} !== null && typeof ${r} === 'object' && typeof ${r}.then === 'function')`;
+/** @param {string} r a variable: step 1's `await` of it only if it is a promise. */
+const awaitIfPromise = (r) => `${isPromise(r)} ? await ${r} : ${r};\n`;
 
 const RESOLVED = '$wsprismResolved';
 const ASYNC = '$wsprismAsync';
@@ -159,19 +161,20 @@ function splitExport(name, params, body) {
   const lift = body.slice(0, split.index);
   const tail = body.slice(split.index + split[0].length);
   // Step 1 made the call `const $wsprismRetN = f(...);` followed at once by
-  // `<lhs>(<is a promise>) ? await $wsprismRetN : $wsprismRetN;`.
-  const waits = [...tail.matchAll(
-    /^(.*?)\((\$wsprismRet\d+) !== null && typeof \2 === 'object' && typeof \2\.then === 'function'\) \? await \2 : \2;\n/gm,
-  )];
-  if (waits.length !== 1) {
+  // `<lhs>` + awaitIfPromise(`$wsprismRetN`).
+  const values = [...tail.matchAll(/^[ \t]*const (\$wsprismRet\d+) = /gm)];
+  if (values.length !== 1) {
     return null;
   }
-  const [wait, lhs, value] = waits[0];
-  const waitAt = waits[0].index;
-  const callStart = tail.indexOf(`const ${value} = `);
-  if (callStart < 0 || callStart > waitAt || !tail.slice(0, waitAt).endsWith(';\n')) {
+  const value = values[0][1];
+  const callStart = values[0].index + values[0][0].indexOf('const');
+  const wait = awaitIfPromise(value);
+  const waitEnd = tail.indexOf(wait);
+  const waitAt = tail.lastIndexOf('\n', waitEnd) + 1;
+  if (waitEnd < callStart || !tail.slice(0, waitAt).endsWith(';\n')) {
     return null;
   }
+  const lhs = tail.slice(waitAt, waitEnd);
   const call = tail.slice(callStart, waitAt);
   // A `finally` would run before an awaited promise settles once the plain
   // function returns early; the only `return` must be the last statement.
@@ -187,9 +190,8 @@ function splitExport(name, params, body) {
     }
   }
   const rest = params.trim() === '' ? '' : `, ${params}`;
-  const isPromise = wait.slice(lhs.length, wait.indexOf(' ? await '));
   const lowerSync = tail
-    .replace(wait, () => `if (${isPromise}) return ${name}${ASYNC}(${value}${rest});\n${lhs}${value};\n`)
+    .replace(lhs + wait, () => `if (${isPromise(value)}) return ${name}${ASYNC}(${value}${rest});\n${lhs}${value};\n`)
     .replace(/\n  return;$/, () => `\n  return ${RESOLVED};`);
   // An async function turns a throw into a rejected promise; so does this.
   return (
