@@ -244,6 +244,25 @@ async fn javascript_exports_may_return_promises() {
             "round {round}: {e:?}"
         );
     }
+    // Arguments the encoder's in-place path does not take: a number (its
+    // TypeError reaches the plugin) and an empty type (accepted); then a
+    // non-ASCII type.
+    let effects = call("odd", "null").await.expect("odd arguments");
+    match effects.as_slice() {
+        [
+            Effect::Reply { ty: t0, data: d0 },
+            Effect::Reply { ty, data },
+        ] => {
+            assert_eq!((t0.as_str(), d0.get()), ("", "{}"));
+            assert_eq!(ty, "odd-é");
+            let v: serde_json::Value = serde_json::from_str(data.get()).expect("json");
+            assert_eq!(
+                v,
+                serde_json::json!({"number": "TypeError", "none": "nothing"})
+            );
+        }
+        other => panic!("expected two replies, got {other:?}"),
+    }
     let e = h
         .host
         .run(t.room_hook(true, &s, "async_js", "closed-1"))
@@ -269,9 +288,9 @@ async fn javascript_exports_may_return_promises() {
             if room == "lobby" && ty == "left" && data.get() == r#"{"user":"carol"}"#),
         "{effects:?}"
     );
-    // Nine messages, the three refusals the only failures.
+    // Ten messages, the three refusals the only failures.
     let st = h.host.status("acme", "async_js");
-    assert_eq!((st.calls, st.errors), (9, 3), "{st:?}");
+    assert_eq!((st.calls, st.errors), (10, 3), "{st:?}");
 }
 
 /// A JavaScript plugin of the first world (`ext-lane-plugin-lifecycle`, every

@@ -30,12 +30,28 @@
 //    closure slots the interpreter reads directly. What the engine looks up
 //    on the global object (`bindExports` and the `export_*` wrappers) is
 //    still published there.
+// 6. The interpreter builds each object literal property by property, so
+//    small objects made and dropped per call cost much: the encoder returned
+//    `{ ptr, len }` per string, and every successful call without a value
+//    made a fresh `{ tag: 'ok', val: undefined }` (once in the import
+//    wrapper of `reply`, `publish`, `kv.set`, ..., once in the export
+//    wrapper). The encoder now returns the pointer and leaves the length in
+//    a variable read on the next line; the empty success is one frozen
+//    object, which never reaches plugin code.
+// 7. Each interpreted call (a frame pushed, its environment unwound on
+//    return) costs more than the few lines it runs: `dataView($memory)`
+//    around every read and write of guest memory, and the encoder for every
+//    string. The `dataView` body now stands at each use, and each string
+//    argument is encoded in place when it is a non-empty string; the encoder
+//    is still called for the rest (empty, not a string: its error) and to
+//    grow the allocation when the string is not ASCII.
 //
 // Measured on `sdk/examples/echo-js` in a bare wasmtime host
 // (`examples/bare_host.rs`, with epoch interruption as in the gateway):
 // 28.0 µs -> 22.3 µs (1 and 2) -> 17.0 µs (3 as first made, with `encode`);
 // then, on another day's host, 18.7-20.2 µs -> 13.5-14.2 µs (3 with
-// `encodeInto`, 4 and 5) per call; see BENCHMARKS.md. The rewrite is
+// `encodeInto`, 4 and 5); then 16.6 µs -> 14.8 µs (6 and 7) per call; see
+// BENCHMARKS.md. The rewrite is
 // checked against the generated text: if componentize-js (pinned in
 // package.json) ever generates something else, the build fails here rather
 // than shipping a half-rewritten wrapper.
@@ -77,31 +93,40 @@ export function optimizeBindings(js) {
   if (!found || !found[0].includes('encodeInto') || out.split('_utf8AllocateAndEncode(').length < 2) {
     throw new Error('wsprism: the generated string encoder is not the one this SDK expects');
   }
-  out = out.replace(encoder, `
+  out = out.replace(encoder, () => `
 function _utf8AllocateAndEncode(s, realloc, memory) {
   if (typeof s !== 'string') {
     throw new TypeError('expected a string, received [' + typeof s + ']');
   }
   const units = s.length;
-  if (units === 0) { return { ptr: 1, len: 0 }; }
+  if (units === 0) { ${ENCODED_LEN} = 0; return 1; }
   // UTF-8 takes at least one byte per UTF-16 unit, exactly one when all are
   // ASCII: try that size first, grow to the worst case (3 per unit) if not.
   let ptr = realloc(0, 0, 1, units);
   const first = TEXT_ENCODER_UTF8.encodeInto(s, new Uint8Array(memory.buffer, ptr, units));
-  if (first.read === units) { return { ptr, len: first.written }; }
+  if (first.read === units) { ${ENCODED_LEN} = first.written; return ptr; }
+  return ${ENCODE_REST}(s, ptr, first, realloc, memory);
+}
+
+// The string was not all ASCII: grow its allocation to the worst case and
+// encode what is left after the \`first\` part.
+function ${ENCODE_REST}(s, ptr, first, realloc, memory) {
+  const units = s.length;
   ptr = realloc(ptr, units, 1, units * 3);
   const rest = TEXT_ENCODER_UTF8.encodeInto(
     s.slice(first.read),
     new Uint8Array(memory.buffer, ptr + first.written, units * 3 - first.written),
   );
-  return { ptr, len: first.written + rest.written };
+  ${ENCODED_LEN} = first.written + rest.written;
+  return ptr;
 }
 `);
+  out = encodedLength(out);
   // The original also counted code points; nothing else may read them.
   if (out.includes('codepoints')) {
     throw new Error('wsprism: the generated bindings read code points this SDK does not provide');
   }
-  return enclose(syncExports(out));
+  return enclose(syncExports(sharedOk(inlineDataView(out))));
 }
 
 /** @param {string} r a variable: the test step 1 and step 4 share. */
@@ -111,6 +136,100 @@ const awaitIfPromise = (r) => `${isPromise(r)} ? await ${r} : ${r};\n`;
 
 const RESOLVED = '$wsprismResolved';
 const ASYNC = '$wsprismAsync';
+const ENCODED_LEN = '$wsprismEncodedLen';
+const ENCODE_REST = '$wsprismEncodeRest';
+const OK = '$wsprismOk';
+
+/**
+ * Steps 6 and 7 for strings: each caller of the encoder read the pointer
+ * and the length from an object built per string; the pointer is now its
+ * return value and the length is read from one variable set just before it
+ * returns, with nothing in between. The usual case is encoded in place.
+ * @param {string} js bindings with the new encoder
+ * @returns {string}
+ */
+function encodedLength(js) {
+  const out = js.replace(
+    /var encodeRes = _utf8AllocateAndEncode\(([\w$]+), (\$realloc, \$memory)\);\n([ \t]*)var (ptr\d+)= encodeRes\.ptr;\n[ \t]*var (len\d+) = encodeRes\.len;\n/g,
+    (_m, s, rm, i, ptr, len) =>
+      // The usual case, a non-empty string, is encoded in place: one
+      // interpreted call fewer per string than through the encoder.
+      `var ${ptr}, ${len};\n` +
+      `${i}if (typeof ${s} === 'string' && ${s}.length !== 0) {\n` +
+      `${i}  ${len} = ${s}.length;\n` +
+      `${i}  ${ptr} = $realloc(0, 0, 1, ${len});\n` +
+      `${i}  const $first = TEXT_ENCODER_UTF8.encodeInto(${s}, new Uint8Array($memory.buffer, ${ptr}, ${len}));\n` +
+      `${i}  if ($first.read !== ${len}) {\n` +
+      `${i}    ${ptr} = ${ENCODE_REST}(${s}, ${ptr}, $first, ${rm});\n` +
+      `${i}    ${len} = ${ENCODED_LEN};\n` +
+      `${i}  }\n` +
+      `${i}} else {\n` +
+      `${i}  ${ptr} = _utf8AllocateAndEncode(${s}, ${rm});\n` +
+      `${i}  ${len} = ${ENCODED_LEN};\n` +
+      `${i}}\n`,
+  );
+  if (out.includes('encodeRes')) {
+    throw new Error('wsprism: the generated bindings read an encoded string differently than this SDK expects');
+  }
+  return `let ${ENCODED_LEN} = 0;\n${out}`;
+}
+
+/**
+ * Step 7 for memory: every read or write of the guest's memory went through
+ * `dataView($memory)`, an interpreted call that returns the cached view
+ * (made anew when the memory grew). Its one-line body now stands at each
+ * use instead.
+ * @param {string} js
+ * @returns {string}
+ */
+function inlineDataView(js) {
+  const helper = 'const dataView = mem => dv.buffer === mem.buffer ? dv : dv = new DataView(mem.buffer);';
+  if (!js.includes(helper) || !/\nlet dv = /.test(js)) {
+    throw new Error('wsprism: the generated bindings read memory differently than this SDK expects');
+  }
+  const out = js.replaceAll(
+    'dataView($memory)',
+    '(dv.buffer === $memory.buffer ? dv : (dv = new DataView($memory.buffer)))',
+  );
+  if (/\bdataView\((?!mem\b)/.test(out.replace(helper, ''))) {
+    throw new Error('wsprism: the generated bindings read memory differently than this SDK expects');
+  }
+  return out;
+}
+
+/**
+ * Step 6 for results: a successful call without a value built a fresh
+ * `{ tag: 'ok', val: undefined }` per call: in each import wrapper that
+ * returns `result<_, E>` (`reply`, `publish`, `kv.set`, ...), read once
+ * and dropped, and in each export wrapper whose plugin function returned
+ * nothing. Both now use one frozen object; it never reaches plugin code.
+ * @param {string} js
+ * @returns {string}
+ */
+function sharedOk(js) {
+  let imports = 0;
+  let out = js.replace(
+    /(variant\d+)= \{\n[ \t]*tag: 'ok',\n[ \t]*val: undefined\n[ \t]*\};/g,
+    (whole, v) => {
+      // Only where the variant is the import's return value, read by the
+      // wrapper alone (`const retCopy = variantN;`).
+      if (!js.includes(`const retCopy = ${v};`)) {
+        return whole;
+      }
+      imports += 1;
+      return `${v}= ${OK};`;
+    },
+  );
+  let exports = 0;
+  out = out.replace(/: \{ tag: 'ok', val: (hostRet\d+)\};/g, (_m, v) => {
+    exports += 1;
+    return `: (${v} === undefined ? ${OK} : { tag: 'ok', val: ${v} });`;
+  });
+  if (imports === 0 || exports === 0) {
+    throw new Error('wsprism: the generated bindings build results differently than this SDK expects');
+  }
+  return `const ${OK} = Object.freeze({ tag: 'ok', val: undefined });\n${out}`;
+}
 
 /**
  * Step 4: each `async function export_*` of the shape componentize-js
