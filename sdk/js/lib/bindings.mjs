@@ -208,18 +208,20 @@ function inlineDataView(js) {
  */
 function sharedOk(js) {
   let imports = 0;
-  let out = js.replace(
-    /(variant\d+)= \{\n[ \t]*tag: 'ok',\n[ \t]*val: undefined\n[ \t]*\};/g,
-    (whole, v) => {
-      // Only where the variant is the import's return value, read by the
-      // wrapper alone (`const retCopy = variantN;`).
-      if (!js.includes(`const retCopy = ${v};`)) {
-        return whole;
-      }
-      imports += 1;
-      return `${v}= ${OK};`;
-    },
-  );
+  // Function by function: only where the variant is that function's return
+  // value, read by the wrapper alone (`const retCopy = variantN;`).
+  let out = js
+    .split(/\n(?=(?:async )?function )/)
+    .map((fn) =>
+      fn.replace(/(variant\d+)= \{\n[ \t]*tag: 'ok',\n[ \t]*val: undefined\n[ \t]*\};/g, (whole, v) => {
+        if (!fn.includes(`const retCopy = ${v};`)) {
+          return whole;
+        }
+        imports += 1;
+        return `${v}= ${OK};`;
+      }),
+    )
+    .join('\n');
   let exports = 0;
   out = out.replace(/: \{ tag: 'ok', val: (hostRet\d+)\};/g, (_m, v) => {
     exports += 1;
