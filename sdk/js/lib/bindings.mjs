@@ -98,14 +98,10 @@ function _utf8AllocateAndEncode(s, realloc, memory) {
   if (typeof s !== 'string') {
     throw new TypeError('expected a string, received [' + typeof s + ']');
   }
-  const units = s.length;
-  if (units === 0) { ${ENCODED_LEN} = 0; return 1; }
-  // UTF-8 takes at least one byte per UTF-16 unit, exactly one when all are
-  // ASCII: try that size first, grow to the worst case (3 per unit) if not.
-  let ptr = realloc(0, 0, 1, units);
-  const first = TEXT_ENCODER_UTF8.encodeInto(s, new Uint8Array(memory.buffer, ptr, units));
-  if (first.read === units) { ${ENCODED_LEN} = first.written; return ptr; }
-  return ${ENCODE_REST}(s, ptr, first, realloc, memory);
+  if (s.length === 0) { ${ENCODED_LEN} = 0; return 1; }
+  let ptr, len;
+${encodeNonEmpty('  ', 's', 'ptr', 'len', 'realloc, memory')}  ${ENCODED_LEN} = len;
+  return ptr;
 }
 
 // The string was not all ASCII: grow its allocation to the worst case and
@@ -141,6 +137,32 @@ const ENCODE_REST = '$wsprismEncodeRest';
 const OK = '$wsprismOk';
 
 /**
+ * Statements that encode the non-empty string `s` into a new allocation,
+ * leaving its pointer and byte length in the variables `ptr` and `len`.
+ * UTF-8 takes at least one byte per UTF-16 unit, exactly one when all are
+ * ASCII: that size is tried first, grown to the worst case (3 per unit) by
+ * the encoder's second half only when the string is not ASCII.
+ * @param {string} i indentation
+ * @param {string} s the string variable
+ * @param {string} ptr variable for the pointer
+ * @param {string} len variable for the length
+ * @param {string} rm the realloc function and the memory, e.g. `$realloc, $memory`
+ * @returns {string}
+ */
+function encodeNonEmpty(i, s, ptr, len, rm) {
+  const [realloc, memory] = rm.split(', ');
+  return (
+    `${i}${len} = ${s}.length;\n` +
+    `${i}${ptr} = ${realloc}(0, 0, 1, ${len});\n` +
+    `${i}const $first = TEXT_ENCODER_UTF8.encodeInto(${s}, new Uint8Array(${memory}.buffer, ${ptr}, ${len}));\n` +
+    `${i}if ($first.read !== ${len}) {\n` +
+    `${i}  ${ptr} = ${ENCODE_REST}(${s}, ${ptr}, $first, ${rm});\n` +
+    `${i}  ${len} = ${ENCODED_LEN};\n` +
+    `${i}}\n`
+  );
+}
+
+/**
  * Steps 6 and 7 for strings: each caller of the encoder read the pointer
  * and the length from an object built per string; the pointer is now its
  * return value and the length is read from one variable set just before it
@@ -156,13 +178,7 @@ function encodedLength(js) {
       // interpreted call fewer per string than through the encoder.
       `var ${ptr}, ${len};\n` +
       `${i}if (typeof ${s} === 'string' && ${s}.length !== 0) {\n` +
-      `${i}  ${len} = ${s}.length;\n` +
-      `${i}  ${ptr} = $realloc(0, 0, 1, ${len});\n` +
-      `${i}  const $first = TEXT_ENCODER_UTF8.encodeInto(${s}, new Uint8Array($memory.buffer, ${ptr}, ${len}));\n` +
-      `${i}  if ($first.read !== ${len}) {\n` +
-      `${i}    ${ptr} = ${ENCODE_REST}(${s}, ${ptr}, $first, ${rm});\n` +
-      `${i}    ${len} = ${ENCODED_LEN};\n` +
-      `${i}  }\n` +
+      encodeNonEmpty(`${i}  `, s, ptr, len, rm) +
       `${i}} else {\n` +
       `${i}  ${ptr} = _utf8AllocateAndEncode(${s}, ${rm});\n` +
       `${i}  ${len} = ${ENCODED_LEN};\n` +
