@@ -357,7 +357,7 @@ pub(crate) async fn run(args: FanoutArgs) -> Result<()> {
         }
         let mut cpu = probes.fields(&cpu0, &cpu1, "delivery", delivered);
         // Utilisation over the publishing window only, not the drain.
-        cpu.retain(|(k, _)| k.starts_with("server_cpu_us"));
+        cpu.retain(|(k, _)| k.contains("_us_per_"));
         cpu.extend(
             probes
                 .fields(&cpu0, &cpu_end, "delivery", delivered)

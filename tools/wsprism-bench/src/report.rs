@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Args, Debug, Clone)]
 pub(crate) struct OutputArgs {
     /// Server process id: report its CPU time per message (utime+stime from
-    /// /proc/PID/stat) and, in `idle`, its RSS (VmRSS from /proc/PID/status).
+    /// /proc/PID/stat, and each of the two) and, in `idle`, its RSS (VmRSS
+    /// from /proc/PID/status).
     /// Several (repeated or comma-separated) count as one server, their CPU
     /// times and RSS summed: a cluster's nodes and its Redis.
     #[arg(long, value_delimiter = ',')]
@@ -174,15 +175,16 @@ impl Probe {
             .collect()
     }
 
-    /// User + system CPU time of all the processes' threads so far.
+    /// User and system CPU time of all the processes' threads so far.
     ///
     /// # Errors
     /// A file is missing (process gone) or malformed.
-    pub(crate) fn cpu(&self) -> Result<Duration> {
+    pub(crate) fn cpu(&self) -> Result<CpuTime> {
         self.paths("stat")
             .iter()
-            .map(|path| cpu_of(path, self.ticks_per_sec))
-            .sum()
+            .try_fold(CpuTime::default(), |sum, path| {
+                Ok(sum + cpu_of(path, self.ticks_per_sec)?)
+            })
     }
 
     /// Resident set size in KiB (`VmRSS`), summed over the processes.
@@ -194,8 +196,44 @@ impl Probe {
     }
 }
 
-/// User + system CPU time of one process (`/proc/PID/stat`).
-fn cpu_of(path: &str, ticks_per_sec: u64) -> Result<Duration> {
+/// CPU time of a process, split as the kernel accounts it: `user` is the
+/// process's own code (the gateway, wasmtime, plugin guests), `system` the
+/// kernel working on its behalf (syscalls, and over loopback the receiving
+/// side's TCP processing and wake-ups that its sends trigger).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CpuTime {
+    pub(crate) user: Duration,
+    pub(crate) system: Duration,
+}
+
+impl CpuTime {
+    /// User + system.
+    pub(crate) fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    /// What was used between `earlier` and `self` (zero where a counter went
+    /// backwards, i.e. a process was replaced).
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+impl std::ops::Add for CpuTime {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
+/// User and system CPU time of one process (`/proc/PID/stat`).
+fn cpu_of(path: &str, ticks_per_sec: u64) -> Result<CpuTime> {
     let stat = std::fs::read_to_string(path)?;
     // The command name may contain spaces and parentheses: fields are counted
     // after the last ')'. Field 3 (state) is index 0, utime (14) index 11,
@@ -211,10 +249,11 @@ fn cpu_of(path: &str, ticks_per_sec: u64) -> Result<Duration> {
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| anyhow!("malformed stat field {i}"))
     };
-    let ticks = field(11)? + field(12)?;
-    Ok(Duration::from_micros(
-        ticks.saturating_mul(1_000_000) / ticks_per_sec,
-    ))
+    let time = |ticks: u64| Duration::from_micros(ticks.saturating_mul(1_000_000) / ticks_per_sec);
+    Ok(CpuTime {
+        user: time(field(11)?),
+        system: time(field(12)?),
+    })
 }
 
 /// `VmRSS` of one process (`/proc/PID/status`), in KiB.
@@ -231,7 +270,7 @@ fn rss_of(path: &str) -> Result<u64> {
 /// in time.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpuMark {
-    server: Option<Duration>,
+    server: Option<CpuTime>,
     client: Option<Duration>,
     machine: Option<Duration>,
     at: Instant,
@@ -286,16 +325,17 @@ impl Probes {
     pub(crate) fn mark(&self) -> CpuMark {
         CpuMark {
             server: self.server.as_ref().and_then(|p| p.cpu().ok()),
-            client: self.client.cpu().ok(),
+            client: self.client.cpu().ok().map(CpuTime::total),
             machine: machine_busy(self.client.ticks_per_sec),
             at: Instant::now(),
         }
     }
 
     /// Report fields for the span `from..to` over `units` messages/deliveries/
-    /// handshakes: server CPU µs per unit; server, client and other processes'
-    /// CPU utilisation (percent of one core; "other" is everything else running
-    /// on the machine, i.e. noise when it is not near 0).
+    /// handshakes: server CPU µs per unit, in all and split into user and
+    /// system time; server, client and other processes' CPU utilisation
+    /// (percent of one core; "other" is everything else running on the
+    /// machine, i.e. noise when it is not near 0).
     pub(crate) fn fields(
         &self,
         from: &CpuMark,
@@ -304,34 +344,46 @@ impl Probes {
         units: u64,
     ) -> Vec<(String, Value)> {
         let wall = to.at.saturating_duration_since(from.at).as_secs_f64();
-        let pct = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-            (Some(a), Some(b)) if wall > 0.0 => {
-                json!(round2(100.0 * b.saturating_sub(a).as_secs_f64() / wall))
-            }
-            _ => Value::Null,
-        };
-        let per_unit = match (from.server, to.server) {
-            (Some(a), Some(b)) if units > 0 => {
-                json!(round2(
-                    b.saturating_sub(a).as_secs_f64() * 1e6 / units as f64
-                ))
-            }
-            _ => Value::Null,
-        };
         let secs = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
             _ => None,
         };
+        let pct = |a: Option<Duration>, b: Option<Duration>| match secs(a, b) {
+            Some(used) if wall > 0.0 => json!(round2(100.0 * used / wall)),
+            _ => Value::Null,
+        };
+        let server = match (from.server, to.server) {
+            (Some(a), Some(b)) => Some(b.since(a)),
+            _ => None,
+        };
+        let per_unit = |part: fn(CpuTime) -> Duration| match server {
+            Some(used) if units > 0 => {
+                json!(round2(part(used).as_secs_f64() * 1e6 / units as f64))
+            }
+            _ => Value::Null,
+        };
+        let server_total = |m: &CpuMark| m.server.map(CpuTime::total);
         let other = match (secs(from.machine, to.machine), secs(from.client, to.client)) {
             (Some(all), Some(client)) if wall > 0.0 => {
-                let server = secs(from.server, to.server).unwrap_or(0.0);
+                let server = server.map_or(0.0, |s| s.total().as_secs_f64());
                 json!(round2((100.0 * (all - client - server) / wall).max(0.0)))
             }
             _ => Value::Null,
         };
         vec![
-            (format!("server_cpu_us_per_{unit}"), per_unit),
-            ("server_cpu_pct".to_owned(), pct(from.server, to.server)),
+            (
+                format!("server_cpu_us_per_{unit}"),
+                per_unit(CpuTime::total),
+            ),
+            (format!("server_user_us_per_{unit}"), per_unit(|t| t.user)),
+            (
+                format!("server_system_us_per_{unit}"),
+                per_unit(|t| t.system),
+            ),
+            (
+                "server_cpu_pct".to_owned(),
+                pct(server_total(from), server_total(to)),
+            ),
             ("client_cpu_pct".to_owned(), pct(from.client, to.client)),
             ("other_cpu_pct".to_owned(), other),
         ]
@@ -538,7 +590,9 @@ mod tests {
         let rss = one.rss_kib().expect("rss");
         assert!(rss > 0);
         assert_eq!(two.rss_kib().expect("rss"), 2 * rss);
-        assert_eq!(two.cpu().expect("cpu"), 2 * one.cpu().expect("cpu"));
+        let (c1, c2) = (one.cpu().expect("cpu"), two.cpu().expect("cpu"));
+        assert_eq!(c2, c1 + c1);
+        assert_eq!(c1.total(), c1.user + c1.system);
         let _ = child.kill();
         let _ = child.wait();
         let err = Probe::server(&[std::process::id(), u32::MAX]).expect_err("no such process");

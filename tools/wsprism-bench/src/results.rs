@@ -263,6 +263,15 @@ struct Budget {
 }
 
 /// What the gateway adds to the baseline (both measured).
+/// `+1.25` / `-0.5`: a difference with its sign, two decimals at most.
+fn signed(x: f64) -> String {
+    if x < 0.0 {
+        format!("-{}", fmt(Some(-x)))
+    } else {
+        format!("+{}", fmt(Some(x)))
+    }
+}
+
 fn added(g: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(g? - b?)
 }
@@ -476,15 +485,18 @@ fn render(
     // echo plugin (one `reply` host call), beside the native `chat` path
     // measured on the same gateway in the same run; the target is on the CPU
     // the plugin adds per message.
-    for (case, line, target, max_added) in [
+    let mut plugin_split = Vec::new();
+    for (case, lang, line, target, max_added) in [
         (
             "echo_js",
+            "JavaScript",
             "JavaScript plugin (componentize-js echo, one `reply`): added server CPU per message vs native (baseline column: the gateway's native `chat` path)",
             "≤ +20 µs",
             20.0,
         ),
         (
             "echo_py",
+            "Python",
             "Python plugin (componentize-py echo, one `reply`): added server CPU per message vs native (baseline column: the gateway's native `chat` path)",
             "≤ +6 µs",
             6.0,
@@ -509,6 +521,17 @@ fn render(
             unit: "µs",
             added: true,
         });
+        let part = |key: &str| med(&gx, key).zip(med(&nx, key)).map(|(g, b)| g - b);
+        if let (Some(user), Some(system)) = (
+            part("server_user_us_per_msg"),
+            part("server_system_us_per_msg"),
+        ) {
+            plugin_split.push(format!(
+                "{lang} {} µs user, {} µs system",
+                signed(user),
+                signed(system)
+            ));
+        }
     }
 
     // Conflation: the same run measures the plain lossy relay (baseline
@@ -579,6 +602,13 @@ fn render(
             unit = l.unit,
         );
     }
+    if !plugin_split.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nThe plugin lines' added CPU split as the kernel accounts it (medians, gateway minus native): {}. User time is the plugin's own work and the gateway's around it; system time is the kernel's, and over loopback it grows when the load generator idles between replies, as each reply then wakes it (BENCHMARKS.md, \"JavaScript and Python plugins\").",
+            plugin_split.join("; ")
+        );
+    }
     if let Some(rate) = same {
         let _ = writeln!(
             md,
@@ -641,6 +671,8 @@ fn render(
         ("rtt_p99_us", "p99"),
         ("rtt_p99_9_us", "p99.9"),
         ("server_cpu_us_per_msg", "server CPU µs/msg"),
+        ("server_user_us_per_msg", "user µs/msg"),
+        ("server_system_us_per_msg", "system µs/msg"),
         ("server_cpu_pct", "server CPU %"),
         ("client_cpu_pct", "client CPU %"),
         ("other_cpu_pct", "other CPU %"),
@@ -823,6 +855,37 @@ mod tests {
             py.contains("| ≤ +6 µs | 17.0 µs | 10.0 µs | +7 µs (1.70×) | **MISS** |"),
             "{py}"
         );
+        // Runs without the user/system split (older results) add no sentence.
+        assert!(!md.contains("split as the kernel accounts it"), "{md}");
+    }
+
+    /// With the user/system split in the runs, the added CPU of each plugin
+    /// line is split too (the verdict stays on the total).
+    #[test]
+    fn plugin_lines_split_added_cpu_into_user_and_system() {
+        let run = |case: &str, server: &str, user: f64, system: f64| {
+            json!({"case": case, "server": server, "ok": 100, "errors": {},
+                   "server_cpu_us_per_msg": user + system,
+                   "server_user_us_per_msg": user, "server_system_us_per_msg": system,
+                   "other_cpu_pct": 1.0})
+        };
+        let runs = vec![
+            run("echo_js", "gateway", 19.5, 8.5),
+            run("echo_js", "native", 3.0, 4.0),
+            run("echo_py", "gateway", 13.0, 3.5),
+            run("echo_py", "native", 3.0, 4.0),
+        ];
+        let md = render(&runs, &Totals::new(), &[], 50.0, 25.0);
+        let js = budget_line(&md, "| JavaScript plugin");
+        assert!(js.contains("| +21.0 µs (4.00×) | **MISS** |"), "{js}");
+        let split = budget_line(&md, "The plugin lines' added CPU split");
+        assert!(
+            split.contains(
+                "JavaScript +16.5 µs user, +4.50 µs system; Python +10.0 µs user, -0.50 µs system."
+            ),
+            "{split}"
+        );
+        assert!(md.contains("| user µs/msg | system µs/msg |"), "{md}");
     }
 
     #[test]
