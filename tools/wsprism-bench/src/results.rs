@@ -461,10 +461,28 @@ fn render(
         added: false,
     });
 
+    // What each plugin line adds, in user and system time (gateway minus
+    // native, medians), for the sentence under the budget table.
+    let mut plugin_split = Vec::new();
+    let mut split = |lang: &str, gx: &[&Value], nx: &[&Value]| {
+        let part = |key: &str| med(gx, key).zip(med(nx, key)).map(|(g, b)| g - b);
+        if let (Some(user), Some(system)) = (
+            part("server_user_us_per_msg"),
+            part("server_system_us_per_msg"),
+        ) {
+            plugin_split.push(format!(
+                "{lang} {} µs user, {} µs system",
+                signed(user),
+                signed(system)
+            ));
+        }
+    };
+
     let (gx, nx) = (
         answered(runs, "echo_ext", "gateway"),
         answered(runs, "echo_ext", "native"),
     );
+    split("Rust", &gx, &nx);
     let (g, b) = (
         med(&gx, "server_cpu_us_per_msg"),
         med(&nx, "server_cpu_us_per_msg"),
@@ -485,7 +503,6 @@ fn render(
     // echo plugin (one `reply` host call), beside the native `chat` path
     // measured on the same gateway in the same run; the target is on the CPU
     // the plugin adds per message.
-    let mut plugin_split = Vec::new();
     for (case, lang, line, target, max_added) in [
         (
             "echo_js",
@@ -521,17 +538,7 @@ fn render(
             unit: "µs",
             added: true,
         });
-        let part = |key: &str| med(&gx, key).zip(med(&nx, key)).map(|(g, b)| g - b);
-        if let (Some(user), Some(system)) = (
-            part("server_user_us_per_msg"),
-            part("server_system_us_per_msg"),
-        ) {
-            plugin_split.push(format!(
-                "{lang} {} µs user, {} µs system",
-                signed(user),
-                signed(system)
-            ));
-        }
+        split(lang, &gx, &nx);
     }
 
     // Conflation: the same run measures the plain lossy relay (baseline
@@ -605,7 +612,7 @@ fn render(
     if !plugin_split.is_empty() {
         let _ = writeln!(
             md,
-            "\nThe plugin lines' added CPU split as the kernel accounts it (medians, gateway minus native): {}. User time is the plugin's own work and the gateway's around it; system time is the kernel's, and over loopback it grows when the load generator idles between replies, as each reply then wakes it (BENCHMARKS.md, \"JavaScript and Python plugins\").",
+            "\nWhat the plugin lines add, split as the kernel accounts it (medians, gateway minus native): {}. User time is the plugin's own work and the gateway's around it; system time is the kernel's, and over loopback it grows when the load generator idles between replies, as each reply then wakes it (BENCHMARKS.md, \"JavaScript and Python plugins\").",
             plugin_split.join("; ")
         );
     }
@@ -870,6 +877,8 @@ mod tests {
                    "other_cpu_pct": 1.0})
         };
         let runs = vec![
+            run("echo_ext", "gateway", 4.75, 4.0),
+            run("echo_ext", "native", 3.0, 4.0),
             run("echo_js", "gateway", 19.5, 8.5),
             run("echo_js", "native", 3.0, 4.0),
             run("echo_py", "gateway", 13.0, 3.5),
@@ -878,10 +887,10 @@ mod tests {
         let md = render(&runs, &Totals::new(), &[], 50.0, 25.0);
         let js = budget_line(&md, "| JavaScript plugin");
         assert!(js.contains("| +21.0 µs (4.00×) | **MISS** |"), "{js}");
-        let split = budget_line(&md, "The plugin lines' added CPU split");
+        let split = budget_line(&md, "What the plugin lines add, split");
         assert!(
             split.contains(
-                "JavaScript +16.5 µs user, +4.50 µs system; Python +10.0 µs user, -0.50 µs system."
+                "Rust +1.75 µs user, +0 µs system; JavaScript +16.5 µs user, +4.50 µs system; Python +10.0 µs user, -0.50 µs system."
             ),
             "{split}"
         );
