@@ -599,4 +599,29 @@ mod tests {
         assert!(err.to_string().contains(&u32::MAX.to_string()), "{err}");
         assert!(Probes::new(&[]).expect("no server").server().is_none());
     }
+
+    /// Per unit, the server's CPU is reported in all and as user and system
+    /// time; utilisation counts both.
+    #[test]
+    fn server_cpu_per_unit_is_split_into_user_and_system() {
+        let probes = Probes::new(&[]).expect("probes");
+        let at = Instant::now();
+        let mark = |user_ms: u64, system_ms: u64, secs: u64| CpuMark {
+            server: Some(CpuTime {
+                user: Duration::from_millis(user_ms),
+                system: Duration::from_millis(system_ms),
+            }),
+            client: Some(Duration::ZERO),
+            machine: None,
+            at: at + Duration::from_secs(secs),
+        };
+        let fields: Map<String, Value> = probes
+            .fields(&mark(100, 50, 0), &mark(1_100, 550, 2), "msg", 100_000)
+            .into_iter()
+            .collect();
+        assert_eq!(fields["server_cpu_us_per_msg"], json!(15.0));
+        assert_eq!(fields["server_user_us_per_msg"], json!(10.0));
+        assert_eq!(fields["server_system_us_per_msg"], json!(5.0));
+        assert_eq!(fields["server_cpu_pct"], json!(75.0));
+    }
 }
