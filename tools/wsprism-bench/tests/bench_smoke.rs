@@ -179,6 +179,16 @@ async fn every_mode_runs_against_the_gateway() {
     let r = echo(&url, "hot", &["--pid", &pid]).await;
     check_echo(&r, None);
     assert!(r["server_cpu_us_per_msg"].is_number(), "{r}");
+    // Split into user and system time; the two make up the total (each is
+    // rounded to 0.01 µs).
+    let part = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+    let total = part("server_cpu_us_per_msg");
+    let (user, system) = (
+        part("server_user_us_per_msg"),
+        part("server_system_us_per_msg"),
+    );
+    assert!(total > 0.0 && user >= 0.0 && system >= 0.0, "{r}");
+    assert!((user + system - total).abs() <= 0.02, "{r}");
     // No plugin host in this test: the routed `echo` svc answers with an error,
     // which still ends each round trip.
     let r = echo(&url, "ext", &[]).await;
@@ -189,6 +199,11 @@ async fn every_mode_runs_against_the_gateway() {
     check_fanout(&r, 2);
     assert!(
         r["steps"][0]["server_cpu_us_per_delivery"].is_number(),
+        "{r}"
+    );
+    assert!(
+        r["steps"][0]["server_user_us_per_delivery"].is_number()
+            && r["steps"][0]["server_system_us_per_delivery"].is_number(),
         "{r}"
     );
     let r = fanout(&url, "chat", &[]).await;
