@@ -11,6 +11,10 @@
 //! ```sh
 //! cargo run --release --example bare_host -- <component.wasm> [calls per round] [rounds]
 //! ```
+//!
+//! The message's `type` is `echo`; `BARE_HOST_TYPE=incr` sends another (the
+//! counter examples count with `incr`; their room is `r1`, which the stub
+//! session is in).
 // A benchmark binary: it prints its figures and times with the wall clock.
 #![allow(missing_docs, clippy::print_stdout, clippy::disallowed_types)]
 
@@ -204,7 +208,7 @@ impl Bench {
     fn round(&mut self, calls: u32) -> wasmtime::Result<Duration> {
         let msg = types::Message {
             svc: "echo".into(),
-            type_: "echo".into(),
+            type_: std::env::var("BARE_HOST_TYPE").unwrap_or_else(|_| "echo".into()),
             room: Some("r1".into()),
             seq: Some(1),
             data: r#"{"pad":"................................"}"#.into(),

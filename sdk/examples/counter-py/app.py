@@ -24,6 +24,11 @@ def refuse(code: str, message: str) -> Err:
     return Err(Refusal(code=code, message=message))
 
 
+# One encoder for the module: `json.dumps(x, separators=...)` would build a
+# new JSONEncoder on every call (sdk/python/README.md). Same output.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def key(room: str) -> str:
     return f"count:{room}"
 
@@ -37,11 +42,11 @@ class WitWorld(wit_world.WitWorld):
             raise refuse("NOT_IN_ROOM", "join the room first")
         if msg.type == "incr":
             count = kv.incr(key(room), 1)
-            payload = json.dumps({"room": room, "count": count}, separators=(",", ":"))
+            payload = _compact({"room": room, "count": count})
             realtime.publish(room, "count", payload, Qos.RELIABLE, False)
         elif msg.type == "get":
             count = int(kv.get(key(room)) or "0")
-            realtime.reply("count", json.dumps({"room": room, "count": count}, separators=(",", ":")))
+            realtime.reply("count", _compact({"room": room, "count": count}))
         else:
             raise refuse("UNKNOWN_TYPE", f"unknown type {msg.type}")
 
