@@ -262,7 +262,6 @@ struct Budget {
     added: bool,
 }
 
-/// What the gateway adds to the baseline (both measured).
 /// `+1.25` / `-0.5`: a difference with its sign, two decimals at most.
 fn signed(x: f64) -> String {
     if x < 0.0 {
@@ -272,6 +271,7 @@ fn signed(x: f64) -> String {
     }
 }
 
+/// What the gateway adds to the baseline (both measured).
 fn added(g: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(g? - b?)
 }
@@ -465,7 +465,7 @@ fn render(
     // native, medians), for the sentence under the budget table.
     let mut plugin_split = Vec::new();
     let mut split = |lang: &str, gx: &[&Value], nx: &[&Value]| {
-        let part = |key: &str| med(gx, key).zip(med(nx, key)).map(|(g, b)| g - b);
+        let part = |key: &str| added(med(gx, key), med(nx, key));
         if let (Some(user), Some(system)) = (
             part("server_user_us_per_msg"),
             part("server_system_us_per_msg"),
