@@ -5,6 +5,7 @@
 //! `Outgoing` encodes gateway → client envelopes once into shareable bytes.
 
 use serde::{Deserialize, Serialize};
+use serde_json::error::Category;
 use serde_json::value::RawValue;
 use tungstenite::{Message, Utf8Bytes};
 
@@ -144,6 +145,20 @@ fn scan_data(json: &str) -> Result<usize, &'static str> {
     Ok(max)
 }
 
+/// Why a text frame did not parse as an envelope, in words a client developer
+/// can act on (the code is `BAD_REQUEST` either way).
+fn parse_reason(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => "invalid JSON",
+        // serde's wording for a key given twice ("duplicate field `svc`");
+        // only reached on this error path.
+        Category::Data if e.to_string().starts_with("duplicate field") => {
+            "duplicate key in the envelope"
+        }
+        Category::Data => "not a JSON envelope object",
+    }
+}
+
 /// Decodes one Ext Lane text frame.
 ///
 /// # Errors
@@ -155,8 +170,7 @@ pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
         reason,
         seq,
     };
-    let wire: Wire<'_> =
-        serde_json::from_str(text).map_err(|_| bad("not a JSON envelope object", None))?;
+    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| bad(parse_reason(&e), None))?;
     let seq = match wire.seq {
         None => None,
         Some(r) if r.get() == "null" => None,
@@ -433,6 +447,18 @@ mod tests {
         ] {
             let e = decode(bad).expect_err(bad);
             assert_eq!(e.code, ClientCode::BadRequest, "{bad}");
+        }
+        for (text, reason) in [
+            ("{", "invalid JSON"),
+            (r#"{"v":1,"svc":"a","type":"b"} x"#, "invalid JSON"),
+            ("[]", "not a JSON envelope object"),
+            ("42", "not a JSON envelope object"),
+            (
+                r#"{"v":1,"svc":"a","svc":"b","type":"b"}"#,
+                "duplicate key in the envelope",
+            ),
+        ] {
+            assert_eq!(decode(text).expect_err(text).reason, reason, "{text}");
         }
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let e = decode(&format!(r#"{{"v":1,"svc":"a","type":"b","data":{deep}}}"#))
