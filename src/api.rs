@@ -20,8 +20,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{ApiCode, ClientCode, CloseCode};
 use crate::gateway::Gateway;
-use crate::protocol::ext::{Outgoing, raw};
+use crate::protocol::ext::{MAX_NAME_BYTES, Outgoing, check_name, raw};
 use crate::realtime::broker::{TenantStats, capped};
 use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos, valid_conflation_key};
 use crate::tenant::{Tenant, TenantRuntime};
@@ -271,23 +271,47 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// `Path`, whose refusal (a segment that is not UTF-8, say) answers like
+/// every other API error: JSON with a `code`, not axum's plain text.
+#[derive(FromRequestParts)]
+#[from_request(via(Path), rejection(ApiError))]
+struct ApiPath<T>(T);
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        let code = if e.status().is_server_error() {
+            ClientCode::Internal
+        } else {
+            ClientCode::BadRequest
+        };
+        Self::client(code, format!("invalid path: {}", e.body_text()))
+    }
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::client(ClientCode::BadRequest, format!("invalid JSON body: {e}")))
 }
 
-fn check_svc(svc: &str) -> Result<(), ApiError> {
+/// The names of a publication or a direct message, by the wire's rules
+/// (`protocol::ext::check_name`, as the decoder and the plugin host apply
+/// them); `sys` is the gateway's own.
+fn check_names(svc: &str, ty: &str, room: Option<&str>) -> Result<(), ApiError> {
     if svc == "sys" {
         return Err(ApiError::client(
             ClientCode::NotAllowed,
             "svc `sys` is reserved for the gateway",
         ));
     }
-    if svc.is_empty() || svc.len() > 128 {
-        return Err(ApiError::client(
-            ClientCode::BadRequest,
-            "svc must be 1-128 characters",
-        ));
+    for (field, value) in [("svc", Some(svc)), ("type", Some(ty)), ("room", room)] {
+        if let Some(value) = value {
+            check_name(value).map_err(|why| {
+                ApiError::client(
+                    ClientCode::BadRequest,
+                    format!("{field}: {why} (1 to {MAX_NAME_BYTES} bytes, no control characters)"),
+                )
+            })?;
+        }
     }
     Ok(())
 }
@@ -328,14 +352,14 @@ struct PublishBody {
 
 async fn publish(
     State(gw): State<Arc<Gateway>>,
-    Path(t): Path<String>,
+    ApiPath(t): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let result = async {
         let (tenant, rt) = authorize(&gw, &t, &headers)?;
         let b: PublishBody = parse(&body?)?;
-        check_svc(&b.svc)?;
+        check_names(&b.svc, &b.ty, Some(&b.room))?;
         if let Some(key) = &b.key {
             if b.qos != Qos::Lossy {
                 return Err(ApiError::client(
@@ -383,14 +407,14 @@ struct SendBody {
 
 async fn send(
     State(gw): State<Arc<Gateway>>,
-    Path((t, u)): Path<(String, String)>,
+    ApiPath((t, u)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let result = async {
         let (tenant, rt) = authorize(&gw, &t, &headers)?;
         let b: SendBody = parse(&body?)?;
-        check_svc(&b.svc)?;
+        check_names(&b.svc, &b.ty, None)?;
         let data = data_or_null(b.data);
         let msg = Outgoing::new(&b.svc, &b.ty)
             .data(Some(&data))
@@ -412,7 +436,7 @@ struct DisconnectBody {
 
 async fn disconnect(
     State(gw): State<Arc<Gateway>>,
-    Path((t, u)): Path<(String, String)>,
+    ApiPath((t, u)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -442,7 +466,7 @@ async fn disconnect(
 
 async fn presence(
     State(gw): State<Arc<Gateway>>,
-    Path((t, r)): Path<(String, String)>,
+    ApiPath((t, r)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let result = authorize(&gw, &t, &headers).map(|(tenant, _)| {
@@ -459,7 +483,7 @@ async fn presence(
 
 async fn stats(
     State(gw): State<Arc<Gateway>>,
-    Path(t): Path<String>,
+    ApiPath(t): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let result = match authorize(&gw, &t, &headers) {
@@ -505,7 +529,7 @@ async fn tenant_stats(gw: &Gateway, tenant: &Tenant) -> serde_json::Value {
 
 async fn plugins(
     State(gw): State<Arc<Gateway>>,
-    Path(t): Path<String>,
+    ApiPath(t): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let result = authorize(&gw, &t, &headers).map(|(tenant, rt)| {

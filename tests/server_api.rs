@@ -189,6 +189,63 @@ async fn refusals() {
     );
 }
 
+/// Names follow the wire's rules (1 to 128 bytes, no control characters) on
+/// the API as on the Ext Lane and in plugins, and a path the router cannot
+/// decode is answered in JSON like every other refusal.
+#[tokio::test]
+async fn names_and_paths_are_checked_like_the_wire() {
+    let gw = TestGateway::start(cfg()).await;
+    let publish = "/v1/api/tenants/acme/publish";
+    let send = "/v1/api/tenants/acme/users/u1/send";
+    let long = "r".repeat(129);
+    for (path, body, field) in [
+        (publish, json!({"room":"","svc":"a","type":"b"}), "room"),
+        (publish, json!({"room":long,"svc":"a","type":"b"}), "room"),
+        (
+            publish,
+            json!({"room":"r","svc":"a\u{0}","type":"b"}),
+            "svc",
+        ),
+        (publish, json!({"room":"r","svc":"a","type":"b\n"}), "type"),
+        (publish, json!({"room":"r","svc":"","type":"b"}), "svc"),
+        (send, json!({"svc":"a","type":""}), "type"),
+        (send, json!({"svc":"a\u{1b}","type":"b"}), "svc"),
+    ] {
+        let (status, answer) = call(&gw, "POST", path, KEY, Some(body.clone())).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{body}"
+        );
+        let msg = answer["msg"].as_str().unwrap_or_default();
+        assert!(msg.starts_with(&format!("{field}: ")), "{body}: {msg}");
+    }
+    // The longest name that is allowed still goes through.
+    let max = "r".repeat(128);
+    let (status, answer) = call(
+        &gw,
+        "POST",
+        publish,
+        KEY,
+        Some(json!({"room":max,"svc":"a","type":"b"})),
+    )
+    .await;
+    assert_eq!((status, answer), (200, json!({"delivered": 0})));
+    let (status, answer) = call(
+        &gw,
+        "GET",
+        "/v1/api/tenants/acme/rooms/%FF%FE/presence",
+        KEY,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("BAD_REQUEST")),
+        "{answer}"
+    );
+}
+
 #[tokio::test]
 async fn disconnect_closes_with_4004() {
     let gw = TestGateway::start(cfg()).await;
