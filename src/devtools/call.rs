@@ -470,7 +470,11 @@ fn plugin_name(path: &Path) -> Result<String, CallError> {
 /// call's entry.
 fn parse_message(plugin: &str, text: &str) -> Result<(String, Entry), CallError> {
     let usage = |why: String| CallError::Usage(format!("--message: {why}"));
-    let m: MessageArg = serde_json::from_str(text).map_err(|e| usage(e.to_string()))?;
+    let m: MessageArg = serde_json::from_str(text).map_err(|e| {
+        usage(format!(
+            "not a message object ({e}); for example '{{\"type\":\"echo\",\"data\":{{\"n\":1}}}}'"
+        ))
+    })?;
     if m.v.is_some_and(|v| v != 1) {
         return Err(usage("`v` must be 1".into()));
     }
@@ -701,6 +705,20 @@ mod tests {
                 matches!(parse_message("echo", bad), Err(CallError::Usage(_))),
                 "{bad}"
             );
+        }
+        // Text that is not JSON says what was expected, with an example.
+        match parse_message("echo", "nope") {
+            Err(CallError::Usage(why)) => {
+                assert!(
+                    why.starts_with("--message: not a message object ("),
+                    "{why}"
+                );
+                assert!(
+                    why.ends_with(r#"'{"type":"echo","data":{"n":1}}'"#),
+                    "{why}"
+                );
+            }
+            other => panic!("not refused as usage: {other:?}"),
         }
     }
 
