@@ -352,6 +352,8 @@ pub enum HandshakeRefusal {
         /// Seconds until a token is available (`Retry-After`).
         retry_after_secs: u64,
     },
+    /// The query does not decode to UTF-8 (`tenant=%FF`).
+    MalformedQuery,
     /// `tenant` or `ticket` appears twice in the query.
     DuplicateParameter,
     /// No (or an empty) `tenant` query parameter.
@@ -379,12 +381,13 @@ pub enum HandshakeRefusal {
 impl HandshakeRefusal {
     /// Every refusal in admission order, for docs and tests (`RateLimited` with a
     /// placeholder delay).
-    pub const ALL: [HandshakeRefusal; 14] = [
+    pub const ALL: [HandshakeRefusal; 15] = [
         Self::OverCapacity,
         Self::Draining,
         Self::RateLimited {
             retry_after_secs: 1,
         },
+        Self::MalformedQuery,
         Self::DuplicateParameter,
         Self::MissingTenant,
         Self::BadRefusalMode,
@@ -403,7 +406,8 @@ impl HandshakeRefusal {
         match self {
             Self::OverCapacity | Self::Draining | Self::TenantFull => 503,
             Self::RateLimited { .. } => 429,
-            Self::DuplicateParameter
+            Self::MalformedQuery
+            | Self::DuplicateParameter
             | Self::MissingTenant
             | Self::BadRefusalMode
             | Self::NotUpgrade => 400,
@@ -422,7 +426,8 @@ impl HandshakeRefusal {
             Self::OverCapacity => "over_capacity",
             Self::Draining => "draining",
             Self::RateLimited { .. } => "rate_limited",
-            Self::DuplicateParameter
+            Self::MalformedQuery
+            | Self::DuplicateParameter
             | Self::MissingTenant
             | Self::BadRefusalMode
             | Self::MissingTicket => "bad_request",
@@ -441,6 +446,7 @@ impl HandshakeRefusal {
             Self::OverCapacity => "gateway is at max_connections",
             Self::Draining => "gateway is draining",
             Self::RateLimited { .. } => "too many connection attempts",
+            Self::MalformedQuery => "query is not UTF-8",
             Self::DuplicateParameter => "duplicate query parameter",
             Self::MissingTenant => "missing tenant query parameter",
             Self::BadRefusalMode => "refusal must be close",
@@ -464,6 +470,9 @@ impl HandshakeRefusal {
             Self::Draining => "the gateway is shutting down (SIGTERM/SIGINT)",
             Self::RateLimited { .. } => {
                 "handshake rate limit (`gateway.handshake_limit`, global or per IP)"
+            }
+            Self::MalformedQuery => {
+                "the query's percent-escapes decode to bytes that are not UTF-8 (e.g. `tenant=%FF`)"
             }
             Self::DuplicateParameter => "`tenant`, `ticket` or `refusal` given twice in the query",
             Self::MissingTenant => "no `tenant` in the query",
@@ -518,6 +527,7 @@ impl HandshakeRefusal {
                 "reconnect with backoff; another instance may serve you"
             }
             Self::RateLimited { .. } => "wait `Retry-After` seconds, then retry",
+            Self::MalformedQuery => "percent-encode the UTF-8 bytes of each value",
             Self::DuplicateParameter => "send each parameter once",
             Self::MissingTenant => "add `tenant=<id>`",
             Self::BadRefusalMode => "send `refusal=close`, or leave it out",

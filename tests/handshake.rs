@@ -70,6 +70,10 @@ async fn refusals_have_spec_statuses() {
         ("/v1/ws?tenant=acme", &[], 400),
         ("/v1/ws?ticket=t1", &[], 400),
         ("/v1/ws?tenant=acme&tenant=acme&ticket=t1", &[], 400),
+        // A query that does not decode to UTF-8 is malformed, not an unknown
+        // tenant or a wrong ticket.
+        ("/v1/ws?tenant=%FF&ticket=t1", &[], 400),
+        ("/v1/ws?tenant=acme&ticket=t1%C3", &[], 400),
         ("/v1/ws?tenant=nope&ticket=t1", &[], 404),
         ("/v1/ws?tenant=acme&ticket=wrong", &[], 401),
         // A ticket of another tenant is not valid here.

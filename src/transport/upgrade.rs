@@ -78,10 +78,20 @@ struct Query {
     ticket: Option<String>,
 }
 
-/// Step 3: `tenant` is required, `ticket` may come from the header instead;
-/// `refusal`, when present, must be `close` (read before the chain by
-/// [`wants_refusal_close`]).
+/// Step 3: the query must decode to UTF-8 (`form_urlencoded` would replace
+/// what does not, and a mangled tenant or ticket would be refused for the
+/// wrong reason); `tenant` is required, `ticket` may come from the header
+/// instead; `refusal`, when present, must be `close` (read before the chain
+/// by [`wants_refusal_close`]).
 fn parse_query(raw: Option<&str>) -> Result<Query, HandshakeRefusal> {
+    // `&` and `=` are ASCII, so the whole query decodes to UTF-8 exactly when
+    // every name and value does.
+    if percent_encoding::percent_decode_str(raw.unwrap_or_default())
+        .decode_utf8()
+        .is_err()
+    {
+        return Err(HandshakeRefusal::MalformedQuery);
+    }
     let mut tenant = None;
     let mut ticket = None;
     let mut refusal = None;
@@ -453,6 +463,19 @@ mod tests {
             Some(HandshakeRefusal::MissingTenant)
         );
         assert_eq!(refusal(None), Some(HandshakeRefusal::MissingTenant));
+        for malformed in [
+            "tenant=%FF&ticket=x",
+            "tenant=a&ticket=%C3",
+            "tenant=a&x=%E2%82",
+        ] {
+            assert_eq!(
+                refusal(Some(malformed)),
+                Some(HandshakeRefusal::MalformedQuery),
+                "{malformed}"
+            );
+        }
+        let q = parse_query(Some("tenant=a&ticket=%C3%A9+%E2%9C%93")).expect("UTF-8 escapes");
+        assert_eq!(q.ticket.as_deref(), Some("é ✓"));
         assert_eq!(
             refusal(Some("tenant=a&tenant=b&ticket=x")),
             Some(HandshakeRefusal::DuplicateParameter)
