@@ -32,7 +32,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{ApiCode, ClientCode, CloseCode};
 use crate::gateway::Gateway;
-use crate::protocol::ext::{MAX_NAME_BYTES, Outgoing, check_name, raw};
+use crate::protocol::ext::{MAX_NAME_BYTES, Outgoing, check_names, raw};
 use crate::realtime::broker::{TenantStats, capped};
 use crate::realtime::outbox::{MAX_CONFLATION_KEY_BYTES, Qos, valid_conflation_key};
 use crate::tenant::{Tenant, TenantRuntime};
@@ -294,26 +294,21 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 /// The names of a publication or a direct message, by the wire's rules
-/// (`protocol::ext::check_name`, as the decoder and the plugin host apply
+/// (`protocol::ext::check_names`, as the decoder and the plugin host apply
 /// them); `sys` is the gateway's own.
-fn check_names(svc: &str, ty: &str, room: Option<&str>) -> Result<(), ApiError> {
+fn check_api_names(svc: &str, ty: &str, room: Option<&str>) -> Result<(), ApiError> {
     if svc == "sys" {
         return Err(ApiError::client(
             ClientCode::NotAllowed,
             "svc `sys` is reserved for the gateway",
         ));
     }
-    for (field, value) in [("svc", Some(svc)), ("type", Some(ty)), ("room", room)] {
-        if let Some(value) = value {
-            check_name(value).map_err(|why| {
-                ApiError::client(
-                    ClientCode::BadRequest,
-                    format!("{field}: {why} (1 to {MAX_NAME_BYTES} bytes, no control characters)"),
-                )
-            })?;
-        }
-    }
-    Ok(())
+    check_names(svc, ty, room).map_err(|(field, why)| {
+        ApiError::client(
+            ClientCode::BadRequest,
+            format!("{field}: {why} (1 to {MAX_NAME_BYTES} bytes, no control characters)"),
+        )
+    })
 }
 
 fn too_large(len: usize, rt: &TenantRuntime) -> ApiError {
@@ -359,7 +354,7 @@ async fn publish(
     let result = async {
         let (tenant, rt) = authorize(&gw, &t, &headers)?;
         let b: PublishBody = parse(&body?)?;
-        check_names(&b.svc, &b.ty, Some(&b.room))?;
+        check_api_names(&b.svc, &b.ty, Some(&b.room))?;
         if let Some(key) = &b.key {
             if b.qos != Qos::Lossy {
                 return Err(ApiError::client(
@@ -414,7 +409,7 @@ async fn send(
     let result = async {
         let (tenant, rt) = authorize(&gw, &t, &headers)?;
         let b: SendBody = parse(&body?)?;
-        check_names(&b.svc, &b.ty, None)?;
+        check_api_names(&b.svc, &b.ty, None)?;
         let data = data_or_null(b.data);
         let msg = Outgoing::new(&b.svc, &b.ty)
             .data(Some(&data))

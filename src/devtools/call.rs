@@ -479,16 +479,8 @@ fn parse_message(plugin: &str, text: &str) -> Result<(String, Entry), CallError>
         return Err(usage("`v` must be 1".into()));
     }
     let svc = m.svc.as_deref().unwrap_or(plugin);
-    for (field, value) in [
-        ("svc", Some(svc)),
-        ("type", Some(&*m.ty)),
-        ("room", m.room.as_deref()),
-    ] {
-        if let Some(value) = value {
-            crate::protocol::ext::check_name(value)
-                .map_err(|why| usage(format!("`{field}`: {why}")))?;
-        }
-    }
+    crate::protocol::ext::check_names(svc, &m.ty, m.room.as_deref())
+        .map_err(|(field, why)| usage(format!("`{field}`: {why}")))?;
     let data = match m.data {
         Some(d) => d,
         None => RawValue::from_string("null".into()).map_err(|e| usage(e.to_string()))?,

@@ -75,6 +75,22 @@ pub fn check_name(s: &str) -> Result<(), &'static str> {
     }
 }
 
+/// [`check_name`] for the names of one message: `svc`, `type` and, when
+/// given, `room` (the server API and `wsprism plugin call` take them as
+/// separate fields).
+///
+/// # Errors
+/// The first field refused, and why.
+pub fn check_names(
+    svc: &str,
+    ty: &str,
+    room: Option<&str>,
+) -> Result<(), (&'static str, &'static str)> {
+    check_name(svc).map_err(|why| ("svc", why))?;
+    check_name(ty).map_err(|why| ("type", why))?;
+    room.map_or(Ok(()), |r| check_name(r).map_err(|why| ("room", why)))
+}
+
 fn name(raw: Option<&RawValue>, required: bool) -> Result<Option<String>, &'static str> {
     match raw {
         None if required => Err("missing required string field"),
