@@ -13,7 +13,7 @@
 # python2 on PATH). It is installed once into a virtualenv under
 # ${AUTOBAHN_VENV:-~/.cache/wsprism/autobahn-py27}. Without Python 2.7 (or when
 # the install fails, e.g. offline) the script says it skipped and exits 0;
-# tests/conformance.rs mirrors the key categories in Rust.
+# tests/gateway/conformance.rs mirrors the key categories in Rust.
 #
 # Exit status: 0 when no case FAILED (or skipped), 1 otherwise.
 set -euo pipefail
@@ -42,7 +42,7 @@ find_python2() {
   return 1
 }
 
-PY2="$(find_python2)" || skip "no Python 2.7 found (set AUTOBAHN_PYTHON); see tests/conformance.rs for the Rust mirror"
+PY2="$(find_python2)" || skip "no Python 2.7 found (set AUTOBAHN_PYTHON); see tests/gateway/conformance.rs for the Rust mirror"
 
 if ! "$VENV/bin/python" -c 'import txaio, autobahntestsuite' >/dev/null 2>&1; then
   echo "== installing autobahntestsuite into $VENV"

@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean run gains nothing from incremental compilation, and its caches
+# (about 2 GB for the gateway's test binaries) are what a small CI disk
+# runs out of first.
+export CARGO_INCREMENTAL=0
+
 echo "== toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # WASM plugin tests build the guests in sdk/examples from source.

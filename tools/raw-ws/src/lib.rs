@@ -6,7 +6,7 @@
 //! Owns: frame encoding ([`frame`], [`header`], [`masked`]), the upgrade
 //! request ([`upgrade_request`], [`http_exchange`]) and one connection
 //! ([`RawWs`]) that reads server frames back.
-//! Used by: the gateway's `tests/conformance.rs` and `tests/hostile_transport.rs`
+//! Used by: the gateway's `tests/gateway/conformance.rs` and `tests/hostile_transport.rs`
 //! (a dev-dependency) and the soak driver's attackers (`wsprism-soak`).
 //! Must not: know the gateway's protocol above the frame layer; this is a
 //! WebSocket client, any server will do.

@@ -3,8 +3,8 @@
 //! ids, and slow consumers in a busy room. Each case asserts the SPEC answer and
 //! that bystander sessions keep getting answers. Loopback only.
 
-mod common;
-mod hostile_support;
+use crate::common;
+use crate::hostile_support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Graceful drain (SPEC §1), heartbeats and idle timeout (SPEC §6).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

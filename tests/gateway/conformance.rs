@@ -5,7 +5,7 @@
 //! and closes are clean in both directions. Every case runs against both
 //! `/v1/echo` (the raw diagnostics echo) and `/v1/ws` (the gateway proper).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

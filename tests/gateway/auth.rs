@@ -1,7 +1,7 @@
 //! Auth at the handshake over real sockets: the JWT matrix, the auth webhook and
 //! lifecycle event webhooks (SPEC §3, §7).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

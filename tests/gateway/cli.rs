@@ -1,8 +1,8 @@
 //! The `wsprism` binary: `check`, `--version`, startup logs, SIGHUP, SIGTERM, and
 //! that no secret or payload reaches the logs even at trace level.
 
-mod common;
-mod plugin_support;
+use crate::common;
+use crate::plugin_support;
 
 use common::TestConfig;
 

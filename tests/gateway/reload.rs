@@ -1,7 +1,7 @@
 //! Config hot reload (SPEC §9): a valid file changes policy for new messages of
 //! existing sessions; an invalid file is refused whole.
 
-mod common;
+use crate::common;
 
 use common::{TestConfig, TestGateway, metric};
 use serde_json::json;

@@ -1,6 +1,6 @@
 //! Room history and recovery (SPEC §11), local mode.
 
-mod common;
+use crate::common;
 
 use common::{TestConfig, TestGateway};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! The status page on the admin listener, rendered by headless Chromium (SPEC §9).
 //! `scripts/test.sh` installs Chromium; without it this test says so and passes.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! Pre-upgrade decisions (SPEC §3): every HTTP refusal, `sys.authed`, session
 //! policies.
 
-mod common;
+use crate::common;
 
 use common::{FrozenClock, TestConfig, TestGateway, WAIT, eventually, metric};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Ext Lane (SPEC §4): envelope checks, error codes with `seq`, acks, allowlist,
 //! rate limits, error budget, built-in `room` and `chat`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Hot Lane (SPEC §5) and delivery classes (SPEC §6).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Server API on the admin listener (SPEC §7).
 
-mod common;
+use crate::common;
 
 use common::{TestConfig, TestGateway};
 use serde_json::{Value, json};

@@ -1,8 +1,8 @@
 //! Cluster mode over a real `redis-server` (README "Cluster"): two gateways
 //! in this process, one Redis on a free port, real WebSocket clients.
 
-mod common;
-mod plugin_support;
+use crate::common;
+use crate::plugin_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //! gets what was sent before the signal, then 1001; a second SIGTERM forces the
 //! exit). Loopback only.
 
-mod common;
-mod hostile_support;
+use crate::common;
+use crate::hostile_support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,7 @@
 //! keeps its invariants (two stages, release build, non-root user, volumes,
 //! the ports of `wsprism.yaml`). Docker itself is not needed.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! WebSocket-level behaviour: close codes for protocol faults, clean close
 //! handshakes in both directions, and the diagnostics echo endpoint.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
