@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 # (about 2 GB for the gateway's test binaries) are what a small CI disk
 # runs out of first.
 export CARGO_INCREMENTAL=0
+# A clean run's target/ peaks near 6 GB (plus the apt, npm and pip
+# downloads); say so before a build fails halfway with "No space left".
+free_mb=$(df -Pm . 2>/dev/null | awk 'NR == 2 { print $4 }')
+if [ -n "$free_mb" ] && [ "$free_mb" -lt 7000 ]; then
+  echo "note: ${free_mb} MB free on this disk; a clean run needs about 7 GB" >&2
+fi
 
 echo "== toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
