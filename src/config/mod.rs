@@ -6,6 +6,7 @@
 //! output is an `Arc<Config>` that the runtime compiles into per-tenant policy.
 //! It does no I/O beyond reading the file and the environment.
 
+mod nesting;
 pub mod pattern;
 mod schema;
 mod validate;
@@ -119,6 +120,15 @@ pub fn parse_with_env(
             "config is empty; it needs at least `version: 1`",
         ));
     }
+    if let Some(line) = nesting::too_deep_at(text, nesting::MAX_FLOW_DEPTH) {
+        return Err(ConfigError::one(
+            format!("line {line}"),
+            format!(
+                "invalid YAML: flow collections ([ ] or {{ }}) nested more than {} deep",
+                nesting::MAX_FLOW_DEPTH
+            ),
+        ));
+    }
     let mut value: serde_yaml::Value = serde_yaml::from_str(text)
         .map_err(|e| ConfigError::one(yaml_location(&e), format!("invalid YAML: {e}")))?;
     if !value.is_mapping() {
@@ -210,6 +220,11 @@ fn retype_scalar(value: &mut serde_yaml::Value) -> bool {
     let serde_yaml::Value::String(s) = value else {
         return false;
     };
+    // An environment value is not bounded by the file's size limit; a deep
+    // one cannot be a number or boolean anyway.
+    if nesting::too_deep_at(s, nesting::MAX_FLOW_DEPTH).is_some() {
+        return false;
+    }
     match serde_yaml::from_str::<serde_yaml::Value>(s.trim()) {
         Ok(v @ (serde_yaml::Value::Number(_) | serde_yaml::Value::Bool(_))) => {
             *value = v;

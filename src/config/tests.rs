@@ -187,6 +187,36 @@ fn yaml_alias_bombs_are_refused() {
     assert!(parse_with_env(&text, &env(&[])).is_err());
 }
 
+/// Deep flow nesting is refused, with its line, before the YAML scanner
+/// (whose cost grows with the square of the depth) reads it; the parser's own
+/// recursion limit still answers anything deeper than 128.
+#[test]
+fn deep_flow_nesting_is_refused_before_parsing() {
+    let deep = |n: usize| {
+        format!(
+            "version: 1\n# [[[[ a comment\nx: \"[[[[\"\nnested: {}1{}\n",
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    let e = issues(&deep(200_000));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].path, "line 4");
+    assert!(e[0].message.contains("nested more than 1000 deep"), "{e:?}");
+    // Within the bound, the parser's own answer stands.
+    let e = issues(&deep(nesting::MAX_FLOW_DEPTH));
+    assert!(e[0].message.contains("recursion limit exceeded"), "{e:?}");
+    // An environment value is bounded too: a deep one stays a string and
+    // the schema refuses it as one.
+    let text = "version: 1\ngateway:\n  ping_interval_ms: ${PING}\ntenants:\n  - id: acme\n    auth: { tickets: { dev: dev } }\n";
+    let value = "[".repeat(200_000);
+    let e = match parse_with_env(text, &env(&[("PING", &value)])) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.issues,
+    };
+    assert_eq!(e[0].path, "gateway.ping_interval_ms", "{e:?}");
+}
+
 #[test]
 fn reference_config_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("wsprism.yaml");
