@@ -231,7 +231,9 @@ fn check(path: &Path) -> Result<(), StartupError> {
     let cfg = config::load(path)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     wsprism::check_loadable(&cfg, &base)?;
-    eprintln!("{}: ok ({} tenants)", path.display(), cfg.tenants.len());
+    let n = cfg.tenants.len();
+    let plural = if n == 1 { "" } else { "s" };
+    eprintln!("{}: ok ({n} tenant{plural})", path.display());
     Ok(())
 }
 

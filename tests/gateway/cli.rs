@@ -56,11 +56,9 @@ fn version_and_check() {
         .args(["check", "--config", &reference])
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.ends_with("wsprism.yaml: ok (1 tenant)\n"), "{err}");
 
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.yaml");
