@@ -114,6 +114,9 @@ pub fn parse_with_env(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    // Editors on Windows save UTF-8 with a byte order mark; the parser would
+    // take it for content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(ConfigError::one(
             "",

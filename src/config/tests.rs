@@ -218,6 +218,20 @@ fn deep_flow_nesting_is_refused_before_parsing() {
 }
 
 #[test]
+fn a_byte_order_mark_is_not_content() {
+    let text = "\u{feff}version: 1\ntenants:\n  - id: acme\n    auth: { tickets: { dev: dev } }\n";
+    let cfg = parse_with_env(text, &env(&[])).expect("a config saved with a BOM");
+    assert_eq!(cfg.tenants[0].id, "acme");
+    // The deep-nesting bound sees past it too.
+    let deep = format!("\u{feff}version: 1\na: {}\n", "[".repeat(2_000));
+    assert!(
+        issues(&deep)[0]
+            .message
+            .contains("nested more than 1000 deep")
+    );
+}
+
+#[test]
 fn reference_config_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("wsprism.yaml");
     let cfg = load(&path).unwrap_or_else(|e| panic!("wsprism.yaml refused:\n{e}"));
