@@ -78,6 +78,7 @@ impl Scan {
     fn line(&mut self, line: &str, limit: usize) -> bool {
         let bytes = line.as_bytes();
         let indent = bytes.iter().take_while(|&&b| b == b' ').count();
+        let blank = bytes.iter().all(|&b| is_blank(b));
         // A document marker ends whatever came before it; a directive
         // (`%YAML`) precedes a document.
         let marker = (bytes.starts_with(b"---") || bytes.starts_with(b"..."))
@@ -88,7 +89,7 @@ impl Scan {
             return false;
         }
         if let Some(parent) = self.text_above {
-            if bytes.iter().all(|&b| is_blank(b)) || indent.cast_signed() > parent {
+            if blank || indent.cast_signed() > parent {
                 return false;
             }
             self.text_above = None;
@@ -113,7 +114,7 @@ impl Scan {
         // this line's indentation for a node without either.
         let mut token_col = indent;
         let mut parent = match self.pending_parent {
-            Some(p) if bytes.iter().any(|&b| !is_blank(b)) && bytes[indent] != b'#' => {
+            Some(p) if !blank && bytes[indent] != b'#' => {
                 self.pending_parent = None;
                 p
             }
